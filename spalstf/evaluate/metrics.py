@@ -253,15 +253,15 @@ def js(truth: Any, pred: Any) -> np.ndarray:
             stacklevel=2,
         )
     st_, sp_ = t.sum(axis=0), p.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
         pt = t / st_
         pp = p / sp_
         m = (pt + pp) / 2
 
         def _kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            terms = np.where(
-                a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(b > 0, b, 1.0)), 0.0
-            )
+            pos = a > 0
+            log_ratio = np.log(np.where(pos, a, 1.0)) - np.log(np.where(pos, b, 1.0))
+            terms = np.where(pos, a * log_ratio, 0.0)
             return terms.sum(axis=0)
 
         out = 0.5 * _kl(pt, m) + 0.5 * _kl(pp, m)
