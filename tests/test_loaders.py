@@ -1,0 +1,153 @@
+"""Readers for the Li et al. text layout, RCTD CSV folders, .h5ad pairs and `load`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from spalstf.datasets import _loaders as L
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
+
+
+@pytest.fixture
+def li_folder(tmp_path: Path) -> Path:
+    (tmp_path / "Spatial_count.txt").write_text("g1\tg2\tg3\n1\t0\t2\n3\t4\t0\n")
+    (tmp_path / "scRNA_count.txt").write_text(
+        "\tc1\tc2\tc3\tc4\ng1\t1\t2\t3\t4\ng2\t0\t0\t1\t0\ng4\t5\t6\t7\t8\n"
+    )
+    (tmp_path / "Locations.txt").write_text("X\tY\n1.5\t2.5\n3.0\t4.0\n")
+    return tmp_path
+
+
+def test_read_li_format(li_folder: Path) -> None:
+    st, sc = L.read_li_format(li_folder)
+    assert st.shape == (2, 3) and list(st.var_names) == ["g1", "g2", "g3"]
+    np.testing.assert_array_equal(st.X, [[1, 0, 2], [3, 4, 0]])
+    np.testing.assert_array_equal(st.obsm["spatial"], [[1.5, 2.5], [3.0, 4.0]])
+    assert sc.shape == (4, 3)
+    assert list(sc.var_names) == ["g1", "g2", "g4"]
+    assert list(sc.obs_names) == ["c1", "c2", "c3", "c4"]
+    np.testing.assert_array_equal(sc.X[:, 2], [5, 6, 7, 8])  # transposed: cells x genes
+
+
+def test_read_li_format_errors(li_folder: Path) -> None:
+    (li_folder / "Locations.txt").write_text("X\tY\n1\t2\n")
+    with pytest.raises(ValueError, match="Expected 2, received 1"):
+        L.read_li_format(li_folder)
+    (li_folder / "Spatial_count.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="Spatial_count.txt"):
+        L.read_li_format(li_folder)
+
+
+@pytest.fixture
+def rctd_folder(tmp_path: Path) -> Path:
+    for sub, cells in (("SpatialRNA", ["s1", "s2"]), ("Reference", ["r1", "r2", "r3"])):
+        d = tmp_path / sub
+        d.mkdir()
+        counts = pd.DataFrame(
+            np.arange(2 * len(cells)).reshape(2, len(cells)), index=["A", "B"], columns=cells
+        )
+        counts.to_csv(d / "counts.csv")
+        # side files in another order than counts.csv, as R may write them
+        pd.DataFrame({"x": np.arange(len(cells))[::-1] * 10.0}, index=cells[::-1]).to_csv(
+            d / "nUMI.csv"
+        )
+    pd.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]}, index=["s2", "s1"]).to_csv(
+        tmp_path / "SpatialRNA" / "coords.csv"
+    )
+    pd.DataFrame({"x": ["T", "B", "T"]}, index=["r1", "r2", "r3"]).to_csv(
+        tmp_path / "Reference" / "cell_types.csv"
+    )
+    return tmp_path
+
+
+def test_read_rctd_pair(rctd_folder: Path) -> None:
+    st, sc = L.read_rctd_pair(rctd_folder)
+    assert st.shape == (2, 2) and sc.shape == (3, 2)
+    np.testing.assert_array_equal(st.X.toarray(), [[0, 2], [1, 3]])
+    np.testing.assert_array_equal(st.obsm["spatial"], [[2.0, 4.0], [1.0, 3.0]])  # aligned
+    assert list(sc.obs["cell_type"]) == ["T", "B", "T"]
+    np.testing.assert_array_equal(sc.obs["nUMI"], [0.0, 10.0, 20.0])
+
+
+def test_read_rctd_csv_missing_cells(rctd_folder: Path) -> None:
+    pd.DataFrame({"x": [1.0], "y": [3.0]}, index=["s2"]).to_csv(
+        rctd_folder / "SpatialRNA" / "coords.csv"
+    )
+    with pytest.raises(ValueError, match="lacks 1 cell"):
+        L.read_rctd_csv(rctd_folder / "SpatialRNA")
+
+
+def test_read_h5ad_pair(tmp_path: Path) -> None:
+    st = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    st.obs["x_coord"] = [1.0, 2.0, 3.0]
+    st.obs["y_coord"] = [4.0, 5.0, 6.0]
+    sc = ad.AnnData(np.ones((4, 2), dtype=np.float32))
+    sc.obs["ct"] = ["a", "b", "a", "b"]
+    st.write_h5ad(tmp_path / "st.h5ad")
+    sc.write_h5ad(tmp_path / "sc.h5ad")
+    st2, sc2 = L.read_h5ad_pair(tmp_path / "st.h5ad", tmp_path / "sc.h5ad", cell_type_key="ct")
+    np.testing.assert_array_equal(st2.obsm["spatial"][:, 1], [4.0, 5.0, 6.0])
+    assert list(sc2.obs["cell_type"]) == ["a", "b", "a", "b"]
+    with pytest.raises(KeyError, match="nope"):
+        L.read_h5ad_pair(tmp_path / "st.h5ad", tmp_path / "sc.h5ad", cell_type_key="nope")
+
+
+def test_load_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="osmfish"):
+        L.load("no_such_set")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        L.load("osmfish", data_dir=tmp_path)
+
+
+def test_load_uses_env_var(rctd_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (rctd_folder / "visium_brain").mkdir()
+    for sub in ("SpatialRNA", "Reference"):
+        (rctd_folder / sub).rename(rctd_folder / "visium_brain" / sub)
+    monkeypatch.setenv("SPALSTF_DATA", str(rctd_folder))
+    st, sc = L.load("visium_brain")
+    assert st.shape == (2, 2) and "cell_type" in sc.obs
+    assert L.default_data_dirs()[0] == rctd_folder
+
+
+def test_load_visium_lymph_without_r_bridge(tmp_path: Path) -> None:
+    (tmp_path / "visium_lymph").mkdir()
+    try:
+        from spalstf.io import read_rds  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="read_rds"):
+            L.load("visium_lymph", data_dir=tmp_path)
+    else:
+        pytest.skip("spalstf.io.read_rds is available")
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "name, st_shape, sc_shape",
+    [
+        ("osmfish", (3405, 33), (5613, 33)),
+        ("osmfish_li_format", (3405, 33), (1000, 33)),
+        ("visium_brain", (313, 276), (510, 307)),
+    ],
+)
+def test_load_real(name: str, st_shape: tuple, sc_shape: tuple) -> None:
+    st, sc = L.load(name, data_dir=DATA)
+    assert st.shape == st_shape and sc.shape == sc_shape
+    assert st.obsm["spatial"].shape == (st.n_obs, 2)
+    assert len(st.var_names.intersection(sc.var_names)) == (124 if name == "visium_brain" else 33)
+    if name == "visium_brain":
+        assert sc.obs["cell_type"].nunique() == 17
+
+
+@needs_data
+def test_li_format_matches_h5ad() -> None:
+    a, _ = L.load("osmfish", data_dir=DATA)
+    b, _ = L.load("osmfish_li_format", data_dir=DATA)
+    assert list(a.var_names) == list(b.var_names)
+    np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
