@@ -382,6 +382,7 @@ def accuracy_score(
     scores: pd.DataFrame | Mapping[str, Mapping[str, float]],
     *,
     metrics: Sequence[str] = ("pcc", "ssim", "rmse", "js"),
+    nan_policy: str = "raise",
 ) -> pd.Series:
     """Accuracy score (AS) of Li et al. 2022 across methods.
 
@@ -398,6 +399,9 @@ def accuracy_score(
         ``method`` column) is also accepted and averaged over genes first.
     metrics
         Metrics that enter the score.
+    nan_policy
+        ``"raise"``: a NaN value (e.g. the mean PCC of a constant predictor) is an error;
+        ``"worst"``: NaN ranks below every number (tied with other NaN).
 
     Returns
     -------
@@ -410,6 +414,8 @@ def accuracy_score(
         df = scores
         if "method" in df.columns:
             df = df.groupby("method", sort=False)[list(metrics)].mean()
+    if nan_policy not in ("raise", "worst"):
+        raise ValueError(f"`nan_policy` must be 'raise' or 'worst'; received {nan_policy!r}.")
     missing = [m for m in metrics if m not in df.columns]
     if missing:
         raise ValueError(f"`scores` lacks metric column(s) {missing}; has {list(df.columns)}.")
@@ -419,6 +425,10 @@ def accuracy_score(
     ranks = []
     for m in metrics:
         v = df[m].to_numpy(dtype=float)
+        if np.isnan(v).any() and nan_policy == "worst":
+            key = np.where(np.isnan(v), -np.inf, v if HIGHER_IS_BETTER[m] else -v)
+            ranks.append(rankdata(key, method="average") / n)
+            continue
         if np.isnan(v).any():
             raise ValueError(
                 f"`scores[{m!r}]` holds NaN for {list(df.index[np.isnan(v)])}; "
@@ -469,7 +479,8 @@ def leiden_clusters(
 
     a = _as_dense(x, "x")
     n_cells, n_genes = a.shape
-    if n_cells < 3:
+    if n_cells < 3 or not (a.std(axis=0) > 0).any():
+        # too few cells, or every cell identical (a constant prediction): one cluster
         return np.zeros(n_cells, dtype=int)
     n_comp = max(1, min(n_pcs, n_cells - 1, n_genes - 1 if n_genes > 1 else 1))
     if n_genes > 1:

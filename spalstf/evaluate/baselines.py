@@ -1,0 +1,388 @@
+"""Baseline imputation methods for :func:`spalstf.cross_validate`.
+
+Every method has the signature of a *method callable*::
+
+    method(st_known, sc, target_genes, *, seed) -> numpy.ndarray
+
+- ``st_known``: AnnData of raw counts, ST cells x the known genes only (the held-out genes are
+  absent, so no method can see them; ``obsm["spatial"]`` kept).
+- ``sc``: AnnData of raw counts, reference cells x all reference genes (``obs["cell_type"]``
+  where known).
+- ``target_genes``: the genes to predict, all present in ``sc``.
+- ``seed``: for any randomness.
+- returns: float array, ST cells x ``len(target_genes)``, in the order of ``target_genes``, on
+  the log-normalised scale, non-negative. Methods must not modify their inputs.
+
+Preprocessing shared by the baselines (no leakage): each ST cell and each reference cell is
+normalised over the *known* genes only, ``log1p(count / total over the known genes * 1e4)``,
+for the known and the target genes alike; reference cells with no known-gene count are left
+out. The per-gene metrics are invariant to a per-gene scale, so predictions on this scale are
+scored fairly against a truth normalised over all measured genes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MethodFn",
+    "BASELINES",
+    "get_method",
+    "reference_mean",
+    "knn",
+    "spage",
+    "ridge",
+    "tangram",
+    "gimvi",
+    "spalstf_method",
+    "lognormalize",
+]
+
+MethodFn = Callable[..., np.ndarray]
+
+SCALE = 1e4
+
+
+def _counts(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray:
+    idx = adata.var_names.get_indexer(list(genes))
+    if (idx < 0).any():
+        missing = [g for g, i in zip(genes, idx, strict=True) if i < 0]
+        raise KeyError(f"Genes {missing[:5]} (of {len(missing)}) are absent from the data.")
+    x = adata.X[:, idx]
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return x.astype(np.float64, copy=True)
+
+
+def lognormalize(x: np.ndarray, library: np.ndarray) -> np.ndarray:
+    """``log1p(x / library * 1e4)`` per cell (row); rows with a zero library give zeros.
+
+    Parameters
+    ----------
+    x
+        Cells x genes counts.
+    library
+        One total per cell.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array.
+    """
+    lib = np.asarray(library, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.log1p(x / lib * SCALE)
+    out[(lib <= 0).ravel()] = 0.0
+    return out
+
+
+def _prepare(
+    st_known: ad.AnnData, sc: ad.AnnData, target_genes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Log-normalised ST known genes, reference known genes and reference targets."""
+    target_genes = list(target_genes)
+    missing = [g for g in target_genes if g not in sc.var_names]
+    if missing:
+        raise ValueError(
+            f"`target_genes` must be reference genes; {len(missing)} are absent from `sc`, "
+            f"e.g. {missing[:5]}."
+        )
+    known = [g for g in st_known.var_names if g in set(sc.var_names) and g not in target_genes]
+    if not known:
+        raise ValueError(
+            "`st_known` and `sc` share no known gene; expected at least one, received none."
+        )
+    st_c = _counts(st_known, known)
+    sc_k = _counts(sc, known)
+    sc_t = _counts(sc, target_genes)
+    sc_lib = sc_k.sum(axis=1)
+    keep = sc_lib > 0
+    if not keep.all():
+        logger.debug("Leaving out %d reference cells without known-gene counts", (~keep).sum())
+    if not keep.any():
+        raise ValueError("No reference cell has a count in the known genes.")
+    st_x = lognormalize(st_c, st_c.sum(axis=1))
+    sc_x = lognormalize(sc_k[keep], sc_lib[keep])
+    sc_y = lognormalize(sc_t[keep], sc_lib[keep])
+    return st_x, sc_x, sc_y, known
+
+
+def reference_mean(
+    st_known: ad.AnnData, sc: ad.AnnData, target_genes: Sequence[str], *, seed: int = 0
+) -> np.ndarray:
+    """Every ST cell gets the mean log-normalised reference expression (constant per gene).
+
+    Correlations are undefined for it (NaN); it is the floor the other methods must beat.
+    """
+    st_x, _, sc_y, _ = _prepare(st_known, sc, target_genes)
+    return np.repeat(sc_y.mean(axis=0, keepdims=True), st_x.shape[0], axis=0)
+
+
+def knn(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    k: int = 50,
+) -> np.ndarray:
+    """Mean target expression of the ``k`` nearest reference cells (Euclidean distance in
+    log-normalised known-gene space)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    st_x, sc_x, sc_y, _ = _prepare(st_known, sc, target_genes)
+    k = int(min(k, sc_x.shape[0]))
+    if k < 1:
+        raise ValueError(f"`k` must be at least 1; received {k}.")
+    idx = NearestNeighbors(n_neighbors=k).fit(sc_x).kneighbors(st_x, return_distance=False)
+    return sc_y[idx].mean(axis=1)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=0)
+    sd[sd == 0] = 1.0
+    return (x - x.mean(axis=0)) / sd
+
+
+def _principal_vectors(src: np.ndarray, tgt: np.ndarray, n_pv: int, seed: int):
+    """PRECISE principal vectors (Mourragui et al. 2019) between two data sets' PCA spaces."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
+    ps = PCA(n_components=n_pv, random_state=seed).fit(src).components_
+    pt = PCA(n_components=n_pv, random_state=seed).fit(tgt).components_
+    u, _, vt = np.linalg.svd(ps @ pt.T)
+    s_pv = normalize((u.T @ ps)[:n_pv], axis=1)
+    t_pv = normalize((vt @ pt)[:n_pv], axis=1)
+    cos = np.diag(s_pv @ t_pv.T)
+    return s_pv, cos
+
+
+def spage(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    n_pv: int | None = None,
+    k: int = 50,
+    min_cosine: float = 0.3,
+) -> np.ndarray:
+    """SpaGE-style imputation (Abdelaal et al. 2020).
+
+    The known genes are z-scored within each data set; PCA of each data set gives
+    ``n_pv`` components (default: half the number of known genes, as the Li et al. 2022
+    benchmark calls SpaGE), aligned by PRECISE principal vectors; the reference's principal
+    vectors with a cosine similarity above ``min_cosine`` to the ST's span the shared space.
+    Each ST cell takes the weighted mean target expression of its ``k`` nearest reference cells
+    there (cosine distance, SpaGE's weights ``1 - d / sum(d)`` over neighbours with ``d < 1``).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    st_x, sc_x, sc_y, known = _prepare(st_known, sc, target_genes)
+    zs, zt = _zscore(sc_x), _zscore(st_x)
+    max_pv = max(1, min(len(known), sc_x.shape[0], st_x.shape[0]))
+    n = max(1, len(known) // 2) if n_pv is None else int(n_pv)
+    n = min(n, max_pv)
+    s_pv, cos = _principal_vectors(zs, zt, n, seed)
+    eff = int((cos > min_cosine).sum())
+    if eff == 0:
+        logger.warning("SpaGE: no principal vector with cosine > %s; using the first", min_cosine)
+        eff = 1
+    proj = s_pv[:eff].T
+    ps, pt = zs @ proj, zt @ proj
+    k = int(min(k, ps.shape[0]))
+    dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine").fit(ps).kneighbors(pt)
+    out = np.empty((st_x.shape[0], sc_y.shape[1]))
+    for j in range(st_x.shape[0]):
+        ok = dist[j] < 1
+        d, nb = dist[j][ok], idx[j][ok]
+        if d.size == 0:
+            d, nb = dist[j][:1], idx[j][:1]
+        if d.size == 1 or d.sum() == 0:
+            w = np.full(d.size, 1.0 / d.size)
+        else:
+            w = (1 - d / d.sum()) / (d.size - 1)
+        out[j] = w @ sc_y[nb]
+    return out
+
+
+def ridge(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    alpha: float = 10.0,
+) -> np.ndarray:
+    """Ridge regression from log-normalised known genes to targets, fitted on the reference,
+    predictions clipped at 0 (a simple baseline, not a published tool)."""
+    from sklearn.linear_model import Ridge
+
+    st_x, sc_x, sc_y, _ = _prepare(st_known, sc, target_genes)
+    model = Ridge(alpha=alpha).fit(sc_x, sc_y)
+    return np.clip(model.predict(st_x), 0.0, None)
+
+
+def _cell_type_key(sc: ad.AnnData) -> str | None:
+    return "cell_type" if "cell_type" in sc.obs else None
+
+
+def tangram(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    mode: str = "clusters",
+    device: str = "cpu",
+    num_epochs: int = 1000,
+) -> np.ndarray:
+    """Tangram (``tangram-sc``), called as its documentation shows: ``pp_adatas`` on the known
+    genes, ``map_cells_to_space`` (``mode="clusters"`` on ``sc.obs["cell_type"]`` when present,
+    else ``"cells"``), ``project_genes``. Inputs log-normalised as above. Needs the
+    ``benchmark`` extra."""
+    try:
+        import tangram as tg
+    except ImportError as err:
+        raise ImportError(
+            "method 'tangram' needs tangram-sc: pip install 'spalstf[benchmark]' "
+            "(or pip install tangram-sc)"
+        ) from err
+    st_x, sc_x, sc_y, known = _prepare(st_known, sc, target_genes)
+    targets = list(target_genes)
+    ad_sp = ad.AnnData(st_x.astype(np.float32))
+    ad_sp.var_names = known
+    keep = _counts(sc, known).sum(axis=1) > 0
+    ad_sc = ad.AnnData(np.hstack([sc_x, sc_y]).astype(np.float32))
+    ad_sc.var_names = known + targets
+    key = _cell_type_key(sc)
+    if key is not None:
+        ad_sc.obs[key] = sc.obs[key].to_numpy()[keep]
+    if key is None and mode == "clusters":
+        mode = "cells"
+    tg.pp_adatas(ad_sc, ad_sp, genes=known)
+    ad_map = tg.map_cells_to_space(
+        ad_sc,
+        ad_sp,
+        mode=mode,
+        cluster_label=key if mode == "clusters" else None,
+        device=device,
+        num_epochs=num_epochs,
+        random_state=seed,
+        verbose=False,
+    )
+    ad_ge = tg.project_genes(
+        adata_map=ad_map, adata_sc=ad_sc, cluster_label=key if mode == "clusters" else None
+    )
+    names = [g.lower() for g in targets]  # Tangram lower-cases gene names
+    x = ad_ge[:, names].X
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return np.clip(x.astype(np.float64), 0.0, None)
+
+
+def gimvi(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    max_epochs: int = 200,
+) -> np.ndarray:
+    """gimVI (``scvi-tools``), called as its tutorial shows: raw counts, the ST cut to the known
+    genes, ``GIMVI.setup_anndata`` on both, ``train(max_epochs)``, ``get_imputed_values
+    (normalized=True)``; returned as ``log1p(value * 1e4)``. Needs the ``benchmark`` extra."""
+    try:
+        import scvi
+        from scvi.external import GIMVI
+    except ImportError as err:
+        raise ImportError(
+            "method 'gimvi' needs scvi-tools: pip install 'spalstf[benchmark]' "
+            "(or pip install scvi-tools)"
+        ) from err
+    targets = list(target_genes)
+    known = [g for g in st_known.var_names if g in set(sc.var_names) and g not in targets]
+    genes = known + [g for g in targets if g not in known]
+    seq = ad.AnnData(_counts(sc, genes).astype(np.float32))
+    seq.var_names = genes
+    seq = seq[seq.X[:, : len(known)].sum(axis=1) > 0].copy()
+    spatial = ad.AnnData(_counts(st_known, known).astype(np.float32))
+    spatial.var_names = known
+    scvi.settings.seed = seed
+    GIMVI.setup_anndata(seq)
+    GIMVI.setup_anndata(spatial)
+    model = GIMVI(seq, spatial)
+    model.train(max_epochs=max_epochs)
+    _, imputed = model.get_imputed_values(normalized=True)
+    idx = [genes.index(g) for g in targets]
+    return np.log1p(np.asarray(imputed)[:, idx] * SCALE)
+
+
+def spalstf_method(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    **options: Any,
+) -> np.ndarray:
+    """spalstf itself: ``spalstf.fit(sc, known, targets, seed=seed, **options)`` then
+    ``Model.impute(st_known)``. ``options`` go to :func:`spalstf.fit` except ``n_steps``,
+    ``n_samples`` and ``batch_size_impute``, which go to ``Model.impute``."""
+    import spalstf
+
+    targets = list(target_genes)
+    known = [g for g in st_known.var_names if g in set(sc.var_names) and g not in targets]
+    impute_kw = {k: options.pop(k) for k in ("n_steps", "n_samples") if k in options}
+    if "batch_size_impute" in options:
+        impute_kw["batch_size"] = options.pop("batch_size_impute")
+    options.setdefault("progress", False)
+    model = spalstf.fit(sc, known, targets, seed=seed, **options)
+    out = model.impute(st_known[:, known], seed=seed, progress=False, **impute_kw)
+    if hasattr(out, "var_names"):
+        x = out[:, targets].X
+    else:
+        x = out
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return x.astype(np.float64)
+
+
+#: Methods callable by name in :func:`spalstf.cross_validate`.
+BASELINES: dict[str, MethodFn] = {
+    "mean": reference_mean,
+    "knn": knn,
+    "spage": spage,
+    "ridge": ridge,
+    "tangram": tangram,
+    "gimvi": gimvi,
+    "spalstf": spalstf_method,
+}
+
+
+def get_method(name: str, **options: Any) -> MethodFn:
+    """A method callable by name, with ``options`` bound (e.g. ``get_method("knn", k=20)``).
+
+    Parameters
+    ----------
+    name
+        One of :data:`BASELINES`.
+    **options
+        Keyword arguments of that method.
+
+    Returns
+    -------
+    callable
+        ``method(st_known, sc, target_genes, *, seed)``.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"Unknown method {name!r}; expected one of {sorted(BASELINES)}.")
+    fn = BASELINES[name]
+    return partial(fn, **options) if options else fn

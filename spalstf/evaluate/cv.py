@@ -1,0 +1,295 @@
+"""Leave-genes-out cross-validation: the protocol of Li et al. 2022 and of the SpaLSTF paper."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from spalstf.evaluate import metrics as _m
+from spalstf.evaluate.baselines import BASELINES, lognormalize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["cross_validate", "CrossValidationResult", "gene_folds"]
+
+TRUTHS = ("lognorm", "counts")
+
+
+@dataclass
+class CrossValidationResult:
+    """What :func:`cross_validate` returns.
+
+    Attributes
+    ----------
+    per_gene
+        One row per (truth, method, fold, gene): columns ``truth`` (``"lognorm"``: the ST's
+        ``log1p(count / total over all its shared genes * 1e4)``; ``"counts"``: raw counts, as
+        Li et al. score), ``method``, ``fold``, ``gene`` and the metrics ``pcc``, ``spcc``,
+        ``ssim``, ``rmse``, ``js``.
+    summary
+        One row per (truth, method): median and mean over genes of each metric with the count
+        of NaN genes (:func:`spalstf.metrics.summarize`), the accuracy score ``AS`` (ranks of
+        the means, among the methods of this run), the clustering scores (``ari``, ``ami``,
+        ``nmi``, ``homogeneity``, against the log-normalised truth) and ``wall_time_s``
+        (all folds).
+    predictions
+        Per method, the assembled cells x shared-genes prediction (each gene predicted while
+        hidden).
+    folds
+        The held-out genes of each fold.
+    """
+
+    per_gene: pd.DataFrame
+    summary: pd.DataFrame
+    predictions: dict[str, pd.DataFrame] = field(repr=False)
+    folds: list[list[str]]
+
+    def table(self, truth: str = "lognorm", stat: str = "median") -> pd.DataFrame:
+        """A compact methods x metrics table: ``stat`` (median or mean) of each metric, the
+        NaN count of PCC, AS, ARI and wall time, for one ``truth``."""
+        if truth not in TRUTHS:
+            raise ValueError(f"`truth` must be one of {TRUTHS}; received {truth!r}.")
+        if stat not in ("median", "mean"):
+            raise ValueError(f"`stat` must be 'median' or 'mean'; received {stat!r}.")
+        s = self.summary.xs(truth, level="truth")
+        cols = {m: s[f"{m}_{stat}"] for m in _m.METRICS}
+        cols["pcc_n_nan"] = s["pcc_n_nan"]
+        for c in ("AS", "ari", "wall_time_s"):
+            if c in s:
+                cols[c] = s[c]
+        return pd.DataFrame(cols)
+
+
+def gene_folds(genes: Sequence[str], n_folds: int = 5, seed: int = 0) -> list[list[str]]:
+    """Held-out genes per fold: scikit-learn ``KFold(n_folds, shuffle=True, random_state=seed)``
+    over ``genes`` in the given order."""
+    from sklearn.model_selection import KFold
+
+    genes = list(genes)
+    if n_folds < 2 or n_folds > len(genes):
+        raise ValueError(
+            f"`n_folds` must be between 2 and the number of shared genes ({len(genes)}); "
+            f"received {n_folds}."
+        )
+    kf = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [[genes[i] for i in test] for _, test in kf.split(np.arange(len(genes)))]
+
+
+def _matrix(adata: ad.AnnData, layer: str | None, name: str) -> Any:
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"`{name}_layer`={layer!r} is not a layer of `{name}` ({list(adata.layers)})."
+        )
+    return adata.layers[layer]
+
+
+def _resolve_methods(
+    methods: str | Sequence[str | Callable] | Mapping[str, Callable | str],
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, Callable[..., np.ndarray]]:
+    from functools import partial
+
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    items: list[tuple[str, Callable | str]]
+    if isinstance(methods, Mapping):
+        items = list(methods.items())
+    else:
+        items = []
+        for m in methods:
+            if isinstance(m, str):
+                items.append((m, m))
+            elif callable(m):
+                items.append((getattr(m, "__name__", f"method_{len(items)}"), m))
+            else:
+                raise TypeError(
+                    f"`methods` entries must be names or callables; received {type(m).__name__}."
+                )
+    out: dict[str, Callable[..., np.ndarray]] = {}
+    for name, m in items:
+        if isinstance(m, str):
+            if m not in BASELINES:
+                raise ValueError(
+                    f"`methods`: unknown method {m!r}; expected one of {sorted(BASELINES)} "
+                    "or a callable."
+                )
+            m = BASELINES[m]
+        if name in out:
+            raise ValueError(f"`methods`: duplicate method name {name!r}.")
+        opts = dict((method_options or {}).get(name, {}))
+        out[name] = partial(m, **opts) if opts else m
+    if not out:
+        raise ValueError("`methods` must name at least one method; received none.")
+    return out
+
+
+def cross_validate(
+    st: ad.AnnData,
+    sc: ad.AnnData,
+    n_folds: int = 5,
+    seed: int = 0,
+    methods: str | Sequence[str | Callable] | Mapping[str, Callable | str] = (
+        "mean",
+        "knn",
+        "spage",
+    ),
+    *,
+    st_layer: str | None = None,
+    sc_layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    clustering: bool = True,
+) -> CrossValidationResult:
+    """Leave-genes-out cross-validation of imputation methods.
+
+    The genes shared by ``st`` and ``sc`` (in ``st``'s order) are split by scikit-learn
+    ``KFold(n_splits=n_folds, shuffle=True, random_state=seed)``. For each fold, every method
+    gets the ST cut to the other shared genes (raw counts; the held-out genes are absent) and
+    the whole reference, and predicts the held-out genes. The ST is first cut to the shared
+    genes, as the benchmark does; the reference keeps all its genes.
+
+    Parameters
+    ----------
+    st
+        Spatial data, cells x genes, raw counts (in ``X`` or ``layers[st_layer]``).
+    sc
+        Reference, cells x genes, raw counts; ``obs["cell_type"]`` used by methods that want it.
+    n_folds
+        Number of gene folds.
+    seed
+        ``random_state`` of the split, and the ``seed`` passed to each method.
+    methods
+        Names from :data:`spalstf.evaluate.baselines.BASELINES` (``"mean"``, ``"knn"``,
+        ``"spage"``, ``"ridge"``, ``"tangram"``, ``"gimvi"``, ``"spalstf"``), a comma-separated
+        string of them, callables, or a mapping ``{name: name or callable}``. A callable has
+        the signature ``method(st_known, sc, target_genes, *, seed) -> ndarray`` of
+        :mod:`spalstf.evaluate.baselines`: ST cells x targets, log-normalised, non-negative.
+    st_layer, sc_layer
+        Layers holding the counts; None for ``X``.
+    genes
+        Restrict the evaluation to these shared genes (ST order kept).
+    method_options
+        Keyword arguments per method name, e.g. ``{"knn": {"k": 20}, "spalstf": {"epochs": 5}}``.
+    clustering
+        Also compare Leiden clusters of the truth and of each assembled prediction (needs
+        ``leidenalg``).
+
+    Returns
+    -------
+    CrossValidationResult
+        ``per_gene`` (truth, method, fold, gene, metrics), ``summary`` (per truth and method:
+        medians, means, NaN counts, AS, clustering, wall time), ``predictions``, ``folds``.
+        Inputs are not modified.
+    """
+    if not isinstance(st, ad.AnnData) or not isinstance(sc, ad.AnnData):
+        raise TypeError(
+            f"`st` and `sc` must be AnnData; received {type(st).__name__} and {type(sc).__name__}."
+        )
+    fns = _resolve_methods(methods, method_options)
+    sc_names = set(sc.var_names)
+    shared = [g for g in st.var_names if g in sc_names]
+    if genes is not None:
+        wanted = set(genes)
+        absent = [g for g in wanted if g not in set(shared)]
+        if absent:
+            raise ValueError(
+                f"`genes`: {len(absent)} are not shared by `st` and `sc`, e.g. {absent[:5]}."
+            )
+        shared = [g for g in shared if g in wanted]
+    if len(set(shared)) != len(shared):
+        raise ValueError("`st` has duplicate gene names among the shared genes.")
+    folds = gene_folds(shared, n_folds, seed)
+    logger.info(
+        "Cross-validation: %d shared genes, %d folds, methods %s", len(shared), n_folds, list(fns)
+    )
+
+    x = _matrix(st, st_layer, "st")[:, st.var_names.get_indexer(shared)]
+    counts = x.toarray() if sp.issparse(x) else np.array(x, dtype=np.float64)
+    counts = counts.astype(np.float64)
+    st_cut = ad.AnnData(counts.astype(np.float32), obs=st.obs.copy())
+    st_cut.var_names = shared
+    for k in ("spatial",):
+        if k in st.obsm:
+            st_cut.obsm[k] = np.array(st.obsm[k])
+    truths = {"lognorm": lognormalize(counts, counts.sum(axis=1)), "counts": counts}
+
+    sc_x = _matrix(sc, sc_layer, "sc")
+    sc_base = ad.AnnData(sc_x.copy() if sp.issparse(sc_x) else np.array(sc_x), obs=sc.obs.copy())
+    sc_base.var_names = sc.var_names.copy()
+
+    rows: list[pd.DataFrame] = []
+    preds: dict[str, pd.DataFrame] = {}
+    times: dict[str, float] = {}
+    for name, fn in fns.items():
+        full = np.full(counts.shape, np.nan)
+        elapsed = 0.0
+        for f, held in enumerate(folds):
+            held_set = set(held)
+            known = [g for g in shared if g not in held_set]
+            st_known = st_cut[:, known].copy()
+            sc_in = sc_base.copy()
+            t0 = time.perf_counter()
+            p = fn(st_known, sc_in, list(held), seed=seed)
+            elapsed += time.perf_counter() - t0
+            p = p.toarray() if sp.issparse(p) else np.asarray(p, dtype=np.float64)
+            if p.shape != (st.n_obs, len(held)):
+                raise ValueError(
+                    f"Method {name!r} returned shape {p.shape} on fold {f}; expected "
+                    f"{(st.n_obs, len(held))} (ST cells x held-out genes)."
+                )
+            if not np.isfinite(p).all():
+                raise ValueError(f"Method {name!r} returned non-finite values on fold {f}.")
+            if (p < 0).any():
+                warnings.warn(
+                    f"Method {name!r} returned negative values on fold {f}; JS is NaN for "
+                    "those genes.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            idx = [shared.index(g) for g in held]
+            full[:, idx] = p
+            for tname, t in truths.items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    s = _m.score_genes(t[:, idx], p, held).reset_index()
+                s.insert(0, "fold", f)
+                s.insert(0, "method", name)
+                s.insert(0, "truth", tname)
+                rows.append(s)
+            logger.info("%s fold %d: %.2fs", name, f, elapsed)
+        times[name] = elapsed
+        preds[name] = pd.DataFrame(full.astype(np.float32), index=st.obs_names, columns=shared)
+
+    per_gene = pd.concat(rows, ignore_index=True)
+    summary = _m.summarize(per_gene, by=["truth", "method"])
+    as_col = pd.Series(np.nan, index=summary.index)
+    for tname in TRUTHS:
+        means = (
+            per_gene[per_gene["truth"] == tname]
+            .groupby("method", sort=False)[["pcc", "ssim", "rmse", "js"]]
+            .mean()
+        )
+        a = _m.accuracy_score(means, nan_policy="worst")
+        for meth, v in a.items():
+            as_col[(tname, meth)] = v
+    summary["AS"] = as_col
+    if clustering:
+        clus = {
+            name: _m.clustering_scores(truths["lognorm"], pr.to_numpy(), seed=seed)
+            for name, pr in preds.items()
+        }
+        for c in ("ari", "ami", "nmi", "homogeneity"):
+            summary[c] = [clus[meth][c] for _, meth in summary.index]
+    summary["wall_time_s"] = [times[meth] for _, meth in summary.index]
+    return CrossValidationResult(per_gene=per_gene, summary=summary, predictions=preds, folds=folds)

@@ -1,0 +1,117 @@
+"""Leave-genes-out cross-validation."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold
+from test_baselines import tiny_pair
+
+from spalstf.evaluate.baselines import lognormalize
+from spalstf.evaluate.cv import cross_validate, gene_folds
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[ad.AnnData, ad.AnnData]:
+    return tiny_pair(n_st=50, n_sc=80, n_genes=10)
+
+
+def test_gene_folds_are_sklearn_kfold() -> None:
+    genes = [f"g{i}" for i in range(11)]
+    folds = gene_folds(genes, 5, seed=3)
+    kf = KFold(n_splits=5, shuffle=True, random_state=3)
+    assert folds == [[genes[i] for i in t] for _, t in kf.split(genes)]
+    assert sorted(sum(folds, [])) == sorted(genes)
+    with pytest.raises(ValueError, match="n_folds"):
+        gene_folds(genes[:3], 5)
+
+
+def test_cv_never_shows_held_out_genes(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    st, sc = pair
+    seen: list[tuple[list[str], list[str]]] = []
+
+    def spy(st_known, sc_, target_genes, *, seed):
+        seen.append((list(st_known.var_names), list(target_genes)))
+        assert st_known.n_obs == st.n_obs and sc_.n_vars == sc.n_vars
+        return np.ones((st_known.n_obs, len(target_genes)))
+
+    res = cross_validate(st, sc, n_folds=5, methods={"spy": spy}, clustering=False)
+    assert len(seen) == 5
+    for known, targets in seen:
+        assert not set(known) & set(targets)
+        assert set(known) | set(targets) == set(st.var_names)
+    assert [t for _, t in seen] == res.folds
+
+
+def test_cv_scores_align_genes_and_truths(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    st, sc = pair
+    x = st.X.astype(float)
+    truth = lognormalize(x, x.sum(axis=1))
+    genes = list(st.var_names)
+
+    def oracle(st_known, sc_, target_genes, *, seed):
+        return truth[:, [genes.index(g) for g in target_genes]]
+
+    def anti(st_known, sc_, target_genes, *, seed):
+        return truth[:, [genes.index(g) for g in target_genes]].max() - oracle(
+            st_known, sc_, target_genes, seed=seed
+        )
+
+    st0, sc0 = st.copy(), sc.copy()
+    res = cross_validate(st, sc, methods=[oracle, anti, "mean", "knn"], seed=1)
+    np.testing.assert_array_equal(st.X, st0.X)
+    np.testing.assert_array_equal(sc.X, sc0.X)
+    pg = res.per_gene
+    assert set(pg.columns) >= {
+        "truth",
+        "method",
+        "fold",
+        "gene",
+        "pcc",
+        "spcc",
+        "ssim",
+        "rmse",
+        "js",
+    }
+    assert len(pg) == 2 * 4 * st.n_vars
+    lg = pg[(pg.truth == "lognorm") & (pg.method == "oracle")]
+    np.testing.assert_allclose(lg["pcc"], 1.0)
+    np.testing.assert_allclose(lg["rmse"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(pg[(pg.truth == "lognorm") & (pg.method == "anti")]["pcc"], -1.0)
+    tab = res.table("lognorm")
+    assert tab.loc["oracle", "AS"] == pytest.approx(1.0)
+    assert tab.loc["oracle", "ari"] == pytest.approx(1.0)
+    # the constant reference mean: every correlation NaN and counted, never dropped
+    assert tab.loc["mean", "pcc_n_nan"] == st.n_vars and np.isnan(tab.loc["mean", "pcc"])
+    assert res.predictions["knn"].shape == st.shape
+    assert not res.predictions["knn"].isna().any().any()
+    # the raw-count truth is scored too
+    assert np.isfinite(res.table("counts").loc["knn", "pcc"])
+    assert (res.summary["wall_time_s"] >= 0).all()
+
+
+def test_cv_errors(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    st, sc = pair
+
+    def bad(st_known, sc_, target_genes, *, seed):
+        return np.ones((3, 1))
+
+    with pytest.raises(ValueError, match="'bad' returned shape"):
+        cross_validate(st, sc, methods=[bad], clustering=False)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        cross_validate(st, sc, methods="nope")
+    with pytest.raises(KeyError, match="st_layer"):
+        cross_validate(st, sc, methods="mean", st_layer="counts")
+    with pytest.raises(TypeError, match="AnnData"):
+        cross_validate(st.X, sc, methods="mean")
+
+
+def test_cv_method_options_and_string(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    st, sc = pair
+    a = cross_validate(
+        st, sc, methods="knn,ridge", method_options={"knn": {"k": 3}}, clustering=False
+    )
+    b = cross_validate(st, sc, methods=["knn"], method_options={"knn": {"k": 40}}, clustering=False)
+    assert list(a.table().index) == ["knn", "ridge"]
+    assert not np.allclose(a.predictions["knn"], b.predictions["knn"])
