@@ -1,0 +1,356 @@
+# Impute(): the Seurat / SingleCellExperiment / matrix front door.
+
+#' Impute unmeasured genes with SpaLSTF
+#'
+#' Trains SpaLSTF on the reference (or uses a model from \code{\link{FitSpaLSTF}}) and predicts
+#' the expression of \code{genes} in every cell (spot) of \code{object}, by calling
+#' \code{spalstf.impute()} (or \code{Model.impute()}) of the Python package.
+#'
+#' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}:
+#' the mean over \code{n.samples} reverse-diffusion samples. Their standard deviation (an
+#' uncertainty estimate) is kept as well: for Seurat in \code{Misc(object[[new.assay.name]],
+#' "std")} (a genes x cells matrix with the assay's dimnames), for SingleCellExperiment as the
+#' assay \code{"std"} of the alternative experiment, for matrices as \code{attr(x, "std")}.
+#'
+#' Gene and cell names come back exactly as given. Seurat does not allow \code{_} in feature
+#' names (it writes \code{-}): requested genes are matched against the reference's original
+#' names (kept by \code{\link{AnnDataToSeurat}} in the feature meta data column
+#' \code{feature_name}) or their Seurat spelling, and the new assay keeps the requested names
+#' in its feature meta data column \code{feature_name}.
+#'
+#' @param object Spatial data: a Seurat object, a SingleCellExperiment, a genes x cells matrix
+#'   (dense or a \code{dgCMatrix}; raw counts unless \code{log.normalized = TRUE}), or a Python
+#'   AnnData (cells x genes; then the Python result is returned as is).
+#' @param reference The scRNA-seq reference: a Seurat object, a SingleCellExperiment, a genes x
+#'   cells matrix with gene names, a Python AnnData, or a model from \code{\link{FitSpaLSTF}}.
+#' @param genes Genes to impute (character). \code{NULL}: the reference genes that
+#'   \code{object} lacks (the most variable ones when there are many; see the Python
+#'   documentation of \code{spalstf.impute}). Genes absent from the reference are dropped with
+#'   a warning. A requested gene that \code{object} measures is predicted as if hidden.
+#' @param ... Further options of \code{spalstf.impute} under their Python names, e.g.
+#'   \code{max_time = 60}, \code{batch_size = 128L}, \code{n_steps = 20L}.
+#' @return The object with the imputations added (see the methods), or for matrices a genes x
+#'   cells matrix.
+#' @seealso \code{\link{FitSpaLSTF}}, \code{\link{CrossValidate}}
+#' @examples
+#' \dontrun{
+#' st <- readRDS("st_seurat.rds")
+#' sc <- readRDS("sc_seurat.rds")
+#' st <- Impute(st, sc, genes = c("CD3E", "MS4A1"))
+#' Seurat::GetAssayData(st, assay = "SpaLSTF", slot = "data")
+#' }
+#' @export
+Impute <- function(object, reference, genes = NULL, ...) {
+  UseMethod("Impute")
+}
+
+#' @describeIn Impute Fails with a message naming the classes accepted.
+#' @export
+Impute.default <- function(object, reference, genes = NULL, ...) {
+  stop("`object` must be a Seurat object, a SingleCellExperiment, a genes x cells matrix ",
+       "(matrix or dgCMatrix) or a Python AnnData; received: ",
+       paste(class(object), collapse = "/"), call. = FALSE)
+}
+
+# ----------------------------------------------------------------------------- shared core
+.check_flag <- function(x, arg) {
+  if (!is.logical(x) || length(x) != 1L || is.na(x)) {
+    stop(sprintf("`%s` must be TRUE or FALSE, received: %s", arg,
+                 paste(deparse(x), collapse = " ")), call. = FALSE)
+  }
+  x
+}
+
+.check_count <- function(x, arg, null.ok = TRUE, min = 1L) {
+  if (null.ok && is.null(x)) return(NULL)
+  if (!is.numeric(x) || length(x) != 1L || is.na(x) || x != round(x) || x < min) {
+    stop(sprintf("`%s` must be one whole number >= %d%s, received: %s", arg, min,
+                 if (null.ok) " (or NULL)" else "", paste(deparse(x), collapse = " ")),
+         call. = FALSE)
+  }
+  as.integer(x)
+}
+
+.check_genes <- function(genes, arg = "genes") {
+  if (is.null(genes)) return(NULL)
+  if (is.factor(genes)) genes <- as.character(genes)
+  if (!is.character(genes) || !length(genes) || anyNA(genes) || any(!nzchar(genes))) {
+    stop(sprintf("`%s` must be a non-empty character vector of gene names, received: %s", arg,
+                 paste(utils::capture.output(utils::str(genes)), collapse = " ")), call. = FALSE)
+  }
+  if (anyDuplicated(genes)) {
+    stop(sprintf("`%s` has duplicated genes: %s", arg,
+                 paste(unique(genes[duplicated(genes)]), collapse = ", ")), call. = FALSE)
+  }
+  genes
+}
+
+# Options shared by every method, as keyword arguments for Python (integers as integers).
+.py_options <- function(seed, device, n.samples, n.steps, epochs, verbose, dots) {
+  seed <- .check_count(seed, "seed", null.ok = FALSE, min = 0L)
+  .check_string(device, "device")
+  verbose <- .check_flag(verbose, "verbose")
+  opts <- list(seed = seed, device = device, progress = verbose,
+               n_samples = .check_count(n.samples, "n.samples"),
+               n_steps = .check_count(n.steps, "n.steps"),
+               epochs = .check_count(epochs, "epochs"))
+  if (length(dots)) {
+    if (is.null(names(dots)) || any(!nzchar(names(dots)))) {
+      stop("Options in `...` must be named (Python names of spalstf.impute, e.g. max_time = 60).",
+           call. = FALSE)
+    }
+    # Whole numbers go to Python as integers (Python accepts an int wherever a float goes).
+    dots <- lapply(dots, function(v) {
+      if (is.double(v) && length(v) == 1L && !is.na(v) && v == round(v) && abs(v) < 2^31) {
+        as.integer(v)
+      } else {
+        v
+      }
+    })
+    opts <- c(opts, dots)
+  }
+  opts[!vapply(opts, is.null, TRUE)]
+}
+
+# Map requested genes onto the reference's gene names. Returns list(requested, reference).
+.match_genes <- function(genes, ref_genes) {
+  if (is.null(genes)) return(NULL)
+  idx <- match(genes, ref_genes)
+  miss <- is.na(idx)
+  if (any(miss)) {
+    # Seurat spelling of either side (`_` and `|` written as `-`).
+    idx[miss] <- match(.seurat_safe_names(genes[miss]), .seurat_safe_names(ref_genes))
+  }
+  miss <- is.na(idx)
+  if (all(miss)) {
+    stop(sprintf("None of `genes` is in the reference (%d genes, e.g. %s); received: %s",
+                 length(ref_genes), paste(utils::head(ref_genes, 5L), collapse = ", "),
+                 paste(utils::head(genes, 10L), collapse = ", ")), call. = FALSE)
+  }
+  if (any(miss)) {
+    warning(sprintf("%d of `genes` not in the reference, dropped: %s", sum(miss),
+                    paste(genes[miss], collapse = ", ")), call. = FALSE)
+  }
+  list(requested = genes[!miss], reference = ref_genes[idx[!miss]])
+}
+
+# The reference as an AnnData (or a SpaLSTFModel, returned as is).
+.as_reference <- function(reference, reference.assay = NULL, slot = "counts") {
+  if (inherits(reference, "SpaLSTFModel")) return(reference)
+  if (inherits(reference, "anndata._core.anndata.AnnData")) return(reference)
+  if (methods::is(reference, "Seurat")) {
+    return(SeuratToAnnData(reference, assay = reference.assay, slot = slot, coords = FALSE))
+  }
+  if (methods::is(reference, "SingleCellExperiment")) {
+    return(SCEToAnnData(reference, X.name = reference.assay, coords = FALSE))
+  }
+  if (is.matrix(reference) || inherits(reference, "Matrix")) {
+    return(.matrix_to_anndata(reference, "reference"))
+  }
+  stop("`reference` must be a Seurat object, a SingleCellExperiment, a genes x cells matrix ",
+       "with gene names, a Python AnnData or a SpaLSTFModel; received: ",
+       paste(class(reference), collapse = "/"), call. = FALSE)
+}
+
+.matrix_to_anndata <- function(x, arg) {
+  if (is.null(rownames(x)) || anyNA(rownames(x)) || anyDuplicated(rownames(x))) {
+    stop(sprintf("`%s` must have unique gene names as row names (genes x cells).", arg),
+         call. = FALSE)
+  }
+  cells <- colnames(x) %||% as.character(seq_len(ncol(x)))
+  .py_try(.bridge()$make_anndata(
+    .matrix_parts(x, arg), .frame_to_py(data.frame(row.names = cells), cells),
+    .frame_to_py(data.frame(row.names = rownames(x)), rownames(x))
+  ))
+}
+
+.ref_genes <- function(ref) {
+  if (inherits(ref, "SpaLSTFModel")) return(ref$target.genes)
+  as.character(reticulate::py_to_r(.bridge()$var_names(ref)))
+}
+
+# Fit-and-impute (or model.impute) on AnnData inputs; returns R matrices genes x cells.
+.impute_core <- function(st_ad, ref, genes, log.normalized, opts) {
+  sp <- .spalstf_module()
+  matched <- .match_genes(genes, .ref_genes(ref))
+  if (inherits(ref, "SpaLSTFModel")) {
+    if (!is.null(matched)) {
+      bad <- setdiff(matched$reference, ref$target.genes)
+      if (length(bad)) {
+        stop("`genes` must be target genes of the model; not in it: ",
+             paste(bad, collapse = ", "), call. = FALSE)
+      }
+    }
+    opts$epochs <- NULL
+    res <- .py_try(do.call(ref$py$impute, c(list(st_ad, log_normalized = log.normalized), opts)))
+  } else {
+    args <- c(list(st_ad, ref),
+              if (!is.null(matched)) list(genes = as.list(matched$reference)) else list(),
+              list(log_normalized = log.normalized), opts)
+    res <- .py_try(do.call(sp$impute, args))
+  }
+  parts <- reticulate::py_to_r(.py_try(.bridge()$result_parts(res)))
+  cells <- as.character(parts$obs_names)
+  ref_names <- as.character(parts$var_names)
+  out_names <- if (!is.null(matched)) {
+    matched$requested[match(ref_names, matched$reference)]
+  } else {
+    ref_names
+  }
+  out_names[is.na(out_names)] <- ref_names[is.na(out_names)]
+  keep <- if (!is.null(matched)) match(matched$requested, out_names) else seq_along(out_names)
+  keep <- keep[!is.na(keep)]
+  mean <- .matrix_from_parts(parts$x, out_names, cells)[keep, , drop = FALSE]
+  std <- if (!is.null(parts$std)) {
+    .matrix_from_parts(parts$std, out_names, cells)[keep, , drop = FALSE]
+  } else {
+    NULL
+  }
+  list(mean = mean, std = std, provenance = parts$provenance, python = res)
+}
+
+# ----------------------------------------------------------------------------- methods
+#' @describeIn Impute For Seurat objects: adds the assay \code{new.assay.name} whose \code{data}
+#'   slot holds the imputations (its \code{counts} slot stays empty), the uncertainty in
+#'   \code{Misc(object[[new.assay.name]], "std")} and the Python provenance in
+#'   \code{Misc(object[[new.assay.name]], "spalstf")}; parameters in \code{Tool(object)}
+#'   and the command in \code{object@commands}. The default assay is unchanged unless
+#'   \code{set.default = TRUE}.
+#' @param assay Assay of \code{object} to read (default: its default assay).
+#' @param reference.assay Assay of the reference (Seurat; default: its default assay) or assay
+#'   name (SingleCellExperiment; default \code{"counts"}).
+#' @param slot Slot read from both objects: \code{"counts"} (raw counts, default) or
+#'   \code{"data"} (log-normalised values, used as given).
+#' @param new.assay.name Name of the assay (Seurat) or alternative experiment (SCE) to add.
+#' @param set.default Make the new assay the default assay.
+#' @param n.samples Samples per cell (their mean is the imputation; default 4).
+#' @param n.steps Reverse-diffusion steps (default 20).
+#' @param epochs Training epochs (default: the Python default with early stopping).
+#' @param seed Random seed: the same seed gives the same values as Python's
+#'   \code{spalstf.impute(..., seed = seed)} on the same data (CPU).
+#' @param device \code{"auto"}, \code{"cpu"} or \code{"cuda"}.
+#' @param verbose Show progress.
+#' @export
+Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, reference.assay = NULL,
+                          slot = "counts", new.assay.name = "SpaLSTF", set.default = FALSE,
+                          n.samples = NULL, n.steps = NULL, epochs = NULL, seed = 0L,
+                          device = "auto", verbose = TRUE, ...) {
+  .need(c("SeuratObject"), "Impute() on Seurat objects")
+  genes <- .check_genes(genes)
+  slot <- match.arg(slot, c("counts", "data"))
+  .check_string(new.assay.name, "new.assay.name")
+  set.default <- .check_flag(set.default, "set.default")
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  if (assay == new.assay.name) {
+    stop(sprintf("`new.assay.name` (\"%s\") must differ from `assay`, the input.", assay),
+         call. = FALSE)
+  }
+  opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
+  st_ad <- SeuratToAnnData(object, assay = assay, slot = slot)
+  ref <- .as_reference(reference, reference.assay, slot)
+  res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts)
+  cells <- colnames(object)
+  if (!identical(colnames(res$mean), cells)) {
+    stop("Internal error: the cells returned by Python differ from the object's.", call. = FALSE)
+  }
+  requested <- rownames(res$mean)
+  safe <- .seurat_safe_names(requested)
+  mean <- res$mean
+  rownames(mean) <- safe
+  a <- SeuratObject::CreateAssayObject(data = mean)
+  a@meta.features[[.feature_name_col]] <- requested
+  std <- res$std
+  if (!is.null(std)) rownames(std) <- safe
+  SeuratObject::Misc(a, slot = "std") <- std
+  SeuratObject::Misc(a, slot = "spalstf") <- res$provenance
+  if (new.assay.name %in% SeuratObject::Assays(object)) {
+    warning(sprintf("Assay \"%s\" replaced.", new.assay.name), call. = FALSE)
+    object[[new.assay.name]] <- NULL
+  }
+  SeuratObject::Key(a) <- paste0(tolower(gsub("[^A-Za-z0-9]", "", new.assay.name)), "_")
+  object[[new.assay.name]] <- a
+  if (set.default) SeuratObject::DefaultAssay(object) <- new.assay.name
+  params <- c(list(genes = requested, assay = assay, slot = slot,
+                   new.assay.name = new.assay.name,
+                   reference = if (inherits(ref, "SpaLSTFModel")) "SpaLSTFModel" else "fit",
+                   spalstf.version = .spalstf_py_version()), opts)
+  object <- .set_tool(object, params)
+  object <- SeuratObject::LogSeuratCommand(object = object)
+  object
+}
+
+.set_tool <- function(object, params) {
+  object@tools[["Impute"]] <- params
+  object
+}
+
+#' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
+#'   \code{new.assay.name} with assays \code{logcounts} (the imputations) and \code{std}; the
+#'   parameters go to \code{metadata(object)[["SpaLSTF"]]}.
+#' @export
+Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay = NULL,
+                                        reference.assay = NULL, slot = "counts",
+                                        new.assay.name = "SpaLSTF", n.samples = NULL,
+                                        n.steps = NULL, epochs = NULL, seed = 0L,
+                                        device = "auto", verbose = TRUE, ...) {
+  .need(c("SingleCellExperiment", "SummarizedExperiment", "S4Vectors"),
+        "Impute() on SingleCellExperiment objects")
+  genes <- .check_genes(genes)
+  slot <- match.arg(slot, c("counts", "data"))
+  .check_string(new.assay.name, "new.assay.name")
+  opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
+  st_ad <- SCEToAnnData(object, X.name = assay, coords = FALSE)
+  ref <- .as_reference(reference, reference.assay, slot)
+  res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts)
+  assays <- list(logcounts = res$mean)
+  if (!is.null(res$std)) assays$std <- res$std
+  alt <- SingleCellExperiment::SingleCellExperiment(assays = assays)
+  SingleCellExperiment::altExp(object, new.assay.name) <- alt
+  md <- S4Vectors::metadata(object)
+  md[["SpaLSTF"]] <- c(list(genes = rownames(res$mean), assay = assay %||% "counts",
+                            slot = slot, new.assay.name = new.assay.name,
+                            spalstf.version = .spalstf_py_version(),
+                            provenance = res$provenance), opts)
+  S4Vectors::metadata(object) <- md
+  object
+}
+
+#' @describeIn Impute For genes x cells matrices (\code{matrix} or any \code{Matrix}, e.g.
+#'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
+#'   imputations with \code{attr(, "std")} the uncertainty and \code{attr(, "spalstf")} the
+#'   provenance.
+#' @param log.normalized Matrices only: both inputs hold log-normalised values.
+#' @export
+Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALSE,
+                          reference.assay = NULL, n.samples = NULL, n.steps = NULL,
+                          epochs = NULL, seed = 0L, device = "auto", verbose = TRUE, ...) {
+  genes <- .check_genes(genes)
+  log.normalized <- .check_flag(log.normalized, "log.normalized")
+  opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
+  st_ad <- .matrix_to_anndata(object, "object")
+  ref <- .as_reference(reference, reference.assay, if (log.normalized) "data" else "counts")
+  res <- .impute_core(st_ad, ref, genes, log.normalized, opts)
+  out <- res$mean
+  if (is.null(colnames(object))) colnames(out) <- NULL
+  attr(out, "std") <- res$std
+  attr(out, "spalstf") <- res$provenance
+  out
+}
+
+#' @rdname Impute
+#' @export
+Impute.Matrix <- Impute.matrix
+
+#' @describeIn Impute For a Python AnnData (cells x genes): calls \code{spalstf.impute} and
+#'   returns its AnnData (Python) unchanged.
+#' @export
+Impute.python.builtin.object <- function(object, reference, genes = NULL, ...) {
+  .check_adata(object, "object")
+  ref <- .as_reference(reference)
+  genes <- .check_genes(genes)
+  if (inherits(ref, "SpaLSTFModel")) {
+    return(.py_try(ref$py$impute(object, ...)))
+  }
+  args <- c(list(object, ref), if (!is.null(genes)) list(genes = as.list(genes)), list(...))
+  .py_try(do.call(.spalstf_module()$impute, args))
+}
