@@ -1,0 +1,4 @@
+library(testthat)
+library(SpaLSTF)
+
+test_check("SpaLSTF")
