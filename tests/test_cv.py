@@ -115,3 +115,60 @@ def test_cv_method_options_and_string(pair: tuple[ad.AnnData, ad.AnnData]) -> No
     b = cross_validate(st, sc, methods=["knn"], method_options={"knn": {"k": 40}}, clustering=False)
     assert list(a.table().index) == ["knn", "ridge"]
     assert not np.allclose(a.predictions["knn"], b.predictions["knn"])
+
+
+def test_cv_runs_spalstf_itself(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    pytest.importorskip("spalstf.api")
+    st, sc = pair
+    res = cross_validate(
+        st,
+        sc,
+        methods=["spalstf"],
+        method_options={"spalstf": {"epochs": 1, "n_steps": 2, "n_samples": 1}},
+        clustering=False,
+    )
+    p = res.predictions["spalstf"].to_numpy()
+    assert p.shape == st.shape and np.isfinite(p).all() and (p >= 0).all()
+
+
+def test_benchmark_cli(pair: tuple[ad.AnnData, ad.AnnData], tmp_path) -> None:
+    import argparse
+
+    from spalstf.evaluate import _cli
+
+    st, sc = pair
+    st.write_h5ad(tmp_path / "st.h5ad")
+    sc.write_h5ad(tmp_path / "sc.h5ad")
+    parser = argparse.ArgumentParser(prog="spalstf")
+    _cli.add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "out"
+    args = parser.parse_args(
+        [
+            "benchmark",
+            "--st",
+            str(tmp_path / "st.h5ad"),
+            "--sc",
+            str(tmp_path / "sc.h5ad"),
+            "--methods",
+            "knn,mean",
+            "--out",
+            str(out),
+            "--no-clustering",
+        ]
+    )
+    assert args.func(args) == 0
+    for f in ("per_gene.csv", "summary.csv", "summary.md", "per_gene.png"):
+        assert (out / f).is_file(), f
+    assert "| knn |" in (out / "summary.md").read_text()
+    bad = parser.parse_args(
+        [
+            "benchmark",
+            "--st",
+            str(tmp_path / "nope.h5ad"),
+            "--sc",
+            str(tmp_path / "sc.h5ad"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert bad.func(bad) == 2

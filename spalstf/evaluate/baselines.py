@@ -335,18 +335,15 @@ def spalstf_method(
     **options: Any,
 ) -> np.ndarray:
     """spalstf itself: ``spalstf.fit(sc, known, targets, seed=seed, **options)`` then
-    ``Model.impute(st_known)``. ``options`` go to :func:`spalstf.fit` except ``n_steps``,
-    ``n_samples`` and ``batch_size_impute``, which go to ``Model.impute``."""
+    ``Model.impute(st_known, seed=seed)``. ``options`` are those of :func:`spalstf.fit`
+    (``epochs``, ``max_time``, ``n_steps``, ``n_samples``, ``device``, ...)."""
     import spalstf
 
     targets = list(target_genes)
     known = [g for g in st_known.var_names if g in set(sc.var_names) and g not in targets]
-    impute_kw = {k: options.pop(k) for k in ("n_steps", "n_samples") if k in options}
-    if "batch_size_impute" in options:
-        impute_kw["batch_size"] = options.pop("batch_size_impute")
     options.setdefault("progress", False)
     model = spalstf.fit(sc, known, targets, seed=seed, **options)
-    out = model.impute(st_known[:, known], seed=seed, progress=False, **impute_kw)
+    out = model.impute(st_known[:, known], seed=seed, progress=False)
     if hasattr(out, "var_names"):
         x = out[:, targets].X
     else:
