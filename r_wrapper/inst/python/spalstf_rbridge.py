@@ -97,7 +97,7 @@ def _column_from_encoding(enc: dict, n: int) -> Any:
         return vals
     if kind == "character":
         vals = _strs(enc["values"]) if n else []
-        return np.asarray([None if m else v for v, m in zip(vals, na)], dtype=object)
+        return np.asarray([None if m else v for v, m in zip(vals, na, strict=False)], dtype=object)
     raise ValueError(f"Unknown column type {kind!r}.")
 
 
@@ -108,7 +108,7 @@ def frame_from_columns(index: Any, names: Any, columns: Any) -> pd.DataFrame:
     columns = list(columns) if columns is not None else []
     if isinstance(columns, dict):  # pragma: no cover - defensive
         columns = list(columns.values())
-    data = {nm: _column_from_encoding(enc, len(idx)) for nm, enc in zip(names, columns)}
+    data = {nm: _column_from_encoding(enc, len(idx)) for nm, enc in zip(names, columns, strict=False)}
     return pd.DataFrame(data, index=idx)
 
 
@@ -132,7 +132,7 @@ def _encode_column(col: pd.Series) -> dict:
         return {"type": "numeric", "values": np.where(na, np.nan, vals.astype(np.float64))}
     if pd.api.types.is_numeric_dtype(dtype):
         return {"type": "numeric", "values": np.asarray(col, dtype=np.float64)}
-    vals = np.asarray(["" if m else str(v) for v, m in zip(col.tolist(), na)], dtype=str)
+    vals = np.asarray(["" if m else str(v) for v, m in zip(col.tolist(), na, strict=False)], dtype=str)
     return {"type": "character", "values": vals, "na": na}
 
 
