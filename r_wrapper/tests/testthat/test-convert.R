@@ -54,7 +54,7 @@ test_that("feature names with underscores survive AnnData -> Seurat -> AnnData",
   ad2 <- SeuratToAnnData(seu)
   expect_identical(as.character(reticulate::py_to_r(ad2$var_names$tolist())), rownames(sce_like))
   expect_identical(SeuratObject::GetAssayData(seu, slot = "counts")["GENE-U1", ],
-                   as.numeric(sce_like["GENE_U1", ]))
+                   stats::setNames(as.numeric(sce_like["GENE_U1", ]), colnames(sce_like)))
 })
 
 test_that("Visium images come back as VisiumV1 with coordinates and scale factors", {
