@@ -93,6 +93,7 @@ spalstf_python <- function() {
     python <- src$get()
     if (length(python) != 1L || is.na(python) || !nzchar(python)) next
     python <- path.expand(python)
+    if (!grepl("^(/|[A-Za-z]:)", python)) python <- file.path(getwd(), python)  # keep symlinks
     seen[[length(seen) + 1L]] <- list(source = src$source, python = python)
     ok <- .python_has_spalstf(python)
     if (!ok && src$explicit) {

@@ -1,0 +1,82 @@
+"""The R package SpaLSTF (r_wrapper/) against the Python package.
+
+- its version (the top-level DESCRIPTION) equals spalstf.__version__;
+- SpaLSTF::Impute() in R gives the values spalstf.impute() gives in Python on the same data
+  (visium_lymph Seurat fixtures, same seed, tiny settings). Needs R with SpaLSTF installed
+  (bash scripts/r_setup.sh .venv), rpy2 and the shared data; skipped otherwise.
+The testthat suite itself runs with scripts/r_test.sh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spalstf
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "visium_lymph" / "seurat"
+GENES = ["CD3E", "MS4A1", "CR2", "CCL19", "HLA_NOT_A_GENE"]
+
+
+def _description_field(name: str) -> str:
+    for line in (ROOT / "DESCRIPTION").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"DESCRIPTION has no {name} field")
+
+
+def test_r_package_version_equals_python_version():
+    assert _description_field("Package") == "SpaLSTF"
+    assert _description_field("Version") == spalstf.__version__
+    link = ROOT / "r_wrapper" / "DESCRIPTION"
+    assert link.is_symlink() and link.resolve() == (ROOT / "DESCRIPTION").resolve()
+
+
+def _r_spalstf_installed() -> bool:
+    if shutil.which("Rscript") is None:
+        return False
+    out = subprocess.run(["Rscript", "-e", 'quit(status = !requireNamespace("SpaLSTF", '
+                          "quietly = TRUE))"], capture_output=True)
+    return out.returncode == 0
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/visium_lymph absent")
+@pytest.mark.skipif(not _r_spalstf_installed(), reason="R package SpaLSTF not installed")
+def test_r_impute_equals_python_impute(tmp_path):
+    pytest.importorskip("rpy2")
+    from spalstf.io._rds import read_rds
+
+    out = tmp_path / "st_imputed.rds"
+    script = f"""
+      st <- readRDS("{DATA / 'st_seurat.rds'}")
+      sc <- readRDS("{DATA / 'sc_seurat.rds'}")
+      st <- suppressWarnings(SpaLSTF::Impute(st, sc, genes = c({', '.join(repr(g) for g in GENES)}),
+                                             epochs = 1, n.steps = 2, n.samples = 2, seed = 0,
+                                             verbose = FALSE))
+      saveRDS(st, "{out}")
+    """
+    env = dict(os.environ, SPALSTF_PYTHON=sys.executable)
+    run = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    st = read_rds(DATA / "st_seurat.rds")
+    sc = read_rds(DATA / "sc_seurat.rds")
+    with pytest.warns(Warning):  # the gene absent from the reference is dropped
+        expected = spalstf.impute(st, sc, genes=GENES, epochs=1, n_steps=2, n_samples=2,
+                                  seed=0, progress=False)
+    got = read_rds(out, assay="SpaLSTF", slot="data")
+    assert list(got.var_names) == GENES[:4]
+    assert list(got.obs_names) == list(st.obs_names)
+    assert list(expected.var_names) == GENES[:4]
+    np.testing.assert_allclose(got.X.toarray(), np.asarray(expected.X), rtol=1e-5, atol=1e-5)
+    # the measured assay is untouched and still the default
+    measured = read_rds(out)
+    assert (measured.X != st.X).nnz == 0
