@@ -1,0 +1,166 @@
+"""Every setting of the model, its training and its sampling, with the defaults in one place.
+
+A `Config` is a plain dataclass: `spalstf.fit(..., config=Config(depth=2))` or keyword options
+(`spalstf.fit(..., epochs=50)`) override the defaults. The four parts of the method (DESIGN.md
+"The method") can each be switched off for ablations:
+
+- ``diffusion``: the conditional DDPM. Off, the denoiser is trained to regress the target genes
+  directly from the known genes (a single deterministic pass, no noise).
+- ``use_xca``: the XCA-Transformer blocks. Off, the blocks keep their adaLN-Zero MLPs only.
+- ``use_context``: the BiLSTM over the cell's neighbourhood. Off, only the timestep conditions.
+- ``vlb_weight`` / ``kl_weight``: the hybrid-loss terms; 0 turns each off (with ``vlb_weight``
+  0 the variance is fixed, not learned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Config:
+    """Settings of a SpaLSTF model. All fields have documented defaults."""
+
+    # --- representation -------------------------------------------------------------------
+    #: Target sum of the per-cell normalisation (over the known genes), before log1p.
+    scale_factor: float = 1e4
+    #: How the known genes of the ST are put on the reference's scale before entering the model:
+    #: "reference" standardises both with the reference's per-gene mean and std;
+    #: "per_dataset" standardises each data set with its own statistics.
+    align: str = "reference"
+
+    # --- denoiser (XCA-Transformer) -------------------------------------------------------
+    #: Width of a token embedding.
+    d_model: int = 64
+    #: Number of transformer blocks.
+    depth: int = 3
+    #: Attention heads of each XCA layer (must divide d_model).
+    n_heads: int = 4
+    #: Hidden width of the block MLPs relative to d_model.
+    mlp_ratio: float = 2.0
+    #: Genes are grouped into at most this many tokens per cell (one gene per token when the
+    #: cell has fewer genes); XCA cost is linear in the number of tokens.
+    max_tokens: int = 64
+    use_xca: bool = True
+    dropout: float = 0.0
+
+    # --- context (BiLSTM) -----------------------------------------------------------------
+    use_context: bool = True
+    #: Length of the context sequence: the cell, then its n_neighbors nearest reference cells
+    #: in known-gene space, ordered by distance.
+    n_neighbors: int = 16
+    lstm_hidden: int = 64
+    lstm_layers: int = 1
+    #: The prior mean the diffusion refines (CARD-style, Han et al. 2022): what is diffused is the
+    #: residual of the target genes around it, and each target token also reads it.
+    #: "ridge": a ridge regression from known to target genes fitted on the reference;
+    #: "neighbours": the mean over the cell's reference neighbours; "none": no prior.
+    prior: str = "ridge"
+    #: L2 penalty of the ridge prior (on standardised genes).
+    prior_alpha: float = 10.0
+    #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
+    #: reference when it is larger); bounds the model file and the neighbour search.
+    atlas_size: int = 20000
+
+    # --- diffusion ------------------------------------------------------------------------
+    diffusion: bool = True
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "cosine"
+    #: Weight of the variational-lower-bound term (learned variance, improved-DDPM hybrid loss).
+    vlb_weight: float = 0.001
+    #: Weight of the KL regulariser between predicted- and true-noise distributions.
+    kl_weight: float = 0.01
+
+    # --- training -------------------------------------------------------------------------
+    epochs: int = 60
+    #: Wall-clock budget for training in seconds (None: no budget).
+    max_time: float | None = 120.0
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    #: Fraction of reference cells held out for early stopping.
+    validation_fraction: float = 0.1
+    #: Stop after this many epochs without improvement of the validation loss (None: never).
+    patience: int | None = 10
+    #: Exponential moving average of the weights used for sampling (0 disables).
+    ema_decay: float = 0.995
+
+    # --- sampling -------------------------------------------------------------------------
+    #: "ddim" (few respaced steps, deterministic given the initial noise) or "ddpm" (ancestral).
+    sampler: str = "ddim"
+    #: Reverse steps; ignored by "ddpm" when None (then all num_train_timesteps steps run).
+    n_steps: int = 10
+    #: Samples per cell: their mean is the imputation, their std the uncertainty.
+    n_samples: int = 8
+    #: DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).
+    eta: float = 0.0
+    #: Bound each step's predicted x0 to the range of the reference (clip_denoised).
+    clip_denoised: bool = True
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Config:
+        """Return a copy with `changes` applied, refusing unknown names."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {unknown}; valid options are {sorted(names - {'extra'})}"
+            )
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ValueError naming the option when a value is out of range."""
+
+        def positive(name: str, integer: bool = True) -> None:
+            value = getattr(self, name)
+            kind = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                expected = "a positive integer" if integer else "a positive number"
+                raise ValueError(f"`{name}` must be {expected}; received {value!r}")
+
+        for name in ("d_model", "depth", "n_heads", "max_tokens", "n_neighbors", "lstm_hidden",
+                     "lstm_layers", "atlas_size", "num_train_timesteps", "epochs", "batch_size", "n_steps",
+                     "n_samples"):
+            positive(name)
+        for name in ("scale_factor", "learning_rate", "mlp_ratio"):
+            positive(name, integer=False)
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads})"
+            )
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"`max_time` must be positive seconds or None; received {self.max_time!r}")
+        if self.n_steps > self.num_train_timesteps:
+            raise ValueError(
+                f"`n_steps` must be at most num_train_timesteps ({self.num_train_timesteps}); "
+                f"received {self.n_steps}"
+            )
+        choices = {"align": ("reference", "per_dataset"), "sampler": ("ddim", "ddpm"),
+                   "prior": ("ridge", "neighbours", "none"),
+                   "beta_schedule": ("cosine", "linear")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}; received {getattr(self, name)!r}")
+        for name in ("prior_alpha", "vlb_weight", "kl_weight", "weight_decay", "eta", "dropout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0; received {getattr(self, name)!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(
+                f"`validation_fraction` must be in [0, 1); received {self.validation_fraction!r}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in [0, 1); received {self.ema_decay!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Build from a saved dict; names this version does not know are ignored with care."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
