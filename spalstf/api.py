@@ -1,0 +1,558 @@
+"""The public API: `impute`, `fit`, `Model` and `load`.
+
+This layer faces the user's objects (AnnData, arrays, DataFrames) and does no maths: it
+validates and aligns genes (`spalstf.data`), normalises (`spalstf.preprocess`), hands tensors
+to the training loop (`spalstf.train`) and the sampler (`spalstf.infer`), and packs results in
+the type the user gave. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spalstf._version import __version__
+from spalstf.config import Config
+from spalstf.data import Expression, as_expression, check_values, match_genes
+from spalstf.diffusion import GaussianDiffusion
+from spalstf.infer import impute_cells
+from spalstf.preprocess import Standardizer, log_normalize
+from spalstf.train import TrainingData, build_network, needs_neighbours, train
+
+logger = logging.getLogger(__name__)
+
+#: Default cap on the number of genes imputed when `genes=None` (the most variable reference
+#: genes that the ST lacks are kept).
+MAX_DEFAULT_GENES = 1000
+#: Cells normalised and read at once when preparing data.
+_BLOCK = 8192
+_FORMAT_VERSION = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else must be a usable torch device."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'; "
+                         f"received {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r} but no CUDA device is available; "
+                         "use device='auto' or 'cpu'")
+    return dev
+
+
+def _options(config: Config | None, **options: Any) -> Config:
+    """The config with every option that is not None applied (and validated)."""
+    base = config if config is not None else Config()
+    if not isinstance(base, Config):
+        raise TypeError(f"`config` must be a spalstf.Config; received {type(base).__name__}")
+    return base.replace(**{k: v for k, v in options.items() if v is not None})
+
+
+class Model:
+    """A trained SpaLSTF model: known genes in, target genes out.
+
+    Created by `spalstf.fit` or `spalstf.load`; impute with `Model.impute`, save with
+    `Model.save`.
+
+    Attributes
+    ----------
+    known_genes
+        Genes the model conditions on (names as in the reference).
+    target_genes
+        Genes the model predicts (names as in the reference).
+    output_names
+        Names of the target genes in results (as the user requested them).
+    config
+        The `Config` it was trained with.
+    history
+        One dict per training epoch (loss components, validation loss).
+    """
+
+    def __init__(self, network, config: Config, known_genes: list[str], target_genes: list[str],
+                 known_scaler: Standardizer, target_scaler: Standardizer,
+                 atlas: np.ndarray | None, *, output_names: list[str] | None = None,
+                 log_normalized: bool = False, history: list[dict] | None = None,
+                 info: dict | None = None, device: torch.device | None = None) -> None:
+        self.network = network
+        self.config = config
+        self.known_genes = list(known_genes)
+        self.target_genes = list(target_genes)
+        self.output_names = list(output_names or target_genes)
+        self.known_scaler = known_scaler
+        self.target_scaler = target_scaler
+        self.atlas = atlas
+        self.log_normalized = log_normalized
+        self.history = history or []
+        self.info = info or {}
+        self.device = device or torch.device("cpu")
+        self.diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
+                                           learn_sigma=config.vlb_weight > 0)
+
+    def __repr__(self) -> str:
+        return (f"spalstf.Model({len(self.known_genes)} known genes -> "
+                f"{len(self.target_genes)} target genes, trained {len(self.history)} epochs)")
+
+    # --- imputation -------------------------------------------------------------------------
+    def impute(self, st: Any, *, st_genes: Sequence[str] | None = None,
+               st_layer: str | None = None, log_normalized: bool | None = None,
+               n_steps: int | None = None, n_samples: int | None = None,
+               sampler: str | None = None, eta: float | None = None, seed: int = 0,
+               batch_size: int | None = None, device: str | None = None,
+               progress: bool = True) -> Any:
+        """Predict the target genes for every cell of `st`.
+
+        Parameters
+        ----------
+        st
+            Cells x genes: AnnData (X or `st_layer`), numpy array, scipy sparse matrix or
+            DataFrame; raw counts unless `log_normalized`. It must contain every known gene of
+            the model; its other genes (target genes included) are never read.
+        st_genes
+            Gene names of a bare matrix.
+        log_normalized
+            Whether `st` holds log-normalised values (default: as the reference at fit).
+        n_steps, n_samples, sampler, eta
+            Sampling options (defaults from the model's config: 20 DDIM steps, 4 samples).
+        seed
+            Seeds each cell's random draws together with its name.
+        batch_size
+            Cells per chunk (memory), not a modelling choice: results do not depend on it.
+        device
+            "auto", "cpu", "cuda": where to sample (default: where the model is).
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        For AnnData: a new AnnData, cells as in `st` (obs, obsm copied), genes = `output_names`,
+        `X` float32 log1p-normalised imputations, `layers["std"]` the standard deviation over
+        samples (when n_samples > 1) and `uns["spalstf"]` the provenance. For a DataFrame: a
+        DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes).
+        """
+        expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
+        return self._impute_expression(expr, log_normalized=log_normalized, n_steps=n_steps,
+                                       n_samples=n_samples, sampler=sampler, eta=eta, seed=seed,
+                                       batch_size=batch_size, device=device, progress=progress)
+
+    def _impute_expression(self, expr: Expression, *, log_normalized, n_steps, n_samples,
+                           sampler, eta, seed, batch_size, device, progress,
+                           extra_info: dict | None = None) -> Any:
+        cfg = _options(self.config, n_steps=n_steps, n_samples=n_samples, sampler=sampler,
+                       eta=eta, batch_size=batch_size)
+        seed = _check_seed(seed)
+        log_norm = self.log_normalized if log_normalized is None else bool(log_normalized)
+        dev = self.device if device is None else resolve_device(device)
+        self.network.to(dev)
+        mapping = match_genes(self.known_genes, expr.genes)
+        missing = [g for g in self.known_genes if g not in mapping]
+        if missing:
+            raise ValueError(
+                f"`st` lacks {len(missing)} of the model's {len(self.known_genes)} known genes, "
+                f"for example {missing[:10]}; impute data measured on the same genes or fit a "
+                "new model on the genes this data has")
+        st_known = [mapping[g] for g in self.known_genes]
+        check_values(expr, log_normalized=log_norm, arg="st")
+        start = time.perf_counter()
+
+        def normalised(rows) -> np.ndarray:
+            return log_normalize(expr.columns(st_known, rows),
+                                 scale_factor=cfg.scale_factor, log_normalized=log_norm)[0]
+
+        scaler = self.known_scaler
+        if cfg.align == "per_dataset":
+            scaler = Standardizer.fit(np.concatenate(
+                [normalised(slice(s, s + _BLOCK)) for s in range(0, expr.n_cells, _BLOCK)]))
+
+        def to_output(samples: np.ndarray) -> np.ndarray:
+            return self.target_scaler.inverse(samples).astype(np.float32)
+
+        ts = self.target_scaler
+        clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
+        mean, std = impute_cells(
+            self.network, self.diffusion, cfg, expr.n_cells,
+            lambda rows: scaler.transform(normalised(rows)), expr.cells, to_output,
+            atlas=self.atlas, clip=clip, seed=seed, device=dev, progress=progress)
+        seconds = time.perf_counter() - start
+        logger.info("imputed %d genes in %d cells in %.1f s", len(self.target_genes),
+                    expr.n_cells, seconds)
+        info = {
+            "version": __version__,
+            "params": _plain(cfg.to_dict()),
+            "seed": seed,
+            "known_genes": list(self.known_genes),
+            "target_genes": list(self.target_genes),
+            "log_normalized_input": log_norm,
+            "device": str(dev),
+            "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
+            "training": {k: v for k, v in self.info.items() if k != "timings"},
+        }
+        info.update(extra_info or {})
+        return _pack(expr, mean, std, self.output_names, info)
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the model to the directory `path` (atomically: a temporary folder, renamed).
+
+        The folder holds `model.json` (format, versions, config, genes, training history) and
+        `weights.pt` (network weights, normalisation statistics, the context atlas).
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"`path` {str(path)!r} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": "spalstf-model", "format_version": _FORMAT_VERSION,
+            "spalstf_version": __version__, "torch_version": torch.__version__,
+            "config": _plain(self.config.to_dict(), none_ok=True),
+            "known_genes": self.known_genes, "target_genes": self.target_genes,
+            "output_names": self.output_names, "log_normalized": self.log_normalized,
+            "history": self.history, "info": _plain(self.info, none_ok=True),
+        }
+        tensors = {f"network.{k}": v.detach().cpu() for k, v in self.network.state_dict().items()}
+        for name, scaler in (("known", self.known_scaler), ("target", self.target_scaler)):
+            tensors.update({f"{name}.{k}": torch.as_tensor(v) for k, v in scaler.state().items()})
+        if self.atlas is not None:
+            tensors["atlas"] = torch.as_tensor(self.atlas)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            torch.save(tensors, tmp / "weights.pt")
+            (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("saved model to %s", path)
+        return path
+
+
+def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
+    """Load a model saved with `Model.save`.
+
+    Raises ValueError when the folder is not a spalstf model, is truncated or corrupted, or was
+    written by an incompatible format version.
+    """
+    path = Path(path)
+    meta_file, weights_file = path / "model.json", path / "weights.pt"
+    if not meta_file.is_file() or not weights_file.is_file():
+        raise ValueError(f"`path` {str(path)!r} is not a spalstf model folder (expected "
+                         "model.json and weights.pt inside)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decoding failure means a damaged file
+        raise ValueError(f"the model in {str(path)!r} cannot be read ({type(err).__name__}: "
+                         f"{err}); the file may be truncated or corrupted") from err
+    if meta.get("format") != "spalstf-model" or meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} holds model format {meta.get('format_version')!r}; this "
+                         f"spalstf ({__version__}) reads format {_FORMAT_VERSION}")
+    config = Config.from_dict(meta["config"])
+    network = build_network(len(meta["known_genes"]), len(meta["target_genes"]), config)
+    prefix = "network."
+    network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                             if k.startswith(prefix)})
+    dev = resolve_device(device)
+    network.to(dev).eval()
+    atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
+    scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy() for k, v in tensors.items()
+                                        if k.startswith(name + ".")})
+               for name in ("known", "target")]
+    return Model(network, config, meta["known_genes"], meta["target_genes"], *scalers, atlas, output_names=meta["output_names"], log_normalized=meta["log_normalized"],
+                 history=meta["history"], info=meta.get("info", {}), device=dev)
+
+
+# --- fitting ---------------------------------------------------------------------------------
+def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
+        sc_genes: Sequence[str] | None = None, sc_layer: str | None = None,
+        log_normalized: bool = False, seed: int = 0, device: str = "auto",
+        epochs: int | None = None, max_time: float | None = None,
+        batch_size: int | None = None, n_steps: int | None = None,
+        n_samples: int | None = None, progress: bool = True, config: Config | None = None,
+        **options: Any) -> Model:
+    """Train SpaLSTF on a scRNA-seq reference.
+
+    Parameters
+    ----------
+    sc
+        Reference cells x genes (AnnData, numpy, scipy sparse or DataFrame), raw counts unless
+        `log_normalized`.
+    known_genes
+        Genes the ST data will provide (the condition). Each must be in `sc`.
+    target_genes
+        Genes to predict. Genes missing from `sc` are dropped with a warning; known genes listed
+        here too become targets.
+    sc_genes, sc_layer
+        Gene names of a bare matrix; AnnData layer to read instead of X.
+    log_normalized
+        The reference (and later the ST) already hold log-normalised values.
+    seed
+        Seed of initialisation, batching and noise: the same seed gives the same model on CPU.
+    device
+        "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+    epochs, max_time, batch_size
+        Training length (default 60 epochs, at most 120 s, early stopping after 10 epochs
+        without improvement on 10% held-out reference cells) and mini-batch size (256).
+    n_steps, n_samples
+        Default sampling options stored in the model (20 DDIM steps, 4 samples).
+    progress
+        Show progress bars.
+    config, **options
+        A `spalstf.Config` and/or any of its fields as keywords (e.g. ``depth=2``).
+
+    Returns
+    -------
+    A trained `spalstf.Model`.
+    """
+    expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
+    cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
+                   n_steps=n_steps, n_samples=n_samples, **options)
+    known_ref, target_ref, out_names = _resolve_fit_genes(expr, known_genes, target_genes)
+    return _fit_expression(expr, known_ref, target_ref, out_names, cfg,
+                           log_normalized=log_normalized, seed=_check_seed(seed),
+                           device=resolve_device(device), progress=progress)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer; received {seed!r}")
+    return int(seed)
+
+
+def _gene_list(genes: Any, arg: str) -> list[str]:
+    if isinstance(genes, str):
+        genes = [genes]
+    if genes is None or not isinstance(genes, Sequence | np.ndarray | pd.Index):
+        raise TypeError(f"`{arg}` must be a list of gene names; received {type(genes).__name__}")
+    out = [str(g) for g in genes]
+    dups = sorted({g for g in out if out.count(g) > 1})
+    if dups:
+        raise ValueError(f"`{arg}` lists genes more than once, for example {dups[:5]}")
+    return out
+
+
+def _resolve_fit_genes(expr: Expression, known_genes, target_genes):
+    known = _gene_list(known_genes, "known_genes")
+    targets = _gene_list(target_genes, "target_genes")
+    kmap = match_genes(known, expr.genes)
+    missing = [g for g in known if g not in kmap]
+    if missing:
+        raise ValueError(f"{len(missing)} of `known_genes` are not in `sc`, for example "
+                         f"{missing[:10]}")
+    target_map = match_genes(targets, expr.genes)
+    dropped = [g for g in targets if g not in target_map]
+    if dropped:
+        logger.warning("%d requested genes are not in the reference and are dropped, for "
+                       "example %s", len(dropped), dropped[:10])
+    kept = [g for g in targets if g in target_map]
+    if not kept:
+        raise ValueError(f"none of `target_genes` is in `sc` (for example {targets[:5]}; "
+                         f"`sc` has for example {expr.genes[:5]})")
+    target_ref = [target_map[g] for g in kept]
+    known_ref = [kmap[g] for g in known if kmap[g] not in set(target_ref)]
+    if not known_ref:
+        raise ValueError("no known genes are left once the target genes are removed; the model "
+                         "needs at least one gene measured in both data sets")
+    return known_ref, target_ref, kept
+
+
+def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_names: list[str],
+                    cfg: Config, *, log_normalized: bool, seed: int, device: torch.device,
+                    progress: bool) -> Model:
+    check_values(expr, log_normalized=log_normalized, arg="sc")
+    start = time.perf_counter()
+    known_parts, target_parts = [], []
+    for s in range(0, expr.n_cells, _BLOCK):
+        rows = slice(s, s + _BLOCK)
+        k, t = log_normalize(expr.columns(known, rows), expr.columns(targets, rows),
+                             scale_factor=cfg.scale_factor, log_normalized=log_normalized)
+        known_parts.append(k)
+        target_parts.append(t)
+    known_log, target_log = np.concatenate(known_parts), np.concatenate(target_parts)
+    known_scaler, target_scaler = Standardizer.fit(known_log), Standardizer.fit(target_log)
+    known_z, target_z = known_scaler.transform(known_log), target_scaler.transform(target_log)
+    n = expr.n_cells
+    rng = np.random.default_rng(seed)
+    atlas_rows = np.arange(n) if n <= cfg.atlas_size else np.sort(
+        rng.choice(n, cfg.atlas_size, replace=False))
+    self_index = np.full(n, -1, dtype=np.int64)
+    self_index[atlas_rows] = np.arange(len(atlas_rows))
+    atlas = np.concatenate([known_z[atlas_rows], target_z[atlas_rows]], axis=1)
+    data = TrainingData(known_z, target_z, atlas, self_index=self_index)
+    logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
+                len(known), len(targets))
+    result = train(data, cfg, seed=seed, device=device, progress=progress)
+    info = {"timings": {"fit_seconds": time.perf_counter() - start},
+            "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason, "n_reference_cells": n, "seed": seed}
+    keep_atlas = needs_neighbours(cfg)
+    return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
+                 atlas if keep_atlas else None, output_names=out_names,
+                 log_normalized=log_normalized, history=result.history, info=info,
+                 device=device)
+
+
+# --- one call --------------------------------------------------------------------------------
+def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
+           st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
+           st_layer: str | None = None, sc_layer: str | None = None,
+           log_normalized: bool = False, max_genes: int = MAX_DEFAULT_GENES, seed: int = 0,
+           device: str = "auto", epochs: int | None = None, max_time: float | None = None,
+           batch_size: int | None = None, n_steps: int | None = None,
+           n_samples: int | None = None, progress: bool = True, config: Config | None = None,
+           **options: Any) -> Any:
+    """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
+
+    Parameters
+    ----------
+    st
+        Spatial cells or spots x genes: AnnData (X or `st_layer`), numpy array, scipy sparse
+        matrix (CSR/CSC) or DataFrame. Raw counts unless `log_normalized`.
+    sc
+        Reference cells x genes, same types and scale as `st`.
+    genes
+        Genes to impute (reference names, matched exactly, then ignoring case). Genes missing
+        from the reference are dropped with a warning. A requested gene that `st` measures is
+        predicted from the other genes, as if hidden (its measured values are not used): this is
+        how leave-genes-out evaluation works. Default (None): the reference genes that `st`
+        lacks, the `max_genes` most variable of them (log-normalised, in the reference) when
+        there are more, so that the default fits in memory on large references.
+    st_genes, sc_genes
+        Gene names of bare matrices (numpy / scipy); AnnData and DataFrames carry their own.
+    st_layer, sc_layer
+        AnnData layers to read instead of X.
+    log_normalized
+        Both inputs already hold log-normalised values (then they are used as given).
+    max_genes
+        Cap for the default gene list (genes=None).
+    seed
+        Seeds training and each cell's sampling: the same seed gives the same output on CPU.
+    device
+        "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+    epochs, max_time, batch_size
+        Training length (60 epochs, 120 s budget, early stopping) and mini-batch size (256).
+    n_steps, n_samples
+        Reverse-diffusion steps (20, DDIM) and samples per cell (4): the mean is the imputation,
+        the standard deviation its uncertainty.
+    progress
+        Show progress bars.
+    config, **options
+        A `spalstf.Config` and/or any of its fields as keywords.
+
+    Returns
+    -------
+    AnnData `st`: a new AnnData with `st`'s obs_names (same order) and obs/obsm copied,
+    var_names = the imputed genes in the requested order, `X` float32 log1p-normalised
+    imputations (log1p(count / total of the known genes * 1e4)), `layers["std"]` the standard
+    deviation over samples (n_samples > 1), `uns["spalstf"]` the version, parameters, seed, known
+    genes, targets and timings. numpy / scipy `st`: a numpy array (cells x genes). DataFrame
+    `st`: a DataFrame (index of `st`, imputed genes as columns).
+    """
+    st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
+    sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
+    cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
+                   n_steps=n_steps, n_samples=n_samples, **options)
+    if isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer)) \
+            or max_genes < 1:
+        raise ValueError(f"`max_genes` must be a positive integer; received {max_genes!r}")
+    shared = match_genes(st_expr.genes, sc_expr.genes)  # st name -> reference name
+    if not shared:
+        raise ValueError(
+            "`st` and `sc` share no genes (compared exactly and ignoring case): `st` has for "
+            f"example {st_expr.genes[:5]}, `sc` has for example {sc_expr.genes[:5]}")
+    shared_ref = set(shared.values())
+    if genes is None:
+        lacking = [g for g in sc_expr.genes if g not in shared_ref]
+        if not lacking:
+            raise ValueError("`st` measures every gene of `sc`, so there is nothing to impute "
+                             "by default; pass `genes=` to choose genes to predict")
+        if len(lacking) > max_genes:
+            lacking = _most_variable(sc_expr, sorted(shared_ref, key=sc_expr.genes.index),
+                                     lacking, max_genes, cfg, log_normalized)
+            logger.warning("`st` lacks %d reference genes; imputing the %d most variable "
+                           "(`max_genes`); pass `genes=` to choose others",
+                           len(sc_expr.genes) - len(shared_ref), max_genes)
+        genes = lacking
+    requested = _gene_list(genes, "genes")
+    measured = [g for g in requested if g in match_genes(requested, st_expr.genes)]
+    if measured:
+        logger.info("%d requested genes are measured in `st` (for example %s): they are "
+                    "predicted from the other genes, their measured values unused",
+                    len(measured), measured[:5])
+    known_candidates = [shared[g] for g in st_expr.genes if g in shared]
+    known_ref, target_ref, out_names = _resolve_fit_genes(sc_expr, known_candidates, requested)
+    dev = resolve_device(device)
+    seed = _check_seed(seed)
+    model = _fit_expression(sc_expr, known_ref, target_ref, out_names, cfg,
+                            log_normalized=log_normalized, seed=seed, device=dev,
+                            progress=progress)
+    return model._impute_expression(st_expr, log_normalized=log_normalized, n_steps=None,
+                                    n_samples=None, sampler=None, eta=None, seed=seed,
+                                    batch_size=None, device=None, progress=progress)
+
+
+def _most_variable(expr: Expression, known: list[str], candidates: list[str], n: int,
+                   cfg: Config, log_normalized: bool) -> list[str]:
+    """The n candidates with the largest log-normalised variance (on up to 5000 cells)."""
+    rows = np.sort(np.random.default_rng(0).choice(expr.n_cells, min(5000, expr.n_cells),
+                                                   replace=False))
+    variances = np.zeros(len(candidates))
+    for s in range(0, len(candidates), 2000):
+        part = candidates[s:s + 2000]
+        _, values = log_normalize(expr.columns(known, rows), expr.columns(part, rows),
+                                  scale_factor=cfg.scale_factor, log_normalized=log_normalized)
+        variances[s:s + len(part)] = values.var(axis=0)
+    keep = np.sort(np.argsort(-variances, kind="stable")[:n])
+    return [candidates[i] for i in keep]
+
+
+# --- results ---------------------------------------------------------------------------------
+def _plain(value: Any, none_ok: bool = False) -> Any:
+    """A copy that .h5ad (no None) or JSON can store: tuples -> lists, None -> 'none'."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v, none_ok) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, none_ok) for v in value]
+    if value is None:
+        return None if none_ok else "none"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _pack(expr: Expression, mean: np.ndarray, std: np.ndarray | None, names: list[str],
+          info: dict) -> Any:
+    if expr.kind == "anndata":
+        import anndata
+
+        src = expr.source
+        out = anndata.AnnData(
+            X=mean, obs=src.obs.copy(), var=pd.DataFrame(index=pd.Index(names, dtype=str)),
+            obsm={k: (v.copy() if hasattr(v, "copy") else v) for k, v in src.obsm.items()},
+        )
+        if std is not None:
+            out.layers["std"] = std
+        out.uns["spalstf"] = _plain(info)
+        return out
+    if expr.kind == "dataframe":
+        return pd.DataFrame(mean, index=expr.source.index.copy(), columns=list(names))
+    return mean

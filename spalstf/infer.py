@@ -1,0 +1,107 @@
+"""Reverse diffusion on the ST cells, a chunk of cells at a time, known genes clamped.
+
+Each cell's random draws come from its own generator, keyed by the seed and the cell's name,
+and its context depends only on itself and the model's reference atlas: a cell's imputation
+is the same whichever cells share its chunk, in whatever order, with whatever chunk size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spalstf.config import Config
+from spalstf.diffusion import GaussianDiffusion
+from spalstf.model import Denoiser, NeighbourIndex
+from spalstf.train import context_of
+
+
+def cell_generators(seed: int, cells: Sequence[str]) -> list[np.random.Generator]:
+    """One Philox generator per cell, keyed by (seed, cell name)."""
+    gens = []
+    for name in cells:
+        digest = hashlib.blake2b(f"{seed}\x00{name}".encode(), digest_size=16).digest()
+        gens.append(np.random.Generator(np.random.Philox(key=int.from_bytes(digest, "little"))))
+    return gens
+
+
+def _draw(gens: list[np.random.Generator], n_samples: int, n_target: int) -> np.ndarray:
+    """(n_samples * n_cells, n_target) standard normals, sample-major (sample s, then cell)."""
+    draws = np.stack([g.standard_normal((n_samples, n_target), dtype=np.float32) for g in gens])
+    return draws.transpose(1, 0, 2).reshape(n_samples * len(gens), n_target)
+
+
+@torch.no_grad()
+def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
+                 known: np.ndarray, cells: Sequence[str], *, atlas: torch.Tensor | None,
+                 index: NeighbourIndex | None, clip, seed: int,
+                 device: torch.device) -> np.ndarray:
+    """Samples for one chunk of cells: (n_samples, n_cells, n_target) in the model's space."""
+    n_cells = known.shape[0]
+    n_target, n_samples = network.n_target, config.n_samples
+    known_t = torch.as_tensor(known, device=device)
+    nb = dist = None
+    if index is not None:
+        idx, d = index.query(known, config.n_neighbors)
+        nb, dist = torch.as_tensor(idx, device=device), torch.as_tensor(d, device=device)
+    ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
+    # With a prior the model works on the residual around it (see spalstf.train.batch_loss).
+    offset = torch.zeros(n_cells, n_target, device=device) if prior is None else prior
+    if not config.diffusion:
+        zeros = torch.zeros(n_cells, n_target, device=device)
+        pred, _ = network(known_t, zeros, torch.zeros(n_cells, dtype=torch.long, device=device),
+                          ctx, prior)
+        return (pred + offset).cpu().numpy()[None]
+    gens = cell_generators(seed, cells)
+
+    def repeat(x):
+        return None if x is None else x.repeat(n_samples, 1)
+
+    known_rep, ctx_rep, prior_rep = repeat(known_t), repeat(ctx), repeat(prior)
+    offset_rep = repeat(offset)
+    bounds = None if clip is None else (clip[0] - offset_rep, clip[1] - offset_rep)
+    x = torch.as_tensor(_draw(gens, n_samples, n_target), device=device)
+    timesteps = diffusion.set_timesteps(config.n_steps, config.sampler)
+    for t in timesteps:
+        tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=device)
+        eps, v = network(known_rep, x, tt, ctx_rep, prior_rep)
+        noise = None
+        if diffusion.needs_noise(int(t), config.eta):
+            noise = torch.as_tensor(_draw(gens, n_samples, n_target), device=device)
+        x = diffusion.step(eps, v, int(t), x, noise=noise, eta=config.eta, clip=bounds)
+    return (x + offset_rep).reshape(n_samples, n_cells, n_target).cpu().numpy()
+
+
+def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config, n_cells: int,
+                 read_known: Callable[[slice], np.ndarray], cells: Sequence[str],
+                 to_output: Callable[[np.ndarray], np.ndarray], *, atlas: np.ndarray | None,
+                 clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and std over samples for all cells, on the output scale, chunk by chunk.
+
+    `read_known(rows)` returns the standardised known genes of a chunk of cells; `to_output`
+    maps model-space values to the output scale (log-normalised, clipped at 0). Memory beyond the
+    output is bounded by `batch_size`.
+    """
+    network.eval()
+    atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
+    index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known])
+    clip_t = None if clip is None else tuple(torch.as_tensor(c, device=device) for c in clip)
+    mean = np.empty((n_cells, network.n_target), dtype=np.float32)
+    std = np.empty_like(mean) if (config.diffusion and config.n_samples > 1) else None
+    batch_size = config.batch_size
+    chunks = range(0, n_cells, batch_size)
+    for start in tqdm(chunks, desc="spalstf impute", unit="chunk", disable=not progress,
+                      leave=False):
+        rows = slice(start, min(start + batch_size, n_cells))
+        samples = sample_chunk(network, diffusion, config, read_known(rows), cells[rows],
+                               atlas=atlas_t, index=index, clip=clip_t, seed=seed, device=device)
+        values = to_output(samples)
+        mean[rows] = values.mean(axis=0)
+        if std is not None:
+            std[rows] = values.std(axis=0)
+    return mean, std

@@ -1,0 +1,68 @@
+"""From counts to the model's space and back, with no leakage of held-out genes.
+
+Both data sets go through the same procedure: each cell is normalised by its total over the
+KNOWN genes only (the genes both data sets share and that are not being predicted), scaled to
+`scale_factor` and log1p-transformed. Target genes of the reference are normalised with the same
+known-gene total, so imputations come back as log1p(count / known-gene total * scale_factor).
+The model then works on per-gene standardised values (z-scores with the reference's mean and
+standard deviation); `Standardizer.inverse` maps predictions back and clips them at 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_normalize(known: np.ndarray, other: np.ndarray | None = None, *,
+                  scale_factor: float = 1e4, log_normalized: bool = False):
+    """Normalise each cell by its total over `known`, then log1p.
+
+    `other` (for example the reference's target genes) is scaled by the same per-cell factor.
+    Cells whose known genes are all zero get zeros. With `log_normalized=True` the values are
+    taken as they are. Returns (known, other) as float32 arrays (`other` may be None).
+    """
+    if log_normalized:
+        return (known.astype(np.float32),
+                None if other is None else other.astype(np.float32))
+    total = known.sum(axis=1, keepdims=True)
+    factor = np.divide(scale_factor, total, out=np.zeros_like(total, dtype=np.float64),
+                       where=total > 0)
+    known_out = np.log1p(known * factor).astype(np.float32)
+    other_out = None if other is None else np.log1p(other * factor).astype(np.float32)
+    return known_out, other_out
+
+
+class Standardizer:
+    """Per-gene z-scores; genes without variance get a unit scale."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, low: np.ndarray | None = None,
+                 high: np.ndarray | None = None) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        #: Range of the fitted data in standardised units (bounds for sampling).
+        self.low = None if low is None else np.asarray(low, dtype=np.float32)
+        self.high = None if high is None else np.asarray(high, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> Standardizer:
+        mean = values.mean(axis=0, dtype=np.float64)
+        std = values.std(axis=0, dtype=np.float64)
+        std = np.where(std > 1e-6, std, 1.0)
+        return cls(mean, std, (values.min(axis=0) - mean) / std, (values.max(axis=0) - mean) / std)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, values: np.ndarray, clip: bool = True) -> np.ndarray:
+        out = values * self.std + self.mean
+        return np.clip(out, 0, None) if clip else out
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"mean": self.mean, "std": self.std}
+        if self.low is not None:
+            out.update(low=self.low, high=self.high)
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict) -> Standardizer:
+        return cls(state["mean"], state["std"], state.get("low"), state.get("high"))

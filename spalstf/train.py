@@ -1,0 +1,241 @@
+"""The training loop: reference cells only, target genes noised, known genes clean.
+
+Tensors in, a trained network out. Early stopping watches a fixed-noise validation loss on
+held-out reference cells; the weights used for sampling are an exponential moving average (EMA)
+of the trained ones; Ctrl-C keeps the best weights so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spalstf.config import Config
+from spalstf.diffusion import GaussianDiffusion, LossTerms
+from spalstf.model import Denoiser, NeighbourIndex, build_sequence, neighbour_mean
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Standardised reference matrices and the neighbour index of each training cell."""
+
+    known: np.ndarray  # (n_cells, n_known)
+    target: np.ndarray  # (n_cells, n_target)
+    atlas: np.ndarray  # (n_atlas, n_known + n_target): the context's reference cells
+    #: atlas row of each training cell (-1 when it is not in the atlas): never its own neighbour
+    self_index: np.ndarray | None = None
+    neighbours: np.ndarray | None = None  # (n_cells, k) rows of atlas
+    distances: np.ndarray | None = None  # (n_cells, k)
+
+
+@dataclass
+class TrainResult:
+    network: Denoiser
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = ""
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def build_network(n_known: int, n_target: int, config: Config) -> Denoiser:
+    return Denoiser(
+        n_known, n_target, d_model=config.d_model, depth=config.depth, n_heads=config.n_heads,
+        mlp_ratio=config.mlp_ratio, max_tokens=config.max_tokens, use_xca=config.use_xca,
+        dropout=config.dropout, use_context=config.use_context, lstm_hidden=config.lstm_hidden,
+        lstm_layers=config.lstm_layers,
+    )
+
+
+def context_of(network: Denoiser, config: Config, known: torch.Tensor,
+               atlas: torch.Tensor | None, neighbours: torch.Tensor | None,
+               distances: torch.Tensor | None):
+    """(BiLSTM context embedding, prior mean of the targets) of a batch; either may be None."""
+    n_known = network.n_known
+    ctx = prior = None
+    if network.context is not None and atlas is not None:
+        ctx = network.encode_context(build_sequence(known, atlas, neighbours, distances, n_known))
+    if config.prior == "ridge":
+        prior = known @ network.prior_weights
+    elif config.prior == "neighbours":
+        prior = neighbour_mean(atlas, neighbours, n_known)
+    return ctx, prior
+
+
+def needs_neighbours(config: Config) -> bool:
+    return config.use_context or config.prior == "neighbours"
+
+
+def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float) -> np.ndarray:
+    """Ridge weights (n_known, n_target) from standardised known to standardised target genes."""
+    x = known.astype(np.float64)
+    gram = x.T @ x + alpha * np.eye(x.shape[1])
+    return np.linalg.solve(gram, x.T @ target.astype(np.float64)).astype(np.float32)
+
+
+def batch_loss(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
+               known: torch.Tensor, target: torch.Tensor, ctx, t: torch.Tensor,
+               noise: torch.Tensor) -> LossTerms:
+    """The loss of one batch; without diffusion, a direct regression of the targets.
+
+    With a neighbour prior, what is diffused (or regressed) is the residual of the targets
+    around the prior: the denoiser refines the kNN estimate rather than starting from nothing.
+    """
+    ctx, prior = ctx
+    x0 = target if prior is None else target - prior
+    if not config.diffusion:
+        pred, _ = network(known, torch.zeros_like(x0), torch.zeros_like(t), ctx, prior)
+        mse = ((pred - x0) ** 2).mean()
+        zero = mse.new_zeros(())
+        return LossTerms(total=mse, mse=mse, vlb=zero, kl=zero)
+    xt = diffusion.add_noise(x0, noise, t)
+    eps, v = network(known, xt, t, ctx, prior)
+    return diffusion.training_losses(eps, v, x0, xt, noise, t, vlb_weight=config.vlb_weight,
+                                     kl_weight=config.kl_weight)
+
+
+def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.device | str = "cpu",
+          progress: bool = True) -> TrainResult:
+    """Train a denoiser on the reference. Deterministic for a given seed on CPU."""
+    device = torch.device(device)
+    n_cells, n_known = data.known.shape
+    n_target = data.target.shape[1]
+    diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
+                                  learn_sigma=config.vlb_weight > 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_network(n_known, n_target, config).to(device)
+    generator = torch.Generator().manual_seed(seed + 1)
+    rng = np.random.default_rng(seed)
+
+    order = rng.permutation(n_cells)
+    n_val = int(round(config.validation_fraction * n_cells)) if n_cells >= 20 else 0
+    val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
+    if config.prior == "ridge":
+        network.prior_weights.copy_(torch.as_tensor(
+            fit_ridge(data.known[train_rows], data.target[train_rows], config.prior_alpha)))
+    use_neighbours = needs_neighbours(config)
+    if use_neighbours and data.neighbours is None:
+        index = NeighbourIndex(data.atlas[:, :n_known])
+        data.neighbours, data.distances = index.query(data.known, config.n_neighbors,
+                                                      self_index=data.self_index)
+
+
+    def tensors(rows):
+        out = [torch.as_tensor(data.known[rows], device=device),
+               torch.as_tensor(data.target[rows], device=device)]
+        if use_neighbours:
+            out += [torch.as_tensor(data.neighbours[rows], device=device),
+                    torch.as_tensor(data.distances[rows], device=device)]
+        else:
+            out += [None, None]
+        return out
+
+    atlas = torch.as_tensor(data.atlas, device=device) if use_neighbours else None
+    # Validation draws are fixed once, so that epochs are compared on the same noise.
+    val = tensors(val_rows) if n_val else None
+    if val is not None:
+        val_t = torch.randint(0, config.num_train_timesteps, (n_val,), generator=generator)
+        val_noise = torch.randn(n_val, n_target, generator=generator)
+        val_t, val_noise = val_t.to(device), val_noise.to(device)
+
+    ema = copy.deepcopy(network).eval() if config.ema_decay > 0 else network
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    batch_size = min(config.batch_size, max(len(train_rows), 1))
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / batch_size))
+    warmup = min(100, steps_per_epoch * 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  lambda s: min(1.0, (s + 1) / warmup))
+
+    result = TrainResult(network=ema)
+    best_loss, best_state, bad_epochs, step = math.inf, None, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="spalstf fit", unit="epoch", disable=not progress,
+               leave=False)
+    try:
+        for epoch in bar:
+            network.train()
+            perm = train_rows[rng.permutation(len(train_rows))]
+            sums = {"total": 0.0, "mse": 0.0, "vlb": 0.0, "kl": 0.0}
+            for b in range(steps_per_epoch):
+                rows = perm[b * batch_size:(b + 1) * batch_size]
+                if len(rows) == 0:
+                    continue
+                known, target, nb, dist = tensors(rows)
+                t = torch.randint(0, config.num_train_timesteps, (len(rows),),
+                                  generator=generator).to(device)
+                noise = torch.randn(len(rows), n_target, generator=generator).to(device)
+                ctx = context_of(network, config, known, atlas, nb, dist)
+                terms = batch_loss(network, diffusion, config, known, target, ctx, t, noise)
+                if not torch.isfinite(terms.total):
+                    raise FloatingPointError(
+                        f"training loss became {float(terms.total)} at epoch {epoch + 1}, "
+                        f"step {step + 1} ({terms.as_floats()}); try a lower `learning_rate` "
+                        "or check the input for extreme values")
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if ema is not network:
+                    decay = min(config.ema_decay, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for pe, p in zip(ema.parameters(), network.parameters(), strict=True):
+                            pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+                for k, value in terms.as_floats().items():
+                    sums[k] += value / steps_per_epoch
+                if config.max_time is not None and time.perf_counter() - start > config.max_time:
+                    break
+            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}}
+            if val is not None:
+                ema.eval()
+                with torch.no_grad():
+                    losses = []
+                    for s in range(0, n_val, 1024):
+                        sl = slice(s, s + 1024)
+                        known, target, nb, dist = (None if x is None else x[sl] for x in val)
+                        ctx = context_of(ema, config, known, atlas, nb, dist)
+                        terms = batch_loss(ema, diffusion, config, known, target, ctx,
+                                           val_t[sl], val_noise[sl])
+                        losses.append(float(terms.mse) * known.shape[0])
+                    record["val_mse"] = sum(losses) / n_val
+            result.history.append(record)
+            monitored = record.get("val_mse", record["train_total"])
+            bar.set_postfix(loss=f"{record['train_total']:.4f}", val=f"{monitored:.4f}")
+            if monitored < best_loss - 1e-5:
+                best_loss, bad_epochs = monitored, 0
+                best_state = copy.deepcopy(ema.state_dict())
+                result.best_epoch = epoch + 1
+            else:
+                bad_epochs += 1
+            if config.max_time is not None and time.perf_counter() - start > config.max_time:
+                result.stop_reason = f"time budget of {config.max_time:g} s reached"
+                break
+            if config.patience is not None and bad_epochs >= config.patience:
+                result.stop_reason = f"no improvement for {config.patience} epochs"
+                break
+        else:
+            result.stop_reason = f"{config.epochs} epochs done"
+    except KeyboardInterrupt:
+        result.stop_reason = "interrupted; keeping the best weights so far"
+        logger.warning("training interrupted at step %d: keeping the best weights so far", step)
+    finally:
+        bar.close()
+    if best_state is not None:
+        ema.load_state_dict(best_state)
+    ema.eval()
+    result.network = ema
+    result.seconds = time.perf_counter() - start
+    logger.info("trained %d epochs in %.1f s (%s); best epoch %d", len(result.history),
+                result.seconds, result.stop_reason, result.best_epoch)
+    return result
