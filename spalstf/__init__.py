@@ -11,13 +11,15 @@ a scRNA-seq reference and sampled on the spatial data with the measured genes cl
 
 import logging
 
-from spalstf import datasets
+from spalstf import datasets, io, metrics, pl
 from spalstf._version import __version__
 from spalstf.api import Model, fit, impute, load
 from spalstf.config import Config
+from spalstf.evaluate.cv import cross_validate
 
 # A library never configures logging; it only makes sure its messages are not lost as "no
 # handler" warnings (the standard NullHandler recipe).
 logging.getLogger("spalstf").addHandler(logging.NullHandler())
 
-__all__ = ["Config", "Model", "__version__", "datasets", "fit", "impute", "load"]
+__all__ = ["Config", "Model", "__version__", "cross_validate", "datasets", "fit", "impute",
+           "io", "load", "metrics", "pl"]

@@ -208,6 +208,13 @@ class Model:
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the model to the directory `path` (atomically: a temporary folder, renamed).
 
+        Parameters
+        ----------
+        path
+            Folder to create.
+        overwrite
+            Replace an existing folder.
+
         The folder holds `model.json` (format, versions, config, genes, training history) and
         `weights.pt` (network weights, normalisation statistics, the context atlas).
         """
@@ -249,8 +256,17 @@ class Model:
 def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
     """Load a model saved with `Model.save`.
 
-    Raises ValueError when the folder is not a spalstf model, is truncated or corrupted, or was
-    written by an incompatible format version.
+    Parameters
+    ----------
+    path
+        The model folder.
+    device
+        "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+
+    Returns
+    -------
+    The `spalstf.Model`. Raises ValueError when the folder is not a spalstf model, is truncated
+    or corrupted, or was written by an incompatible format version.
     """
     path = Path(path)
     meta_file, weights_file = path / "model.json", path / "weights.pt"

@@ -96,6 +96,8 @@ class Config:
     n_samples: int = 8
     #: DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).
     eta: float = 0.0
+    #: Pair the samples of a cell with negated noise (variance reduction of their mean).
+    antithetic: bool = True
     #: Bound each step's predicted x0 to the range of the reference (clip_denoised).
     clip_denoised: bool = True
 

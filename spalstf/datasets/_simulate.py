@@ -20,7 +20,7 @@ def _counts(rng: np.random.Generator, rates: np.ndarray, depth: np.ndarray,
     return rng.poisson(rng.gamma(dispersion, mean / dispersion)).astype(np.float32)
 
 
-def simulate(n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measured: int = 150, *,
+def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measured: int = 150,
              n_cell_types: int = 6, n_domains: int = 4, n_programs: int = 6,
              st_depth: float = 400.0, sc_depth: float = 3000.0, capture_bias: float = 0.4,
              dropout: float = 0.1, seed: int = 0):

@@ -1,0 +1,210 @@
+"""The `spalstf` command line: impute, fit, demo, benchmark.
+
+User errors (bad files, genes, options) exit with status 2 and a one-line message; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("spalstf")
+
+
+def _genes(args: argparse.Namespace) -> list[str] | None:
+    if args.genes and args.genes_file:
+        raise ValueError("give either --genes or --genes-file, not both")
+    if args.genes:
+        return [g.strip() for g in args.genes.split(",") if g.strip()]
+    if args.genes_file:
+        text = Path(args.genes_file).read_text()
+        return [g.strip() for line in text.splitlines() for g in line.split(",") if g.strip()]
+    return None
+
+
+def _check_output(path: str, force: bool, inputs: list[str]) -> Path:
+    out = Path(path)
+    for src in inputs:
+        if src and Path(src).exists() and out.resolve() == Path(src).resolve():
+            raise ValueError(f"the output {path!r} is one of the inputs; choose another path")
+    if out.exists() and not force:
+        raise ValueError(f"{path!r} exists; pass --force to overwrite it")
+    return out
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"seed": args.seed, "device": args.device, "epochs": args.epochs,
+            "max_time": args.max_time, "batch_size": args.batch_size,
+            "progress": not args.quiet}
+
+
+def _write_result(result: Any, out: Path, st_path: str, force: bool) -> None:
+    from spalstf import io
+
+    if out.suffix.lower() == ".rds":
+        base = st_path if st_path.lower().endswith(".rds") else None
+        io.write_rds(result, out, base=base, overwrite=force)
+    else:
+        io.write_h5ad(result, out, overwrite=force)
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    import spalstf
+    from spalstf import io
+
+    out = _check_output(args.out, args.force, [args.st, args.sc])
+    st, sc = io.read(args.st), io.read(args.sc)
+    result = spalstf.impute(st, sc, _genes(args), st_layer=args.st_layer,
+                            sc_layer=args.sc_layer, log_normalized=args.log_normalized,
+                            n_steps=args.n_steps, n_samples=args.n_samples,
+                            **_training_options(args))
+    _write_result(result, out, args.st, args.force)
+    print(f"imputed {result.n_vars} genes in {result.n_obs} cells -> {out}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import spalstf
+    from spalstf import io
+
+    out = _check_output(args.model_out, args.force, [args.sc])
+    sc = io.read(args.sc)
+    known = [g.strip() for g in args.known.split(",")] if args.known else None
+    if known is None:
+        if not args.st:
+            raise ValueError("give --known G1,G2,... or --st ST.h5ad (its genes are the known)")
+        known = [g for g in io.read(args.st).var_names if g in set(sc.var_names)]
+    targets = _genes(args)
+    if targets is None:
+        targets = [g for g in sc.var_names if g not in set(known)]
+    model = spalstf.fit(sc, known, targets, sc_layer=args.sc_layer,
+                        log_normalized=args.log_normalized, **_training_options(args))
+    model.save(out, overwrite=args.force)
+    print(f"fitted {model} -> {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate, impute, score against the simulated truth, write .h5ad and a PNG."""
+    import numpy as np
+
+    import spalstf
+    from spalstf import io, pl
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    options = _training_options(args)
+    if args.fast:  # a smoke run: small data, short training, few sampling steps
+        st, sc = spalstf.datasets.simulate(n_st=300, n_sc=400, n_genes=60, n_measured=45,
+                                           seed=args.seed)
+        options.update(epochs=args.epochs or 3, n_steps=3, n_samples=2)
+    else:
+        st, sc = spalstf.datasets.simulate(seed=args.seed)
+    print(f"simulated: ST {st.n_obs} cells x {st.n_vars} measured genes; reference "
+          f"{sc.n_obs} cells x {sc.n_vars} genes")
+    imputed = spalstf.impute(st, sc, **options)
+    truth = st.obsm["truth"][list(imputed.var_names)]
+    pcc = np.array([np.corrcoef(truth.iloc[:, j], imputed.X[:, j])[0, 1]
+                    for j in range(imputed.n_vars)])
+    order = np.argsort(-np.nan_to_num(pcc, nan=-2))
+    print(f"\nimputed {imputed.n_vars} unmeasured genes; Pearson r with the simulated truth:")
+    print(f"  median {np.nanmedian(pcc):.3f}   mean {np.nanmean(pcc):.3f}   "
+          f"min {np.nanmin(pcc):.3f}   max {np.nanmax(pcc):.3f}")
+    for j in list(order[:5]) + list(order[-3:]):
+        print(f"  {imputed.var_names[j]:>10s}  r = {pcc[j]:.3f}")
+    h5ad = io.write_h5ad(imputed, out_dir / "demo_imputed.h5ad", overwrite=True)
+    genes = [imputed.var_names[j] for j in order[:3]]
+    png = out_dir / "demo_imputed.png"
+    pl.spatial(imputed, genes, measured=truth, path=png)
+    print(f"\nwrote {h5ad} and {png} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 60)")
+    p.add_argument("--max-time", type=float, default=None,
+                   help="training budget in seconds (default 120)")
+    p.add_argument("--batch-size", type=int, default=None, help="cells per batch (256)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_inputs(p: argparse.ArgumentParser, st_required: bool) -> None:
+    p.add_argument("--st", required=st_required, help="spatial data: .h5ad or .rds")
+    p.add_argument("--sc", required=True, help="scRNA-seq reference: .h5ad or .rds")
+    p.add_argument("--genes", default=None, help="comma-separated genes to impute")
+    p.add_argument("--genes-file", default=None, help="file of genes, one per line")
+    p.add_argument("--st-layer", default=None, help="AnnData layer of the ST (default X)")
+    p.add_argument("--sc-layer", default=None, help="AnnData layer of the reference")
+    p.add_argument("--log-normalized", action="store_true",
+                   help="inputs hold log-normalised values, not counts")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spalstf import __version__
+
+    parser = argparse.ArgumentParser(prog="spalstf", description=(
+        "Impute unmeasured genes of spatial transcriptomics from a scRNA-seq reference "
+        "(SpaLSTF diffusion model)."))
+    parser.add_argument("--version", action="version", version=f"spalstf {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("impute", help="fit on the reference and impute genes in the ST data")
+    _add_inputs(p, st_required=True)
+    p.add_argument("--out", required=True, help="output .h5ad (or .rds)")
+    p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 10)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 8)")
+    _add_common(p)
+    p.set_defaults(func=cmd_impute)
+
+    p = sub.add_parser("fit", help="fit a model on the reference and save it")
+    _add_inputs(p, st_required=False)
+    p.add_argument("--known", default=None,
+                   help="comma-separated known genes (default: the genes of --st)")
+    p.add_argument("--model-out", required=True, help="model folder to write")
+    _add_common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("demo", help="simulate data, impute, score and plot (< 3 min on CPU)")
+    p.add_argument("--out", default="spalstf_demo", help="output folder (default spalstf_demo)")
+    p.add_argument("--fast", action="store_true", help="small data and short training (smoke run)")
+    _add_common(p)
+    p.set_defaults(func=cmd_demo)
+
+    from spalstf.evaluate import _cli as benchmark_cli
+
+    benchmark_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and not logger.handlers[1:]:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError,
+            ImportError) as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"spalstf {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

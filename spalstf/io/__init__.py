@@ -1,0 +1,66 @@
+"""Files: .h5ad read and written atomically, and R's .rds through rpy2 (optional extra `r`).
+
+`read_rds` / `write_rds` import rpy2 only when called, so the package works without R.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_h5ad(adata: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `adata` to `path` atomically: a temporary file beside it, then a rename.
+
+    An interrupted write never leaves a half file under the final name.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (--force) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """Read .h5ad (anndata) or .rds (through R) into an AnnData, by the file's suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".h5ad":
+        import anndata
+
+        return anndata.read_h5ad(path, **kwargs)
+    if suffix == ".rds":
+        return read_rds(path, **kwargs)
+    raise ValueError(f"cannot read {str(path)!r}: expected a .h5ad or .rds file")
+
+
+def read_rds(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """An AnnData from an .rds file (Seurat, SingleCellExperiment, matrix, RCTD objects).
+
+    See `spalstf.io._rds.read_rds`; needs R and `pip install 'spalstf[r]'`.
+    """
+    from spalstf.io._rds import read_rds as _read_rds
+
+    return _read_rds(path, **kwargs)
+
+
+def write_rds(adata: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
+    """Write an AnnData as a Seurat object (or add it as an assay to `base=`); see `_rds`."""
+    from spalstf.io._rds import write_rds as _write_rds
+
+    return _write_rds(adata, path, **kwargs)
+
+
+__all__ = ["read", "read_rds", "write_h5ad", "write_rds"]

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny simulated pair and fast settings, so the suite stays quick."""
+
+import numpy as np
+import pytest
+
+import spalstf
+
+#: Training and sampling settings that make a fit take a second or two.
+FAST = dict(epochs=2, max_time=60, n_steps=3, n_samples=2, progress=False, d_model=16,
+            depth=1, n_heads=2, lstm_hidden=16, n_neighbors=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    st, sc = spalstf.datasets.simulate(n_st=60, n_sc=150, n_genes=30, n_measured=22, seed=3)
+    return st, sc
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_pair):
+    st, sc = tiny_pair
+    targets = list(st.obsm["truth"].columns)
+    return spalstf.fit(sc, list(st.var_names), targets, seed=0, **FAST)
+
+
+def as_counts(a):
+    return np.asarray(a.toarray() if hasattr(a, "toarray") else a)

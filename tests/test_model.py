@@ -1,0 +1,95 @@
+"""The four parts of the method, each present, switchable, and behaving as specified."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST
+
+import spalstf
+from spalstf.model import ContextEncoder, Denoiser, NeighbourIndex, XCABlock, XCAttention
+
+
+def test_xca_attends_between_channels_of_one_cell():
+    torch.manual_seed(0)
+    attn = XCAttention(dim=16, n_heads=4)
+    x = torch.randn(3, 10, 16)  # 3 cells, 10 gene tokens, 16 channels
+    amap = attn.attention_map(x)
+    assert amap.shape == (3, 4, 4, 4)  # channels x channels per head, per cell
+    torch.testing.assert_close(amap.sum(-1), torch.ones(3, 4, 4))
+    # Batch-free: a cell's output is the same alone and among others.
+    torch.testing.assert_close(attn(x)[1:2], attn(x[1:2]), atol=1e-6, rtol=1e-5)
+    assert attn.temperature.requires_grad
+
+
+def test_adaln_zero_blocks_start_as_the_identity():
+    block = XCABlock(dim=16, n_tokens=5, n_heads=2)
+    x = torch.randn(4, 5, 16)
+    torch.testing.assert_close(block(x, torch.randn(4, 16)), x)
+
+
+def test_context_lstm_is_truly_bidirectional():
+    torch.manual_seed(0)
+    enc = ContextEncoder(n_features=6, hidden=8, out_dim=4)
+    seq = torch.randn(2, 5, 6)
+    later = seq.clone()
+    later[:, -1] += 1.0  # change only the last element of the sequence
+    states = enc.lstm(enc.input(seq))[0]
+    states_later = enc.lstm(enc.input(later))[0]
+    # The first position's backward half has read the last element; the forward half has not.
+    assert not torch.allclose(states[:, 0, 8:], states_later[:, 0, 8:])
+    torch.testing.assert_close(states[:, 0, :8], states_later[:, 0, :8])
+    assert enc(seq).shape == (2, 4)
+
+
+def test_neighbours_are_exact_sorted_and_skip_the_cell_itself():
+    rng = np.random.default_rng(0)
+    atlas = rng.normal(size=(50, 3)).astype(np.float32)
+    index = NeighbourIndex(atlas)
+    idx, dist = index.query(atlas[:5], k=4, self_index=np.arange(5))
+    assert not np.any(idx == np.arange(5)[:, None])
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    brute = np.linalg.norm(atlas[:5, None] - atlas[None], axis=-1)
+    brute[np.arange(5), np.arange(5)] = np.inf
+    np.testing.assert_array_equal(idx, np.argsort(brute, axis=1, kind="stable")[:, :4])
+    # The same query alone or in a batch gives the same neighbours.
+    one, _ = index.query(atlas[3:4], k=4, self_index=np.array([3]))
+    np.testing.assert_array_equal(one[0], idx[3])
+
+
+def test_denoiser_groups_many_genes_into_bounded_tokens():
+    net = Denoiser(300, 100, d_model=16, depth=1, n_heads=2, max_tokens=32, lstm_hidden=8)
+    assert net.known_tokens + net.target_tokens <= 32
+    eps, v = net(torch.randn(2, 300), torch.randn(2, 100), torch.tensor([5, 900]))
+    assert eps.shape == v.shape == (2, 100)
+
+
+@pytest.mark.parametrize("switch", [
+    {"use_xca": False}, {"use_context": False}, {"diffusion": False}, {"vlb_weight": 0.0},
+    {"kl_weight": 0.0}, {"prior": "none"}, {"prior": "neighbours"}, {"sampler": "ddpm"},
+])
+def test_each_part_can_be_switched_off(tiny_pair, switch):
+    st, sc = tiny_pair
+    out = spalstf.impute(st, sc, **{**FAST, **switch})
+    assert np.all(np.isfinite(out.X)) and np.all(out.X >= 0)
+    params = out.uns["spalstf"]["params"]
+    for key, value in switch.items():
+        assert params[key] == value
+
+
+def test_switches_remove_the_parts_from_the_network(tiny_pair):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)
+    bare = spalstf.fit(sc, list(st.var_names), genes, use_xca=False, use_context=False, **FAST)
+    assert bare.network.context is None
+    assert all(block.attn is None for block in bare.network.blocks)
+    full = spalstf.fit(sc, list(st.var_names), genes, **FAST)
+    assert isinstance(full.network.context.lstm, torch.nn.LSTM)
+    assert full.network.context.lstm.bidirectional
+    assert all(isinstance(block.attn, XCAttention) for block in full.network.blocks)
+
+
+def test_training_records_every_loss_component(tiny_model):
+    record = tiny_model.history[-1]
+    for key in ("train_total", "train_mse", "train_vlb", "train_kl", "val_mse"):
+        assert np.isfinite(record[key])
+    assert record["train_vlb"] > 0 and record["train_kl"] > 0
