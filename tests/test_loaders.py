@@ -116,15 +116,13 @@ def test_load_uses_env_var(rctd_folder: Path, monkeypatch: pytest.MonkeyPatch) -
     assert L.default_data_dirs()[0] == rctd_folder
 
 
-def test_load_visium_lymph_without_r_bridge(tmp_path: Path) -> None:
-    (tmp_path / "visium_lymph").mkdir()
-    try:
-        from spalstf.io import read_rds  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="read_rds"):
-            L.load("visium_lymph", data_dir=tmp_path)
-    else:
-        pytest.skip("spalstf.io.read_rds is available")
+@needs_data
+def test_load_visium_lymph_through_r() -> None:
+    pytest.importorskip("rpy2.robjects", reason="needs R and the `r` extra")
+    st, sc = L.load("visium_lymph")
+    assert st.shape == (1000, 2000) and sc.shape == (330, 10237)
+    assert st.obsm["spatial"].shape == (1000, 2)
+    assert sc.obs["cell_type"].nunique() == 11
 
 
 @needs_data

@@ -228,20 +228,10 @@ def default_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return out
 
 
-def _rds_matrix(obj: object, what: str) -> pd.DataFrame:
-    """A genes x cells DataFrame from what ``read_rds`` gives for a (sparse) matrix."""
-    if isinstance(obj, pd.DataFrame):
-        return obj
-    if isinstance(obj, ad.AnnData):  # assume cells x genes
-        x = obj.X.toarray() if sp.issparse(obj.X) else np.asarray(obj.X)
-        return pd.DataFrame(x.T, index=obj.var_names, columns=obj.obs_names)
-    raise TypeError(
-        f"spalstf.io.read_rds returned {type(obj).__name__} for {what}; expected a DataFrame "
-        "(genes x cells) or an AnnData."
-    )
-
-
 def _load_visium_lymph(folder: Path) -> tuple[ad.AnnData, ad.AnnData]:
+    """The Seurat v4 objects of ``seurat/`` (the same data as the RCTD objects beside them),
+    read through R: counts in X, coordinates in obsm["spatial"], cell types of the reference
+    in obs["cell_type"]."""
     try:
         from spalstf.io import read_rds
     except ImportError as err:
@@ -249,34 +239,13 @@ def _load_visium_lymph(folder: Path) -> tuple[ad.AnnData, ad.AnnData]:
             "load('visium_lymph') reads R .rds files and needs spalstf.io.read_rds (the R "
             f"bridge), which could not be imported: {err}"
         ) from err
-    expr = _rds_matrix(read_rds(folder / "SpatialRNA" / "expr.rds"), "SpatialRNA/expr.rds")
-    st = ad.AnnData(sp.csr_matrix(_counts_matrix(expr.to_numpy().T)))
-    st.obs_names = expr.columns.astype(str)
-    st.var_names = expr.index.astype(str)
-    coords = read_rds(folder / "SpatialRNA" / "coords.rds")
-    if isinstance(coords, pd.DataFrame):
-        coords.index = coords.index.astype(str)
-        st.obsm["spatial"] = coords.loc[st.obs_names].iloc[:, :2].to_numpy(dtype=np.float64)
-    ref = read_rds(folder / "Reference" / "ref_downsampled.rds")
-    if isinstance(ref, ad.AnnData):
-        sc = ref
-    elif isinstance(ref, dict) and "counts" in ref:
-        cnt = _rds_matrix(ref["counts"], "Reference counts")
-        sc = ad.AnnData(sp.csr_matrix(_counts_matrix(cnt.to_numpy().T)))
-        sc.obs_names = cnt.columns.astype(str)
-        sc.var_names = cnt.index.astype(str)
-        if "cell_types" in ref:
-            ct = pd.Series(ref["cell_types"])
-            if len(ct) == sc.n_obs:
-                sc.obs["cell_type"] = pd.Categorical(np.asarray(ct).astype(str))
-        if "nUMI" in ref:
-            sc.obs["nUMI"] = np.asarray(ref["nUMI"], dtype=np.float64)
-    else:
-        raise TypeError(
-            "spalstf.io.read_rds returned "
-            f"{type(ref).__name__} for Reference/ref_downsampled.rds; expected an AnnData or a "
-            "dict with 'counts', 'cell_types', 'nUMI'."
-        )
+    st = read_rds(_check_file(folder / "seurat" / "st_seurat.rds", "visium_lymph ST"))
+    sc = read_rds(_check_file(folder / "seurat" / "sc_seurat.rds", "visium_lymph reference"))
+    if "cell_type" not in sc.obs:
+        for column in ("cell_types", "celltype", "CellType", "cell.type"):
+            if column in sc.obs:
+                sc.obs["cell_type"] = sc.obs[column]
+                break
     return st, sc
 
 
