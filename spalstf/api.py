@@ -150,8 +150,7 @@ class Model:
                                        batch_size=batch_size, device=device, progress=progress)
 
     def _impute_expression(self, expr: Expression, *, log_normalized, n_steps, n_samples,
-                           sampler, eta, seed, batch_size, device, progress,
-                           extra_info: dict | None = None) -> Any:
+                           sampler, eta, seed, batch_size, device, progress) -> Any:
         cfg = _options(self.config, n_steps=n_steps, n_samples=n_samples, sampler=sampler,
                        eta=eta, batch_size=batch_size)
         seed = _check_seed(seed)
@@ -201,7 +200,6 @@ class Model:
             "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
             "training": {k: v for k, v in self.info.items() if k != "timings"},
         }
-        info.update(extra_info or {})
         return _pack(expr, mean, std, self.output_names, info)
 
     # --- persistence ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ A `Config` is a plain dataclass: `spalstf.fit(..., config=Config(depth=2))` or k
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -101,15 +101,13 @@ class Config:
     #: Bound each step's predicted x0 to the range of the reference (clip_denoised).
     clip_denoised: bool = True
 
-    extra: dict[str, Any] = field(default_factory=dict)
-
     def replace(self, **changes: Any) -> Config:
         """Return a copy with `changes` applied, refusing unknown names."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
             raise TypeError(
-                f"unknown option(s) {unknown}; valid options are {sorted(names - {'extra'})}"
+                f"unknown option(s) {unknown}; valid options are {sorted(names)}"
             )
         new = dataclasses.replace(self, **changes)
         new.validate()
