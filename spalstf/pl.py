@@ -43,10 +43,7 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib
-
-    if os.environ.get("MPLBACKEND") is None and matplotlib.get_backend().lower() != "agg":
-        matplotlib.use("Agg", force=False)
+    # The user's matplotlib backend is left alone (headless sessions fall back to Agg).
     import matplotlib.pyplot as plt
 
     if basis not in imputed.obsm:
