@@ -28,6 +28,7 @@ from spalstf.data import Expression, as_expression, check_values, match_genes
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
 from spalstf.preprocess import Standardizer, log_normalize
+from spalstf.spatial import coordinates, neighbours, smoothed_reader
 from spalstf.train import TrainingData, build_network, needs_neighbours, train
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ MAX_DEFAULT_GENES = 1000
 #: Cells normalised and read at once when preparing data.
 _BLOCK = 8192
 _FORMAT_VERSION = 1
+#: Config fields that may differ between fit and impute (they act at sampling time only).
+INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "antithetic",
+                     "clip_denoised")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -113,7 +117,7 @@ class Model:
                n_steps: int | None = None, n_samples: int | None = None,
                sampler: str | None = None, eta: float | None = None, seed: int = 0,
                batch_size: int | None = None, device: str | None = None,
-               progress: bool = True) -> Any:
+               spatial: Any = None, progress: bool = True, **options: Any) -> Any:
         """Predict the target genes for every cell of `st`.
 
         Parameters
@@ -134,8 +138,15 @@ class Model:
             Cells per chunk (memory), not a modelling choice: results do not depend on it.
         device
             "auto", "cpu", "cuda": where to sample (default: where the model is).
+        spatial
+            Coordinates of the cells for the spatial context (`Config.spatial_weight`):
+            None reads `st.obsm["spatial"]` when present, a string another obsm key, an array
+            (cells x 2 or 3) gives them, False turns the spatial context off.
         progress
             Show a progress bar.
+        **options
+            Inference settings of `spalstf.Config` (`spatial_weight`, `spatial_neighbors`,
+            `residual_weight`, `antithetic`, `clip_denoised`).
 
         Returns
         -------
@@ -145,14 +156,20 @@ class Model:
         DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes).
         """
         expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
+        bad = sorted(set(options) - set(INFERENCE_OPTIONS))
+        if bad:
+            raise TypeError(f"Model.impute() got option(s) {bad} that are fixed at fit; "
+                            f"it accepts {sorted(INFERENCE_OPTIONS)}")
         return self._impute_expression(expr, log_normalized=log_normalized, n_steps=n_steps,
                                        n_samples=n_samples, sampler=sampler, eta=eta, seed=seed,
-                                       batch_size=batch_size, device=device, progress=progress)
+                                       batch_size=batch_size, device=device, spatial=spatial,
+                                       progress=progress, **options)
 
     def _impute_expression(self, expr: Expression, *, log_normalized, n_steps, n_samples,
-                           sampler, eta, seed, batch_size, device, progress) -> Any:
+                           sampler, eta, seed, batch_size, device, progress, spatial=None,
+                           **options) -> Any:
         cfg = _options(self.config, n_steps=n_steps, n_samples=n_samples, sampler=sampler,
-                       eta=eta, batch_size=batch_size)
+                       eta=eta, batch_size=batch_size, **options)
         seed = _check_seed(seed)
         log_norm = self.log_normalized if log_normalized is None else bool(log_normalized)
         dev = self.device if device is None else resolve_device(device)
@@ -177,6 +194,12 @@ class Model:
             scaler = Standardizer.fit(np.concatenate(
                 [normalised(slice(s, s + _BLOCK)) for s in range(0, expr.n_cells, _BLOCK)]))
 
+        read_log = normalised
+        xy = coordinates(expr.source, spatial, expr.n_cells) if cfg.spatial_weight else None
+        if xy is not None:
+            read_log = smoothed_reader(normalised, neighbours(xy, cfg.spatial_neighbors),
+                                       cfg.spatial_weight)
+
         def to_output(samples: np.ndarray) -> np.ndarray:
             return self.target_scaler.inverse(samples).astype(np.float32)
 
@@ -184,7 +207,7 @@ class Model:
         clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
         mean, std = impute_cells(
             self.network, self.diffusion, cfg, expr.n_cells,
-            lambda rows: scaler.transform(normalised(rows)), expr.cells, to_output,
+            lambda rows: scaler.transform(read_log(rows)), expr.cells, to_output,
             atlas=self.atlas, clip=clip, seed=seed, device=dev, progress=progress)
         seconds = time.perf_counter() - start
         logger.info("imputed %d genes in %d cells in %.1f s", len(self.target_genes),
@@ -328,6 +351,10 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         without improvement on 10% held-out reference cells) and mini-batch size (256).
     n_steps, n_samples
         Default sampling options stored in the model (20 DDIM steps, 4 samples).
+    spatial
+        Coordinates of the ST cells for the spatial context: None reads
+        `st.obsm["spatial"]` when present, a string another obsm key, an array gives them,
+        False turns the spatial context off.
     progress
         Show progress bars.
     config, **options
@@ -432,8 +459,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            log_normalized: bool = False, max_genes: int = MAX_DEFAULT_GENES, seed: int = 0,
            device: str = "auto", epochs: int | None = None, max_time: float | None = None,
            batch_size: int | None = None, n_steps: int | None = None,
-           n_samples: int | None = None, progress: bool = True, config: Config | None = None,
-           **options: Any) -> Any:
+           n_samples: int | None = None, spatial: Any = None, progress: bool = True,
+           config: Config | None = None, **options: Any) -> Any:
     """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
 
     Parameters
@@ -467,6 +494,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     n_steps, n_samples
         Reverse-diffusion steps (20, DDIM) and samples per cell (4): the mean is the imputation,
         the standard deviation its uncertainty.
+    spatial
+        Coordinates of the ST cells for the spatial context: None reads
+        `st.obsm["spatial"]` when present, a string another obsm key, an array gives them,
+        False turns the spatial context off.
     progress
         Show progress bars.
     config, **options
@@ -521,7 +552,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                             progress=progress)
     return model._impute_expression(st_expr, log_normalized=log_normalized, n_steps=None,
                                     n_samples=None, sampler=None, eta=None, seed=seed,
-                                    batch_size=None, device=None, progress=progress)
+                                    batch_size=None, device=None, spatial=spatial,
+                                    progress=progress)
 
 
 def _most_variable(expr: Expression, known: list[str], candidates: list[str], n: int,

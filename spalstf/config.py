@@ -31,6 +31,12 @@ class Config:
     #: "per_dataset" standardises each data set with its own statistics.
     align: str = "reference"
 
+    #: Spatial context of the ST (spalstf.spatial): the known genes entering the model are
+    #: (1 - spatial_weight) x the cell's own + spatial_weight x the mean of its
+    #: `spatial_neighbors` nearest cells in space. Used only when the ST has coordinates.
+    spatial_weight: float = 0.0
+    spatial_neighbors: int = 8
+
     # --- denoiser (XCA-Transformer) -------------------------------------------------------
     #: Width of a token embedding.
     d_model: int = 64
@@ -100,6 +106,9 @@ class Config:
     antithetic: bool = True
     #: Bound each step's predicted x0 to the range of the reference (clip_denoised).
     clip_denoised: bool = True
+    #: The imputation is prior + residual_weight x (mean sampled residual): 1 keeps the
+    #: diffusion's refinement whole, 0 returns the prior alone.
+    residual_weight: float = 1.0
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with `changes` applied, refusing unknown names."""
@@ -124,8 +133,8 @@ class Config:
                 raise ValueError(f"`{name}` must be {expected}; received {value!r}")
 
         for name in ("d_model", "depth", "n_heads", "max_tokens", "n_neighbors", "lstm_hidden",
-                     "lstm_layers", "atlas_size", "num_train_timesteps", "epochs", "batch_size", "n_steps",
-                     "n_samples"):
+                     "lstm_layers", "atlas_size", "spatial_neighbors", "num_train_timesteps",
+                     "epochs", "batch_size", "n_steps", "n_samples"):
             positive(name)
         for name in ("scale_factor", "learning_rate", "mlp_ratio"):
             positive(name, integer=False)
@@ -146,6 +155,10 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}; received {getattr(self, name)!r}")
+        if not 0 <= self.spatial_weight < 1:
+            raise ValueError(f"`spatial_weight` must be in [0, 1); received {self.spatial_weight!r}")
+        if not 0 <= self.residual_weight <= 1:
+            raise ValueError(f"`residual_weight` must be in [0, 1]; received {self.residual_weight!r}")
         for name in ("prior_alpha", "vlb_weight", "kl_weight", "weight_decay", "eta", "dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0; received {getattr(self, name)!r}")

@@ -49,8 +49,12 @@ def _draw(gens: list[np.random.Generator], n_samples: int, n_target: int,
 def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
                  known: np.ndarray, cells: Sequence[str], *, atlas: torch.Tensor | None,
                  index: NeighbourIndex | None, clip, seed: int,
-                 device: torch.device) -> np.ndarray:
-    """Samples for one chunk of cells: (n_samples, n_cells, n_target) in the model's space."""
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Samples for one chunk of cells, in the model's space: (residuals, prior).
+
+    residuals: (n_samples, n_cells, n_target), the sampled targets minus the prior; prior:
+    (n_cells, n_target), zeros without a prior. A sample is prior + residual.
+    """
     n_cells = known.shape[0]
     n_target, n_samples = network.n_target, config.n_samples
     known_t = torch.as_tensor(known, device=device)
@@ -65,7 +69,7 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         zeros = torch.zeros(n_cells, n_target, device=device)
         pred, _ = network(known_t, zeros, torch.zeros(n_cells, dtype=torch.long, device=device),
                           ctx, prior)
-        return (pred + offset).cpu().numpy()[None]
+        return pred.cpu().numpy()[None], offset.cpu().numpy()
     gens = cell_generators(seed, cells)
 
     def repeat(x):
@@ -84,7 +88,7 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         if diffusion.needs_noise(int(t), config.eta):
             noise = torch.as_tensor(_draw(gens, n_samples, n_target, anti), device=device)
         x = diffusion.step(eps, v, int(t), x, noise=noise, eta=config.eta, clip=bounds)
-    return (x + offset_rep).reshape(n_samples, n_cells, n_target).cpu().numpy()
+    return x.reshape(n_samples, n_cells, n_target).cpu().numpy(), offset.cpu().numpy()
 
 
 def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config, n_cells: int,
@@ -97,6 +101,10 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     `read_known(rows)` returns the standardised known genes of a chunk of cells; `to_output`
     maps model-space values to the output scale (log-normalised, clipped at 0). Memory beyond the
     output is bounded by `batch_size`.
+
+    The imputation is prior + `config.residual_weight` x the mean sampled residual: a weight
+    below 1 shrinks the diffusion's refinement towards the prior (the self-check chooses it).
+    The std is that of the unshrunk samples: the model's own spread, whatever the weight.
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
@@ -109,10 +117,10 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     for start in tqdm(chunks, desc="spalstf impute", unit="chunk", disable=not progress,
                       leave=False):
         rows = slice(start, min(start + batch_size, n_cells))
-        samples = sample_chunk(network, diffusion, config, read_known(rows), cells[rows],
-                               atlas=atlas_t, index=index, clip=clip_t, seed=seed, device=device)
-        values = to_output(samples)
-        mean[rows] = values.mean(axis=0)
+        residuals, prior = sample_chunk(network, diffusion, config, read_known(rows),
+                                        cells[rows], atlas=atlas_t, index=index, clip=clip_t,
+                                        seed=seed, device=device)
+        mean[rows] = to_output(prior + config.residual_weight * residuals.mean(axis=0))
         if std is not None:
-            std[rows] = values.std(axis=0)
+            std[rows] = to_output(prior[None] + residuals).std(axis=0)
     return mean, std

@@ -1,0 +1,84 @@
+"""Spatial context of the ST: each cell's input shares in its spatial neighbours' expression.
+
+A cell's measured known genes are a noisy read of its state (few counts per gene in imaging
+panels, mixed cells in spots). Neighbouring cells in a tissue are alike, so the known genes that
+enter the model are (1 - w) x the cell's own values + w x the mean of its `k` nearest spatial
+neighbours (log-normalised scale). Only the ST's known genes are read, never a target gene;
+w is chosen by the self-check (`spalstf.selfcheck`) on the ST's own known genes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def coordinates(source: Any, spatial: Any, n_cells: int) -> np.ndarray | None:
+    """The (n_cells, d) coordinates to use, or None when there are none.
+
+    `spatial`: None reads ``obsm["spatial"]`` of an AnnData `source` when present; False turns
+    the spatial context off; an obsm key (str) or an array gives them explicitly.
+    """
+    if spatial is False:
+        return None
+    if spatial is None or isinstance(spatial, str):
+        key = spatial or "spatial"
+        obsm = getattr(source, "obsm", None)
+        if obsm is None or key not in obsm:
+            if spatial is not None:
+                raise ValueError(f"`spatial` names obsm[{key!r}], which `st` does not have; "
+                                 f"its obsm keys are {sorted(obsm.keys()) if obsm else []}")
+            return None
+        spatial = obsm[key]
+    xy = np.array(spatial, dtype=np.float64)  # a copy: never the caller's array
+    if xy.ndim != 2 or xy.shape[0] != n_cells or xy.shape[1] < 1:
+        raise ValueError(f"`spatial` must be cells x dimensions with {n_cells} rows (one per "
+                         f"cell of `st`); received shape {xy.shape}")
+    if not np.isfinite(xy).all():
+        raise ValueError("`spatial` coordinates must be finite; found NaN or Inf")
+    return xy
+
+
+def neighbours(xy: np.ndarray, k: int) -> np.ndarray:
+    """Indices (n_cells, k') of each cell's k nearest other cells (k' = min(k, n_cells - 1)).
+
+    Ties are broken by index, so the result does not depend on the order of the cells.
+    """
+    from scipy.spatial import cKDTree
+
+    n = xy.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return np.empty((n, 0), dtype=np.int64)
+    # One extra neighbour: the cell itself (or a duplicate position), removed below.
+    dist, idx = cKDTree(xy).query(xy, k=k + 1)
+    idx = np.asarray(idx, dtype=np.int64).reshape(n, k + 1)
+    dist = np.asarray(dist).reshape(n, k + 1)
+    order = np.lexsort((idx, dist), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    # Drop the cell itself (at distance 0 among the k + 1 nearest), or the farthest when
+    # duplicated positions pushed it out.
+    is_self = idx == np.arange(n)[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    keep = np.ones_like(idx, dtype=bool)
+    keep[np.arange(n), drop] = False
+    return idx[keep].reshape(n, k)
+
+
+def smoothed_reader(read: Callable[[np.ndarray], np.ndarray], nbrs: np.ndarray | None,
+                    weight: float) -> Callable[[slice], np.ndarray]:
+    """Wrap `read(rows) -> values` so that each row is mixed with its neighbours' mean."""
+
+    def read_smoothed(rows: slice) -> np.ndarray:
+        idx = np.arange(rows.start, rows.stop)
+        own = read(idx)
+        if nbrs is None or weight == 0 or nbrs.shape[1] == 0:
+            return own
+        nb = nbrs[idx]
+        needed, inverse = np.unique(nb, return_inverse=True)
+        values = read(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
+        return (1 - weight) * own + weight * values.mean(axis=1)
+
+    return read_smoothed
