@@ -34,7 +34,14 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
     if suffix == ".h5ad":
         import anndata
 
-        return anndata.read_h5ad(path, **kwargs)
+        try:
+            return anndata.read_h5ad(path, **kwargs)
+        except TypeError:
+            raise  # a wrong keyword argument: the caller's error, not the file's
+        except Exception as err:  # noqa: BLE001 - h5py and anndata raise many types here
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"cannot read {str(path)!r} as .h5ad ({type(err).__name__}: "
+                             f"{first[:200]}); the file may be truncated or corrupted") from err
     if suffix == ".rds":
         return read_rds(path, **kwargs)
     raise ValueError(f"cannot read {str(path)!r}: expected a .h5ad or .rds file")
