@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from spalstf._version import __version__
+from spalstf.checkpoint import Checkpointer, data_fingerprint
 from spalstf.config import Config
 from spalstf.data import Expression, as_expression, check_values, match_genes
 from spalstf.diffusion import GaussianDiffusion
@@ -155,6 +156,9 @@ class Model:
         samples (when n_samples > 1) and `uns["spalstf"]` the provenance. For a DataFrame: a
         DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes).
         """
+        if log_normalized is not None:
+            log_normalized = _check_flag(log_normalized, "log_normalized")
+        progress = _check_flag(progress, "progress")
         expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
         bad = sorted(set(options) - set(INFERENCE_OPTIONS))
         if bad:
@@ -179,8 +183,8 @@ class Model:
         if missing:
             raise ValueError(
                 f"`st` lacks {len(missing)} of the model's {len(self.known_genes)} known genes, "
-                f"for example {missing[:10]}; impute data measured on the same genes or fit a "
-                "new model on the genes this data has")
+                f"for example {missing[:5]} (`st` has for example {expr.genes[:5]}); impute "
+                "data measured on the same genes or fit a new model on the genes this data has")
         st_known = [mapping[g] for g in self.known_genes]
         check_values(expr, log_normalized=log_norm, arg="st")
         start = time.perf_counter()
@@ -300,15 +304,26 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
     except Exception as err:  # noqa: BLE001 - any decoding failure means a damaged file
         raise ValueError(f"the model in {str(path)!r} cannot be read ({type(err).__name__}: "
                          f"{err}); the file may be truncated or corrupted") from err
-    if meta.get("format") != "spalstf-model" or meta.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r} holds model format {meta.get('format_version')!r}; this "
-                         f"spalstf ({__version__}) reads format {_FORMAT_VERSION}")
-    config = Config.from_dict(meta["config"])
-    network = build_network(len(meta["known_genes"]), len(meta["target_genes"]), config)
-    prefix = "network."
-    network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                             if k.startswith(prefix)})
+    if not isinstance(meta, dict) or meta.get("format") != "spalstf-model":
+        raise ValueError(f"`path` {str(path)!r}: model.json is not a spalstf model description")
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"`path` {str(path)!r} holds model format "
+                         f"{meta.get('format_version')!r} (written by spalstf "
+                         f"{meta.get('spalstf_version')}); this spalstf ({__version__}) reads "
+                         f"format {_FORMAT_VERSION}; refit the model or use a matching spalstf")
     dev = resolve_device(device)
+    try:
+        config = Config.from_dict(meta["config"])
+        network = build_network(len(meta["known_genes"]), len(meta["target_genes"]), config)
+        prefix = "network."
+        network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                 if k.startswith(prefix)})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        # A valid file whose parts do not fit together: edited, mixed from two models, or
+        # written by an incompatible development version.
+        raise ValueError(f"the model in {str(path)!r} is inconsistent ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0][:200]}); it may be corrupted or "
+                         "come from an incompatible spalstf version") from err
     network.to(dev).eval()
     atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
     scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy() for k, v in tensors.items()
@@ -324,7 +339,9 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         log_normalized: bool = False, seed: int = 0, device: str = "auto",
         epochs: int | None = None, max_time: float | None = None,
         batch_size: int | None = None, n_steps: int | None = None,
-        n_samples: int | None = None, progress: bool = True, config: Config | None = None,
+        n_samples: int | None = None, progress: bool = True,
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
+        resume: str | os.PathLike | None = None, config: Config | None = None,
         **options: Any) -> Model:
     """Train SpaLSTF on a scRNA-seq reference.
 
@@ -357,20 +374,41 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         False turns the spatial context off.
     progress
         Show progress bars.
+    checkpoint, checkpoint_every
+        A file to write the whole training state to every `checkpoint_every` epochs and when
+        training ends (atomically: an interrupted write leaves the previous checkpoint). An
+        existing file is refused unless it is also `resume`.
+    resume
+        A checkpoint to continue from. With the same data, genes, seed and options (only
+        `epochs`, `max_time`, `patience` and sampling options may change) the result is the
+        model an uninterrupted fit would have given; otherwise a ValueError names what differs.
+        `max_time` counts the seconds spent before the checkpoint.
     config, **options
         A `spalstf.Config` and/or any of its fields as keywords (e.g. ``depth=2``).
 
     Returns
     -------
-    A trained `spalstf.Model`.
+    A trained `spalstf.Model`. Ctrl-C (KeyboardInterrupt) during training returns the model
+    with the best weights so far (it re-raises when no epoch had ended). A non-finite loss
+    raises FloatingPointError naming the epoch and step.
     """
-    expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
                    n_steps=n_steps, n_samples=n_samples, **options)
+    seed, dev = _check_seed(seed), resolve_device(device)
+    log_normalized = _check_flag(log_normalized, "log_normalized")
+    progress = _check_flag(progress, "progress")
+    saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
+    expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     known_ref, target_ref, out_names = _resolve_fit_genes(expr, known_genes, target_genes)
     return _fit_expression(expr, known_ref, target_ref, out_names, cfg,
-                           log_normalized=log_normalized, seed=_check_seed(seed),
-                           device=resolve_device(device), progress=progress)
+                           log_normalized=log_normalized, seed=seed, device=dev,
+                           progress=progress, saving=saving)
+
+
+def _check_flag(value: Any, arg: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{arg}` must be True or False; received {value!r}")
+    return bool(value)
 
 
 def _check_seed(seed: Any) -> int:
@@ -382,8 +420,10 @@ def _check_seed(seed: Any) -> int:
 def _gene_list(genes: Any, arg: str) -> list[str]:
     if isinstance(genes, str):
         genes = [genes]
-    if genes is None or not isinstance(genes, Sequence | np.ndarray | pd.Index):
+    if genes is None or not isinstance(genes, Sequence | np.ndarray | pd.Index | pd.Series):
         raise TypeError(f"`{arg}` must be a list of gene names; received {type(genes).__name__}")
+    if len(genes) == 0:
+        raise ValueError(f"`{arg}` is empty; expected at least one gene name")
     out = [str(g) for g in genes]
     dups = sorted({g for g in out if out.count(g) > 1})
     if dups:
@@ -391,9 +431,10 @@ def _gene_list(genes: Any, arg: str) -> list[str]:
     return out
 
 
-def _resolve_fit_genes(expr: Expression, known_genes, target_genes):
+def _resolve_fit_genes(expr: Expression, known_genes, target_genes,
+                       target_arg: str = "target_genes"):
     known = _gene_list(known_genes, "known_genes")
-    targets = _gene_list(target_genes, "target_genes")
+    targets = _gene_list(target_genes, target_arg)
     kmap = match_genes(known, expr.genes)
     missing = [g for g in known if g not in kmap]
     if missing:
@@ -406,7 +447,7 @@ def _resolve_fit_genes(expr: Expression, known_genes, target_genes):
                        "example %s", len(dropped), dropped[:10])
     kept = [g for g in targets if g in target_map]
     if not kept:
-        raise ValueError(f"none of `target_genes` is in `sc` (for example {targets[:5]}; "
+        raise ValueError(f"none of `{target_arg}` is in `sc` (for example {targets[:5]}; "
                          f"`sc` has for example {expr.genes[:5]})")
     target_ref = [target_map[g] for g in kept]
     known_ref = [kmap[g] for g in known if kmap[g] not in set(target_ref)]
@@ -418,7 +459,7 @@ def _resolve_fit_genes(expr: Expression, known_genes, target_genes):
 
 def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_names: list[str],
                     cfg: Config, *, log_normalized: bool, seed: int, device: torch.device,
-                    progress: bool) -> Model:
+                    progress: bool, saving: tuple = (None, 1, None)) -> Model:
     check_values(expr, log_normalized=log_normalized, arg="sc")
     start = time.perf_counter()
     known_parts, target_parts = [], []
@@ -441,10 +482,16 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
     data = TrainingData(known_z, target_z, atlas, self_index=self_index)
     logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
                 len(known), len(targets))
-    result = train(data, cfg, seed=seed, device=device, progress=progress)
+    checkpointer = Checkpointer.create(*saving, meta={
+        "seed": seed, "config": _plain(cfg.to_dict(), none_ok=True), "known_genes": known,
+        "target_genes": targets, "data": data_fingerprint(known_z, target_z)})
+    result = train(data, cfg, seed=seed, device=device, progress=progress,
+                   checkpointer=checkpointer)
     info = {"timings": {"fit_seconds": time.perf_counter() - start},
             "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "n_reference_cells": n, "seed": seed}
+    if checkpointer is not None and checkpointer.resume_state is not None:
+        info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
     keep_atlas = needs_neighbours(cfg)
     return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
                  atlas if keep_atlas else None, output_names=out_names,
@@ -460,7 +507,9 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            device: str = "auto", epochs: int | None = None, max_time: float | None = None,
            batch_size: int | None = None, n_steps: int | None = None,
            n_samples: int | None = None, spatial: Any = None, progress: bool = True,
-           config: Config | None = None, **options: Any) -> Any:
+           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
+           resume: str | os.PathLike | None = None, config: Config | None = None,
+           **options: Any) -> Any:
     """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
 
     Parameters
@@ -500,6 +549,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         False turns the spatial context off.
     progress
         Show progress bars.
+    checkpoint, checkpoint_every, resume
+        Training checkpoints, as in `spalstf.fit`.
     config, **options
         A `spalstf.Config` and/or any of its fields as keywords.
 
@@ -512,13 +563,17 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     genes, targets and timings. numpy / scipy `st`: a numpy array (cells x genes). DataFrame
     `st`: a DataFrame (index of `st`, imputed genes as columns).
     """
-    st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
-    sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
                    n_steps=n_steps, n_samples=n_samples, **options)
     if isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer)) \
             or max_genes < 1:
         raise ValueError(f"`max_genes` must be a positive integer; received {max_genes!r}")
+    dev, seed = resolve_device(device), _check_seed(seed)
+    log_normalized = _check_flag(log_normalized, "log_normalized")
+    progress = _check_flag(progress, "progress")
+    saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
+    st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
+    sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     shared = match_genes(st_expr.genes, sc_expr.genes)  # st name -> reference name
     if not shared:
         raise ValueError(
@@ -544,12 +599,13 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                     "predicted from the other genes, their measured values unused",
                     len(measured), measured[:5])
     known_candidates = [shared[g] for g in st_expr.genes if g in shared]
-    known_ref, target_ref, out_names = _resolve_fit_genes(sc_expr, known_candidates, requested)
-    dev = resolve_device(device)
-    seed = _check_seed(seed)
+    known_ref, target_ref, out_names = _resolve_fit_genes(sc_expr, known_candidates, requested,
+                                                          target_arg="genes")
+    # The ST values are checked before training, not after minutes of it.
+    check_values(st_expr, log_normalized=log_normalized, arg="st")
     model = _fit_expression(sc_expr, known_ref, target_ref, out_names, cfg,
                             log_normalized=log_normalized, seed=seed, device=dev,
-                            progress=progress)
+                            progress=progress, saving=saving)
     return model._impute_expression(st_expr, log_normalized=log_normalized, n_steps=None,
                                     n_samples=None, sampler=None, eta=None, seed=seed,
                                     batch_size=None, device=None, spatial=spatial,

@@ -1,7 +1,8 @@
 """The `spalstf` command line: impute, fit, demo, benchmark.
 
-User errors (bad files, genes, options) exit with status 2 and a one-line message; `--debug`
-shows the traceback instead.
+User errors (bad files, genes, options) exit with status 2 and a one-line message, a training
+failure (non-finite loss) with status 1, Ctrl-C with status 130; `--debug` shows the traceback
+instead. Outputs are written atomically and never replace an existing file without --force.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ def _check_output(path: str, force: bool, inputs: list[str]) -> Path:
 
 
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"seed": args.seed, "device": args.device, "epochs": args.epochs,
-            "max_time": args.max_time, "batch_size": args.batch_size,
-            "progress": not args.quiet}
+    options = {"seed": args.seed, "device": args.device, "epochs": args.epochs,
+               "max_time": args.max_time, "batch_size": args.batch_size,
+               "progress": not args.quiet}
+    for name in ("checkpoint", "checkpoint_every", "resume"):  # fit and impute only
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    return options
 
 
 def _write_result(result: Any, out: Path, st_path: str, force: bool) -> None:
@@ -136,6 +141,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_checkpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="write the training state to this file every --checkpoint-every epochs")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="epochs between checkpoints (default 5)")
+    p.add_argument("--resume", default=None,
+                   help="continue training from this checkpoint (same data, seed, options)")
+
+
 def _add_inputs(p: argparse.ArgumentParser, st_required: bool) -> None:
     p.add_argument("--st", required=st_required, help="spatial data: .h5ad or .rds")
     p.add_argument("--sc", required=True, help="scRNA-seq reference: .h5ad or .rds")
@@ -165,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 10)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 8)")
     _add_common(p)
+    _add_checkpoints(p)
     p.set_defaults(func=cmd_impute)
 
     p = sub.add_parser("fit", help="fit a model on the reference and save it")
@@ -173,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated known genes (default: the genes of --st)")
     p.add_argument("--model-out", required=True, help="model folder to write")
     _add_common(p)
+    _add_checkpoints(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("demo", help="simulate data, impute, score and plot (< 3 min on CPU)")
@@ -197,13 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError,
-            ImportError) as err:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"spalstf {args.command}: interrupted", file=sys.stderr)
+        return 130  # the shell's convention for SIGINT
+    except (ValueError, TypeError, OSError, KeyError, ImportError, FloatingPointError) as err:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"spalstf {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, FloatingPointError) else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ A `Config` is a plain dataclass: `spalstf.fit(..., config=Config(depth=2))` or k
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +129,8 @@ class Config:
         def positive(name: str, integer: bool = True) -> None:
             value = getattr(self, name)
             kind = int if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            # `not value > 0` (rather than `value <= 0`) also refuses NaN; inf is no size.
+            if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
                 expected = "a positive integer" if integer else "a positive number"
                 raise ValueError(f"`{name}` must be {expected}; received {value!r}")
 
@@ -142,7 +144,8 @@ class Config:
             raise ValueError(
                 f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads})"
             )
-        if self.max_time is not None and not self.max_time > 0:
+        if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(
+                self.max_time, (int, float)) or not self.max_time > 0):
             raise ValueError(f"`max_time` must be positive seconds or None; received {self.max_time!r}")
         if self.n_steps > self.num_train_timesteps:
             raise ValueError(
@@ -160,8 +163,20 @@ class Config:
         if not 0 <= self.residual_weight <= 1:
             raise ValueError(f"`residual_weight` must be in [0, 1]; received {self.residual_weight!r}")
         for name in ("prior_alpha", "vlb_weight", "kl_weight", "weight_decay", "eta", "dropout"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0; received {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value < math.inf:
+                raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}")
+        if self.dropout >= 1:
+            raise ValueError(f"`dropout` must be in [0, 1); received {self.dropout!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(
+                self.patience, int) or self.patience < 1):
+            raise ValueError(f"`patience` must be a positive integer (epochs) or None; "
+                             f"received {self.patience!r}")
+        for name in ("use_xca", "use_context", "diffusion", "antithetic", "clip_denoised"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be True or False; received "
+                                f"{getattr(self, name)!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(
                 f"`validation_fraction` must be in [0, 1); received {self.validation_fraction!r}"

@@ -139,22 +139,70 @@ def as_expression(data: Any, *, genes: Sequence[str] | None = None, layer: str |
     return expr
 
 
+def _first_entry(part: Any, bad: np.ndarray) -> tuple[int, int]:
+    """(row, column) within `part` of the first value flagged in `bad` (aligned with
+    `part.data` for sparse blocks, with the dense block otherwise)."""
+    if sp.issparse(part):
+        coo = part.tocoo()
+        k = int(np.flatnonzero(bad)[0])
+        return int(coo.row[k]), int(coo.col[k])
+    row, col = np.argwhere(bad)[0]
+    return int(row), int(col)
+
+
+#: Integer-valued data whose maximum exceeds this are taken for raw counts, not log values
+#: (log1p of 1e4-normalised data stays below about 12).
+_COUNTS_LOOK_LIKE = 100
+
+
 def check_values(expr: Expression, *, log_normalized: bool, arg: str,
                  block: int = 8192) -> None:
-    """Refuse NaN, Inf and negative values, block by block (inputs are never copied whole)."""
+    """Refuse NaN, Inf and negative values, and non-integer values where counts are declared.
+
+    Read block by block, so that inputs are never copied whole. Errors name the first offending
+    cell and gene. Integer data declared log-normalised but looking like raw counts warn.
+    """
     m = expr.matrix
+    scale = "log-normalised values" if log_normalized else "counts"
+    all_integer, largest = True, 0.0
+
+    def where(start: int, part: Any, bad: np.ndarray) -> str:
+        row, col = _first_entry(part, bad)
+        return f"cell {expr.cells[start + row]!r}, gene {expr.genes[col]!r}"
+
     for start in range(0, expr.n_cells, block):
         part = m[start:start + block]
         values = part.data if sp.issparse(part) else np.asarray(part)
         if values.dtype.kind not in "biuf":
             raise TypeError(f"`{arg}` must hold numbers; received dtype {values.dtype}")
-        if values.size and not np.all(np.isfinite(values)):
-            raise ValueError(f"`{arg}` contains NaN or infinite values (cells {start} to "
-                             f"{start + part.shape[0] - 1}); remove or fill them first")
-        if values.size and values.min() < 0:
-            scale = "log-normalised values" if log_normalized else "counts"
-            raise ValueError(f"`{arg}` contains negative values (min {values.min():g}); expected "
-                             f"non-negative {scale}")
+        if not values.size:
+            continue
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ValueError(
+                f"`{arg}` contains NaN or infinite values (first at {where(start, part, ~finite)}: "
+                f"{values[~finite].flat[0]}); expected finite non-negative {scale}; remove or "
+                "fill them first")
+        negative = values < 0
+        if negative.any():
+            raise ValueError(
+                f"`{arg}` contains negative values (min {values.min():g}, first at "
+                f"{where(start, part, negative)}); expected non-negative {scale}")
+        largest = max(largest, float(values.max()))
+        if values.dtype.kind == "f":
+            fractional = values != np.rint(values)
+            if fractional.any():
+                all_integer = False
+                if not log_normalized:
+                    value = values[fractional].flat[0]
+                    raise ValueError(
+                        f"`{arg}` is read as raw counts but holds non-integer values (first "
+                        f"{value:g} at {where(start, part, fractional)}); pass "
+                        "log_normalized=True if it holds log-normalised values, or round "
+                        "corrected counts to integers (numpy.rint) first")
+    if log_normalized and all_integer and largest > _COUNTS_LOOK_LIKE:
+        logger.warning("`%s` is declared log-normalised but holds integers up to %g, which "
+                       "look like raw counts; pass log_normalized=False for counts", arg, largest)
 
 
 def match_genes(wanted: Sequence[str], available: Sequence[str]) -> dict[str, str]:

@@ -10,6 +10,12 @@ import numpy as np
 import pandas as pd
 
 
+def _dense_column(matrix: Any, j: int) -> np.ndarray:
+    """Column j of a dense or sparse matrix as a flat float array."""
+    col = matrix[:, [j]]
+    return np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=float).ravel()
+
+
 def _column(values: Any, gene: str, cells: Sequence[str]) -> np.ndarray:
     """One gene of an AnnData or DataFrame (cells x genes), in the order of `cells`."""
     if isinstance(values, pd.DataFrame):
@@ -44,8 +50,12 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
     matplotlib.figure.Figure
     """
     # The user's matplotlib backend is left alone (headless sessions fall back to Agg).
+    import anndata
     import matplotlib.pyplot as plt
 
+    if not isinstance(imputed, anndata.AnnData):
+        raise TypeError(f"`imputed` must be the AnnData returned by spalstf.impute; received "
+                        f"{type(imputed).__name__}")
     if basis not in imputed.obsm:
         raise ValueError(f"`imputed.obsm` has no {basis!r} coordinates; its keys are "
                          f"{list(imputed.obsm.keys())}")
@@ -61,11 +71,11 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
                              figsize=(3.2 * len(columns), 3.0 * len(genes)))
     for row, gene in enumerate(genes):
         j = list(imputed.var_names).index(gene)
-        values = {"imputed": np.asarray(imputed.X[:, j], dtype=float).ravel()}
+        values = {"imputed": _dense_column(imputed.X, j)}
         if measured is not None:
             values["measured"] = _column(measured, gene, cells)
         if "std" in columns:
-            values["std"] = np.asarray(imputed.layers["std"][:, j], dtype=float).ravel()
+            values["std"] = _dense_column(imputed.layers["std"], j)
         shared = np.concatenate([values[c] for c in ("measured", "imputed") if c in values])
         vmin, vmax = np.percentile(shared, [1, 99])
         for col, name in enumerate(columns):
@@ -84,5 +94,10 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
             fig.colorbar(im, ax=ax, shrink=0.7)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        from spalstf._atomic import atomic_path
+
+        # The format comes from the final name, since the temporary one ends in .tmp.
+        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or None
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=fmt)
     return fig

@@ -2,7 +2,8 @@
 
 Tensors in, a trained network out. Early stopping watches a fixed-noise validation loss on
 held-out reference cells; the weights used for sampling are an exponential moving average (EMA)
-of the trained ones; Ctrl-C keeps the best weights so far.
+of the trained ones; Ctrl-C keeps the best weights so far. With a `Checkpointer` the full state
+is written every few epochs and a fit resumed from it ends where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
 from spalstf.model import Denoiser, NeighbourIndex, build_sequence, neighbour_mean
@@ -103,8 +105,12 @@ def batch_loss(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
 
 
 def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.device | str = "cpu",
-          progress: bool = True) -> TrainResult:
-    """Train a denoiser on the reference. Deterministic for a given seed on CPU."""
+          progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
+    """Train a denoiser on the reference. Deterministic for a given seed on CPU.
+
+    `checkpointer` writes the training state every `checkpointer.every` epochs and at the end,
+    and, when it holds a resumed state, training continues from it.
+    """
     device = torch.device(device)
     n_cells, n_known = data.known.shape
     n_target = data.target.shape[1]
@@ -158,11 +164,42 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
 
     result = TrainResult(network=ema)
     best_loss, best_state, bad_epochs, step = math.inf, None, 0, 0
-    start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="spalstf fit", unit="epoch", disable=not progress,
-               leave=False)
+    first_epoch, seconds_before = 0, 0.0
+    resumed = checkpointer.resume_state if checkpointer is not None else None
+    if resumed is not None:
+        # Every random draw and update continues from the saved state, so the rest of the run
+        # is the one an uninterrupted fit would have made.
+        network.load_state_dict(resumed["network"])
+        if ema is not network:
+            ema.load_state_dict(resumed["ema"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        rng.bit_generator.state = resumed["numpy_rng"]
+        generator.set_state(resumed["torch_rng"])
+        step, best_loss, bad_epochs = resumed["step"], resumed["best_loss"], resumed["bad_epochs"]
+        best_state, result.best_epoch = resumed["best_state"], resumed["best_epoch"]
+        result.history = list(resumed["history"])
+        first_epoch, seconds_before = resumed["epoch"], resumed["seconds"]
+        logger.info("resuming training after epoch %d", first_epoch)
+
+    def state(epochs_done: int) -> dict:
+        return {"epoch": epochs_done, "step": step, "network": network.state_dict(),
+                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": generator.get_state(), "best_loss": best_loss,
+                "best_state": best_state, "best_epoch": result.best_epoch,
+                "bad_epochs": bad_epochs, "history": result.history,
+                "seconds": time.perf_counter() - start}
+
+    # The time budget counts the seconds spent before a resume too.
+    start = time.perf_counter() - seconds_before
+    bar = tqdm(range(first_epoch, config.epochs), desc="spalstf fit", unit="epoch",
+               disable=not progress, leave=False, initial=first_epoch, total=config.epochs)
     try:
         for epoch in bar:
+            if config.patience is not None and bad_epochs >= config.patience:
+                result.stop_reason = f"no improvement for {config.patience} epochs"
+                break  # only after resuming a run that had stopped early
             network.train()
             perm = train_rows[rng.permutation(len(train_rows))]
             sums = {"total": 0.0, "mse": 0.0, "vlb": 0.0, "kl": 0.0}
@@ -218,6 +255,8 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                 result.best_epoch = epoch + 1
             else:
                 bad_epochs += 1
+            if checkpointer is not None and checkpointer.due(epoch + 1):
+                checkpointer.save(state(epoch + 1))
             if config.max_time is not None and time.perf_counter() - start > config.max_time:
                 result.stop_reason = f"time budget of {config.max_time:g} s reached"
                 break
@@ -227,13 +266,25 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
         else:
             result.stop_reason = f"{config.epochs} epochs done"
     except KeyboardInterrupt:
+        if best_state is None:
+            raise  # interrupted before any epoch ended: there is nothing worth keeping
         result.stop_reason = "interrupted; keeping the best weights so far"
-        logger.warning("training interrupted at step %d: keeping the best weights so far", step)
+        logger.warning("training interrupted at step %d: keeping the best weights so far "
+                       "(epoch %d)", step, result.best_epoch)
+    else:
+        # The final state too, so that a run stopped by its budget can be continued.
+        epochs_done = len(result.history)
+        if checkpointer is not None and checkpointer.path is not None \
+                and checkpointer.last_saved_epoch != epochs_done:
+            checkpointer.save(state(epochs_done))
     finally:
         bar.close()
     if best_state is not None:
         ema.load_state_dict(best_state)
     ema.eval()
+    if not all(torch.isfinite(p).all() for p in ema.parameters()):
+        raise FloatingPointError("training produced non-finite weights (a NaN or infinite "
+                                 "gradient); try a lower `learning_rate`")
     result.network = ema
     result.seconds = time.perf_counter() - start
     logger.info("trained %d epochs in %.1f s (%s); best epoch %d", len(result.history),

@@ -174,7 +174,7 @@ def test_missing_genes_are_dropped_with_a_warning_and_none_left_is_an_error(tiny
     with caplog.at_level(logging.WARNING, logger="spalstf"):
         out = spalstf.impute(st, sc, [target, "NotAGene"], **FAST)
     assert list(out.var_names) == [target] and "NotAGene" in caplog.text
-    with pytest.raises(ValueError, match="none of `target_genes`"):
+    with pytest.raises(ValueError, match="none of `genes`"):
         spalstf.impute(st, sc, ["NotAGene"], **FAST)
 
 

@@ -71,3 +71,82 @@ def test_demo_fast_writes_the_h5ad_the_png_and_scores(tmp_path, capsys):
     assert np.all(result.X >= 0)
     png = (tmp_path / "demo_imputed.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_checkpoint_and_resume_flags_continue_a_fit(files, capsys):
+    st_path, sc_path, tmp = files
+    ckpt = tmp / "fit.ckpt"
+    base = ["fit", "--st", str(st_path), "--sc", str(sc_path), "--quiet", "--max-time", "30"]
+    assert main([*base, "--model-out", str(tmp / "m1"), "--epochs", "1",
+                 "--checkpoint", str(ckpt), "--checkpoint-every", "1"]) == 0
+    assert ckpt.is_file()
+    # The checkpoint is never silently replaced...
+    assert main([*base, "--model-out", str(tmp / "m2"), "--epochs", "2",
+                 "--checkpoint", str(ckpt)]) == 2
+    assert "exists; pass resume=" in capsys.readouterr().err
+    # ...but continued from.
+    assert main([*base, "--model-out", str(tmp / "m2"), "--epochs", "2",
+                 "--checkpoint", str(ckpt), "--resume", str(ckpt)]) == 0
+    model = spalstf.load(tmp / "m2")
+    assert model.info["resumed_after_epoch"] == 1 and len(model.history) == 2
+    assert main([*base, "--model-out", str(tmp / "m3"), "--resume", str(tmp / "nope")]) == 2
+    assert "`resume`" in capsys.readouterr().err
+
+
+def test_fit_refuses_an_existing_model_folder_without_force(files, capsys):
+    st_path, sc_path, tmp = files
+    (tmp / "model").mkdir()
+    args = ["fit", "--st", str(st_path), "--sc", str(sc_path), "--model-out",
+            str(tmp / "model"), *FAST_ARGS]
+    assert main(args) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert list((tmp / "model").iterdir()) == []
+    assert main([*args, "--force"]) == 0
+
+
+def test_training_faults_exit_non_zero_with_one_line(files, capsys, monkeypatch):
+    import spalstf.train
+
+    st_path, sc_path, tmp = files
+    args = ["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
+            str(tmp / "o.h5ad"), *FAST_ARGS]
+
+    def nan_loss(*a, **k):
+        raise FloatingPointError("training loss became nan at epoch 1, step 1")
+
+    monkeypatch.setattr(spalstf.train, "batch_loss", nan_loss)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["spalstf impute: error: training loss became nan at "
+                                        "epoch 1, step 1"]
+    assert not (tmp / "o.h5ad").exists()
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spalstf.train, "batch_loss", ctrl_c)
+    assert main(args) == 130
+    assert capsys.readouterr().err.strip() == "spalstf impute: interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", *args])
+
+
+def test_bad_inputs_on_the_command_line_are_one_line_errors(files, tmp_path, capsys):
+    st_path, sc_path, tmp = files
+    st = ad.read_h5ad(st_path)
+    st.X[0, 0] = np.nan
+    bad = tmp / "bad.h5ad"
+    st.write_h5ad(bad)
+    not_h5ad = tmp / "st.txt"
+    not_h5ad.write_text("gene,cell\n")
+    truncated = tmp / "truncated.h5ad"
+    truncated.write_bytes(st_path.read_bytes()[:2000])
+    for st_file, message in ((bad, "NaN or infinite"), (not_h5ad, "expected a .h5ad or .rds"),
+                             (truncated, "truncated.h5ad")):
+        code = main(["impute", "--st", str(st_file), "--sc", str(sc_path), "--out",
+                     str(tmp / "o.h5ad"), *FAST_ARGS])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
+                 str(tmp / "o.h5ad"), "--epochs", "0", "--quiet"]) == 2
+    assert "`epochs` must be a positive integer; received 0" in capsys.readouterr().err

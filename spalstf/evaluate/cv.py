@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spalstf.data import as_expression, check_values
 from spalstf.evaluate import metrics as _m
 from spalstf.evaluate.baselines import BASELINES, lognormalize
 
@@ -197,6 +198,11 @@ def cross_validate(
             f"`st` and `sc` must be AnnData; received {type(st).__name__} and {type(sc).__name__}."
         )
     fns = _resolve_methods(methods, method_options)
+    # Counts are checked up front: a NaN or a log-normalised matrix would otherwise give NaN
+    # or meaningless scores, not an error.
+    for data, layer, arg in ((st, st_layer, "st"), (sc, sc_layer, "sc")):
+        _matrix(data, layer, arg)
+        check_values(as_expression(data, layer=layer, arg=arg), log_normalized=False, arg=arg)
     sc_names = set(sc.var_names)
     shared = [g for g in st.var_names if g in sc_names]
     if genes is not None:

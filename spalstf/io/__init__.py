@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from spalstf._atomic import atomic_path
 
 
 def write_h5ad(adata: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -19,15 +20,8 @@ def write_h5ad(adata: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (--force) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -40,7 +34,14 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
     if suffix == ".h5ad":
         import anndata
 
-        return anndata.read_h5ad(path, **kwargs)
+        try:
+            return anndata.read_h5ad(path, **kwargs)
+        except TypeError:
+            raise  # a wrong keyword argument: the caller's error, not the file's
+        except Exception as err:  # noqa: BLE001 - h5py and anndata raise many types here
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"cannot read {str(path)!r} as .h5ad ({type(err).__name__}: "
+                             f"{first[:200]}); the file may be truncated or corrupted") from err
     if suffix == ".rds":
         return read_rds(path, **kwargs)
     raise ValueError(f"cannot read {str(path)!r}: expected a .h5ad or .rds file")

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spalstf._atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_rds", "write_rds"]
@@ -466,10 +468,12 @@ def write_rds(adata: Any, path: str | os.PathLike, *, base: str | os.PathLike | 
     if "spatial" in adata.obsm:
         arr = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
         spatial = ro.r.matrix(ro.FloatVector(arr.ravel(order="F")), nrow=arr.shape[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _r_call(helpers.rx2("write"), str(path), ro.NULL if base is None else str(base), mat,
-            ro.NULL if std is None else std, ro.StrVector(genes), ro.StrVector(cells), meta,
-            var, spatial, slot, assay, new_assay, "SpaLSTF")
+    # saveRDS writes in place: write beside the target and rename, so that an interrupted
+    # write never leaves a half .rds under the final name.
+    with atomic_path(path) as tmp:
+        _r_call(helpers.rx2("write"), str(tmp), ro.NULL if base is None else str(base), mat,
+                ro.NULL if std is None else std, ro.StrVector(genes), ro.StrVector(cells), meta,
+                var, spatial, slot, assay, new_assay, "SpaLSTF")
     return path
 
 
