@@ -1,7 +1,19 @@
-"""Plots: measured vs imputed expression in space. Each returns the matplotlib Figure."""
+"""Plots: imputed expression in space, its uncertainty, method comparisons, training loss.
+
+Every function returns the matplotlib ``Figure`` and, given ``path``, also saves it there (the
+format follows the suffix: ``.png``, ``.pdf``, ``.svg``...). The user's matplotlib backend is
+left alone; in a session without a display matplotlib falls back to its non-interactive Agg
+backend by itself.
+
+- :func:`spatial`: measured vs imputed expression in space, side by side, per gene.
+- :func:`uncertainty`: maps of the per-value uncertainty ``layers["std"]``.
+- :func:`metric_boxplot`: per-gene metrics of cross-validation, one box per method.
+- :func:`loss_curve`: the training and validation loss of a model, per epoch.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -9,11 +21,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+__all__ = ["loss_curve", "metric_boxplot", "spatial", "uncertainty"]
 
-def _dense_column(matrix: Any, j: int) -> np.ndarray:
-    """Column j of a dense or sparse matrix as a flat float array."""
-    col = matrix[:, [j]]
-    return np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=float).ravel()
+#: Resolution of saved raster figures (dots per inch).
+DPI = 110
+
+
+def _save(fig, path: str | os.PathLike | None):
+    """Lay out `fig`, save it to `path` when given (atomically: a temporary file, renamed), and
+    return it."""
+    fig.tight_layout()
+    if path is not None:
+        from spalstf._atomic import atomic_path
+
+        # The format comes from the final name, since the temporary one ends in .tmp.
+        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or None
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format=fmt)
+    return fig
 
 
 def _column(values: Any, gene: str, cells: Sequence[str]) -> np.ndarray:
@@ -24,10 +49,53 @@ def _column(values: Any, gene: str, cells: Sequence[str]) -> np.ndarray:
     return np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=float).ravel()
 
 
+def _layer_column(imputed: Any, layer: str | None, j: int) -> np.ndarray:
+    """Column j of X (or of a layer), dense or sparse, as a flat float array."""
+    x = imputed.X if layer is None else imputed.layers[layer]
+    col = x[:, [j]]
+    return np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=float).ravel()
+
+
+def _check_map_inputs(imputed: Any, genes: Sequence[str], basis: str) -> list[str]:
+    import anndata
+
+    if not isinstance(imputed, anndata.AnnData):
+        raise TypeError("`imputed` must be the AnnData returned by spalstf.impute; received "
+                        f"{type(imputed).__name__}")
+    if isinstance(genes, str):
+        genes = [genes]
+    genes = list(genes)
+    if not genes:
+        raise ValueError("`genes` is empty; name at least one gene to draw")
+    if basis not in imputed.obsm:
+        raise ValueError(f"`imputed.obsm` has no {basis!r} coordinates; its keys are "
+                         f"{list(imputed.obsm.keys())}")
+    missing = [g for g in genes if g not in imputed.var_names]
+    if missing:
+        raise ValueError(f"`genes` not in the imputed data: {missing[:10]}")
+    return genes
+
+
+def _map(fig, ax, xy: np.ndarray, values: np.ndarray, title: str, *, cmap: str,
+         point_size: float, vmin: float | None = None, vmax: float | None = None) -> None:
+    im = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=point_size, cmap=cmap, linewidths=0,
+                    vmin=vmin, vmax=vmax)
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, shrink=0.7)
+
+
 def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
             basis: str = "spatial", show_std: bool = True, point_size: float = 6.0,
             path: str | os.PathLike | None = None):
     """Maps of imputed expression in space, beside the measured truth and the uncertainty.
+
+    One row per gene; columns: the measured values (when `measured` is given), the imputed
+    values (titled with their Pearson r against the measured ones) and the uncertainty
+    `layers["std"]` (when `show_std` and present). Measured and imputed share one colour scale
+    (their 1st to 99th percentile), so the two maps compare directly.
 
     Parameters
     ----------
@@ -42,6 +110,8 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
         Key of the coordinates in `imputed.obsm`.
     show_std
         Add a column with `imputed.layers["std"]` when present.
+    point_size
+        Marker size of each cell or spot.
     path
         Save the figure there (PNG, PDF... by suffix).
 
@@ -49,19 +119,9 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
     -------
     matplotlib.figure.Figure
     """
-    # The user's matplotlib backend is left alone (headless sessions fall back to Agg).
-    import anndata
     import matplotlib.pyplot as plt
 
-    if not isinstance(imputed, anndata.AnnData):
-        raise TypeError(f"`imputed` must be the AnnData returned by spalstf.impute; received "
-                        f"{type(imputed).__name__}")
-    if basis not in imputed.obsm:
-        raise ValueError(f"`imputed.obsm` has no {basis!r} coordinates; its keys are "
-                         f"{list(imputed.obsm.keys())}")
-    missing = [g for g in genes if g not in imputed.var_names]
-    if missing:
-        raise ValueError(f"`genes` not in the imputed data: {missing[:10]}")
+    genes = _check_map_inputs(imputed, genes, basis)
     xy = np.asarray(imputed.obsm[basis])[:, :2]
     cells = list(imputed.obs_names)
     columns = (["measured"] if measured is not None else []) + ["imputed"]
@@ -69,35 +129,254 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
         columns.append("std")
     fig, axes = plt.subplots(len(genes), len(columns), squeeze=False,
                              figsize=(3.2 * len(columns), 3.0 * len(genes)))
+    names = list(imputed.var_names)
     for row, gene in enumerate(genes):
-        j = list(imputed.var_names).index(gene)
-        values = {"imputed": _dense_column(imputed.X, j)}
+        j = names.index(gene)
+        values = {"imputed": _layer_column(imputed, None, j)}
         if measured is not None:
             values["measured"] = _column(measured, gene, cells)
         if "std" in columns:
-            values["std"] = _dense_column(imputed.layers["std"], j)
+            values["std"] = _layer_column(imputed, "std", j)
         shared = np.concatenate([values[c] for c in ("measured", "imputed") if c in values])
         vmin, vmax = np.percentile(shared, [1, 99])
         for col, name in enumerate(columns):
-            ax = axes[row, col]
-            kw = {"vmin": vmin, "vmax": vmax} if name != "std" else {}
-            im = ax.scatter(xy[:, 0], xy[:, 1], c=values[name], s=point_size, cmap="viridis"
-                            if name != "std" else "magma", linewidths=0, **kw)
             title = f"{gene}: {name}"
             if name == "imputed" and "measured" in values:
                 r = np.corrcoef(values["measured"], values["imputed"])[0, 1]
                 title += f" (r = {r:.2f})"
-            ax.set_title(title, fontsize=9)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, shrink=0.7)
-    fig.tight_layout()
-    if path is not None:
-        from spalstf._atomic import atomic_path
+            if name == "std":
+                _map(fig, axes[row, col], xy, values[name], title, cmap="magma",
+                     point_size=point_size)
+            else:
+                _map(fig, axes[row, col], xy, values[name], title, cmap="viridis",
+                     point_size=point_size, vmin=vmin, vmax=vmax)
+    return _save(fig, path)
 
-        # The format comes from the final name, since the temporary one ends in .tmp.
-        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or None
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format=fmt)
-    return fig
+
+def uncertainty(imputed: Any, genes: Sequence[str], *, relative: bool = False,
+                basis: str = "spatial", ncols: int = 4, point_size: float = 6.0,
+                path: str | os.PathLike | None = None):
+    """Maps of the uncertainty of the imputation, one panel per gene.
+
+    The uncertainty is `imputed.layers["std"]`: the standard deviation of a value over the
+    model's samples for that cell (written by `spalstf.impute` when `n_samples > 1`). It is
+    large where the measured genes leave the gene undetermined under the reference; it is not
+    a calibrated confidence interval and does not include the model's own error.
+
+    Parameters
+    ----------
+    imputed
+        The AnnData returned by `spalstf.impute` (`layers["std"]`, coordinates in
+        `obsm[basis]`).
+    genes
+        Genes to draw.
+    relative
+        Draw std / (imputed value + 0.1) instead of the std (the 0.1 keeps cells imputed near
+        zero from dominating the map).
+    basis
+        Key of the coordinates in `imputed.obsm`.
+    ncols
+        Panels per row.
+    point_size
+        Marker size of each cell or spot.
+    path
+        Save the figure there (PNG, PDF... by suffix).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    genes = _check_map_inputs(imputed, genes, basis)
+    if "std" not in imputed.layers:
+        raise ValueError("`imputed` has no layers['std']: impute with n_samples > 1 to get "
+                         "the uncertainty")
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"`ncols` must be a positive integer; received {ncols!r}")
+    ncols = min(int(ncols), len(genes))
+    nrows = math.ceil(len(genes) / ncols)
+    xy = np.asarray(imputed.obsm[basis])[:, :2]
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(3.4 * ncols, 3.0 * nrows))
+    names = list(imputed.var_names)
+    for k, gene in enumerate(genes):
+        j = names.index(gene)
+        std = _layer_column(imputed, "std", j)
+        label = "std"
+        if relative:
+            std = std / (np.clip(_layer_column(imputed, None, j), 0, None) + 0.1)
+            label = "std / (value + 0.1)"
+        _map(fig, axes[k // ncols, k % ncols], xy, std, f"{gene}: {label}", cmap="magma",
+             point_size=point_size)
+    for k in range(len(genes), nrows * ncols):
+        axes[k // ncols, k % ncols].set_axis_off()
+    return _save(fig, path)
+
+
+def _per_gene_table(result: Any) -> pd.DataFrame:
+    per_gene = getattr(result, "per_gene", result)
+    if not isinstance(per_gene, pd.DataFrame):
+        raise TypeError("`result` must be what spalstf.cross_validate returns or its "
+                        f"`per_gene` DataFrame; received {type(result).__name__}")
+    if "method" not in per_gene.columns:
+        raise ValueError("`result` needs a 'method' column (one row per method and gene); its "
+                         f"columns are {list(per_gene.columns)}")
+    return per_gene
+
+
+def metric_boxplot(result: Any, metrics: str | Sequence[str] = ("pcc", "ssim", "rmse", "js"),
+                   *, truth: str = "lognorm", methods: Sequence[str] | None = None,
+                   points: bool = True, path: str | os.PathLike | None = None):
+    """Per-gene metrics of leave-genes-out cross-validation, one box per method.
+
+    One panel per metric; each box holds one value per gene (over all folds), the dots are the
+    genes, and the method's median is written above its box. Genes whose metric is NaN (for
+    example a constant prediction has no Pearson r) are left out and counted in the label.
+
+    Parameters
+    ----------
+    result
+        What `spalstf.cross_validate` returns, or its `per_gene` DataFrame (columns `method`,
+        the metric columns, and optionally `truth`; any DataFrame of that shape works).
+    metrics
+        Metric columns to draw (`"pcc"`, `"spcc"`, `"ssim"`, `"rmse"`, `"js"`); higher is
+        better for PCC, SPCC and SSIM, lower for RMSE and JS.
+    truth
+        Which truth to score against when the table has a `truth` column: `"lognorm"` (the
+        ST's log-normalised values) or `"counts"`.
+    methods
+        Methods to draw, in this order (default: all, in the order of the table).
+    points
+        Overlay one dot per gene.
+    path
+        Save the figure there (PNG, PDF... by suffix).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    table = _per_gene_table(result)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics:
+        raise ValueError("`metrics` is empty; name at least one metric column")
+    absent = [m for m in metrics if m not in table.columns]
+    if absent:
+        raise ValueError(f"`metrics` not in the table: {absent}; its columns are "
+                         f"{list(table.columns)}")
+    if "truth" in table.columns:
+        truths = list(pd.unique(table["truth"]))
+        if truth not in truths:
+            raise ValueError(f"`truth` must be one of {truths}; received {truth!r}")
+        table = table[table["truth"] == truth]
+    available = list(pd.unique(table["method"]))
+    if methods is None:
+        methods = available
+    else:
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        unknown = [m for m in methods if m not in available]
+        if unknown:
+            raise ValueError(f"`methods` not in the table: {unknown}; it has {available}")
+    if not methods:
+        raise ValueError("the table holds no methods to draw")
+    fig, axes = plt.subplots(1, len(metrics), squeeze=False,
+                             figsize=(len(metrics) * (0.8 * len(methods) + 1.4), 3.6))
+    rng = np.random.default_rng(0)  # jitter of the dots only
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        data, labels = [], []
+        for m in methods:
+            v = table.loc[table["method"] == m, metric].to_numpy(dtype=float)
+            n_nan = int(np.isnan(v).sum())
+            data.append(v[~np.isnan(v)])
+            labels.append(f"{m}\n({n_nan} NaN)" if n_nan else m)
+        positions = np.arange(1, len(methods) + 1)
+        ax.boxplot(data, positions=positions, widths=0.6, showfliers=not points,
+                   medianprops={"color": "black"})
+        ax.set_xticks(positions)
+        ax.set_xticklabels(labels, rotation=30 if len(methods) > 3 else 0, fontsize=8)
+        finite = [v for v in data if len(v)]
+        top = max((float(v.max()) for v in finite), default=1.0)
+        for pos, v in zip(positions, data, strict=True):
+            if points and len(v):
+                ax.scatter(pos + rng.uniform(-0.18, 0.18, len(v)), v, s=7, alpha=0.5,
+                           color="tab:blue", linewidths=0, zorder=3)
+            if len(v):
+                ax.annotate(f"{np.median(v):.3f}", (pos, top), xytext=(0, 4),
+                            textcoords="offset points", ha="center", fontsize=7)
+        ax.set_title(metric.upper(), fontsize=10)
+        ax.margins(y=0.12)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _history(model: Any) -> tuple[list[dict], int | None]:
+    """The per-epoch records and the best epoch of a Model, a training result or a list."""
+    if isinstance(model, (list, tuple)):
+        return list(model), None
+    history = getattr(model, "history", None)
+    if not isinstance(history, (list, tuple)):
+        raise TypeError("`model` must be a spalstf.Model or its `history` (a list of per-epoch "
+                        f"dicts); received {type(model).__name__}")
+    best = getattr(model, "best_epoch", None)
+    if best is None:
+        best = (getattr(model, "info", None) or {}).get("best_epoch")
+    return list(history), (int(best) if best else None)
+
+
+def loss_curve(model: Any, *, log_scale: bool = False,
+               path: str | os.PathLike | None = None):
+    """The training loss of a model, per epoch.
+
+    First panel: the total training loss, its noise-prediction MSE and, when the model held out
+    reference cells for early stopping, the validation MSE, with the epoch whose weights were
+    kept (the lowest validation loss) marked. Then one panel each for the variational-bound and
+    KL terms when they are in the loss (they are on other scales, the bound can be negative).
+
+    Parameters
+    ----------
+    model
+        A `spalstf.Model` (its `history` and `info["best_epoch"]`), or a list of per-epoch
+        dicts with the keys `epoch`, `train_total`, `train_mse`, `train_vlb`, `train_kl` and
+        `val_mse` (any subset).
+    log_scale
+        Logarithmic axis for the first panel.
+    path
+        Save the figure there (PNG, PDF... by suffix).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    history, best = _history(model)
+    if not history:
+        raise ValueError("`model` has no training history to draw (no epoch recorded)")
+    frame = pd.DataFrame(history)
+    epochs = frame["epoch"] if "epoch" in frame else pd.Series(np.arange(1, len(frame) + 1))
+    main = [(k, label) for k, label in (("train_total", "train: total"),
+                                        ("train_mse", "train: MSE"),
+                                        ("val_mse", "validation: MSE")) if k in frame]
+    extra = [(k, label) for k, label in (("train_vlb", "train: VLB"), ("train_kl", "train: KL"))
+             if k in frame and np.nanmax(np.abs(frame[k].to_numpy(dtype=float))) > 0]
+    if not main and not extra:
+        raise ValueError("the history has none of the loss keys train_total, train_mse, "
+                         f"val_mse, train_vlb, train_kl; its keys are {list(frame.columns)}")
+    panels = ([main] if main else []) + [[term] for term in extra]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(4.2 * len(panels), 3.4))
+    for ax, keys in zip(axes[0], panels, strict=True):
+        for k, label in keys:
+            ax.plot(epochs, frame[k], marker="o", markersize=3, label=label)
+        if best is not None and keys is main:
+            ax.axvline(best, color="grey", linestyle="--", linewidth=1,
+                       label=f"kept: epoch {best}")
+        if log_scale and keys is main:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("loss" if keys is main else "loss term")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,148 @@
+"""spalstf.pl: every plot returns its Figure, saves to a file that is a real image, and
+rejects bad input with a message that names it."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless tests; the library itself never sets the backend
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from spalstf import pl  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def imputed(tiny_pair, tiny_model):
+    st, _ = tiny_pair
+    return tiny_model.impute(st, progress=False, n_samples=2)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _check_png(path, fig):
+    """The file is a PNG of the figure's size, and not blank."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    image = mpimg.imread(path)
+    width, height = fig.get_size_inches() * pl.DPI
+    assert abs(image.shape[1] - width) <= 2 and abs(image.shape[0] - height) <= 2
+    assert image[..., :3].std() > 0.01  # something was drawn
+
+
+def test_spatial_measured_imputed_and_std_side_by_side(tiny_pair, imputed, tmp_path):
+    st, _ = tiny_pair
+    genes = list(imputed.var_names[:2])
+    path = tmp_path / "spatial.png"
+    fig = pl.spatial(imputed, genes, measured=st.obsm["truth"], path=path)
+    assert isinstance(fig, Figure)
+    _check_png(path, fig)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[:3] == [f"{genes[0]}: measured", titles[1], f"{genes[0]}: std"]
+    assert titles[1].startswith(f"{genes[0]}: imputed (r = ")
+    assert len(titles) == 6  # 2 genes x (measured, imputed, std)
+    # measured and imputed share one colour scale
+    maps = [ax.collections[0] for ax in fig.axes if ax.get_title()]
+    assert maps[0].get_clim() == maps[1].get_clim()
+    # without truth or std: one panel per gene, and PDF by suffix
+    pdf = tmp_path / "spatial.pdf"
+    fig = pl.spatial(imputed, genes[0], show_std=False, path=pdf)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [f"{genes[0]}: imputed"]
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_uncertainty_maps_one_panel_per_gene(imputed, tmp_path):
+    genes = list(imputed.var_names[:3])
+    path = tmp_path / "std.png"
+    fig = pl.uncertainty(imputed, genes, ncols=2, path=path)
+    _check_png(path, fig)
+    drawn = [ax for ax in fig.axes if ax.get_title()]  # colour bars have no title
+    assert [ax.get_title() for ax in drawn] == [f"{g}: std" for g in genes]
+    np.testing.assert_allclose(drawn[0].collections[0].get_array(),
+                               imputed[:, genes[0]].layers["std"].ravel(), rtol=1e-6)
+    fig = pl.uncertainty(imputed, genes[:1], relative=True)
+    assert fig.axes[0].get_title() == f"{genes[0]}: std / (value + 0.1)"
+
+
+def test_metric_boxplot_one_box_per_method(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"truth": t, "method": m, "fold": 0, "gene": f"g{i}", "pcc": rng.uniform(),
+             "ssim": rng.uniform(), "rmse": rng.uniform(), "js": rng.uniform()}
+            for t in ("lognorm", "counts") for m in ("mean", "knn", "spalstf") for i in range(8)]
+    table = pd.DataFrame(rows)
+    table.loc[(table["method"] == "mean") & (table["truth"] == "lognorm"), "pcc"] = np.nan
+    path = tmp_path / "box.png"
+    fig = pl.metric_boxplot(table, ["pcc", "rmse"], path=path)
+    _check_png(path, fig)
+    assert [ax.get_title() for ax in fig.axes] == ["PCC", "RMSE"]
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["mean\n(8 NaN)", "knn", "spalstf"]
+    medians = [t.get_text() for t in fig.axes[1].texts]
+    expected = (table[table["truth"] == "lognorm"].groupby("method", sort=False)["rmse"]
+                .median())
+    assert medians == [f"{v:.3f}" for v in expected]
+    fig = pl.metric_boxplot(table, "pcc", methods=["spalstf", "knn"], truth="counts")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["spalstf", "knn"]
+
+
+def test_metric_boxplot_of_a_cross_validation_result(tiny_pair, tmp_path):
+    import spalstf
+
+    st, sc = tiny_pair
+    cv = spalstf.cross_validate(st, sc, n_folds=2, methods="mean,knn", clustering=False)
+    path = tmp_path / "cv.png"
+    fig = pl.metric_boxplot(cv, path=path)
+    _check_png(path, fig)
+    assert [ax.get_title() for ax in fig.axes] == ["PCC", "SSIM", "RMSE", "JS"]
+
+
+def test_loss_curve_of_a_model(tiny_model, tmp_path):
+    path = tmp_path / "loss.png"
+    fig = pl.loss_curve(tiny_model, path=path)
+    _check_png(path, fig)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert "train: total" in lines and "validation: MSE" in lines
+    np.testing.assert_allclose(lines["train: total"].get_ydata(),
+                               [h["train_total"] for h in tiny_model.history])
+    best = tiny_model.info["best_epoch"]
+    assert f"kept: epoch {best}" in lines
+    fig = pl.loss_curve(tiny_model.history, log_scale=True)
+    assert fig.axes[0].get_yscale() == "log"
+
+
+def test_plots_reject_bad_input(imputed, tiny_model):
+    gene = imputed.var_names[0]
+    with pytest.raises(ValueError, match="not in the imputed data"):
+        pl.spatial(imputed, ["NOT_A_GENE"])
+    with pytest.raises(ValueError, match="no 'umap' coordinates"):
+        pl.uncertainty(imputed, [gene], basis="umap")
+    with pytest.raises(ValueError, match=r"no layers\['std'\]"):
+        pl.uncertainty(_without_std(imputed), [gene])
+    with pytest.raises(ValueError, match="`genes` is empty"):
+        pl.spatial(imputed, [])
+    with pytest.raises(TypeError, match="cross_validate"):
+        pl.metric_boxplot([1, 2, 3])
+    with pytest.raises(ValueError, match="not in the table"):
+        pl.metric_boxplot(pd.DataFrame({"method": ["a"], "pcc": [0.1]}), "ssim")
+    with pytest.raises(ValueError, match="no training history"):
+        pl.loss_curve([])
+    with pytest.raises(TypeError, match="spalstf.Model"):
+        pl.loss_curve("model")
+    assert tiny_model.history  # the fixture itself is untouched
+
+
+def _without_std(adata):
+    out = adata.copy()
+    del out.layers["std"]
+    return out
