@@ -1,0 +1,130 @@
+"""The scripts in examples/ run as written: each is run here in a subprocess with its --fast
+option (seconds each), so that they cannot rot. Real-data examples read ../shared/data (or
+$SPALSTF_DATA) and are skipped where it is absent; the R examples need Rscript and the
+installed R package SpaLSTF (bash scripts/r_setup.sh .venv) and are skipped, saying which,
+without them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def _data_dir() -> Path | None:
+    for d in (os.environ.get("SPALSTF_DATA"), ROOT / ".." / "shared" / "data"):
+        if d and Path(d).is_dir():
+            return Path(d).resolve()
+    return None
+
+
+DATA = _data_dir()
+
+
+def _env() -> dict[str, str]:
+    """This Python and this checkout of spalstf, for Python and for R (reticulate)."""
+    path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path), SPALSTF_PYTHON=sys.executable,
+                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MPLBACKEND="Agg")
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
+    run = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+def _python(script: str, *args: str, cwd: Path) -> str:
+    return _run([sys.executable, str(EXAMPLES / script), *args], cwd)
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_example_is_tested():
+    tested = {"quickstart.py", "osmfish.py", "cross_validation.py", "seurat_quickstart.R",
+              "sce_quickstart.R"}
+    assert {p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".R")} == tested
+
+
+def test_quickstart(tmp_path):
+    out = _python("quickstart.py", "--fast", cwd=tmp_path)
+    assert "Pearson r per gene with the truth: median" in out
+    for name in ("spatial.png", "uncertainty.png"):
+        assert _is_png(tmp_path / "quickstart_out" / name)
+    import anndata
+
+    imputed = anndata.read_h5ad(tmp_path / "quickstart_out" / "imputed.h5ad")
+    assert "std" in imputed.layers and imputed.uns["spalstf"]["seed"] == 0
+
+
+@pytest.mark.skipif(DATA is None or not (DATA / "osmfish").is_dir(),
+                    reason="../shared/data/osmfish absent (set SPALSTF_DATA)")
+def test_osmfish(tmp_path):
+    out = _python("osmfish.py", str(DATA / "osmfish"), "--fast", "--out", "o", cwd=tmp_path)
+    assert "hidden and predicted: " in out and "median Pearson r: " in out
+    for name in ("loss.png", "spatial.png", "uncertainty.png"):
+        assert _is_png(tmp_path / "o" / name)
+    assert (tmp_path / "o" / "model" / "model.json").is_file()
+
+
+def test_osmfish_says_where_the_data_should_be(tmp_path):
+    run = subprocess.run([sys.executable, str(EXAMPLES / "osmfish.py"), "no_such_folder"],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "dataset1_spatial_33.h5ad" in run.stderr
+
+
+def test_cross_validation(tmp_path):
+    out = _python("cross_validation.py", "--fast", "--methods", "mean,knn,spalstf",
+                  cwd=tmp_path)
+    assert "spalstf" in out
+    import pandas as pd
+
+    per_gene = pd.read_csv(tmp_path / "cv_out" / "per_gene.csv")
+    assert set(per_gene["method"]) == {"mean", "knn", "spalstf"}
+    assert set(per_gene["fold"]) == {0, 1}
+    assert _is_png(tmp_path / "cv_out" / "metrics.png")
+
+
+def _r_ready() -> str | None:
+    """Why the R examples cannot run here, or None."""
+    if shutil.which("Rscript") is None:
+        return "R is absent (no Rscript on PATH)"
+    check = subprocess.run(["Rscript", "-e", 'quit(status = !requireNamespace("SpaLSTF", '
+                            "quietly = TRUE))"], capture_output=True)
+    if check.returncode != 0:
+        return "the R package SpaLSTF is not installed (bash scripts/r_setup.sh .venv)"
+    return None
+
+
+R_MISSING = _r_ready()
+
+
+@pytest.mark.skipif(R_MISSING is not None, reason=str(R_MISSING))
+@pytest.mark.skipif(DATA is None or not (DATA / "visium_lymph").is_dir(),
+                    reason="../shared/data/visium_lymph absent (set SPALSTF_DATA)")
+def test_seurat_quickstart(tmp_path):
+    out = _run(["Rscript", str(EXAMPLES / "seurat_quickstart.R"),
+                str(DATA / "visium_lymph" / "seurat"), "--fast", "--out=o"], tmp_path)
+    assert "1 other assay present: SpaLSTF" in out
+    assert f"Python used: {sys.executable}" in out
+    assert _is_png(tmp_path / "o" / "seurat_quickstart.png")
+
+
+@pytest.mark.skipif(R_MISSING is not None, reason=str(R_MISSING))
+@pytest.mark.skipif(DATA is None or not (DATA / "visium_brain").is_dir(),
+                    reason="../shared/data/visium_brain absent (set SPALSTF_DATA)")
+def test_sce_quickstart(tmp_path):
+    out = _run(["Rscript", str(EXAMPLES / "sce_quickstart.R"), str(DATA / "visium_brain"),
+                "--fast"], tmp_path)
+    assert "assays(2): logcounts std" in out
+    assert "spalstf" in out.split("method")[-1]  # the cross-validation table
