@@ -132,7 +132,8 @@ class Model:
         log_normalized
             Whether `st` holds log-normalised values (default: as the reference at fit).
         n_steps, n_samples, sampler, eta
-            Sampling options (defaults from the model's config: 20 DDIM steps, 4 samples).
+            Sampling options (default: the model's config; unless set at fit, 10 DDIM steps
+            and 8 samples).
         seed
             Seeds each cell's random draws together with its name.
         batch_size
@@ -367,7 +368,7 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         Training length (default 60 epochs, at most 120 s, early stopping after 10 epochs
         without improvement on 10% held-out reference cells) and mini-batch size (256).
     n_steps, n_samples
-        Default sampling options stored in the model (20 DDIM steps, 4 samples).
+        Default sampling options stored in the model (10 DDIM steps, 8 samples).
     spatial
         Coordinates of the ST cells for the spatial context: None reads
         `st.obsm["spatial"]` when present, a string another obsm key, an array gives them,
@@ -541,7 +542,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     epochs, max_time, batch_size
         Training length (60 epochs, 120 s budget, early stopping) and mini-batch size (256).
     n_steps, n_samples
-        Reverse-diffusion steps (20, DDIM) and samples per cell (4): the mean is the imputation,
+        Reverse-diffusion steps (10, DDIM) and samples per cell (8): the mean is the imputation,
         the standard deviation its uncertainty.
     spatial
         Coordinates of the ST cells for the spatial context: None reads

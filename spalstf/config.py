@@ -50,15 +50,20 @@ class Config:
     #: Genes are grouped into at most this many tokens per cell (one gene per token when the
     #: cell has fewer genes); XCA cost is linear in the number of tokens.
     max_tokens: int = 64
+    #: Cross-covariance attention in each block (False: the blocks keep their MLPs only).
     use_xca: bool = True
+    #: Dropout rate inside the block MLPs.
     dropout: float = 0.0
 
     # --- context (BiLSTM) -----------------------------------------------------------------
+    #: Condition on the BiLSTM context embedding (False: on the timestep only).
     use_context: bool = True
     #: Length of the context sequence: the cell, then its n_neighbors nearest reference cells
     #: in known-gene space, ordered by distance.
     n_neighbors: int = 16
+    #: Hidden size of each direction of the BiLSTM.
     lstm_hidden: int = 64
+    #: Stacked BiLSTM layers.
     lstm_layers: int = 1
     #: The prior mean the diffusion refines (CARD-style, Han et al. 2022): what is diffused is the
     #: residual of the target genes around it, and each target token also reads it.
@@ -72,8 +77,11 @@ class Config:
     atlas_size: int = 20000
 
     # --- diffusion ------------------------------------------------------------------------
+    #: The conditional DDPM (False: the denoiser regresses the target genes in one pass).
     diffusion: bool = True
+    #: Diffusion steps of the forward process at training.
     num_train_timesteps: int = 1000
+    #: Noise schedule: "cosine" (improved DDPM) or "linear".
     beta_schedule: str = "cosine"
     #: Weight of the variational-lower-bound term (learned variance, improved-DDPM hybrid loss).
     vlb_weight: float = 0.001
@@ -81,11 +89,15 @@ class Config:
     kl_weight: float = 0.01
 
     # --- training -------------------------------------------------------------------------
+    #: Maximum passes over the reference (early stopping and max_time may stop sooner).
     epochs: int = 60
     #: Wall-clock budget for training in seconds (None: no budget).
     max_time: float | None = 120.0
+    #: Cells per mini-batch at training (and per chunk at imputation).
     batch_size: int = 256
+    #: Learning rate of AdamW (reached after a linear warm-up of at most 100 steps).
     learning_rate: float = 2e-3
+    #: AdamW weight decay.
     weight_decay: float = 1e-4
     #: Fraction of reference cells held out for early stopping.
     validation_fraction: float = 0.1
