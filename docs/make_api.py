@@ -177,13 +177,15 @@ def docstring_md(doc: str) -> str:
                 if lines[i].strip() and after.strip() and set(after.strip()) == {"-"} \
                         and not lines[i].startswith(" "):
                     break
+                if lines[i].startswith(">>>"):  # examples end a section
+                    break
                 body.append(lines[i])
                 i += 1
             out += _section(body)
             continue
         if line.lstrip().startswith(">>>"):
             block = []
-            while i < len(lines) and lines[i].strip() and not lines[i].strip() == "":
+            while i < len(lines) and lines[i].strip():
                 block.append(lines[i].strip().removeprefix(">>> ").removeprefix("... "))
                 i += 1
             out += ["```python", *block, "```"]
@@ -220,6 +222,7 @@ def config_md(cls) -> str:
     """The fields of the Config dataclass: name, default, and the `#:` comment above each."""
     comments: dict[str, str] = {}
     pending: list[str] = []
+    last = ("", "")  # the last commented field and its comment
     for line in inspect.getsource(cls).splitlines():
         s = line.strip()
         if s.startswith("#:"):
@@ -227,9 +230,15 @@ def config_md(cls) -> str:
             continue
         m = re.match(r"(\w+)\s*:\s*[^=]+=", s)
         if m:
-            comments[m.group(1)] = " ".join(pending)
-        if not s.startswith("#:"):
-            pending = [] if m or not s.startswith("#") else pending
+            name, text = m.group(1), " ".join(pending)
+            if text:
+                last = (name, text)
+            elif re.search(rf"\b{name}\b", last[1]):  # one comment for several fields
+                text = f"See `{last[0]}`."
+            comments[name] = text
+            pending = []
+        elif not s.startswith("#"):
+            pending = []
     rows = ["| field | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
