@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spalstf import selfcheck
 from spalstf._version import __version__
 from spalstf.checkpoint import Checkpointer, data_fingerprint
 from spalstf.config import Config
@@ -40,6 +41,8 @@ MAX_DEFAULT_GENES = 1000
 #: Cells normalised and read at once when preparing data.
 _BLOCK = 8192
 _FORMAT_VERSION = 1
+#: The self-check runs by default ("auto") when the ST has at least this many known genes.
+SELF_CHECK_MIN_GENES = 8
 #: Config fields that may differ between fit and impute (they act at sampling time only).
 INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "antithetic",
                      "clip_denoised")
@@ -172,13 +175,38 @@ class Model:
 
     def _impute_expression(self, expr: Expression, *, log_normalized, n_steps, n_samples,
                            sampler, eta, seed, batch_size, device, progress, spatial=None,
-                           **options) -> Any:
+                           self_check: dict | None = None, **options) -> Any:
         cfg = _options(self.config, n_steps=n_steps, n_samples=n_samples, sampler=sampler,
                        eta=eta, batch_size=batch_size, **options)
         seed = _check_seed(seed)
         log_norm = self.log_normalized if log_normalized is None else bool(log_normalized)
         dev = self.device if device is None else resolve_device(device)
-        self.network.to(dev)
+        start = time.perf_counter()
+        mean, std = self._predict(expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
+                                  spatial=spatial, progress=progress)
+        seconds = time.perf_counter() - start
+        logger.info("imputed %d genes in %d cells in %.1f s", len(self.target_genes),
+                    expr.n_cells, seconds)
+        info = {
+            "version": __version__,
+            "params": _plain(cfg.to_dict()),
+            "seed": seed,
+            "known_genes": list(self.known_genes),
+            "target_genes": list(self.target_genes),
+            "log_normalized_input": log_norm,
+            "device": str(dev),
+            "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
+            "training": {k: v for k, v in self.info.items() if k != "timings"},
+        }
+        if self_check is not None:
+            info["self_check"] = self_check
+        return _pack(expr, mean, std, self.output_names, info)
+
+    def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
+                 device: torch.device, spatial: Any, progress: bool,
+                 residual_weights: Sequence[float] | None = None):
+        """(mean, std) of the target genes on the output scale; see `infer.impute_cells`."""
+        self.network.to(device)
         mapping = match_genes(self.known_genes, expr.genes)
         missing = [g for g in self.known_genes if g not in mapping]
         if missing:
@@ -187,12 +215,11 @@ class Model:
                 f"for example {missing[:5]} (`st` has for example {expr.genes[:5]}); impute "
                 "data measured on the same genes or fit a new model on the genes this data has")
         st_known = [mapping[g] for g in self.known_genes]
-        check_values(expr, log_normalized=log_norm, arg="st")
-        start = time.perf_counter()
+        check_values(expr, log_normalized=log_normalized, arg="st")
 
         def normalised(rows) -> np.ndarray:
             return log_normalize(expr.columns(st_known, rows),
-                                 scale_factor=cfg.scale_factor, log_normalized=log_norm)[0]
+                                 scale_factor=cfg.scale_factor, log_normalized=log_normalized)[0]
 
         scaler = self.known_scaler
         if cfg.align == "per_dataset":
@@ -210,25 +237,11 @@ class Model:
 
         ts = self.target_scaler
         clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
-        mean, std = impute_cells(
+        return impute_cells(
             self.network, self.diffusion, cfg, expr.n_cells,
             lambda rows: scaler.transform(read_log(rows)), expr.cells, to_output,
-            atlas=self.atlas, clip=clip, seed=seed, device=dev, progress=progress)
-        seconds = time.perf_counter() - start
-        logger.info("imputed %d genes in %d cells in %.1f s", len(self.target_genes),
-                    expr.n_cells, seconds)
-        info = {
-            "version": __version__,
-            "params": _plain(cfg.to_dict()),
-            "seed": seed,
-            "known_genes": list(self.known_genes),
-            "target_genes": list(self.target_genes),
-            "log_normalized_input": log_norm,
-            "device": str(dev),
-            "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
-            "training": {k: v for k, v in self.info.items() if k != "timings"},
-        }
-        return _pack(expr, mean, std, self.output_names, info)
+            atlas=self.atlas, clip=clip, seed=seed, device=device, progress=progress,
+            residual_weights=residual_weights)
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -509,8 +522,9 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            batch_size: int | None = None, n_steps: int | None = None,
            n_samples: int | None = None, spatial: Any = None, progress: bool = True,
            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
-           resume: str | os.PathLike | None = None, config: Config | None = None,
-           **options: Any) -> Any:
+           resume: str | os.PathLike | None = None, self_check: bool | str = "auto",
+           select: Mapping[str, Sequence] | str | None = "auto", self_check_folds: int = 3,
+           config: Config | None = None, **options: Any) -> Any:
     """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
 
     Parameters
@@ -552,6 +566,20 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         Show progress bars.
     checkpoint, checkpoint_every, resume
         Training checkpoints, as in `spalstf.fit`.
+    self_check
+        Estimate the accuracy on this data (`spalstf.selfcheck`): hide groups of the ST's
+        known genes in turn (`self_check_folds` groups), impute them from the others with the
+        same settings, and score them against their measured values. Recorded in
+        `uns["spalstf"]["self_check"]` and the log. "auto" (default): run when the ST has at
+        least `SELF_CHECK_MIN_GENES` known genes. Its fits share one main fit's time budget.
+    select
+        Candidate settings the self-check chooses among, {option: [values]}, from
+        `spalstf.selfcheck.SELECTABLE` (sampling-time options, tried on the same inner fits).
+        "auto" (default): `spalstf.selfcheck.DEFAULT_SELECT` (the spatial context's weight,
+        where `st` has coordinates, and the weight of the diffusion's refinement); None: use
+        the settings as given.
+    self_check_folds
+        Number of inner groups of known genes hidden in turn.
     config, **options
         A `spalstf.Config` and/or any of its fields as keywords.
 
@@ -604,13 +632,53 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                                                           target_arg="genes")
     # The ST values are checked before training, not after minutes of it.
     check_values(st_expr, log_normalized=log_normalized, arg="st")
+    st_name = {ref: st_g for st_g, ref in shared.items()}
+    check = _run_self_check(st_expr, sc_expr, [(st_name[g], g) for g in known_ref], cfg,
+                            self_check=self_check, select=select, n_folds=self_check_folds,
+                            seed=seed, log_normalized=log_normalized, device=dev,
+                            spatial=spatial, progress=progress)
+    if check is not None and check.selected:
+        cfg = cfg.replace(**check.selected)
     model = _fit_expression(sc_expr, known_ref, target_ref, out_names, cfg,
                             log_normalized=log_normalized, seed=seed, device=dev,
                             progress=progress, saving=saving)
     return model._impute_expression(st_expr, log_normalized=log_normalized, n_steps=None,
                                     n_samples=None, sampler=None, eta=None, seed=seed,
                                     batch_size=None, device=None, spatial=spatial,
-                                    progress=progress)
+                                    progress=progress,
+                                    self_check=None if check is None else check.to_dict())
+
+
+def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: Config, *,
+                    self_check, select, n_folds, seed, log_normalized, device, spatial,
+                    progress) -> selfcheck.SelfCheckResult | None:
+    """Validate the self-check options and run it when asked (or when "auto" says so)."""
+    if self_check not in (True, False, "auto"):
+        raise ValueError(f"`self_check` must be True, False or 'auto'; received {self_check!r}")
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"`self_check_folds` must be an integer >= 2; received {n_folds!r}")
+    if select == "auto":
+        has_xy = coordinates(st_expr.source, spatial, st_expr.n_cells) is not None
+        select = {k: v for k, v in selfcheck.DEFAULT_SELECT.items()
+                  if has_xy or k != "spatial_weight"}
+    elif isinstance(select, str):
+        raise ValueError(f"`select` must be 'auto', None or a dict; received {select!r}")
+    select = selfcheck.check_select(select, selfcheck.SELECTABLE)
+    n_known = len(known_pairs)
+    if self_check == "auto":
+        self_check = n_known >= SELF_CHECK_MIN_GENES
+        if not self_check:
+            logger.info("self-check skipped: the ST has %d known genes (fewer than %d)",
+                        n_known, SELF_CHECK_MIN_GENES)
+    if not self_check:
+        return None
+    if n_known < max(n_folds, 2):
+        raise ValueError(f"the self-check hides groups of the ST's known genes, so it needs at "
+                         f"least `self_check_folds` ({n_folds}) of them; there are {n_known}. "
+                         "Pass self_check=False")
+    return selfcheck.run(st_expr, sc_expr, known_pairs, cfg, select=select, n_folds=n_folds,
+                         seed=seed, log_normalized=log_normalized, device=device,
+                         spatial=spatial, progress=progress)
 
 
 def _most_variable(expr: Expression, known: list[str], candidates: list[str], n: int,

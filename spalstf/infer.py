@@ -95,7 +95,8 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                  read_known: Callable[[slice], np.ndarray], cells: Sequence[str],
                  to_output: Callable[[np.ndarray], np.ndarray], *, atlas: np.ndarray | None,
                  clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
-                 progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                 progress: bool, residual_weights: Sequence[float] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and std over samples for all cells, on the output scale, chunk by chunk.
 
     `read_known(rows)` returns the standardised known genes of a chunk of cells; `to_output`
@@ -105,13 +106,17 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     The imputation is prior + `config.residual_weight` x the mean sampled residual: a weight
     below 1 shrinks the diffusion's refinement towards the prior (the self-check chooses it).
     The std is that of the unshrunk samples: the model's own spread, whatever the weight.
+    With `residual_weights` (several weights, one sampling), the mean has a leading axis: one
+    imputation per weight.
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
     index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known])
     clip_t = None if clip is None else tuple(torch.as_tensor(c, device=device) for c in clip)
-    mean = np.empty((n_cells, network.n_target), dtype=np.float32)
-    std = np.empty_like(mean) if (config.diffusion and config.n_samples > 1) else None
+    weights = [config.residual_weight] if residual_weights is None else list(residual_weights)
+    mean = np.empty((len(weights), n_cells, network.n_target), dtype=np.float32)
+    std = (np.empty((n_cells, network.n_target), dtype=np.float32)
+           if config.diffusion and config.n_samples > 1 else None)
     batch_size = config.batch_size
     chunks = range(0, n_cells, batch_size)
     for start in tqdm(chunks, desc="spalstf impute", unit="chunk", disable=not progress,
@@ -120,7 +125,9 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         residuals, prior = sample_chunk(network, diffusion, config, read_known(rows),
                                         cells[rows], atlas=atlas_t, index=index, clip=clip_t,
                                         seed=seed, device=device)
-        mean[rows] = to_output(prior + config.residual_weight * residuals.mean(axis=0))
+        residual = residuals.mean(axis=0)
+        for i, w in enumerate(weights):
+            mean[i, rows] = to_output(prior + w * residual)
         if std is not None:
             std[rows] = to_output(prior[None] + residuals).std(axis=0)
-    return mean, std
+    return (mean[0] if residual_weights is None else mean), std

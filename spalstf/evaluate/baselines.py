@@ -334,20 +334,16 @@ def spalstf_method(
     seed: int = 0,
     **options: Any,
 ) -> np.ndarray:
-    """spalstf itself: ``spalstf.fit(sc, known, targets, seed=seed, **options)`` then
-    ``Model.impute(st_known, seed=seed)``. ``options`` are those of :func:`spalstf.fit`
-    (``epochs``, ``max_time``, ``n_steps``, ``n_samples``, ``device``, ...)."""
+    """spalstf itself, as a user calls it: ``spalstf.impute(st_known, sc, targets, seed=seed,
+    **options)`` (the self-check and its selection included: they read only ``st_known``).
+    ``options`` are those of :func:`spalstf.impute` (``epochs``, ``max_time``, ``n_steps``,
+    ``n_samples``, ``self_check``, ``device``, ...)."""
     import spalstf
 
     targets = list(target_genes)
-    known = [g for g in st_known.var_names if g in set(sc.var_names) and g not in targets]
     options.setdefault("progress", False)
-    model = spalstf.fit(sc, known, targets, seed=seed, **options)
-    out = model.impute(st_known[:, known], seed=seed, progress=False)
-    if hasattr(out, "var_names"):
-        x = out[:, targets].X
-    else:
-        x = out
+    out = spalstf.impute(st_known, sc, targets, seed=seed, **options)
+    x = out[:, targets].X
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     return x.astype(np.float64)
 

@@ -1,0 +1,228 @@
+"""Self-check: how accurate an imputation is likely to be, measured on the user's own data.
+
+The ST has no truth for the genes it did not measure, but it has its known genes. The
+self-check hides some of them (an inner leave-genes-out, `n_folds` folds over the ST's known
+genes), imputes them from the rest with the same settings as the main run, and scores the result
+against their measured values: per-gene Pearson (PCC) and Spearman (SPCC) correlations, on the
+log-normalised scale. Target genes are never read (the ST is only ever read through the known
+genes of the main run).
+
+The same inner folds choose among candidate settings (`select=`): each candidate's score is the
+median per-gene PCC over all hidden genes; the best wins, ties go to the earlier candidate.
+Settings that act at sampling time (`spalstf.api.INFERENCE_OPTIONS`: the spatial context, the
+weight of the diffusion's refinement) are tried on the same fitted inner models, so a grid of
+them costs samplings, not fits.
+
+The estimate is for the genes hidden here (measured ST genes, which panels choose for being
+informative); genes the panel never measured may be harder. With selection, the chosen
+setting's score is slightly optimistic (it won on these genes); both are recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+#: Options `select=` may choose among: they act at sampling time, on the same inner fits.
+SELECTABLE = ("spatial_weight", "spatial_neighbors", "residual_weight")
+#: Candidates tried by default: the spatial context's weight (only where the ST has
+#: coordinates) and how much of the diffusion's refinement of the prior is kept.
+DEFAULT_SELECT: dict[str, tuple] = {
+    "spatial_weight": (0.0, 0.25, 0.5, 0.75),
+    "residual_weight": (0.0, 0.5, 1.0),
+}
+
+
+@dataclass
+class SelfCheckResult:
+    """What the self-check measured.
+
+    Attributes
+    ----------
+    per_gene
+        One row per hidden known gene: ``gene``, ``fold``, ``pcc``, ``spcc`` (of the selected
+        setting).
+    scores
+        One row per candidate setting: its options, ``median_pcc``, ``median_spcc``,
+        ``selected`` (bool).
+    selected
+        The options of the chosen candidate (empty without selection).
+    seconds
+        Wall time of the whole self-check.
+    """
+
+    per_gene: pd.DataFrame
+    scores: pd.DataFrame
+    selected: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def median_pcc(self) -> float:
+        return float(np.nanmedian(self.per_gene["pcc"])) if len(self.per_gene) else float("nan")
+
+    @property
+    def median_spcc(self) -> float:
+        return float(np.nanmedian(self.per_gene["spcc"])) if len(self.per_gene) else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON- and h5ad-friendly summary (for ``uns["spalstf"]["self_check"]``)."""
+        per_gene = self.per_gene.astype({"pcc": float, "spcc": float})
+        return {
+            "median_pcc": self.median_pcc,
+            "median_spcc": self.median_spcc,
+            "n_genes": int(len(per_gene)),
+            "genes": [str(g) for g in per_gene["gene"]],
+            "fold": [int(f) for f in per_gene["fold"]],
+            "pcc": [float(v) for v in per_gene["pcc"]],
+            "spcc": [float(v) for v in per_gene["spcc"]],
+            "selected": {k: _plain(v) for k, v in self.selected.items()},
+            "candidates": [{k: _plain(v) for k, v in row.items()}
+                           for row in self.scores.to_dict(orient="records")],
+            "seconds": float(self.seconds),
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def check_select(select: Any, allowed: Sequence[str]) -> dict[str, tuple]:
+    """Validate `select` ({option: candidate values}); returns it with tuples of values."""
+    if select is None:
+        return {}
+    if not isinstance(select, Mapping):
+        raise TypeError("`select` must be a dict {option: [candidate values]}, for example "
+                        f"{{'spatial_weight': [0, 0.5]}}; received {type(select).__name__}")
+    out = {}
+    for name, values in select.items():
+        if name not in allowed:
+            raise ValueError(f"`select` can choose among {sorted(allowed)}; received {name!r}")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"`select[{name!r}]` must be a non-empty list of candidate values; "
+                             f"received {values!r}")
+        out[name] = tuple(values)
+    return out
+
+
+def inner_folds(genes: Sequence[str], n_folds: int, seed: int) -> list[list[str]]:
+    """`n_folds` disjoint groups of `genes` (seeded shuffle), each to be hidden in turn."""
+    genes = list(genes)
+    order = np.random.default_rng(seed).permutation(len(genes))
+    return [[genes[i] for i in sorted(part)] for part in np.array_split(order, n_folds)
+            if len(part)]
+
+
+def candidates(select: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+    """Every combination of the candidate values, in the order given (first = first tried)."""
+    names = list(select)
+    return [dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*(select[n] for n in names))]
+
+
+def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
+                     genes: Sequence[str], folds: Sequence[int],
+                     options: Sequence[dict[str, Any]]) -> SelfCheckResult:
+    """Score each candidate's assembled predictions (cells x hidden genes) against `truth`."""
+    from spalstf.evaluate import metrics
+
+    rows, per_gene = [], []
+    for opts, pred in zip(options, predictions, strict=True):
+        pcc, spcc = metrics.pcc(truth, pred), metrics.spcc(truth, pred)
+        per_gene.append(pd.DataFrame({"gene": list(genes), "fold": list(folds),
+                                      "pcc": pcc, "spcc": spcc}))
+        rows.append({**opts, "median_pcc": _nanmedian(pcc), "median_spcc": _nanmedian(spcc)})
+    scores = pd.DataFrame(rows)
+    # The best median PCC wins; NaN (no correlation computable) never does; ties: the first.
+    keys = scores["median_pcc"].fillna(-np.inf).to_numpy()
+    best = int(np.argmax(keys))
+    scores["selected"] = np.arange(len(scores)) == best
+    return SelfCheckResult(per_gene=per_gene[best], scores=scores, selected=dict(options[best]))
+
+
+def _nanmedian(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.median(values[np.isfinite(values)])) if np.isfinite(values).any() \
+        else float("nan")
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
+        select: Mapping[str, Sequence] | None, n_folds: int, seed: int, log_normalized: bool,
+        device, spatial: Any, progress: bool, fit_time_share: float = 1.0) -> SelfCheckResult:
+    """The inner leave-genes-out over the ST's known genes (see the module's docstring).
+
+    known_pairs: (ST name, reference name) of each known gene of the main run. Candidate
+    settings in `select` must be sampling-time options (`spalstf.api.INFERENCE_OPTIONS`).
+    Each inner fit gets `fit_time_share / n_folds` of the main run's training budget
+    (`max_time`): the self-check's fits together cost about `fit_time_share` main fits.
+    """
+    from spalstf import api
+    from spalstf.preprocess import log_normalize
+
+    start = time.perf_counter()
+    st_names = [s for s, _ in known_pairs]
+    ref_of = dict(known_pairs)
+    folds = inner_folds(st_names, n_folds, seed)
+    options = candidates(select or {})
+    if not options:
+        options = [{}]
+    weights = sorted({o.get("residual_weight", cfg.residual_weight) for o in options})
+    spatial_settings = sorted({(o.get("spatial_weight", cfg.spatial_weight),
+                                o.get("spatial_neighbors", cfg.spatial_neighbors))
+                               for o in options})
+    inner_cfg = cfg
+    if cfg.max_time is not None:
+        inner_cfg = cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
+    # Truth: the ST's hidden genes, log-normalised over all known genes of the main run (as the
+    # evaluation suite's truth is over all shared genes). Only known genes are ever read.
+    truth_all = log_normalize(st_expr.columns(st_names), scale_factor=cfg.scale_factor,
+                              log_normalized=log_normalized)[0]
+    hidden_order = [g for fold in folds for g in fold]
+    fold_of = [i for i, fold in enumerate(folds) for _ in fold]
+    truth = truth_all[:, [st_names.index(g) for g in hidden_order]]
+    # predictions[(spatial setting, weight)]: cells x hidden genes, filled fold by fold
+    preds = {(sp, w): np.empty_like(truth, dtype=np.float32)
+             for sp in spatial_settings for w in weights}
+    col = 0
+    for i, hidden in enumerate(folds):
+        inner_known = [g for g in st_names if g not in hidden]
+        logger.info("self-check fold %d/%d: hiding %d of %d known genes", i + 1, len(folds),
+                    len(hidden), len(st_names))
+        model = api._fit_expression(
+            sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
+            list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed, device=device,
+            progress=progress)
+        for sw, sk in spatial_settings:
+            run_cfg = model.config.replace(spatial_weight=sw, spatial_neighbors=sk,
+                                           max_time=cfg.max_time)
+            means, _ = model._predict(st_expr, run_cfg, log_normalized=log_normalized,
+                                      seed=seed, device=device, spatial=spatial,
+                                      progress=progress, residual_weights=weights)
+            for w, mean in zip(weights, means, strict=True):
+                preds[(sw, sk), w][:, col:col + len(hidden)] = mean
+        col += len(hidden)
+    predictions = []
+    for o in options:
+        sp = (o.get("spatial_weight", cfg.spatial_weight),
+              o.get("spatial_neighbors", cfg.spatial_neighbors))
+        predictions.append(preds[sp, o.get("residual_weight", cfg.residual_weight)])
+    result = score_candidates(truth, predictions, hidden_order, fold_of, options)
+    result.seconds = elapsed(start)
+    logger.info("self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes%s (%.0f s)",
+                result.median_pcc, result.median_spcc, len(hidden_order),
+                f"; selected {result.selected}" if select else "", result.seconds)
+    return result
