@@ -67,9 +67,9 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         idx, d = index.query(known, config.n_neighbors)
         nb, dist = to_device(idx, device), to_device(d, device)
     amp = config.mixed_precision
-    with autocast(device, amp):
-        ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
-    ctx = None if ctx is None else ctx.float()
+    # The context (once per cell) and the prior stay float32; only the denoiser passes below,
+    # n_steps x n_samples per cell, run under autocast.
+    ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
     # With a prior the model works on the residual around it (see spalstf.train.batch_loss).
     offset = torch.zeros(n_cells, n_target, device=device) if prior is None else prior
     if not config.diffusion:

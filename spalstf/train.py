@@ -135,8 +135,9 @@ class _Loss(torch.nn.Module):
         self.atlas = atlas  # not a buffer: never broadcast
 
     def forward(self, known, target, nb, dist, t, noise):
+        # The context and the prior in float32, the denoiser under autocast (CUDA only).
+        ctx = context_of(self.network, self.config, known, self.atlas, nb, dist)
         with autocast(t.device, self.config.mixed_precision):
-            ctx = context_of(self.network, self.config, known, self.atlas, nb, dist)
             terms = batch_loss(self.network, self.diffusion, self.config, known, target, ctx, t,
                                noise)
         return terms.total.float(), terms.mse.float(), terms.vlb.float(), terms.kl.float()
@@ -173,7 +174,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
             fit_ridge(data.known, data.target, config.prior_alpha, rows=train_rows)))
     use_neighbours = needs_neighbours(config)
     if use_neighbours and data.neighbours is None:
-        index = NeighbourIndex(data.atlas[:, :n_known])
+        index = NeighbourIndex(data.atlas[:, :n_known], device=device)
         data.neighbours, data.distances = index.query(data.known, config.n_neighbors,
                                                       self_index=data.self_index)
 
