@@ -93,6 +93,8 @@ class H5adWriter:
     def close(self) -> Path:
         """Finish the file and move it to its destination."""
         self.file.close()
+        with open(self.tmp, "rb+") as handle:  # on disk before the rename (see spalstf._atomic)
+            os.fsync(handle.fileno())
         os.replace(self.tmp, self.path)
         return self.path
 
