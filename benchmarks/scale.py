@@ -283,7 +283,7 @@ def report(rows, args, threads) -> None:
                     + r["search_flops"] / (H100_FP32 * H100_EFFICIENCY))
             lines.append(f"| {r['st_cells']:,} | {r['genes']} | "
                          f"{r['network_flops'] / 1e9:.3f} + {r['search_flops'] / 1e9:.3f} | "
-                         f"{r['seconds']:.1f} | ~{gpu(1.0):.1f} | ~{gpu(passes):.1f} |")
+                         f"{r['seconds']:.1f} | ~{gpu(1.0):.2g} | ~{gpu(passes):.2g} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(table, out.with_suffix(".png"))
