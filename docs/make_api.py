@@ -83,6 +83,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
      "and R).", [
         ("spalstf.io.read", "spalstf.io.read"),
         ("spalstf.io.write_h5ad", "spalstf.io.write_h5ad"),
+        ("spalstf.io.H5adWriter", "spalstf.io._stream.H5adWriter"),
+        ("spalstf.io.merge_h5ad", "spalstf.io._stream.merge_h5ad"),
         ("spalstf.io.read_rds", "spalstf.io._rds.read_rds"),
         ("spalstf.io.write_rds", "spalstf.io._rds.write_rds"),
     ]),

@@ -22,11 +22,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spalstf import selfcheck
+from spalstf import distributed, runtime, selfcheck
 from spalstf._version import __version__
 from spalstf.checkpoint import Checkpointer, data_fingerprint
 from spalstf.config import Config
-from spalstf.data import Expression, as_expression, check_values, match_genes
+from spalstf.data import (
+    CellRows,
+    Expression,
+    as_expression,
+    cell_factors,
+    check_values,
+    match_genes,
+)
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
 from spalstf.preprocess import Standardizer, log_normalize
@@ -46,6 +53,9 @@ SELF_CHECK_MIN_GENES = 8
 #: Config fields that may differ between fit and impute (they act at sampling time only).
 INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "antithetic",
                      "clip_denoised")
+#: References whose standardised training genes take at most this many bytes are held in
+#: memory; larger ones are read a mini-batch at a time from the input (sparse stays sparse).
+DENSE_TRAINING_BYTES = 512 * 2**20
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -121,15 +131,18 @@ class Model:
                n_steps: int | None = None, n_samples: int | None = None,
                sampler: str | None = None, eta: float | None = None, seed: int = 0,
                batch_size: int | None = None, device: str | None = None,
-               spatial: Any = None, progress: bool = True, **options: Any) -> Any:
+               spatial: Any = None, progress: bool = True, out: str | os.PathLike | None = None,
+               overwrite: bool = False, shard: tuple[int, int] | None = None,
+               **options: Any) -> Any:
         """Predict the target genes for every cell of `st`.
 
         Parameters
         ----------
         st
-            Cells x genes: AnnData (X or `st_layer`), numpy array, scipy sparse matrix or
-            DataFrame; raw counts unless `log_normalized`. It must contain every known gene of
-            the model; its other genes (target genes included) are never read.
+            Cells x genes: AnnData (X or `st_layer`; also opened backed,
+            ``anndata.read_h5ad(path, backed="r")``, then read a chunk at a time), numpy array,
+            scipy sparse matrix or DataFrame; raw counts unless `log_normalized`. It must
+            contain every known gene of the model; its other genes are never read.
         st_genes
             Gene names of a bare matrix.
         log_normalized
@@ -141,6 +154,7 @@ class Model:
             Seeds each cell's random draws together with its name.
         batch_size
             Cells per chunk (memory), not a modelling choice: results do not depend on it.
+            Default: the model's batch size on CPU, sized to the free memory on a GPU.
         device
             "auto", "cpu", "cuda": where to sample (default: where the model is).
         spatial
@@ -149,6 +163,16 @@ class Model:
             (cells x 2 or 3) gives them, False turns the spatial context off.
         progress
             Show a progress bar.
+        out
+            Write the result to this .h5ad file a chunk at a time instead of returning it:
+            memory does not grow with the number of cells (the file is written beside and
+            renamed when complete). Returns the path.
+        overwrite
+            Replace an existing `out`.
+        shard
+            ``(i, n)``: impute only the i-th of n contiguous shares of the cells (0-based),
+            for example one per process or job; `spalstf.io.merge_h5ad` (``spalstf merge``)
+            joins the parts. Each cell's values are those of an unsharded run.
         **options
             Inference settings of `spalstf.Config` (`spatial_weight`, `spatial_neighbors`,
             `residual_weight`, `antithetic`, `clip_denoised`).
@@ -158,7 +182,8 @@ class Model:
         For AnnData: a new AnnData, cells as in `st` (obs, obsm copied), genes = `output_names`,
         `X` float32 log1p-normalised imputations, `layers["std"]` the standard deviation over
         samples (when n_samples > 1) and `uns["spalstf"]` the provenance. For a DataFrame: a
-        DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes).
+        DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
+        `out`: the path of the .h5ad written (the same AnnData, on disk).
         """
         if log_normalized is not None:
             log_normalized = _check_flag(log_normalized, "log_normalized")
@@ -171,22 +196,56 @@ class Model:
         return self._impute_expression(expr, log_normalized=log_normalized, n_steps=n_steps,
                                        n_samples=n_samples, sampler=sampler, eta=eta, seed=seed,
                                        batch_size=batch_size, device=device, spatial=spatial,
-                                       progress=progress, **options)
+                                       progress=progress, out=out, overwrite=overwrite,
+                                       shard=shard, **options)
 
     def _impute_expression(self, expr: Expression, *, log_normalized, n_steps, n_samples,
                            sampler, eta, seed, batch_size, device, progress, spatial=None,
+                           out=None, overwrite=False, shard=None,
                            self_check: dict | None = None, **options) -> Any:
         cfg = _options(self.config, n_steps=n_steps, n_samples=n_samples, sampler=sampler,
                        eta=eta, batch_size=batch_size, **options)
         seed = _check_seed(seed)
         log_norm = self.log_normalized if log_normalized is None else bool(log_normalized)
         dev = self.device if device is None else resolve_device(device)
+        if dev.type == "cpu":
+            runtime.use_all_cores()
+        elif batch_size is None:
+            cfg = cfg.replace(batch_size=runtime.inference_chunk(
+                dev, cfg.n_samples, 2 * cfg.max_tokens, cfg.d_model,
+                len(self.known_genes) + len(self.target_genes), cfg.n_neighbors,
+                0 if self.atlas is None else len(self.atlas)))
+        first, last = _shard_rows(shard, expr.n_cells)
+        if out is not None:
+            out = Path(out)
+            if out.suffix.lower() != ".h5ad":
+                raise ValueError(f"`out` must be an .h5ad file; received {str(out)!r}")
+            if out.exists() and not overwrite:
+                raise FileExistsError(f"{str(out)!r} exists; pass overwrite=True to replace it")
         start = time.perf_counter()
-        mean, std = self._predict(expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
-                                  spatial=spatial, progress=progress)
+        n_cells = last - first
+        with_std = cfg.diffusion and cfg.n_samples > 1
+        writer = sink = None
+        if out is not None:
+            from spalstf.io import H5adWriter
+
+            head = _pack(expr, None, None, self.output_names, {}, rows=slice(first, last))
+            writer = H5adWriter(out, head, layers=["std"] if with_std else [],
+                                overwrite=overwrite)
+
+            def sink(rows, mean, std):
+                writer.write(rows, mean, {} if std is None else {"std": std})
+        try:
+            mean, std = self._predict(expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
+                                      spatial=spatial, progress=progress, rows=(first, last),
+                                      sink=sink)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         seconds = time.perf_counter() - start
         logger.info("imputed %d genes in %d cells in %.1f s", len(self.target_genes),
-                    expr.n_cells, seconds)
+                    n_cells, seconds)
         info = {
             "version": __version__,
             "params": _plain(cfg.to_dict()),
@@ -200,12 +259,23 @@ class Model:
         }
         if self_check is not None:
             info["self_check"] = self_check
+        if shard is not None:
+            info["shard"] = {"index": int(shard[0]), "count": int(shard[1]), "start": first,
+                             "stop": last, "n_obs_total": expr.n_cells}
+        if writer is not None:
+            writer.write_uns({"spalstf": _plain(info)})
+            return writer.close()
+        if shard is not None:
+            return _pack(expr, mean, std, self.output_names, info, rows=slice(first, last))
         return _pack(expr, mean, std, self.output_names, info)
 
     def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
                  device: torch.device, spatial: Any, progress: bool,
-                 residual_weights: Sequence[float] | None = None):
-        """(mean, std) of the target genes on the output scale; see `infer.impute_cells`."""
+                 residual_weights: Sequence[float] | None = None,
+                 rows: tuple[int, int] | None = None, sink=None):
+        """(mean, std) of the target genes on the output scale for the cells `rows`
+        (first, stop) of `expr` (all by default); see `infer.impute_cells`."""
+        first, last = (0, expr.n_cells) if rows is None else rows
         self.network.to(device)
         mapping = match_genes(self.known_genes, expr.genes)
         missing = [g for g in self.known_genes if g not in mapping]
@@ -222,9 +292,9 @@ class Model:
                                  scale_factor=cfg.scale_factor, log_normalized=log_normalized)[0]
 
         scaler = self.known_scaler
-        if cfg.align == "per_dataset":
-            scaler = Standardizer.fit(np.concatenate(
-                [normalised(slice(s, s + _BLOCK)) for s in range(0, expr.n_cells, _BLOCK)]))
+        if cfg.align == "per_dataset":  # statistics of the whole data set, also for a shard
+            scaler = Standardizer.fit_blocks(lambda: (
+                (None, normalised(slice(s, s + _BLOCK))) for s in range(0, expr.n_cells, _BLOCK)))
 
         read_log = normalised
         xy = coordinates(expr.source, spatial, expr.n_cells) if cfg.spatial_weight else None
@@ -235,13 +305,15 @@ class Model:
         def to_output(samples: np.ndarray) -> np.ndarray:
             return self.target_scaler.inverse(samples).astype(np.float32)
 
+        def read_known(rows: slice) -> np.ndarray:  # rows of the shard -> rows of `expr`
+            return scaler.transform(read_log(slice(first + rows.start, first + rows.stop)))
+
         ts = self.target_scaler
         clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
         return impute_cells(
-            self.network, self.diffusion, cfg, expr.n_cells,
-            lambda rows: scaler.transform(read_log(rows)), expr.cells, to_output,
-            atlas=self.atlas, clip=clip, seed=seed, device=device, progress=progress,
-            residual_weights=residual_weights)
+            self.network, self.diffusion, cfg, last - first, read_known,
+            expr.cells[first:last], to_output, atlas=self.atlas, clip=clip, seed=seed,
+            device=device, progress=progress, sink=sink, residual_weights=residual_weights)
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -376,10 +448,14 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
     seed
         Seed of initialisation, batching and noise: the same seed gives the same model on CPU.
     device
-        "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+        "auto" (CUDA when present, else CPU), "cpu" or "cuda". Launched by ``torchrun``, each
+        process trains on a share of every mini-batch (DistributedDataParallel, see
+        `spalstf.distributed`) and takes the GPU of its LOCAL_RANK.
     epochs, max_time, batch_size
         Training length (default 60 epochs, at most 120 s, early stopping after 10 epochs
         without improvement on 10% held-out reference cells) and mini-batch size (256).
+        Large references (sparse, or AnnData opened backed) are read a mini-batch at a time,
+        never densified whole; ``max_cells=N`` trains on a seeded random subsample.
     n_steps, n_samples
         Default sampling options stored in the model (10 DDIM steps, 8 samples).
     spatial
@@ -408,7 +484,7 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
     """
     cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
                    n_steps=n_steps, n_samples=n_samples, **options)
-    seed, dev = _check_seed(seed), resolve_device(device)
+    seed, dev = _check_seed(seed), _training_device(device)
     log_normalized = _check_flag(log_normalized, "log_normalized")
     progress = _check_flag(progress, "progress")
     saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
@@ -423,6 +499,14 @@ def _check_flag(value: Any, arg: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"`{arg}` must be True or False; received {value!r}")
     return bool(value)
+
+
+def _training_device(device: str) -> torch.device:
+    """The device of this process; joins torchrun's process group when launched by it."""
+    dev = distributed.setup(resolve_device(device))
+    if dev.type == "cpu":
+        runtime.use_all_cores()
+    return dev
 
 
 def _check_seed(seed: Any) -> int:
@@ -476,17 +560,30 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
                     progress: bool, saving: tuple = (None, 1, None)) -> Model:
     check_values(expr, log_normalized=log_normalized, arg="sc")
     start = time.perf_counter()
-    known_parts, target_parts = [], []
-    for s in range(0, expr.n_cells, _BLOCK):
-        rows = slice(s, s + _BLOCK)
-        k, t = log_normalize(expr.columns(known, rows), expr.columns(targets, rows),
-                             scale_factor=cfg.scale_factor, log_normalized=log_normalized)
-        known_parts.append(k)
-        target_parts.append(t)
-    known_log, target_log = np.concatenate(known_parts), np.concatenate(target_parts)
-    known_scaler, target_scaler = Standardizer.fit(known_log), Standardizer.fit(target_log)
-    known_z, target_z = known_scaler.transform(known_log), target_scaler.transform(target_log)
-    n = expr.n_cells
+    rows = None
+    if cfg.max_cells is not None and expr.n_cells > cfg.max_cells:
+        rows = np.sort(np.random.default_rng([seed, 1]).choice(expr.n_cells, cfg.max_cells,
+                                                                 replace=False))
+        logger.info("training on a random subsample of %d of the %d reference cells "
+                    "(`max_cells`)", cfg.max_cells, expr.n_cells)
+    factor = cell_factors(expr, known, scale_factor=cfg.scale_factor,
+                          log_normalized=log_normalized, rows=rows, block=_BLOCK)
+    known_rows = CellRows(expr, known, factor, rows=rows)
+    target_rows = CellRows(expr, targets, factor, rows=rows)
+    n = known_rows.shape[0]
+    if 4 * n * (len(known) + len(targets)) <= DENSE_TRAINING_BYTES:
+        known_log, target_log = known_rows.to_array(_BLOCK), target_rows.to_array(_BLOCK)
+        known_scaler, target_scaler = Standardizer.fit(known_log), Standardizer.fit(target_log)
+        known_z = known_scaler.transform(known_log)
+        target_z = target_scaler.transform(target_log)
+        del known_log, target_log
+    else:  # large: mini-batches are read from the (sparse or backed) input as training goes
+        known_scaler = Standardizer.fit_blocks(lambda: known_rows.blocks(_BLOCK))
+        target_scaler = Standardizer.fit_blocks(lambda: target_rows.blocks(_BLOCK))
+        known_z = known_rows.standardized(known_scaler)
+        target_z = target_rows.standardized(target_scaler)
+        logger.info("reading mini-batches from the reference as training goes (%.1f GiB "
+                    "dense)", 4 * n * (len(known) + len(targets)) / 2**30)
     rng = np.random.default_rng(seed)
     atlas_rows = np.arange(n) if n <= cfg.atlas_size else np.sort(
         rng.choice(n, cfg.atlas_size, replace=False))
@@ -503,7 +600,8 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
                    checkpointer=checkpointer)
     info = {"timings": {"fit_seconds": time.perf_counter() - start},
             "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
-            "stop_reason": result.stop_reason, "n_reference_cells": n, "seed": seed}
+            "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,
+            "n_training_cells": n, "seed": seed}
     if checkpointer is not None and checkpointer.resume_state is not None:
         info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
     keep_atlas = needs_neighbours(cfg)
@@ -524,7 +622,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
            resume: str | os.PathLike | None = None, self_check: bool | str = "auto",
            select: Mapping[str, Sequence] | str | None = "auto", self_check_folds: int = 3,
-           config: Config | None = None, **options: Any) -> Any:
+           config: Config | None = None, out: str | os.PathLike | None = None,
+           overwrite: bool = False, **options: Any) -> Any:
     """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
 
     Parameters
@@ -582,6 +681,9 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         Number of inner groups of known genes hidden in turn.
     config, **options
         A `spalstf.Config` and/or any of its fields as keywords.
+    out, overwrite
+        Write the result to this .h5ad a chunk of cells at a time (memory does not grow with
+        the number of ST cells) and return its path; replace an existing file.
 
     Returns
     -------
@@ -597,7 +699,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     if isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer)) \
             or max_genes < 1:
         raise ValueError(f"`max_genes` must be a positive integer; received {max_genes!r}")
-    dev, seed = resolve_device(device), _check_seed(seed)
+    dev, seed = _training_device(device), _check_seed(seed)
     log_normalized = _check_flag(log_normalized, "log_normalized")
     progress = _check_flag(progress, "progress")
     saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
@@ -645,7 +747,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     return model._impute_expression(st_expr, log_normalized=log_normalized, n_steps=None,
                                     n_samples=None, sampler=None, eta=None, seed=seed,
                                     batch_size=None, device=None, spatial=spatial,
-                                    progress=progress,
+                                    progress=progress, out=out, overwrite=overwrite,
                                     self_check=None if check is None else check.to_dict())
 
 
@@ -710,20 +812,46 @@ def _plain(value: Any, none_ok: bool = False) -> Any:
     return value
 
 
-def _pack(expr: Expression, mean: np.ndarray, std: np.ndarray | None, names: list[str],
-          info: dict) -> Any:
-    if expr.kind == "anndata":
-        import anndata
+def _shard_rows(shard: Any, n: int) -> tuple[int, int]:
+    """The cells [first, last) of shard (i, n_shards): contiguous, sizes within one."""
+    if shard is None:
+        return 0, n
+    if (not isinstance(shard, Sequence) or len(shard) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                       for v in shard) or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"`shard` must be (i, n) with 0 <= i < n; received {shard!r}")
+    i, count = int(shard[0]), int(shard[1])
+    return n * i // count, n * (i + 1) // count
 
+
+def _pack(expr: Expression, mean: np.ndarray | None, std: np.ndarray | None, names: list[str],
+          info: dict, rows: slice | None = None) -> Any:
+    """The result in the input's type; `rows` (a shard) keeps those cells' annotations.
+
+    With `mean` None (results written to a file a chunk at a time), an AnnData without X
+    carrying the annotations, whatever the input type.
+    """
+    import anndata
+
+    rows = slice(None) if rows is None else rows
+    if expr.kind == "anndata":
         src = expr.source
-        out = anndata.AnnData(
-            X=mean, obs=src.obs.copy(), var=pd.DataFrame(index=pd.Index(names, dtype=str)),
-            obsm={k: (v.copy() if hasattr(v, "copy") else v) for k, v in src.obsm.items()},
-        )
+        obs = src.obs.iloc[rows].copy()
+        obsm = {k: (v.iloc[rows].copy() if isinstance(v, pd.DataFrame) else v[rows].copy())
+                for k, v in src.obsm.items()}
+    else:
+        obs = pd.DataFrame(index=pd.Index(expr.cells[rows], dtype=str))
+        if expr.kind == "dataframe":
+            obs.index = expr.source.index[rows].astype(str)
+        obsm = {}
+    var = pd.DataFrame(index=pd.Index(names, dtype=str))
+    if mean is None or expr.kind == "anndata":
+        out = anndata.AnnData(X=mean, obs=obs, var=var, obsm=obsm)
         if std is not None:
             out.layers["std"] = std
-        out.uns["spalstf"] = _plain(info)
+        if info:
+            out.uns["spalstf"] = _plain(info)
         return out
     if expr.kind == "dataframe":
-        return pd.DataFrame(mean, index=expr.source.index.copy(), columns=list(names))
+        return pd.DataFrame(mean, index=expr.source.index[rows].copy(), columns=list(names))
     return mean

@@ -41,8 +41,12 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
     tell another data set or another preprocessing from the one a checkpoint was trained on."""
     digest = hashlib.blake2b(digest_size=12)
     for a in arrays:
-        digest.update(repr(a.shape).encode())
-        digest.update(np.asarray(a, dtype=np.float64).sum(axis=0).round(3).tobytes())
+        digest.update(repr(tuple(a.shape)).encode())
+        if isinstance(a, np.ndarray):
+            sums = np.asarray(a, dtype=np.float64).sum(axis=0)
+        else:  # a matrix read a block of rows at a time (spalstf.data.CellRows)
+            sums = sum(block.sum(axis=0, dtype=np.float64) for _, block in a.blocks())
+        digest.update(sums.round(3).tobytes())
     return digest.hexdigest()
 
 

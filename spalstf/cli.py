@@ -58,18 +58,65 @@ def _write_result(result: Any, out: Path, st_path: str, force: bool) -> None:
         io.write_h5ad(result, out, overwrite=force)
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i = n = -1
+    if not 0 <= i < n:
+        raise ValueError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4); received {text!r}")
+    return i, n
+
+
 def cmd_impute(args: argparse.Namespace) -> int:
+    """Impute; an .h5ad ST is read backed and an .h5ad result written a chunk at a time."""
     import spalstf
     from spalstf import io
 
+    shard = _shard(args.shard)
+    if args.model is None and args.sc is None:
+        raise ValueError("give --sc REF.h5ad (to fit a model) or --model DIR (a saved model)")
+    if shard is not None and args.model is None:
+        raise ValueError("--shard needs --model: fit once with `spalstf fit`, then impute "
+                         "each shard with the same model")
     out = _check_output(args.out, args.force, [args.st, args.sc])
-    st, sc = io.read(args.st), io.read(args.sc)
-    result = spalstf.impute(st, sc, _genes(args), st_layer=args.st_layer,
-                            sc_layer=args.sc_layer, log_normalized=args.log_normalized,
-                            n_steps=args.n_steps, n_samples=args.n_samples,
-                            **_training_options(args))
-    _write_result(result, out, args.st, args.force)
-    print(f"imputed {result.n_vars} genes in {result.n_obs} cells -> {out}")
+    stream = out.suffix.lower() == ".h5ad"
+    st = io.read(args.st, backed="r") if stream and args.st.lower().endswith(".h5ad") \
+        else io.read(args.st)
+    sampling = {"n_steps": args.n_steps, "n_samples": args.n_samples, "seed": args.seed,
+                "progress": not args.quiet, "st_layer": args.st_layer}
+    if args.model is not None:
+        model = spalstf.load(args.model, device=args.device)
+        result = model.impute(st, log_normalized=args.log_normalized or None,
+                              batch_size=args.batch_size, shard=shard,
+                              out=out if stream else None, overwrite=args.force, **sampling)
+    else:
+        sc = io.read(args.sc)
+        result = spalstf.impute(st, sc, _genes(args), sc_layer=args.sc_layer,
+                                log_normalized=args.log_normalized,
+                                out=out if stream else None, overwrite=args.force,
+                                **{**_training_options(args), **sampling})
+    if stream:
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            n_obs, n_vars = f["X"].shape
+    else:
+        _write_result(result, out, args.st, args.force)
+        n_obs, n_vars = result.n_obs, result.n_vars
+    part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    print(f"imputed {n_vars} genes in {n_obs} cells{part} -> {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from spalstf import io
+
+    out = _check_output(args.out, args.force, list(args.parts))
+    io.merge_h5ad(args.parts, out, overwrite=args.force)
+    print(f"merged {len(args.parts)} parts -> {out}")
     return 0
 
 
@@ -88,9 +135,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if targets is None:
         targets = [g for g in sc.var_names if g not in set(known)]
     model = spalstf.fit(sc, known, targets, sc_layer=args.sc_layer,
-                        log_normalized=args.log_normalized, **_training_options(args))
-    model.save(out, overwrite=args.force)
-    print(f"fitted {model} -> {out}")
+                        log_normalized=args.log_normalized, max_cells=args.max_cells,
+                        **_training_options(args))
+    from spalstf import distributed
+
+    if distributed.rank() == 0:  # under torchrun every process holds the same model
+        model.save(out, overwrite=args.force)
+        print(f"fitted {model} -> {out}")
+    distributed.barrier()
     return 0
 
 
@@ -150,9 +202,10 @@ def _add_checkpoints(p: argparse.ArgumentParser) -> None:
                    help="continue training from this checkpoint (same data, seed, options)")
 
 
-def _add_inputs(p: argparse.ArgumentParser, st_required: bool) -> None:
+def _add_inputs(p: argparse.ArgumentParser, st_required: bool,
+                sc_required: bool = True) -> None:
     p.add_argument("--st", required=st_required, help="spatial data: .h5ad or .rds")
-    p.add_argument("--sc", required=True, help="scRNA-seq reference: .h5ad or .rds")
+    p.add_argument("--sc", required=sc_required, help="scRNA-seq reference: .h5ad or .rds")
     p.add_argument("--genes", default=None, help="comma-separated genes to impute")
     p.add_argument("--genes-file", default=None, help="file of genes, one per line")
     p.add_argument("--st-layer", default=None, help="AnnData layer of the ST (default X)")
@@ -174,8 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("impute", help="fit on the reference and impute genes in the ST data")
-    _add_inputs(p, st_required=True)
-    p.add_argument("--out", required=True, help="output .h5ad (or .rds)")
+    _add_inputs(p, st_required=True, sc_required=False)
+    p.add_argument("--model", default=None,
+                   help="a model folder saved by `spalstf fit` (instead of fitting on --sc)")
+    p.add_argument("--out", required=True,
+                   help="output .h5ad (written a chunk of cells at a time) or .rds")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="impute only the I-th of N contiguous shares of the cells (0-based; "
+                        "needs --model); join the parts with `spalstf merge`")
     p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 10)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 8)")
     _add_common(p)
@@ -187,9 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--known", default=None,
                    help="comma-separated known genes (default: the genes of --st)")
     p.add_argument("--model-out", required=True, help="model folder to write")
+    p.add_argument("--max-cells", type=int, default=None,
+                   help="train on a seeded random subsample of at most this many cells")
     _add_common(p)
     _add_checkpoints(p)
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("merge", help="join the part files of `spalstf impute --shard`")
+    p.add_argument("parts", nargs="+", help="the part files (.h5ad), in any order")
+    p.add_argument("--out", required=True, help="the merged .h5ad")
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("demo", help="simulate data, impute, score and plot (< 3 min on CPU)")
     p.add_argument("--out", default="spalstf_demo", help="output folder (default spalstf_demo)")

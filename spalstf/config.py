@@ -105,6 +105,11 @@ class Config:
     patience: int | None = 10
     #: Exponential moving average of the weights used for sampling (0 disables).
     ema_decay: float = 0.995
+    #: Train on a seeded random subsample of at most this many reference cells (None: all).
+    max_cells: int | None = None
+    #: bfloat16 autocast of the denoiser on CUDA devices that support it (training and
+    #: sampling); the CPU always computes in float32.
+    mixed_precision: bool = True
 
     # --- sampling -------------------------------------------------------------------------
     #: "ddim" (few respaced steps, deterministic given the initial noise) or "ddpm" (ancestral).
@@ -156,6 +161,8 @@ class Config:
             raise ValueError(
                 f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads})"
             )
+        if self.max_cells is not None:
+            positive("max_cells")
         if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(
                 self.max_time, (int, float)) or not self.max_time > 0):
             raise ValueError(f"`max_time` must be positive seconds or None; received {self.max_time!r}")

@@ -229,3 +229,95 @@ def match_genes(wanted: Sequence[str], available: Sequence[str]) -> dict[str, st
         logger.info("matched %d gene names ignoring case, for example %s", len(by_case),
                     ", ".join(f"{a}->{b}" for a, b in by_case[:5]))
     return mapping
+
+
+def cell_factors(expr: Expression, known: Sequence[str], *, scale_factor: float,
+                 log_normalized: bool, rows: np.ndarray | None = None,
+                 block: int = 8192) -> np.ndarray | None:
+    """Each cell's normalisation factor, scale_factor / its total over `known` (0 when empty).
+
+    Read a block of cells at a time; (n_cells, 1) float64, or None for log-normalised input.
+    The same arithmetic as `spalstf.preprocess.log_normalize`, so values agree to the bit.
+    """
+    if log_normalized:
+        return None
+    n = expr.n_cells if rows is None else len(rows)
+    out = np.empty((n, 1), dtype=np.float64)
+    for start in range(0, n, block):
+        sel = slice(start, min(start + block, n))
+        total = expr.columns(known, sel if rows is None else rows[sel]).sum(axis=1,
+                                                                            keepdims=True)
+        out[sel] = np.divide(scale_factor, total, out=np.zeros_like(total), where=total > 0)
+    return out
+
+
+class CellRows:
+    """Log-normalised (optionally standardised) genes of an `Expression`, read on demand.
+
+    Behaves as a read-only (n_cells, n_genes) float32 matrix for what the training loop and the
+    neighbour search do with one: ``rows[slice]``, ``rows[int_array]`` and ``.shape``. Only the
+    cells asked for are read from the input (a sparse or backed matrix is never densified
+    whole), so mini-batches can be drawn from a reference larger than memory.
+
+    Parameters
+    ----------
+    expr
+        The input.
+    genes
+        Columns, by name.
+    factor
+        Per-cell normalisation factors from `cell_factors` (None: values used as they are).
+    rows
+        Sorted input rows that make up the cells (a subsample); None: every cell.
+    scaler
+        A `spalstf.preprocess.Standardizer` applied after normalisation, or None.
+    """
+
+    def __init__(self, expr: Expression, genes: Sequence[str], factor: np.ndarray | None, *,
+                 rows: np.ndarray | None = None, scaler: Any = None) -> None:
+        self.expr, self.genes, self.factor = expr, list(genes), factor
+        self.rows, self.scaler = rows, scaler
+        n = expr.n_cells if rows is None else len(rows)
+        self.shape = (n, len(self.genes))
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def standardized(self, scaler: Any) -> CellRows:
+        """The same cells and genes, standardised with `scaler`."""
+        return CellRows(self.expr, self.genes, self.factor, rows=self.rows, scaler=scaler)
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        if isinstance(index, slice):
+            local = np.arange(*index.indices(self.shape[0]))
+            source: slice | np.ndarray = (index if self.rows is None and
+                                          (index.step in (None, 1)) else
+                                          (local if self.rows is None else self.rows[local]))
+        else:
+            local = np.asarray(index, dtype=np.int64)
+            source = local if self.rows is None else self.rows[local]
+        if isinstance(source, np.ndarray):
+            # Backed (h5py) matrices read increasing rows only: read sorted, put back in order.
+            order = np.argsort(source, kind="stable")
+            values = np.empty((len(source), self.shape[1]), dtype=np.float64)
+            values[order] = self.expr.columns(self.genes, source[order])
+        else:
+            values = self.expr.columns(self.genes, source)
+        if self.factor is not None:
+            values = np.log1p(values * self.factor[local])
+        out = values.astype(np.float32)
+        return out if self.scaler is None else self.scaler.transform(out)
+
+    def blocks(self, block: int = 8192):
+        """(slice, values) for consecutive blocks of cells."""
+        for start in range(0, self.shape[0], block):
+            sel = slice(start, min(start + block, self.shape[0]))
+            yield sel, self[sel]
+
+    def to_array(self, block: int = 8192) -> np.ndarray:
+        """Every cell, as a float32 array (read block by block)."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for sel, values in self.blocks(block):
+            out[sel] = values
+        return out

@@ -17,7 +17,11 @@ from tqdm.auto import tqdm
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.model import Denoiser, NeighbourIndex
+from spalstf.runtime import autocast, to_device
 from spalstf.train import context_of
+
+#: Receives the results of one chunk: (rows, mean, std or None), on the output scale.
+Sink = Callable[[slice, np.ndarray, "np.ndarray | None"], None]
 
 
 def cell_generators(seed: int, cells: Sequence[str]) -> list[np.random.Generator]:
@@ -57,19 +61,23 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     """
     n_cells = known.shape[0]
     n_target, n_samples = network.n_target, config.n_samples
-    known_t = torch.as_tensor(known, device=device)
+    known_t = to_device(known, device)
     nb = dist = None
     if index is not None:
         idx, d = index.query(known, config.n_neighbors)
-        nb, dist = torch.as_tensor(idx, device=device), torch.as_tensor(d, device=device)
+        nb, dist = to_device(idx, device), to_device(d, device)
+    amp = config.mixed_precision
+    # The context (once per cell) and the prior stay float32; only the denoiser passes below,
+    # n_steps x n_samples per cell, run under autocast.
     ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
     # With a prior the model works on the residual around it (see spalstf.train.batch_loss).
     offset = torch.zeros(n_cells, n_target, device=device) if prior is None else prior
     if not config.diffusion:
         zeros = torch.zeros(n_cells, n_target, device=device)
-        pred, _ = network(known_t, zeros, torch.zeros(n_cells, dtype=torch.long, device=device),
-                          ctx, prior)
-        return pred.cpu().numpy()[None], offset.cpu().numpy()
+        with autocast(device, amp):
+            pred, _ = network(known_t, zeros,
+                              torch.zeros(n_cells, dtype=torch.long, device=device), ctx, prior)
+        return pred.float().cpu().numpy()[None], offset.cpu().numpy()
     gens = cell_generators(seed, cells)
 
     def repeat(x):
@@ -79,14 +87,16 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     offset_rep = repeat(offset)
     bounds = None if clip is None else (clip[0] - offset_rep, clip[1] - offset_rep)
     anti = config.antithetic
-    x = torch.as_tensor(_draw(gens, n_samples, n_target, anti), device=device)
+    x = to_device(_draw(gens, n_samples, n_target, anti), device)
     timesteps = diffusion.set_timesteps(config.n_steps, config.sampler)
     for t in timesteps:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=device)
-        eps, v = network(known_rep, x, tt, ctx_rep, prior_rep)
+        with autocast(device, amp):  # the network only; the diffusion step stays float32
+            eps, v = network(known_rep, x, tt, ctx_rep, prior_rep)
+        eps, v = eps.float(), v.float()
         noise = None
         if diffusion.needs_noise(int(t), config.eta):
-            noise = torch.as_tensor(_draw(gens, n_samples, n_target, anti), device=device)
+            noise = to_device(_draw(gens, n_samples, n_target, anti), device)
         x = diffusion.step(eps, v, int(t), x, noise=noise, eta=config.eta, clip=bounds)
     return x.reshape(n_samples, n_cells, n_target).cpu().numpy(), offset.cpu().numpy()
 
@@ -95,13 +105,17 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                  read_known: Callable[[slice], np.ndarray], cells: Sequence[str],
                  to_output: Callable[[np.ndarray], np.ndarray], *, atlas: np.ndarray | None,
                  clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
-                 progress: bool, residual_weights: Sequence[float] | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+                 progress: bool, sink: Sink | None = None,
+                 residual_weights: Sequence[float] | None = None,
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Mean and std over samples for all cells, on the output scale, chunk by chunk.
 
     `read_known(rows)` returns the standardised known genes of a chunk of cells; `to_output`
-    maps model-space values to the output scale (log-normalised, clipped at 0). Memory beyond the
-    output is bounded by `batch_size`.
+    maps model-space values to the output scale (log-normalised, clipped at 0). Chunks hold
+    `config.batch_size` cells. Without `sink` the results are gathered in two arrays (the
+    output: memory beyond it is bounded by the chunk); with `sink`, each chunk's results are
+    handed to `sink(rows, mean, std)` as they come (to a file, say) and (None, None) is
+    returned, so memory does not grow with the number of cells at all.
 
     The imputation is prior + `config.residual_weight` x the mean sampled residual: a weight
     below 1 shrinks the diffusion's refinement towards the prior (the self-check chooses it).
@@ -111,12 +125,16 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
-    index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known])
+    index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known], device=device)
     clip_t = None if clip is None else tuple(torch.as_tensor(c, device=device) for c in clip)
+    with_std = config.diffusion and config.n_samples > 1
     weights = [config.residual_weight] if residual_weights is None else list(residual_weights)
-    mean = np.empty((len(weights), n_cells, network.n_target), dtype=np.float32)
-    std = (np.empty((n_cells, network.n_target), dtype=np.float32)
-           if config.diffusion and config.n_samples > 1 else None)
+    if residual_weights is not None and sink is not None:
+        raise ValueError("several `residual_weights` are returned in memory, not to a sink")
+    mean = std = None
+    if sink is None:  # gather in memory
+        mean = np.empty((len(weights), n_cells, network.n_target), dtype=np.float32)
+        std = np.empty((n_cells, network.n_target), dtype=np.float32) if with_std else None
     batch_size = config.batch_size
     chunks = range(0, n_cells, batch_size)
     for start in tqdm(chunks, desc="spalstf impute", unit="chunk", disable=not progress,
@@ -126,8 +144,15 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                                         cells[rows], atlas=atlas_t, index=index, clip=clip_t,
                                         seed=seed, device=device)
         residual = residuals.mean(axis=0)
-        for i, w in enumerate(weights):
-            mean[i, rows] = to_output(prior + w * residual)
+        means = [to_output(prior + w * residual) for w in weights]
+        spread = to_output(prior[None] + residuals).std(axis=0) if with_std else None
+        if sink is not None:
+            sink(rows, means[0], spread)
+            continue
+        for i, m in enumerate(means):
+            mean[i, rows] = m
         if std is not None:
-            std[rows] = to_output(prior[None] + residuals).std(axis=0)
-    return (mean[0] if residual_weights is None else mean), std
+            std[rows] = spread
+    if mean is not None and residual_weights is None:
+        mean = mean[0]
+    return mean, std

@@ -18,17 +18,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spalstf import distributed
 from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
 from spalstf.model import Denoiser, NeighbourIndex, build_sequence, neighbour_mean
+from spalstf.runtime import autocast, to_device
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainingData:
-    """Standardised reference matrices and the neighbour index of each training cell."""
+    """Standardised reference matrices and the neighbour index of each training cell.
+
+    `known` and `target` are arrays, or matrices read a block of rows at a time
+    (`spalstf.data.CellRows`) for references too large to hold densely.
+    """
 
     known: np.ndarray  # (n_cells, n_known)
     target: np.ndarray  # (n_cells, n_target)
@@ -76,11 +82,26 @@ def needs_neighbours(config: Config) -> bool:
     return config.use_context or config.prior == "neighbours"
 
 
-def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float) -> np.ndarray:
-    """Ridge weights (n_known, n_target) from standardised known to standardised target genes."""
-    x = known.astype(np.float64)
-    gram = x.T @ x + alpha * np.eye(x.shape[1])
-    return np.linalg.solve(gram, x.T @ target.astype(np.float64)).astype(np.float32)
+def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float,
+              rows: np.ndarray | None = None, block: int = 16384) -> np.ndarray:
+    """Ridge weights (n_known, n_target) from standardised known to standardised target genes.
+
+    On the cells `rows` (all when None). Arrays are used whole; matrices read on demand are
+    accumulated a block of rows at a time.
+    """
+    rows = np.arange(known.shape[0]) if rows is None else np.asarray(rows)
+    if isinstance(known, np.ndarray) and isinstance(target, np.ndarray):
+        x = known[rows].astype(np.float64)
+        gram = x.T @ x + alpha * np.eye(x.shape[1])
+        return np.linalg.solve(gram, x.T @ target[rows].astype(np.float64)).astype(np.float32)
+    gram = alpha * np.eye(known.shape[1])
+    cross = np.zeros((known.shape[1], target.shape[1]))
+    for start in range(0, len(rows), block):
+        part = np.sort(rows[start:start + block])
+        x = known[part].astype(np.float64)
+        gram += x.T @ x
+        cross += x.T @ target[part].astype(np.float64)
+    return np.linalg.solve(gram, cross).astype(np.float32)
 
 
 def batch_loss(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
@@ -104,14 +125,37 @@ def batch_loss(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
                                      kl_weight=config.kl_weight)
 
 
+class _Loss(torch.nn.Module):
+    """The training loss of a batch as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, network: Denoiser, diffusion: GaussianDiffusion, config: Config,
+                 atlas: torch.Tensor | None) -> None:
+        super().__init__()
+        self.network, self.diffusion, self.config = network, diffusion, config
+        self.atlas = atlas  # not a buffer: never broadcast
+
+    def forward(self, known, target, nb, dist, t, noise):
+        # The context and the prior in float32, the denoiser under autocast (CUDA only).
+        ctx = context_of(self.network, self.config, known, self.atlas, nb, dist)
+        with autocast(t.device, self.config.mixed_precision):
+            terms = batch_loss(self.network, self.diffusion, self.config, known, target, ctx, t,
+                               noise)
+        return terms.total.float(), terms.mse.float(), terms.vlb.float(), terms.kl.float()
+
+
 def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.device | str = "cpu",
           progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
     """Train a denoiser on the reference. Deterministic for a given seed on CPU.
 
     `checkpointer` writes the training state every `checkpointer.every` epochs and at the end,
-    and, when it holds a resumed state, training continues from it.
+    and, when it holds a resumed state, training continues from it (written by the first
+    process only under torchrun).
+
+    Under torchrun (`spalstf.distributed`) every process takes a share of each mini-batch and
+    of the validation cells; the result is the single-process one up to float rounding.
     """
     device = torch.device(device)
+    world = distributed.world_size()
     n_cells, n_known = data.known.shape
     n_target = data.target.shape[1]
     diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
@@ -127,31 +171,37 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
     if config.prior == "ridge":
         network.prior_weights.copy_(torch.as_tensor(
-            fit_ridge(data.known[train_rows], data.target[train_rows], config.prior_alpha)))
+            fit_ridge(data.known, data.target, config.prior_alpha, rows=train_rows)))
     use_neighbours = needs_neighbours(config)
     if use_neighbours and data.neighbours is None:
-        index = NeighbourIndex(data.atlas[:, :n_known])
+        index = NeighbourIndex(data.atlas[:, :n_known], device=device)
         data.neighbours, data.distances = index.query(data.known, config.n_neighbors,
                                                       self_index=data.self_index)
 
-
     def tensors(rows):
-        out = [torch.as_tensor(data.known[rows], device=device),
-               torch.as_tensor(data.target[rows], device=device)]
+        out = [to_device(data.known[rows], device), to_device(data.target[rows], device)]
         if use_neighbours:
-            out += [torch.as_tensor(data.neighbours[rows], device=device),
-                    torch.as_tensor(data.distances[rows], device=device)]
+            out += [to_device(data.neighbours[rows], device),
+                    to_device(data.distances[rows], device)]
         else:
             out += [None, None]
         return out
 
     atlas = torch.as_tensor(data.atlas, device=device) if use_neighbours else None
-    # Validation draws are fixed once, so that epochs are compared on the same noise.
-    val = tensors(val_rows) if n_val else None
+    loss_of = distributed.wrap(_Loss(network, diffusion, config, atlas), device)
+    if world > 1:
+        first = distributed.share(batch_size if (batch_size := min(
+            config.batch_size, max(len(train_rows), 1))) >= world else 0)
+        logger.info("process %d of %d trains on cells %d to %d of each mini-batch of %d",
+                    distributed.rank(), world, first.start, first.stop - 1, batch_size)
+    # Validation draws are fixed once, so that epochs are compared on the same noise; each
+    # process scores its share of the validation cells.
+    val_share = distributed.share(n_val)
+    val = tensors(val_rows[val_share]) if n_val else None
     if val is not None:
         val_t = torch.randint(0, config.num_train_timesteps, (n_val,), generator=generator)
         val_noise = torch.randn(n_val, n_target, generator=generator)
-        val_t, val_noise = val_t.to(device), val_noise.to(device)
+        val_t, val_noise = val_t[val_share].to(device), val_noise[val_share].to(device)
 
     ema = copy.deepcopy(network).eval() if config.ema_decay > 0 else network
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
@@ -203,23 +253,42 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
             network.train()
             perm = train_rows[rng.permutation(len(train_rows))]
             sums = {"total": 0.0, "mse": 0.0, "vlb": 0.0, "kl": 0.0}
+            over_time = False
             for b in range(steps_per_epoch):
                 rows = perm[b * batch_size:(b + 1) * batch_size]
                 if len(rows) == 0:
                     continue
-                known, target, nb, dist = tensors(rows)
                 t = torch.randint(0, config.num_train_timesteps, (len(rows),),
-                                  generator=generator).to(device)
-                noise = torch.randn(len(rows), n_target, generator=generator).to(device)
-                ctx = context_of(network, config, known, atlas, nb, dist)
-                terms = batch_loss(network, diffusion, config, known, target, ctx, t, noise)
+                                  generator=generator)
+                noise = torch.randn(len(rows), n_target, generator=generator)
+                # This process's share of the batch (all of it for a single process); a batch
+                # smaller than the number of processes is computed whole by each of them.
+                part = distributed.share(len(rows)) if len(rows) >= world else slice(None)
+                known, target, nb, dist = tensors(rows[part])
+                out = loss_of(known, target, nb, dist, t[part].to(device),
+                              noise[part].to(device))
+                terms = LossTerms(*out)
+                over_time = (config.max_time is not None
+                             and time.perf_counter() - start > config.max_time)
+                if world > 1:
+                    # Shares are weighted by their size, so that DDP's average of gradients is
+                    # the gradient of the whole batch's mean loss; the logged terms likewise.
+                    weight = (known.shape[0] / len(rows)) if len(rows) >= world else 1 / world
+                    loss = out[0] * (weight * world)
+                    reduced = distributed.all_sum(torch.stack(
+                        [o.detach() * weight for o in out]
+                        + [torch.tensor(float(over_time), device=device)]).cpu())
+                    terms = LossTerms(*reduced[:4])
+                    over_time = bool(reduced[4] > 0)
+                else:
+                    loss = terms.total
                 if not torch.isfinite(terms.total):
                     raise FloatingPointError(
                         f"training loss became {float(terms.total)} at epoch {epoch + 1}, "
                         f"step {step + 1} ({terms.as_floats()}); try a lower `learning_rate` "
                         "or check the input for extreme values")
                 optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
@@ -231,21 +300,21 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                             pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
                 for k, value in terms.as_floats().items():
                     sums[k] += value / steps_per_epoch
-                if config.max_time is not None and time.perf_counter() - start > config.max_time:
+                if over_time:
                     break
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}}
             if val is not None:
                 ema.eval()
                 with torch.no_grad():
+                    scorer = _Loss(ema, diffusion, config, atlas)
                     losses = []
-                    for s in range(0, n_val, 1024):
+                    for s in range(0, val[0].shape[0], 1024):
                         sl = slice(s, s + 1024)
                         known, target, nb, dist = (None if x is None else x[sl] for x in val)
-                        ctx = context_of(ema, config, known, atlas, nb, dist)
-                        terms = batch_loss(ema, diffusion, config, known, target, ctx,
-                                           val_t[sl], val_noise[sl])
-                        losses.append(float(terms.mse) * known.shape[0])
-                    record["val_mse"] = sum(losses) / n_val
+                        mse = scorer(known, target, nb, dist, val_t[sl], val_noise[sl])[1]
+                        losses.append(float(mse) * known.shape[0])
+                    total = distributed.all_sum(torch.tensor([sum(losses)], dtype=torch.float64))
+                    record["val_mse"] = float(total[0]) / n_val
             result.history.append(record)
             monitored = record.get("val_mse", record["train_total"])
             bar.set_postfix(loss=f"{record['train_total']:.4f}", val=f"{monitored:.4f}")
@@ -255,9 +324,11 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                 result.best_epoch = epoch + 1
             else:
                 bad_epochs += 1
-            if checkpointer is not None and checkpointer.due(epoch + 1):
+            if (checkpointer is not None and checkpointer.due(epoch + 1)
+                    and distributed.rank() == 0):
                 checkpointer.save(state(epoch + 1))
-            if config.max_time is not None and time.perf_counter() - start > config.max_time:
+            if over_time or (world == 1 and config.max_time is not None
+                             and time.perf_counter() - start > config.max_time):
                 result.stop_reason = f"time budget of {config.max_time:g} s reached"
                 break
             if config.patience is not None and bad_epochs >= config.patience:
@@ -275,7 +346,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
         # The final state too, so that a run stopped by its budget can be continued.
         epochs_done = len(result.history)
         if checkpointer is not None and checkpointer.path is not None \
-                and checkpointer.last_saved_epoch != epochs_done:
+                and checkpointer.last_saved_epoch != epochs_done and distributed.rank() == 0:
             checkpointer.save(state(epochs_done))
     finally:
         bar.close()

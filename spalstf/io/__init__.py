@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spalstf._atomic import atomic_path
+from spalstf.io._stream import H5adWriter, merge_h5ad
 
 
 def write_h5ad(adata: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -64,4 +65,4 @@ def write_rds(adata: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
     return _write_rds(adata, path, **kwargs)
 
 
-__all__ = ["read", "read_rds", "write_h5ad", "write_rds"]
+__all__ = ["H5adWriter", "merge_h5ad", "read", "read_rds", "write_h5ad", "write_rds"]

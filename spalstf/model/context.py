@@ -44,13 +44,17 @@ class NeighbourIndex:
     ----------
     atlas_known
         (n_atlas, n_known) standardised known genes of the reference atlas.
+    device
+        Where the distances are computed (a GPU when there is one); results come back as numpy.
     """
 
     #: Upper bound on the number of pairwise differences held at once (memory).
     max_elements: int = 2**25
 
-    def __init__(self, atlas_known: np.ndarray) -> None:
-        self.atlas_known = torch.as_tensor(np.ascontiguousarray(atlas_known, dtype=np.float32))
+    def __init__(self, atlas_known: np.ndarray, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.atlas_known = torch.as_tensor(np.ascontiguousarray(atlas_known, dtype=np.float32),
+                                           device=self.device)
         # Typical neighbour distance, to put distances on a unit scale for the LSTM.
         self.distance_scale = float(np.sqrt(max(self.atlas_known.shape[1], 1)))
 
@@ -58,21 +62,23 @@ class NeighbourIndex:
         """Indices and scaled distances of the k nearest atlas cells, nearest first.
 
         `self_index[i]` (or -1) is the atlas row of query i itself, which is then skipped.
+        `known` may be any matrix whose row slices give arrays (read a block at a time).
         """
-        known = torch.as_tensor(np.asarray(known, dtype=np.float32))
         n_atlas, n_known = self.atlas_known.shape
         rows = max(1, self.max_elements // max(n_atlas * max(n_known, 1), 1))
         all_idx, all_dist = [], []
         for start in range(0, known.shape[0], rows):
-            dist = torch.cdist(known[start:start + rows], self.atlas_known,
+            block = np.asarray(known[start:start + rows], dtype=np.float32)
+            dist = torch.cdist(torch.as_tensor(block, device=self.device), self.atlas_known,
                                compute_mode="donot_use_mm_for_euclid_dist")
             if self_index is not None:
-                own = torch.as_tensor(np.asarray(self_index[start:start + rows]))
+                own = torch.as_tensor(np.asarray(self_index[start:start + rows]),
+                                      device=self.device)
                 hit = own >= 0
                 dist[hit.nonzero()[:, 0], own[hit]] = float("inf")
             dist, idx = torch.sort(dist, dim=1, stable=True)
-            all_idx.append(idx[:, :k])
-            all_dist.append(dist[:, :k])
+            all_idx.append(idx[:, :k].cpu())
+            all_dist.append(dist[:, :k].cpu())
         idx = torch.cat(all_idx).numpy()
         dist = torch.cat(all_dist).numpy()
         if idx.shape[1] < k:  # fewer atlas cells than k: repeat the last neighbour

@@ -1,0 +1,94 @@
+"""Where and how the tensors run: CPU threads, mixed precision, pinned transfers, chunk sizes.
+
+Nothing here changes what a cell's imputation is on CPU: threads and chunk sizes only change
+speed and memory (a cell's values do not depend on its chunk, see `spalstf.infer`). Mixed
+precision is used on CUDA only, where bfloat16 is supported, for the denoiser's matrix
+products; the neighbour search, the diffusion arithmetic and the optimiser stay in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Host memory (bytes) that one inference chunk may use on CPU, activations included.
+CPU_CHUNK_BYTES = 256 * 2**20
+#: Fraction of the free GPU memory that one inference chunk may use.
+GPU_CHUNK_FRACTION = 0.25
+#: Largest and smallest automatic inference chunks (cells).
+MAX_CHUNK, MIN_CHUNK = 65536, 16
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def use_all_cores() -> int:
+    """Let torch use every core this process may run on, shared among local processes.
+
+    An explicit choice is respected: when OMP_NUM_THREADS or SPALSTF_NUM_THREADS is set, or
+    the caller already called torch.set_num_threads with a larger number, nothing is raised.
+    Under torchrun the cores are divided among the processes of the node (LOCAL_WORLD_SIZE).
+    Returns the number of threads in use.
+    """
+    explicit = os.environ.get("SPALSTF_NUM_THREADS")
+    if explicit:
+        torch.set_num_threads(max(1, int(explicit)))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        wanted = max(1, available_cores() // local)
+        if torch.get_num_threads() < wanted:
+            torch.set_num_threads(wanted)
+    return torch.get_num_threads()
+
+
+def mixed_precision(device: torch.device) -> bool:
+    """Whether the denoiser may run in bfloat16 autocast: CUDA devices that support it."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bfloat16 autocast on CUDA when `enabled` and supported; a no-op context otherwise.
+
+    bfloat16 has float32's range, so no loss scaling is needed and gradients cannot overflow.
+    """
+    if enabled and mixed_precision(device):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; through pinned memory, asynchronously, when it is a GPU."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def inference_chunk(device: torch.device, n_samples: int, n_tokens: int, d_model: int,
+                    n_features: int, n_neighbors: int, n_atlas: int) -> int:
+    """Cells per inference chunk that fit the device's memory budget.
+
+    The estimate counts the activations of one denoiser pass on every sample of a chunk
+    (tokens x width, with a factor for the attention and MLP intermediates), the context
+    sequence and the neighbour-search block: a cell's results never depend on it.
+    """
+    per_cell = 4 * (n_samples * n_tokens * d_model * 16
+                    + (1 + n_neighbors) * (n_features + 2) * 6
+                    + n_atlas * 2)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(free * GPU_CHUNK_FRACTION)
+    else:
+        budget = CPU_CHUNK_BYTES
+    return int(np.clip(budget // max(per_cell, 1), MIN_CHUNK, MAX_CHUNK))

@@ -1,0 +1,234 @@
+"""Scale: backed inputs, results streamed to disk, lazy training data, shards, DDP on gloo."""
+
+import os
+import socket
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import FAST
+
+import spalstf
+from spalstf import api
+from spalstf.cli import main
+from spalstf.data import CellRows, as_expression, cell_factors
+from spalstf.preprocess import Standardizer, log_normalize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assert_same_result(got, expected):
+    np.testing.assert_array_equal(np.asarray(got.X), expected.X)
+    np.testing.assert_array_equal(np.asarray(got.layers["std"]), expected.layers["std"])
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert list(got.var_names) == list(expected.var_names)
+    pd.testing.assert_frame_equal(got.obs, expected.obs)
+    for key in expected.obsm:
+        np.testing.assert_array_equal(np.asarray(got.obsm[key]), np.asarray(expected.obsm[key]))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_backed_st_gives_the_in_memory_result(tiny_pair, tiny_model, tmp_path, sparse):
+    st, _ = tiny_pair
+    st = st.copy()
+    if sparse:
+        st.X = sp.csr_matrix(st.X)
+    st.write_h5ad(tmp_path / "st.h5ad")
+    expected = tiny_model.impute(st, batch_size=16, seed=3, progress=False)
+    backed = ad.read_h5ad(tmp_path / "st.h5ad", backed="r")
+    got = tiny_model.impute(backed, batch_size=16, seed=3, progress=False)
+    backed.file.close()
+    _assert_same_result(got, expected)
+
+
+def test_streamed_output_equals_the_in_memory_result(tiny_pair, tiny_model, tmp_path):
+    st, _ = tiny_pair
+    expected = tiny_model.impute(st, batch_size=16, seed=3, progress=False)
+    path = tiny_model.impute(st, batch_size=16, seed=3, progress=False,
+                             out=tmp_path / "out.h5ad")
+    assert path == tmp_path / "out.h5ad"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5ad"]  # no temporary left behind
+    got = ad.read_h5ad(path)
+    _assert_same_result(got, expected)
+    assert list(got.uns["spalstf"]["known_genes"]) == expected.uns["spalstf"]["known_genes"]
+    assert got.uns["spalstf"]["seed"] == 3
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tiny_model.impute(st, progress=False, out=path)
+    assert tiny_model.impute(st, progress=False, out=path, overwrite=True) == path
+
+
+def test_streaming_keeps_memory_bounded_by_the_chunk():
+    st, sc = spalstf.datasets.simulate(n_st=200, n_sc=200, n_genes=70, n_measured=20, seed=1)
+    model = spalstf.fit(sc, list(st.var_names), list(st.obsm["truth"].columns), seed=0,
+                        **FAST)
+    big = ad.AnnData(np.tile(st.X, (20, 1)), var=st.var)  # 4000 cells x 20 genes
+    big.obs_names = [f"c{i}" for i in range(big.n_obs)]
+    output_bytes = 2 * 4 * big.n_obs * len(model.target_genes)  # X and std: 1.6 MB
+
+    def peak(**kwargs):
+        tracemalloc.start()
+        model.impute(big, batch_size=64, n_steps=1, progress=False, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        streamed = peak(out=Path(tmp) / "out.h5ad")
+    in_memory = peak()
+    assert in_memory - streamed > 0.7 * output_bytes, (in_memory, streamed)
+
+
+def test_cell_rows_read_blocks_as_log_normalize_does(tiny_pair):
+    _, sc = tiny_pair
+    expr = as_expression(sp.csr_matrix(sc.X), genes=list(sc.var_names))
+    known, target = list(sc.var_names[:10]), list(sc.var_names[10:])
+    k_ref, t_ref = log_normalize(expr.columns(known), expr.columns(target))
+    factor = cell_factors(expr, known, scale_factor=1e4, log_normalized=False, block=7)
+    rows = CellRows(expr, target, factor)
+    np.testing.assert_array_equal(rows.to_array(block=11), t_ref)
+    pick = np.array([5, 2, 40, 3])
+    np.testing.assert_array_equal(rows[pick], t_ref[pick])
+    sub = CellRows(expr, known, factor[[4, 9]], rows=np.array([4, 9]))
+    np.testing.assert_array_equal(sub[0:2], k_ref[[4, 9]])
+    blocks = Standardizer.fit_blocks(lambda: rows.blocks(13))
+    whole = Standardizer.fit(t_ref)
+    for a, b in zip(blocks.state().values(), whole.state().values(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_large_sparse_reference_is_never_densified(tiny_pair, monkeypatch, tmp_path):
+    st, sc = tiny_pair
+    known, targets = list(st.var_names), list(st.obsm["truth"].columns)
+    dense_model = spalstf.fit(sc, known, targets, seed=0, **FAST)
+    sc_sparse = sc.copy()
+    sc_sparse.X = sp.csr_matrix(sc.X)
+    sc_sparse.write_h5ad(tmp_path / "sc.h5ad")
+    monkeypatch.setattr(api, "DENSE_TRAINING_BYTES", 0)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference was densified whole")
+
+    monkeypatch.setattr(CellRows, "to_array", refuse)
+    lazy_model = spalstf.fit(sc_sparse, known, targets, seed=0, **FAST)
+    backed = ad.read_h5ad(tmp_path / "sc.h5ad", backed="r")
+    backed_model = spalstf.fit(backed, known, targets, seed=0, **FAST)
+    backed.file.close()
+    for name in ("known_scaler", "target_scaler"):
+        for a, b in zip(getattr(lazy_model, name).state().values(),
+                        getattr(dense_model, name).state().values(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_array_equal(lazy_model.atlas, backed_model.atlas)
+    expected = dense_model.impute(st, seed=1, progress=False).X
+    # The same training up to float rounding (the ridge prior sums its rows in another order).
+    np.testing.assert_allclose(lazy_model.impute(st, seed=1, progress=False).X, expected,
+                               atol=1e-3)
+    np.testing.assert_array_equal(backed_model.impute(st, seed=1, progress=False).X,
+                                  lazy_model.impute(st, seed=1, progress=False).X)
+
+
+def test_max_cells_trains_on_a_seeded_subsample(tiny_pair):
+    st, sc = tiny_pair
+    known, targets = list(st.var_names), list(st.obsm["truth"].columns)
+    a = spalstf.fit(sc, known, targets, seed=0, max_cells=100, **FAST)
+    b = spalstf.fit(sc, known, targets, seed=0, max_cells=100, **FAST)
+    assert a.info["n_training_cells"] == 100 and a.info["n_reference_cells"] == sc.n_obs
+    assert a.atlas.shape[0] == 100
+    np.testing.assert_array_equal(a.atlas, b.atlas)
+    with pytest.raises(ValueError, match="max_cells"):
+        spalstf.fit(sc, known, targets, max_cells=0, **FAST)
+
+
+@pytest.mark.parametrize("align", ["reference", "per_dataset"])
+def test_shards_merged_equal_the_unsharded_run(tiny_pair, tiny_model, tmp_path, align):
+    st, _ = tiny_pair
+    model = tiny_model
+    if align == "per_dataset":
+        model = spalstf.Model(tiny_model.network, tiny_model.config.replace(align=align),
+                              tiny_model.known_genes, tiny_model.target_genes,
+                              tiny_model.known_scaler, tiny_model.target_scaler,
+                              tiny_model.atlas, output_names=tiny_model.output_names)
+    expected = model.impute(st, seed=2, progress=False)
+    parts = [model.impute(st, seed=2, progress=False, shard=(i, 3),
+                          out=tmp_path / f"part{i}.h5ad") for i in range(3)]
+    in_memory = model.impute(st, seed=2, progress=False, shard=(1, 3))
+    assert in_memory.n_obs == 20 and in_memory.uns["spalstf"]["shard"]["start"] == 20
+    np.testing.assert_array_equal(in_memory.X, expected.X[20:40])
+    merged = spalstf.io.merge_h5ad(parts[::-1], tmp_path / "merged.h5ad")
+    got = ad.read_h5ad(merged)
+    _assert_same_result(got, expected)
+    assert got.uns["spalstf"]["merged_shards"] == 3 and "shard" not in got.uns["spalstf"]
+    with pytest.raises(ValueError, match="expected each of the shards 0 to 2 once"):
+        spalstf.io.merge_h5ad(parts[:2], tmp_path / "bad.h5ad")
+    with pytest.raises(ValueError, match="shard"):
+        model.impute(st, progress=False, shard=(3, 3))
+
+
+def test_cli_streams_shards_and_merges(tiny_pair, tmp_path, capsys):
+    st, sc = tiny_pair
+    st_path, sc_path, model_dir = tmp_path / "st.h5ad", tmp_path / "sc.h5ad", tmp_path / "m"
+    st.write_h5ad(st_path)
+    sc.write_h5ad(sc_path)
+    genes = ",".join(st.obsm["truth"].columns[:4])
+    common = ["--quiet", "--n-steps", "2", "--n-samples", "2", "--seed", "4"]
+    assert main(["fit", "--sc", str(sc_path), "--st", str(st_path), "--genes", genes,
+                 "--model-out", str(model_dir), "--epochs", "1", "--quiet"]) == 0
+    whole = tmp_path / "whole.h5ad"
+    assert main(["impute", "--model", str(model_dir), "--st", str(st_path), "--out", str(whole),
+                 *common]) == 0
+    parts = [tmp_path / f"part{i}.h5ad" for i in range(2)]
+    for i, part in enumerate(parts):
+        assert main(["impute", "--model", str(model_dir), "--st", str(st_path), "--out",
+                     str(part), "--shard", f"{i}/2", *common]) == 0
+    assert "(shard 1/2)" in capsys.readouterr().out
+    merged = tmp_path / "merged.h5ad"
+    assert main(["merge", *map(str, parts), "--out", str(merged)]) == 0
+    _assert_same_result(ad.read_h5ad(merged), ad.read_h5ad(whole))
+    assert main(["impute", "--sc", str(sc_path), "--st", str(st_path), "--out",
+                 str(tmp_path / "x.h5ad"), "--shard", "0/2", *common]) == 2
+    assert "--shard needs --model" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_training_equals_one_process(tiny_pair, tmp_path):
+    """torchrun, gloo, 2 CPU processes: the model of a single process up to float noise."""
+    st, sc = tiny_pair
+    sc_path = tmp_path / "sc.h5ad"
+    sc.write_h5ad(sc_path)
+    genes = ",".join(st.obsm["truth"].columns)
+    args = ["fit", "--sc", str(sc_path), "--known", ",".join(st.var_names), "--genes", genes,
+            "--epochs", "2", "--batch-size", "37", "--quiet", "--seed", "5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                          "-m", "spalstf.cli", "-v", *args, "--model-out", str(tmp_path / "ddp")],
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "joined a gloo process group: rank 1 of 2" in ddp.stderr
+    assert "process 1 of 2 trains on cells 18 to 36 of each mini-batch of 37" in ddp.stderr
+    assert ddp.stdout.count("fitted") == 1  # only rank 0 writes
+    b = spalstf.load(tmp_path / "ddp")
+    a = spalstf.fit(sc, list(st.var_names), list(st.obsm["truth"].columns), seed=5, epochs=2,
+                    batch_size=37, progress=False)
+    assert len(a.history) == len(b.history) == 2
+    for ra, rb in zip(a.history, b.history, strict=True):
+        assert ra["val_mse"] == pytest.approx(rb["val_mse"], rel=1e-4)
+        assert ra["train_total"] == pytest.approx(rb["train_total"], rel=1e-4)
+    wa, wb = a.network.state_dict(), b.network.state_dict()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-3, atol=1e-4, msg=key)
+    np.testing.assert_allclose(b.impute(st, progress=False).X, a.impute(st, progress=False).X,
+                               atol=1e-3)
