@@ -148,8 +148,8 @@ class Model:
         log_normalized
             Whether `st` holds log-normalised values (default: as the reference at fit).
         n_steps, n_samples, sampler, eta
-            Sampling options (default: the model's config; unless set at fit, 10 DDIM steps
-            and 8 samples).
+            Sampling options (default: the model's config; unless set at fit, 5 DDIM steps
+            and 4 samples).
         seed
             Seeds each cell's random draws together with its name.
         batch_size
@@ -272,10 +272,13 @@ class Model:
     def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
                  device: torch.device, spatial: Any, progress: bool,
                  residual_weights: Sequence[float] | None = None,
-                 rows: tuple[int, int] | None = None, sink=None):
-        """(mean, std) of the target genes on the output scale for the cells `rows`
-        (first, stop) of `expr` (all by default); see `infer.impute_cells`."""
-        first, last = (0, expr.n_cells) if rows is None else rows
+                 rows: tuple[int, int] | np.ndarray | None = None, sink=None):
+        """(mean, std) of the target genes on the output scale for the cells `rows` of
+        `expr`: all by default, (first, stop) for a shard, or a sorted array of cell indices
+        (a subsample); see `infer.impute_cells`."""
+        if rows is None:
+            rows = (0, expr.n_cells)
+        cells = np.arange(*rows) if isinstance(rows, tuple) else np.asarray(rows)
         self.network.to(device)
         mapping = match_genes(self.known_genes, expr.genes)
         missing = [g for g in self.known_genes if g not in mapping]
@@ -288,6 +291,8 @@ class Model:
         check_values(expr, log_normalized=log_normalized, arg="st")
 
         def normalised(rows) -> np.ndarray:
+            if isinstance(rows, np.ndarray) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+                rows = slice(int(rows[0]), int(rows[-1]) + 1)  # contiguous: a fast block read
             return log_normalize(expr.columns(st_known, rows),
                                  scale_factor=cfg.scale_factor, log_normalized=log_normalized)[0]
 
@@ -305,14 +310,14 @@ class Model:
         def to_output(samples: np.ndarray) -> np.ndarray:
             return self.target_scaler.inverse(samples).astype(np.float32)
 
-        def read_known(rows: slice) -> np.ndarray:  # rows of the shard -> rows of `expr`
-            return scaler.transform(read_log(slice(first + rows.start, first + rows.stop)))
+        def read_known(chunk: slice) -> np.ndarray:  # a chunk of `cells` -> rows of `expr`
+            return scaler.transform(read_log(cells[chunk]))
 
         ts = self.target_scaler
         clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
         return impute_cells(
-            self.network, self.diffusion, cfg, last - first, read_known,
-            expr.cells[first:last], to_output, atlas=self.atlas, clip=clip, seed=seed,
+            self.network, self.diffusion, cfg, len(cells), read_known,
+            [expr.cells[i] for i in cells], to_output, atlas=self.atlas, clip=clip, seed=seed,
             device=device, progress=progress, sink=sink, residual_weights=residual_weights)
 
     # --- persistence ------------------------------------------------------------------------
@@ -452,12 +457,12 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         process trains on a share of every mini-batch (DistributedDataParallel, see
         `spalstf.distributed`) and takes the GPU of its LOCAL_RANK.
     epochs, max_time, batch_size
-        Training length (default 60 epochs, at most 120 s, early stopping after 10 epochs
+        Training length (default 60 epochs, at most 45 s, early stopping after 10 epochs
         without improvement on 10% held-out reference cells) and mini-batch size (256).
         Large references (sparse, or AnnData opened backed) are read a mini-batch at a time,
         never densified whole; ``max_cells=N`` trains on a seeded random subsample.
     n_steps, n_samples
-        Default sampling options stored in the model (10 DDIM steps, 8 samples).
+        Default sampling options stored in the model (5 DDIM steps, 4 samples).
     spatial
         Coordinates of the ST cells for the spatial context: None reads
         `st.obsm["spatial"]` when present, a string another obsm key, an array gives them,
@@ -621,7 +626,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            n_samples: int | None = None, spatial: Any = None, progress: bool = True,
            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
            resume: str | os.PathLike | None = None, self_check: bool | str = "auto",
-           select: Mapping[str, Sequence] | str | None = "auto", self_check_folds: int = 3,
+           select: Mapping[str, Sequence] | str | None = "auto", self_check_folds: int = 2,
            config: Config | None = None, out: str | os.PathLike | None = None,
            overwrite: bool = False, **options: Any) -> Any:
     """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
@@ -653,9 +658,9 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     device
         "auto" (CUDA when present, else CPU), "cpu" or "cuda".
     epochs, max_time, batch_size
-        Training length (60 epochs, 120 s budget, early stopping) and mini-batch size (256).
+        Training length (60 epochs, 45 s budget, early stopping) and mini-batch size (256).
     n_steps, n_samples
-        Reverse-diffusion steps (10, DDIM) and samples per cell (8): the mean is the imputation,
+        Reverse-diffusion steps (5, DDIM) and samples per cell (4): the mean is the imputation,
         the standard deviation its uncertainty.
     spatial
         Coordinates of the ST cells for the spatial context: None reads
@@ -766,6 +771,8 @@ def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: 
     elif isinstance(select, str):
         raise ValueError(f"`select` must be 'auto', None or a dict; received {select!r}")
     select = selfcheck.check_select(select, selfcheck.SELECTABLE)
+    for candidate in selfcheck.candidates(select):
+        cfg.replace(**candidate)  # every candidate value is valid, before any fit
     n_known = len(known_pairs)
     if self_check == "auto":
         self_check = n_known >= SELF_CHECK_MIN_GENES

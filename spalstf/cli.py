@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="impute only the I-th of N contiguous shares of the cells (0-based; "
                         "needs --model); join the parts with `spalstf merge`")
-    p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 10)")
-    p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 8)")
+    p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 5)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 4)")
     _add_common(p)
     _add_checkpoints(p)
     p.set_defaults(func=cmd_impute)

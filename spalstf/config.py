@@ -92,7 +92,7 @@ class Config:
     #: Maximum passes over the reference (early stopping and max_time may stop sooner).
     epochs: int = 60
     #: Wall-clock budget for training in seconds (None: no budget).
-    max_time: float | None = 120.0
+    max_time: float | None = 45.0
     #: Cells per mini-batch at training (and per chunk at imputation).
     batch_size: int = 256
     #: Learning rate of AdamW (reached after a linear warm-up of at most 100 steps).
@@ -115,9 +115,9 @@ class Config:
     #: "ddim" (few respaced steps, deterministic given the initial noise) or "ddpm" (ancestral).
     sampler: str = "ddim"
     #: Reverse steps; ignored by "ddpm" when None (then all num_train_timesteps steps run).
-    n_steps: int = 10
+    n_steps: int = 5
     #: Samples per cell: their mean is the imputation, their std the uncertainty.
-    n_samples: int = 8
+    n_samples: int = 4
     #: DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).
     eta: float = 0.0
     #: Pair the samples of a cell with negated noise (variance reduction of their mean).

@@ -68,11 +68,13 @@ def neighbours(xy: np.ndarray, k: int) -> np.ndarray:
 
 
 def smoothed_reader(read: Callable[[np.ndarray], np.ndarray], nbrs: np.ndarray | None,
-                    weight: float) -> Callable[[slice], np.ndarray]:
-    """Wrap `read(rows) -> values` so that each row is mixed with its neighbours' mean."""
+                    weight: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap `read(rows) -> values` so that each row is mixed with its neighbours' mean.
 
-    def read_smoothed(rows: slice) -> np.ndarray:
-        idx = np.arange(rows.start, rows.stop)
+    Rows are given as sorted index arrays (a slice of cells, or a subsample of them).
+    """
+
+    def read_smoothed(idx: np.ndarray) -> np.ndarray:
         own = read(idx)
         if nbrs is None or weight == 0 or nbrs.shape[1] == 0:
             return own

@@ -1,0 +1,120 @@
+"""The self-check (inner leave-genes-out over the ST's known genes) and the spatial context."""
+
+import numpy as np
+import pytest
+from conftest import FAST
+
+import spalstf
+from spalstf import selfcheck
+from spalstf.spatial import neighbours
+
+#: A small selection grid: two spatial weights x two refinement weights.
+GRID = {"spatial_weight": [0.0, 0.5], "residual_weight": [0.0, 1.0]}
+
+
+def test_spatial_neighbours_exclude_the_cell_and_do_not_depend_on_order():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(size=(200, 2))
+    nb = neighbours(xy, 6)
+    assert nb.shape == (200, 6)
+    assert not (nb == np.arange(200)[:, None]).any()
+    # the 6 returned are the 6 nearest others
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_array_equal(np.sort(nb, 1), np.sort(np.argsort(d, 1)[:, :6], 1))
+    perm = rng.permutation(200)
+    nb_perm = neighbours(xy[perm], 6)
+    # the neighbours of cell perm[i] in the permuted data are the same cells
+    np.testing.assert_array_equal(np.sort(perm[nb_perm], 1), np.sort(nb[perm], 1))
+
+
+def test_duplicated_positions_still_exclude_the_cell_itself():
+    xy = np.zeros((5, 2))
+    nb = neighbours(xy, 3)
+    assert nb.shape == (5, 3) and not (nb == np.arange(5)[:, None]).any()
+
+
+def test_the_spatial_context_acts_only_where_the_st_has_coordinates(tiny_model, tiny_pair):
+    st, _ = tiny_pair
+    plain = tiny_model.impute(st, seed=0, progress=False)
+    smooth = tiny_model.impute(st, seed=0, progress=False, spatial_weight=0.5)
+    off = tiny_model.impute(st, seed=0, progress=False, spatial_weight=0.5, spatial=False)
+    assert not np.allclose(plain.X, smooth.X)
+    np.testing.assert_array_equal(plain.X, off.X)
+    # coordinates given as an array act as obsm["spatial"] does
+    bare = st.copy()
+    del bare.obsm["spatial"]
+    given = tiny_model.impute(bare, seed=0, progress=False, spatial_weight=0.5,
+                              spatial=st.obsm["spatial"])
+    np.testing.assert_array_equal(given.X, smooth.X)
+    with pytest.raises(ValueError, match="`spatial` must be cells x dimensions"):
+        tiny_model.impute(bare, progress=False, spatial_weight=0.5, spatial=np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="fixed at fit"):
+        tiny_model.impute(st, progress=False, depth=2)
+
+
+def test_the_self_check_is_recorded_and_scores_every_known_gene(tiny_pair):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:4]
+    out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2, select=GRID,
+                         **FAST)
+    check = out.uns["spalstf"]["self_check"]
+    assert sorted(check["genes"]) == sorted(st.var_names)  # every known gene hidden once
+    assert check["n_genes"] == st.n_vars and len(check["pcc"]) == st.n_vars
+    assert np.isfinite(check["median_pcc"]) and -1 <= check["median_pcc"] <= 1
+    assert check["selected"] in selfcheck.candidates(GRID)
+    assert len(check["candidates"]["median_pcc"]) == 4
+    # the selected setting is the one the main run used
+    for name, value in check["selected"].items():
+        assert out.uns["spalstf"]["params"][name] == value
+
+
+def test_the_self_check_never_reads_the_target_genes(tiny_pair):
+    """Target genes measured in the ST: change them, and neither estimate nor output moves."""
+    st, sc = tiny_pair
+    targets = list(st.var_names)[:3]
+    a = spalstf.impute(st, sc, targets, self_check=True, self_check_folds=2, select=GRID,
+                       seed=4, **FAST)
+    changed = st.copy()
+    changed.X[:, :3] = np.random.default_rng(1).poisson(30, (st.n_obs, 3))
+    b = spalstf.impute(changed, sc, targets, self_check=True, self_check_folds=2,
+                       select=GRID, seed=4, **FAST)
+    ca, cb = a.uns["spalstf"]["self_check"], b.uns["spalstf"]["self_check"]
+    assert not set(targets) & set(ca["genes"])
+    assert ca["pcc"] == cb["pcc"] and ca["selected"] == cb["selected"]
+    np.testing.assert_array_equal(a.X, b.X)
+
+
+def test_selection_is_reproducible_with_a_seed(tiny_pair):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:3]
+    runs = [spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2, select=GRID,
+                           seed=7, **FAST).uns["spalstf"]["self_check"] for _ in range(2)]
+    assert runs[0]["candidates"] == runs[1]["candidates"]
+    assert runs[0]["selected"] == runs[1]["selected"]
+
+
+def test_self_check_off_and_auto(tiny_pair):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:2]
+    off = spalstf.impute(st, sc, genes, self_check=False, **FAST)
+    assert "self_check" not in off.uns["spalstf"]
+    few = st[:, list(st.var_names)[:spalstf.api.SELF_CHECK_MIN_GENES - 1]]
+    auto = spalstf.impute(few, sc, genes, **FAST)  # too few known genes: skipped
+    assert "self_check" not in auto.uns["spalstf"]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(self_check="yes"), ValueError, "`self_check` must be"),
+    (dict(self_check_folds=1), ValueError, "`self_check_folds` must be"),
+    (dict(select={"depth": [1, 2]}), ValueError, "`select` can choose among"),
+    (dict(select={"residual_weight": []}), ValueError, "non-empty list"),
+    (dict(select="best"), ValueError, "`select` must be"),
+    (dict(select=[0.5]), TypeError, "`select` must be a dict"),
+    (dict(select={"residual_weight": [2.0]}), ValueError, "`residual_weight` must be in"),
+])
+def test_bad_self_check_options_are_refused_before_any_fit(tiny_pair, kwargs, error, match):
+    st, sc = tiny_pair
+    with pytest.raises(error, match=match):
+        spalstf.impute(st, sc, list(st.obsm["truth"].columns)[:2], self_check=kwargs.pop(
+            "self_check", True), **kwargs, **FAST)
