@@ -272,7 +272,8 @@ class Model:
     def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
                  device: torch.device, spatial: Any, progress: bool,
                  residual_weights: Sequence[float] | None = None,
-                 rows: tuple[int, int] | np.ndarray | None = None, sink=None):
+                 rows: tuple[int, int] | np.ndarray | None = None, sink=None,
+                 prior_only: bool = False):
         """(mean, std) of the target genes on the output scale for the cells `rows` of
         `expr`: all by default, (first, stop) for a shard, or a sorted array of cell indices
         (a subsample); see `infer.impute_cells`."""
@@ -318,7 +319,8 @@ class Model:
         return impute_cells(
             self.network, self.diffusion, cfg, len(cells), read_known,
             [expr.cells[i] for i in cells], to_output, atlas=self.atlas, clip=clip, seed=seed,
-            device=device, progress=progress, sink=sink, residual_weights=residual_weights)
+            device=device, progress=progress, sink=sink, residual_weights=residual_weights,
+            prior_only=prior_only)
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -53,8 +53,11 @@ def _draw(gens: list[np.random.Generator], n_samples: int, n_target: int,
 def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
                  known: np.ndarray, cells: Sequence[str], *, atlas: torch.Tensor | None,
                  index: NeighbourIndex | None, clip, seed: int,
-                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+                 device: torch.device, prior_only: bool = False,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Samples for one chunk of cells, in the model's space: (residuals, prior).
+
+    With `prior_only`, no denoiser pass runs: one residual of zeros (the prior alone).
 
     residuals: (n_samples, n_cells, n_target), the sampled targets minus the prior; prior:
     (n_cells, n_target), zeros without a prior. A sample is prior + residual.
@@ -72,6 +75,8 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
     # With a prior the model works on the residual around it (see spalstf.train.batch_loss).
     offset = torch.zeros(n_cells, n_target, device=device) if prior is None else prior
+    if prior_only:
+        return np.zeros((1, n_cells, n_target), dtype=np.float32), offset.float().cpu().numpy()
     if not config.diffusion:
         zeros = torch.zeros(n_cells, n_target, device=device)
         with autocast(device, amp):
@@ -106,7 +111,7 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                  to_output: Callable[[np.ndarray], np.ndarray], *, atlas: np.ndarray | None,
                  clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
                  progress: bool, sink: Sink | None = None,
-                 residual_weights: Sequence[float] | None = None,
+                 residual_weights: Sequence[float] | None = None, prior_only: bool = False,
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Mean and std over samples for all cells, on the output scale, chunk by chunk.
 
@@ -121,13 +126,13 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     below 1 shrinks the diffusion's refinement towards the prior (the self-check chooses it).
     The std is that of the unshrunk samples: the model's own spread, whatever the weight.
     With `residual_weights` (several weights, one sampling), the mean has a leading axis: one
-    imputation per weight.
+    imputation per weight. `prior_only`: the prior alone, no sampling (and no std).
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
     index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known], device=device)
     clip_t = None if clip is None else tuple(torch.as_tensor(c, device=device) for c in clip)
-    with_std = config.diffusion and config.n_samples > 1
+    with_std = config.diffusion and config.n_samples > 1 and not prior_only
     weights = [config.residual_weight] if residual_weights is None else list(residual_weights)
     if residual_weights is not None and sink is not None:
         raise ValueError("several `residual_weights` are returned in memory, not to a sink")
@@ -142,7 +147,7 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         rows = slice(start, min(start + batch_size, n_cells))
         residuals, prior = sample_chunk(network, diffusion, config, read_known(rows),
                                         cells[rows], atlas=atlas_t, index=index, clip=clip_t,
-                                        seed=seed, device=device)
+                                        seed=seed, device=device, prior_only=prior_only)
         residual = residuals.mean(axis=0)
         means = [to_output(prior + w * residual) for w in weights]
         spread = to_output(prior[None] + residuals).std(axis=0) if with_std else None

@@ -138,8 +138,10 @@ def candidates(select: Mapping[str, Sequence]) -> list[dict[str, Any]]:
 
 def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
                      genes: Sequence[str], folds: Sequence[int],
-                     options: Sequence[dict[str, Any]]) -> SelfCheckResult:
-    """Score each candidate's assembled predictions (cells x hidden genes) against `truth`."""
+                     options: Sequence[dict[str, Any]],
+                     eligible: Sequence[bool] | None = None) -> SelfCheckResult:
+    """Score each candidate's assembled predictions (cells x hidden genes) against `truth`;
+    the best `eligible` one (all by default) is selected."""
     from spalstf.evaluate import metrics
 
     rows, per_gene = [], []
@@ -151,6 +153,8 @@ def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
     scores = pd.DataFrame(rows)
     # The best median PCC wins; NaN (no correlation computable) never does; ties: the first.
     keys = scores["median_pcc"].fillna(-np.inf).to_numpy()
+    if eligible is not None:
+        keys = np.where(np.asarray(eligible), keys, -np.inf)
     best = int(np.argmax(keys))
     scores["selected"] = np.arange(len(scores)) == best
     return SelfCheckResult(per_gene=per_gene[best], scores=scores, selected=dict(options[best]))
@@ -207,33 +211,55 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     hidden_order = [g for fold in folds for g in fold]
     fold_of = [i for i, fold in enumerate(folds) for _ in fold]
     truth = truth_all[:, [st_names.index(g) for g in hidden_order]]
-    # predictions[(spatial setting, weight)]: cells x hidden genes, filled fold by fold
-    preds = {(sp, w): np.empty_like(truth, dtype=np.float32)
-             for sp in spatial_settings for w in weights}
-    col = 0
+    models = []
     for i, hidden in enumerate(folds):
         inner_known = [g for g in st_names if g not in hidden]
         logger.info("self-check fold %d/%d: hiding %d of %d known genes", i + 1, len(folds),
                     len(hidden), len(st_names))
-        model = api._fit_expression(
+        models.append(api._fit_expression(
             sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
             list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed, device=device,
-            progress=progress)
-        for sw, sk in spatial_settings:
-            run_cfg = model.config.replace(spatial_weight=sw, spatial_neighbors=sk,
+            progress=progress))
+
+    def assemble(sw_sk, weights_, prior_only=False) -> list[np.ndarray]:
+        """Per residual weight: cells x hidden genes, each fold's genes by its own model."""
+        out = [np.empty_like(truth, dtype=np.float32) for _ in weights_]
+        col = 0
+        for model, hidden in zip(models, folds, strict=True):
+            run_cfg = model.config.replace(spatial_weight=sw_sk[0], spatial_neighbors=sw_sk[1],
                                            max_time=cfg.max_time)
             means, _ = model._predict(st_expr, run_cfg, log_normalized=log_normalized,
                                       seed=seed, device=device, spatial=spatial,
-                                      progress=progress, residual_weights=weights, rows=rows)
-            for w, mean in zip(weights, means, strict=True):
-                preds[(sw, sk), w][:, col:col + len(hidden)] = mean
-        col += len(hidden)
-    predictions = []
-    for o in options:
-        sp = (o.get("spatial_weight", cfg.spatial_weight),
-              o.get("spatial_neighbors", cfg.spatial_neighbors))
-        predictions.append(preds[sp, o.get("residual_weight", cfg.residual_weight)])
-    result = score_candidates(truth, predictions, hidden_order, fold_of, options)
+                                      progress=progress, residual_weights=weights_, rows=rows,
+                                      prior_only=prior_only)
+            for target, mean in zip(out, means, strict=True):
+                target[:, col:col + len(hidden)] = mean
+            col += len(hidden)
+        return out
+
+    # Stage 1 (with a prior and several spatial settings): the spatial context is chosen on
+    # the prior's predictions, which need no sampling; stage 2 samples once per inner fold, at
+    # the chosen setting, for every refinement weight. Without a prior every pair is sampled.
+    rows_opts, predictions, stage = [], [], []
+    if cfg.prior != "none" and len(spatial_settings) > 1:
+        for sw_sk in spatial_settings:
+            rows_opts.append({"spatial_weight": sw_sk[0], "spatial_neighbors": sw_sk[1],
+                              "residual_weight": 0.0})
+            predictions += assemble(sw_sk, [0.0], prior_only=True)
+            stage.append("prior")
+        first = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts)
+        chosen = first.selected
+        spatial_settings = [(chosen["spatial_weight"], chosen["spatial_neighbors"])]
+    for sw_sk in spatial_settings:
+        rows_opts += [{"spatial_weight": sw_sk[0], "spatial_neighbors": sw_sk[1],
+                       "residual_weight": w} for w in weights]
+        predictions += assemble(sw_sk, weights)
+        stage += ["model"] * len(weights)
+    result = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts,
+                              eligible=[s == "model" for s in stage])
+    result.scores.insert(0, "stage", stage)
+    chosen_names = set(options[0])  # report only what was asked to be chosen
+    result.selected = {k: v for k, v in result.selected.items() if k in chosen_names}
     result.seconds = elapsed(start)
     logger.info("self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes%s (%.0f s)",
                 result.median_pcc, result.median_spcc, len(hidden_order),
