@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from accuracy import simulated  # noqa: E402
 
 import spalstf  # noqa: E402
-from spalstf import api, selfcheck  # noqa: E402
+from spalstf import api  # noqa: E402
 from spalstf.data import as_expression  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 
