@@ -354,7 +354,7 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   \code{TRUE} or \code{FALSE}: run the self-check (see Details). Only when fitting on a
 #'   reference, not with a \code{SpaLSTFModel}.
 #' @param self.check.folds Number of groups of known genes the self-check hides in turn
-#'   (default 3).
+#'   (default 2).
 #' @param select Candidate settings the self-check chooses among: \code{"auto"} (the weight
 #'   of the spatial context, when \code{object} has coordinates, and the weight of the
 #'   diffusion's refinement), \code{NULL} (use the settings as given), or a named list of
@@ -371,7 +371,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
                           slot = "counts", new.assay.name = "SpaLSTF", set.default = FALSE,
                           n.samples = NULL, n.steps = NULL, epochs = NULL, seed = 0L,
                           device = "auto", verbose = TRUE, self.check = "auto",
-                          self.check.folds = 3L, select = "auto", spatial = NULL, ...) {
+                          self.check.folds = 2L, select = "auto", spatial = NULL, ...) {
   .need(c("SeuratObject"), "Impute() on Seurat objects")
   genes <- .check_genes(genes)
   slot <- match.arg(slot, c("counts", "data"))
@@ -435,7 +435,7 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
                                         new.assay.name = "SpaLSTF", n.samples = NULL,
                                         n.steps = NULL, epochs = NULL, seed = 0L,
                                         device = "auto", verbose = TRUE, self.check = "auto",
-                                        self.check.folds = 3L, select = "auto", spatial = NULL,
+                                        self.check.folds = 2L, select = "auto", spatial = NULL,
                                         ...) {
   .need(c("SingleCellExperiment", "SummarizedExperiment", "S4Vectors"),
         "Impute() on SingleCellExperiment objects")
@@ -472,7 +472,7 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
 Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALSE,
                           reference.assay = NULL, n.samples = NULL, n.steps = NULL,
                           epochs = NULL, seed = 0L, device = "auto", verbose = TRUE,
-                          self.check = "auto", self.check.folds = 3L, select = "auto",
+                          self.check = "auto", self.check.folds = 2L, select = "auto",
                           spatial = NULL, ...) {
   genes <- .check_genes(genes)
   log.normalized <- .check_flag(log.normalized, "log.normalized")
