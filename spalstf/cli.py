@@ -70,6 +70,43 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def _spatial(args: argparse.Namespace) -> Any:
+    """--spatial-key KEY -> "KEY", --no-spatial -> False, neither -> None (obsm["spatial"])."""
+    if args.no_spatial:
+        return False
+    return args.spatial_key
+
+
+def _self_check_summary(result: Any, out: Path, stream: bool) -> dict[str, Any] | None:
+    """median_pcc, median_spcc, n_genes, selected of the result's self-check, or None.
+
+    A streamed result is on disk: only these few entries of its uns are read back.
+    """
+    keys = ("median_pcc", "median_spcc", "n_genes", "selected")
+    if stream:
+        import h5py
+        from anndata.io import read_elem
+
+        with h5py.File(out, "r") as f:
+            group = f.get("uns/spalstf/self_check")
+            if group is None:
+                return None
+            return {k: read_elem(group[k]) for k in keys if k in group}
+    check = getattr(result, "uns", {}).get("spalstf", {}).get("self_check")
+    return None if check is None else {k: check[k] for k in keys if k in check}
+
+
+def _format_self_check(check: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (float, int)) and not isinstance(v, bool) else str(v)
+
+    selected = check.get("selected") or {}
+    chosen = ", ".join(f"{k}={value(v)}" for k, v in selected.items())
+    return (f"self-check: median PCC {float(check['median_pcc']):.3f}, SPCC "
+            f"{float(check['median_spcc']):.3f} over {int(check['n_genes'])} hidden known genes"
+            + (f" (selected {chosen})" if chosen else ""))
+
+
 def cmd_impute(args: argparse.Namespace) -> int:
     """Impute; an .h5ad ST is read backed and an .h5ad result written a chunk at a time."""
     import spalstf
@@ -78,6 +115,9 @@ def cmd_impute(args: argparse.Namespace) -> int:
     shard = _shard(args.shard)
     if args.model is None and args.sc is None:
         raise ValueError("give --sc REF.h5ad (to fit a model) or --model DIR (a saved model)")
+    if args.model is not None and (args.self_check == "on" or args.self_check_folds is not None):
+        raise ValueError("--self-check runs when fitting from --sc; a saved --model is not "
+                         "refitted (use `--self-check auto` or leave it out)")
     if shard is not None and args.model is None:
         raise ValueError("--shard needs --model: fit once with `spalstf fit`, then impute "
                          "each shard with the same model")
@@ -86,7 +126,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
     st = io.read(args.st, backed="r") if stream and args.st.lower().endswith(".h5ad") \
         else io.read(args.st)
     sampling = {"n_steps": args.n_steps, "n_samples": args.n_samples, "seed": args.seed,
-                "progress": not args.quiet, "st_layer": args.st_layer}
+                "progress": not args.quiet, "st_layer": args.st_layer,
+                "spatial": _spatial(args)}
     if args.model is not None:
         model = spalstf.load(args.model, device=args.device)
         result = model.impute(st, log_normalized=args.log_normalized or None,
@@ -94,8 +135,11 @@ def cmd_impute(args: argparse.Namespace) -> int:
                               out=out if stream else None, overwrite=args.force, **sampling)
     else:
         sc = io.read(args.sc)
+        checking = {"self_check": {"auto": "auto", "on": True, "off": False}[args.self_check]}
+        if args.self_check_folds is not None:
+            checking["self_check_folds"] = args.self_check_folds
         result = spalstf.impute(st, sc, _genes(args), sc_layer=args.sc_layer,
-                                log_normalized=args.log_normalized,
+                                log_normalized=args.log_normalized, **checking,
                                 out=out if stream else None, overwrite=args.force,
                                 **{**_training_options(args), **sampling})
     if stream:
@@ -108,6 +152,9 @@ def cmd_impute(args: argparse.Namespace) -> int:
         n_obs, n_vars = result.n_obs, result.n_vars
     part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     print(f"imputed {n_vars} genes in {n_obs} cells{part} -> {out}")
+    check = _self_check_summary(result, out, stream) if args.model is None else None
+    if check is not None:
+        print(_format_self_check(check), file=sys.stderr)
     return 0
 
 
@@ -237,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs --model); join the parts with `spalstf merge`")
     p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 5)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 4)")
+    p.add_argument("--self-check", choices=("auto", "on", "off"), default="auto",
+                   help="estimate the accuracy by hiding groups of the ST's known genes and "
+                        "imputing them (with --sc); auto: when the ST has at least 8 known "
+                        "genes (default auto); its summary is printed to stderr")
+    p.add_argument("--self-check-folds", type=int, default=None, metavar="N",
+                   help="groups of known genes the self-check hides in turn (default 2)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--spatial-key", default=None, metavar="KEY",
+                       help="obsm key of the ST's cell coordinates for the spatial context "
+                            "(default: obsm['spatial'] when present)")
+    where.add_argument("--no-spatial", action="store_true",
+                       help="no spatial context, even when the ST has coordinates")
     _add_common(p)
     _add_checkpoints(p)
     p.set_defaults(func=cmd_impute)

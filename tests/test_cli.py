@@ -150,3 +150,77 @@ def test_bad_inputs_on_the_command_line_are_one_line_errors(files, tmp_path, cap
     assert main(["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
                  str(tmp / "o.h5ad"), "--epochs", "0", "--quiet"]) == 2
     assert "`epochs` must be a positive integer; received 0" in capsys.readouterr().err
+
+
+def _self_check_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("self-check:")]
+    assert len(lines) <= 1, err
+    return lines[0] if lines else None
+
+
+def test_self_check_summary_is_printed_and_stored(files, capsys):
+    import re
+
+    import h5py
+
+    st_path, sc_path, tmp = files
+    out = tmp / "checked.h5ad"
+    base = ["impute", "--st", str(st_path), "--sc", str(sc_path), "--n-steps", "2",
+            "--n-samples", "2", *FAST_ARGS]
+    assert main([*base, "--out", str(out), "--self-check", "on",
+                 "--self-check-folds", "2"]) == 0
+    captured = capsys.readouterr()
+    line = _self_check_line(captured.err)
+    assert line is not None and "self-check" not in captured.out, captured
+    check = ad.read_h5ad(out).uns["spalstf"]["self_check"]
+    n_known = ad.read_h5ad(st_path).n_vars
+    assert check["n_genes"] == n_known and sorted(set(check["fold"])) == [0, 1]
+    selected = ", ".join(f"{k}={v:g}" for k, v in check["selected"].items())
+    assert "spatial_weight" in check["selected"]  # the tiny ST has obsm["spatial"]
+    assert line == (f"self-check: median PCC {check['median_pcc']:.3f}, SPCC "
+                    f"{check['median_spcc']:.3f} over {n_known} hidden known genes "
+                    f"(selected {selected})")
+    assert re.fullmatch(r"self-check: median PCC -?\d\.\d{3}, SPCC -?\d\.\d{3} over \d+ "
+                        r"hidden known genes \(selected .+\)", line)
+    # --self-check off: no self-check, nothing printed; --no-spatial: no spatial candidates.
+    assert main([*base, "--out", str(tmp / "off.h5ad"), "--self-check", "off"]) == 0
+    assert _self_check_line(capsys.readouterr().err) is None
+    with h5py.File(tmp / "off.h5ad", "r") as f:
+        assert "self_check" not in f["uns/spalstf"]
+    assert main([*base, "--out", str(tmp / "flat.h5ad"), "--self-check-folds", "2",
+                 "--no-spatial"]) == 0
+    line = _self_check_line(capsys.readouterr().err)
+    selected = ad.read_h5ad(tmp / "flat.h5ad").uns["spalstf"]["self_check"]["selected"]
+    assert line is not None and "spatial_weight" not in line and "spatial_weight" not in selected
+    assert "residual_weight=" in line
+
+
+def test_self_check_summary_of_an_in_memory_result():
+    from spalstf.cli import _format_self_check, _self_check_summary
+
+    result = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
+    assert _self_check_summary(result, None, stream=False) is None
+    result.uns["spalstf"] = {"self_check": {"median_pcc": 0.2134, "median_spcc": 0.2009,
+                                            "n_genes": 26, "pcc": [0.1], "selected": {}}}
+    check = _self_check_summary(result, None, stream=False)
+    assert _format_self_check(check) == ("self-check: median PCC 0.213, SPCC 0.201 over 26 "
+                                         "hidden known genes")
+    check["selected"] = {"spatial_weight": 0.5, "residual_weight": 1.0}
+    assert _format_self_check(check).endswith("(selected spatial_weight=0.5, residual_weight=1)")
+
+
+def test_spatial_and_self_check_flags_are_checked(files, capsys):
+    st_path, sc_path, tmp = files
+    base = ["impute", "--st", str(st_path), "--out", str(tmp / "o.h5ad"), *FAST_ARGS]
+    assert main([*base, "--sc", str(sc_path), "--spatial-key", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "obsm['nope']" in err and len(err.strip().splitlines()) == 1
+    assert main([*base, "--sc", str(sc_path), "--self-check", "on",
+                 "--self-check-folds", "1"]) == 2
+    assert "`self_check_folds` must be an integer >= 2" in capsys.readouterr().err
+    assert main([*base, "--model", str(tmp / "m"), "--self-check", "on"]) == 2
+    assert "--self-check runs when fitting from --sc" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--sc", str(sc_path), "--spatial-key", "spatial", "--no-spatial"])
+    with pytest.raises(SystemExit):
+        main([*base, "--sc", str(sc_path), "--self-check", "maybe"])

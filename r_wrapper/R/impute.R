@@ -18,6 +18,21 @@
 #' \code{feature_name}) or their Seurat spelling, and the new assay keeps the requested names
 #' in its feature meta data column \code{feature_name}.
 #'
+#' When it fits on a reference, \code{Impute()} also estimates how accurate the imputation is
+#' on this data (the self-check of \code{spalstf.impute}): it hides groups of the known genes
+#' of \code{object} in turn (\code{self.check.folds} groups), imputes them from the others
+#' with the same settings and scores them against their measured values (Pearson and Spearman
+#' correlation per gene, log-normalised scale). The same folds choose among the candidate
+#' settings in \code{select}. The summary is a list with \code{median_pcc},
+#' \code{median_spcc}, \code{n_genes}, \code{selected} (the settings chosen),
+#' \code{per_gene} (a data.frame with columns \code{gene}, \code{fold}, \code{pcc},
+#' \code{spcc}), \code{candidates} (a data.frame, one row per candidate setting) and
+#' \code{seconds}; it goes to \code{Tool(object, "Impute")$self_check} (Seurat),
+#' \code{metadata(object)$SpaLSTF$self_check} (SingleCellExperiment) or
+#' \code{attr(x, "self_check")} (matrices), and the median PCC is printed when
+#' \code{verbose}. Hidden known genes were chosen for the panel, so genes it never measured may
+#' be harder than the estimate says.
+#'
 #' @param object Spatial data: a Seurat object, a SingleCellExperiment, a genes x cells matrix
 #'   (dense or a \code{dgCMatrix}; raw counts unless \code{log.normalized = TRUE}), or a Python
 #'   AnnData (cells x genes; then the Python result is returned as is).
@@ -112,6 +127,100 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   opts[!vapply(opts, is.null, TRUE)]
 }
 
+# The self-check options (spalstf.impute's self_check, self_check_folds, select) for Python.
+.self_check_options <- function(self.check, self.check.folds, select) {
+  if (!(identical(self.check, "auto") || (is.logical(self.check) && length(self.check) == 1L &&
+                                           !is.na(self.check)))) {
+    stop("`self.check` must be TRUE, FALSE or \"auto\", received: ",
+         paste(deparse(self.check), collapse = " "), call. = FALSE)
+  }
+  folds <- .check_count(self.check.folds, "self.check.folds", null.ok = FALSE, min = 2L)
+  if (!is.null(select) && !identical(select, "auto")) {
+    if (!is.list(select) || !length(select) || is.null(names(select)) ||
+        any(!nzchar(names(select))) ||
+        !all(vapply(select, function(v) is.numeric(v) && length(v) > 0L && !anyNA(v), TRUE))) {
+      stop("`select` must be \"auto\", NULL or a named list of candidate values, e.g. ",
+           "list(spatial_weight = c(0, 0.5), residual_weight = c(0.5, 1)); received: ",
+           paste(deparse(select), collapse = " "), call. = FALSE)
+    }
+    # Each option's values go as a Python list; whole numbers (e.g. spatial_neighbors) as
+    # integers when all of them are whole.
+    select <- lapply(select, function(v) {
+      if (all(v == round(v)) && all(abs(v) < 2^31)) v <- as.integer(v)
+      as.list(v)
+    })
+  }
+  list(self_check = self.check, self_check_folds = folds, select = select)
+}
+
+# `spatial` of Impute(): list(coords = for the converters, py = for Python (NULL: leave out)).
+.spatial_option <- function(spatial, cells, converters = TRUE) {
+  if (is.null(spatial)) return(list(coords = NULL, py = NULL))
+  if (isFALSE(spatial)) return(list(coords = FALSE, py = FALSE))
+  if (converters && is.character(spatial) && length(spatial) == 2L && !anyNA(spatial)) {
+    return(list(coords = spatial, py = NULL))
+  }
+  if (is.data.frame(spatial)) spatial <- as.matrix(spatial)
+  if (is.matrix(spatial) && is.numeric(spatial)) {
+    if (nrow(spatial) != length(cells) || ncol(spatial) < 1L) {
+      stop(sprintf("`spatial` must be a cells x dimensions matrix with %d rows (one per cell); ",
+                   length(cells)), "received ", nrow(spatial), " x ", ncol(spatial),
+           call. = FALSE)
+    }
+    if (!is.null(rownames(spatial))) {
+      idx <- match(cells, rownames(spatial))
+      if (anyNA(idx)) {
+        stop("The row names of `spatial` must be the cell names of `object`; missing: ",
+             paste(utils::head(cells[is.na(idx)], 5L), collapse = ", "), call. = FALSE)
+      }
+      spatial <- spatial[idx, , drop = FALSE]
+    }
+    storage.mode(spatial) <- "double"
+    return(list(coords = FALSE, py = unname(spatial)))
+  }
+  stop("`spatial` must be NULL (the object's coordinates, when it has any), FALSE (none), ",
+       if (converters) "two meta data column names (x, y), " else "",
+       "or a numeric cells x dimensions matrix; received: ",
+       paste(utils::capture.output(utils::str(spatial)), collapse = " "), call. = FALSE)
+}
+
+# The Python self-check record (uns["spalstf"]["self_check"]) as an R list with a per-gene
+# data.frame; NULL when no self-check ran.
+.self_check_summary <- function(check) {
+  if (is.null(check) || !length(check)) return(NULL)
+  num <- function(v) as.numeric(unlist(v))
+  per_gene <- data.frame(gene = as.character(unlist(check$genes)),
+                         fold = as.integer(unlist(check$fold)),
+                         pcc = num(check$pcc), spcc = num(check$spcc),
+                         stringsAsFactors = FALSE)
+  cand <- check$candidates
+  candidates <- if (length(cand) && !is.null(names(cand))) {
+    as.data.frame(lapply(cand, unlist), stringsAsFactors = FALSE, optional = TRUE)
+  } else if (length(cand)) {
+    do.call(rbind, lapply(cand, as.data.frame, stringsAsFactors = FALSE, optional = TRUE))
+  } else {
+    NULL
+  }
+  list(median_pcc = num(check$median_pcc), median_spcc = num(check$median_spcc),
+       n_genes = as.integer(unlist(check$n_genes)),
+       selected = as.list(check$selected %||% list()),
+       per_gene = per_gene, candidates = candidates,
+       seconds = num(check$seconds))
+}
+
+.self_check_message <- function(check) {
+  sel <- check$selected
+  chosen <- if (length(sel)) {
+    sprintf(" (selected %s)", paste(sprintf("%s=%s", names(sel),
+                                            vapply(sel, function(v) format(v), "")),
+                                    collapse = ", "))
+  } else {
+    ""
+  }
+  message(sprintf("SpaLSTF self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes%s",
+                  check$median_pcc, check$median_spcc, check$n_genes, chosen))
+}
+
 # Map requested genes onto the reference's gene names. Returns list(requested, reference).
 .match_genes <- function(genes, ref_genes) {
   if (is.null(genes)) return(NULL)
@@ -170,10 +279,18 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 }
 
 # Fit-and-impute (or model.impute) on AnnData inputs; returns R matrices genes x cells.
-.impute_core <- function(st_ad, ref, genes, log.normalized, opts) {
+# `check`: .self_check_options() (for a fit; a model is not refitted, so it has none);
+# `spatial`: .spatial_option()$py.
+.impute_core <- function(st_ad, ref, genes, log.normalized, opts, check = NULL, spatial = NULL,
+                         verbose = FALSE) {
   sp <- .spalstf_module()
   matched <- .match_genes(genes, .ref_genes(ref))
+  if (!is.null(spatial)) opts$spatial <- spatial
   if (inherits(ref, "SpaLSTFModel")) {
+    if (isTRUE(check$self_check) || is.list(check$select)) {
+      stop("The self-check (`self.check`, `select`) runs when Impute() fits on a reference; ",
+           "a SpaLSTFModel is not refitted.", call. = FALSE)
+    }
     if (!is.null(matched)) {
       bad <- setdiff(matched$reference, ref$target.genes)
       if (length(bad)) {
@@ -186,7 +303,7 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   } else {
     args <- c(list(st_ad, ref),
               if (!is.null(matched)) list(genes = as.list(matched$reference)) else list(),
-              list(log_normalized = log.normalized), opts)
+              list(log_normalized = log.normalized), opts, check)
     res <- .py_try(do.call(sp$impute, args))
   }
   parts <- reticulate::py_to_r(.py_try(.bridge()$result_parts(res)))
@@ -206,15 +323,18 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   } else {
     NULL
   }
-  list(mean = mean, std = std, provenance = parts$provenance, python = res)
+  self_check <- .self_check_summary(parts$provenance$self_check)
+  if (verbose && !is.null(self_check)) .self_check_message(self_check)
+  list(mean = mean, std = std, provenance = parts$provenance, self_check = self_check,
+       python = res)
 }
 
 # ----------------------------------------------------------------------------- methods
 #' @describeIn Impute For Seurat objects: adds the assay \code{new.assay.name} whose \code{data}
 #'   slot holds the imputations (its \code{counts} slot stays empty), the uncertainty in
 #'   \code{Misc(object[[new.assay.name]], "std")} and the Python provenance in
-#'   \code{Misc(object[[new.assay.name]], "spalstf")}; parameters in \code{Tool(object)}
-#'   and the command in \code{object@commands}. The default assay is unchanged unless
+#'   \code{Misc(object[[new.assay.name]], "spalstf")}; parameters and the self-check summary
+#'   in \code{Tool(object, "Impute")} and the command in \code{object@commands}. The default assay is unchanged unless
 #'   \code{set.default = TRUE}.
 #' @param assay Assay of \code{object} to read (default: its default assay).
 #' @param reference.assay Assay of the reference (Seurat; default: its default assay) or assay
@@ -229,12 +349,29 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #' @param seed Random seed: the same seed gives the same values as Python's
 #'   \code{spalstf.impute(..., seed = seed)} on the same data (CPU).
 #' @param device \code{"auto"}, \code{"cpu"} or \code{"cuda"}.
-#' @param verbose Show progress.
+#' @param verbose Show progress and the self-check's median correlations.
+#' @param self.check \code{"auto"} (default: when \code{object} has at least 8 known genes),
+#'   \code{TRUE} or \code{FALSE}: run the self-check (see Details). Only when fitting on a
+#'   reference, not with a \code{SpaLSTFModel}.
+#' @param self.check.folds Number of groups of known genes the self-check hides in turn
+#'   (default 2).
+#' @param select Candidate settings the self-check chooses among: \code{"auto"} (the weight
+#'   of the spatial context, when \code{object} has coordinates, and the weight of the
+#'   diffusion's refinement), \code{NULL} (use the settings as given), or a named list of
+#'   candidate values of the options \code{spatial_weight}, \code{spatial_neighbors} and
+#'   \code{residual_weight}, e.g. \code{list(spatial_weight = c(0, 0.5))}.
+#' @param spatial The cells' coordinates for the spatial context: \code{NULL} (default) those
+#'   of \code{object} (a Seurat image, a SpatialExperiment's \code{spatialCoords()}, a reduced
+#'   dimension \code{"spatial"}, or meta data columns \code{x}/\code{y} and the like, as in
+#'   \code{\link{SeuratToAnnData}}), when it has any; two meta data column names (x, y);
+#'   a numeric cells x dimensions matrix (row names, when present, matched to the cells);
+#'   \code{FALSE}: no spatial context.
 #' @export
 Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, reference.assay = NULL,
                           slot = "counts", new.assay.name = "SpaLSTF", set.default = FALSE,
                           n.samples = NULL, n.steps = NULL, epochs = NULL, seed = 0L,
-                          device = "auto", verbose = TRUE, ...) {
+                          device = "auto", verbose = TRUE, self.check = "auto",
+                          self.check.folds = 2L, select = "auto", spatial = NULL, ...) {
   .need(c("SeuratObject"), "Impute() on Seurat objects")
   genes <- .check_genes(genes)
   slot <- match.arg(slot, c("counts", "data"))
@@ -246,9 +383,12 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
          call. = FALSE)
   }
   opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
-  st_ad <- SeuratToAnnData(object, assay = assay, slot = slot)
+  check <- .self_check_options(self.check, self.check.folds, select)
+  where <- .spatial_option(spatial, colnames(object))
+  st_ad <- SeuratToAnnData(object, assay = assay, slot = slot, coords = where$coords)
   ref <- .as_reference(reference, reference.assay, slot)
-  res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts)
+  res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts, check, where$py,
+                      verbose = opts$progress)
   cells <- colnames(object)
   if (!identical(colnames(res$mean), cells)) {
     stop("Internal error: the cells returned by Python differ from the object's.", call. = FALSE)
@@ -274,6 +414,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
                    new.assay.name = new.assay.name,
                    reference = if (inherits(ref, "SpaLSTFModel")) "SpaLSTFModel" else "fit",
                    spalstf.version = .spalstf_py_version()), opts)
+  params$self_check <- res$self_check
   object <- .set_tool(object, params)
   object <- SeuratObject::LogSeuratCommand(object = object)
   object
@@ -286,22 +427,28 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 
 #' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
 #'   \code{new.assay.name} with assays \code{logcounts} (the imputations) and \code{std}; the
-#'   parameters go to \code{metadata(object)[["SpaLSTF"]]}.
+#'   parameters and the self-check summary (\code{$self_check}) go to
+#'   \code{metadata(object)[["SpaLSTF"]]}.
 #' @export
 Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay = NULL,
                                         reference.assay = NULL, slot = "counts",
                                         new.assay.name = "SpaLSTF", n.samples = NULL,
                                         n.steps = NULL, epochs = NULL, seed = 0L,
-                                        device = "auto", verbose = TRUE, ...) {
+                                        device = "auto", verbose = TRUE, self.check = "auto",
+                                        self.check.folds = 2L, select = "auto", spatial = NULL,
+                                        ...) {
   .need(c("SingleCellExperiment", "SummarizedExperiment", "S4Vectors"),
         "Impute() on SingleCellExperiment objects")
   genes <- .check_genes(genes)
   slot <- match.arg(slot, c("counts", "data"))
   .check_string(new.assay.name, "new.assay.name")
   opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
-  st_ad <- SCEToAnnData(object, X.name = assay, coords = FALSE)
+  check <- .self_check_options(self.check, self.check.folds, select)
+  where <- .spatial_option(spatial, colnames(object) %||% as.character(seq_len(ncol(object))))
+  st_ad <- SCEToAnnData(object, X.name = assay, coords = where$coords)
   ref <- .as_reference(reference, reference.assay, slot)
-  res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts)
+  res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts, check, where$py,
+                      verbose = opts$progress)
   assays <- list(logcounts = res$mean)
   if (!is.null(res$std)) assays$std <- res$std
   alt <- SingleCellExperiment::SingleCellExperiment(assays = assays)
@@ -311,29 +458,37 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
                             slot = slot, new.assay.name = new.assay.name,
                             spalstf.version = .spalstf_py_version(),
                             provenance = res$provenance), opts)
+  md[["SpaLSTF"]]$self_check <- res$self_check
   S4Vectors::metadata(object) <- md
   object
 }
 
 #' @describeIn Impute For genes x cells matrices (\code{matrix} or any \code{Matrix}, e.g.
 #'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
-#'   imputations with \code{attr(, "std")} the uncertainty and \code{attr(, "spalstf")} the
-#'   provenance.
+#'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "spalstf")} the
+#'   provenance and \code{attr(, "self_check")} the self-check summary.
 #' @param log.normalized Matrices only: both inputs hold log-normalised values.
 #' @export
 Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALSE,
                           reference.assay = NULL, n.samples = NULL, n.steps = NULL,
-                          epochs = NULL, seed = 0L, device = "auto", verbose = TRUE, ...) {
+                          epochs = NULL, seed = 0L, device = "auto", verbose = TRUE,
+                          self.check = "auto", self.check.folds = 2L, select = "auto",
+                          spatial = NULL, ...) {
   genes <- .check_genes(genes)
   log.normalized <- .check_flag(log.normalized, "log.normalized")
   opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
+  check <- .self_check_options(self.check, self.check.folds, select)
+  where <- .spatial_option(spatial, colnames(object) %||% as.character(seq_len(ncol(object))),
+                           converters = FALSE)
   st_ad <- .matrix_to_anndata(object, "object")
   ref <- .as_reference(reference, reference.assay, if (log.normalized) "data" else "counts")
-  res <- .impute_core(st_ad, ref, genes, log.normalized, opts)
+  res <- .impute_core(st_ad, ref, genes, log.normalized, opts, check, where$py,
+                      verbose = opts$progress)
   out <- res$mean
   if (is.null(colnames(object))) colnames(out) <- NULL
   attr(out, "std") <- res$std
   attr(out, "spalstf") <- res$provenance
+  attr(out, "self_check") <- res$self_check
   out
 }
 

@@ -140,6 +140,11 @@ spalstf_available <- function() {
     on.exit(if (is.na(old)) Sys.unsetenv("RETICULATE_PYTHON") else
       Sys.setenv(RETICULATE_PYTHON = old), add = TRUE)
     reticulate::use_python(python, required = TRUE)
+    # torch first, bound to its own BLAS rather than R's (see inst/python/spalstf_rinit.py).
+    init <- .py_try(reticulate::import_from_path(
+      "spalstf_rinit", path = system.file("python", package = "SpaLSTF"), convert = TRUE
+    ))
+    .spalstf$torch_import <- .py_try(init$import_torch())
     .spalstf$module <- .py_try(reticulate::import("spalstf", convert = FALSE))
     .spalstf$python <- python
   }

@@ -42,15 +42,19 @@ test_that("Impute on matrices and SingleCellExperiment gives the Seurat values",
   genes <- c("G17", "GENE_U1")
   seu <- do.call(Impute, c(list(objs$st, objs$ref, genes = genes), FAST))
   ref_vals <- as.matrix(SeuratObject::GetAssayData(seu, assay = "SpaLSTF", slot = "data"))
-  m <- do.call(Impute, c(list(d$st, d$ref, genes = genes), FAST))
+  # The Seurat object has coordinates (meta data x, y), so the others get the same ones.
+  m <- do.call(Impute, c(list(d$st, d$ref, genes = genes, spatial = d$coords), FAST))
   expect_identical(rownames(m), genes)
   expect_identical(colnames(m), colnames(d$st))
   expect_equal(unname(m[, , drop = FALSE]), unname(ref_vals), tolerance = 1e-6)
   expect_identical(dim(attr(m, "std")), dim(m))
   # sparse input, same values
-  ms <- do.call(Impute, c(list(Matrix::Matrix(d$st, sparse = TRUE), d$ref, genes = genes), FAST))
+  ms <- do.call(Impute, c(list(Matrix::Matrix(d$st, sparse = TRUE), d$ref, genes = genes,
+                               spatial = d$coords), FAST))
   expect_equal(unname(ms[, ]), unname(m[, ]), tolerance = 1e-6)
   sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = d$st))
+  sce$x <- d$coords[, "x"]
+  sce$y <- d$coords[, "y"]
   ref_sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = d$ref))
   out <- do.call(Impute, c(list(sce, ref_sce, genes = genes), FAST))
   alt <- SingleCellExperiment::altExp(out, "SpaLSTF")

@@ -35,3 +35,30 @@ test_that("CrossValidate returns the Python metrics as a data.frame", {
   expect_s3_class(attr(cv, "summary"), "data.frame")
   expect_error(CrossValidate(d$st, d$ref, n.folds = 1L), "`n.folds` must be")
 })
+
+test_that("torch runs on its own BLAS inside R, not on R's (RTLD_DEEPBIND)", {
+  skip_if_no_spalstf()
+  skip_on_os(c("windows", "mac", "solaris"))
+  expect_identical(SpaLSTF:::.spalstf$torch_import, "torch imported with RTLD_DEEPBIND")
+  # Bound to R's reference BLAS, torch's float32 products were 10-20x slower than numpy's
+  # float64 ones (numpy's OpenBLAS has its own symbol names); with its own BLAS, faster.
+  res <- reticulate::py_run_string(paste(
+    "def matmul_ratio():",
+    "    import time, numpy as np, torch",
+    "    n = torch.get_num_threads()",
+    "    torch.set_num_threads(1)",
+    "    a, b = torch.randn(256, 256), np.random.rand(256, 256)",
+    "    def best(f):",
+    "        times = []",
+    "        for _ in range(5):",
+    "            s = time.perf_counter()",
+    "            for _ in range(20): f()",
+    "            times.append(time.perf_counter() - s)",
+    "        return min(times)",
+    "    try:",
+    "        return best(lambda: a @ a) / best(lambda: b @ b)",
+    "    finally:",
+    "        torch.set_num_threads(n)",
+    "ratio = matmul_ratio()", sep = "\n"), local = TRUE)
+  expect_lt(res$ratio, 3)
+})
