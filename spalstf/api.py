@@ -255,10 +255,19 @@ class Model:
             "log_normalized_input": log_norm,
             "device": str(dev),
             "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
-            "training": {k: v for k, v in self.info.items() if k != "timings"},
+            "training": {k: v for k, v in self.info.items()
+                         if k not in ("timings", "reference_pcc")},
         }
         if self_check is not None:
             info["self_check"] = self_check
+            if self_check.get("calibration") and "reference_pcc" in self.info:
+                # Per-gene confidence: each target's predictability in the reference, mapped
+                # to an expected PCC on this ST by the self-check's calibration.
+                info["gene_confidence"] = {
+                    "genes": list(self.output_names),
+                    "reference_pcc": list(self.info["reference_pcc"]),
+                    "expected_pcc": [float(v) for v in selfcheck.expected_pcc(
+                        self_check["calibration"], self.info["reference_pcc"])]}
         if shard is not None:
             info["shard"] = {"index": int(shard[0]), "count": int(shard[1]), "start": first,
                              "stop": last, "n_obs_total": expr.n_cells}
@@ -267,7 +276,11 @@ class Model:
             return writer.close()
         if shard is not None:
             return _pack(expr, mean, std, self.output_names, info, rows=slice(first, last))
-        return _pack(expr, mean, std, self.output_names, info)
+        result = _pack(expr, mean, std, self.output_names, info)
+        if "gene_confidence" in info and hasattr(result, "var"):
+            for column in ("expected_pcc", "reference_pcc"):
+                result.var[column] = np.asarray(info["gene_confidence"][column], np.float32)
+        return result
 
     def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
                  device: torch.device, spatial: Any, progress: bool,
@@ -608,7 +621,11 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
     info = {"timings": {"fit_seconds": time.perf_counter() - start},
             "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,
-            "n_training_cells": n, "seed": seed}
+            "n_training_cells": n, "seed": seed,
+            # how well the known genes predict each target in the reference (held-out cells):
+            # the feature `spalstf.selfcheck` calibrates into an expected accuracy on the ST
+            "reference_pcc": [float(v) for v in selfcheck.reference_predictability(
+                known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]}
     if checkpointer is not None and checkpointer.resume_state is not None:
         info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
     keep_atlas = needs_neighbours(cfg)
@@ -698,8 +715,13 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     var_names = the imputed genes in the requested order, `X` float32 log1p-normalised
     imputations (log1p(count / total of the known genes * 1e4)), `layers["std"]` the standard
     deviation over samples (n_samples > 1), `uns["spalstf"]` the version, parameters, seed, known
-    genes, targets and timings. numpy / scipy `st`: a numpy array (cells x genes). DataFrame
-    `st`: a DataFrame (index of `st`, imputed genes as columns).
+    genes, targets and timings. With a self-check: `uns["spalstf"]["self_check"]` (median and
+    per-gene PCC/SPCC of the hidden known genes, the settings chosen, every candidate's score,
+    the calibration) and, per imputed gene, `var["expected_pcc"]`: the gene's predictability
+    in the reference (`var["reference_pcc"]`) mapped to an expected PCC on this ST by the
+    line fitted over the self-check's genes (trust it as far as `calibration["r"]` says).
+    numpy / scipy `st`: a numpy array (cells x genes). DataFrame `st`: a DataFrame (index of
+    `st`, imputed genes as columns).
     """
     cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
                    n_steps=n_steps, n_samples=n_samples, **options)

@@ -69,6 +69,8 @@ class SelfCheckResult:
     scores: pd.DataFrame
     selected: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: st_pcc ~ intercept + slope x reference_pcc over the hidden genes (see `calibrate`)
+    calibration: dict[str, float] = field(default_factory=dict)
 
     @property
     def median_pcc(self) -> float:
@@ -94,6 +96,7 @@ class SelfCheckResult:
             "candidates": {str(c): [_plain(v) for v in self.scores[c]]
                            for c in self.scores.columns},
             "seconds": float(self.seconds),
+            "calibration": {k: float(v) for k, v in self.calibration.items()},
         }
 
 
@@ -158,6 +161,49 @@ def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
     best = int(np.argmax(keys))
     scores["selected"] = np.arange(len(scores)) == best
     return SelfCheckResult(per_gene=per_gene[best], scores=scores, selected=dict(options[best]))
+
+
+def reference_predictability(known: Any, target: Any, *, alpha: float, seed: int,
+                             max_cells: int = 5000) -> np.ndarray:
+    """Per target gene: Pearson r between the ridge prediction from the known genes and the
+    gene, on held-out reference cells (two halves of at most `max_cells` cells, each predicted
+    by a ridge fitted on the other). Inputs: standardised cells x genes (arrays or row-indexable
+    readers). NaN for a gene without variance."""
+    from spalstf.evaluate import metrics
+    from spalstf.train import fit_ridge
+
+    n = known.shape[0]
+    rows = np.sort(np.random.default_rng([seed, 2]).choice(n, min(n, max_cells), replace=False))
+    x, y = np.asarray(known[rows], np.float64), np.asarray(target[rows], np.float64)
+    if len(rows) < 4:
+        return np.full(y.shape[1], np.nan)
+    half = np.random.default_rng([seed, 3]).permutation(len(rows)) < len(rows) // 2
+    pred = np.empty_like(y)
+    for part in (half, ~half):
+        weights = fit_ridge(x[~part], y[~part], alpha)
+        pred[part] = x[part] @ weights
+    return metrics.pcc(y, pred)
+
+
+def calibrate(reference_pcc: Sequence[float], st_pcc: Sequence[float]) -> dict[str, float]:
+    """Least-squares line st_pcc ~ intercept + slope x reference_pcc over the self-check's
+    genes, with the correlation of the two (how much the line can be trusted) and n."""
+    a, b = np.asarray(reference_pcc, np.float64), np.asarray(st_pcc, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 3 or np.std(a[ok]) == 0:
+        return {"intercept": float(np.nanmedian(b)) if n else float("nan"), "slope": 0.0,
+                "r": float("nan"), "n": n}
+    slope, intercept = np.polyfit(a[ok], b[ok], 1)
+    r = float(np.corrcoef(a[ok], b[ok])[0, 1]) if np.std(b[ok]) > 0 else float("nan")
+    return {"intercept": float(intercept), "slope": float(slope), "r": r, "n": n}
+
+
+def expected_pcc(calibration: Mapping[str, float], reference_pcc: Sequence[float]) -> np.ndarray:
+    """The calibrated expectation of each gene's PCC on the ST, in [-1, 1]."""
+    ref = np.asarray(reference_pcc, np.float64)
+    out = calibration["intercept"] + calibration["slope"] * np.nan_to_num(ref)
+    return np.clip(out, -1.0, 1.0)
 
 
 def _nanmedian(values: np.ndarray) -> float:
@@ -258,6 +304,12 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     result = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts,
                               eligible=[s == "model" for s in stage])
     result.scores.insert(0, "stage", stage)
+    # Calibration of the per-gene confidence: how each hidden gene's predictability in the
+    # reference (a by-product of its inner fit) relates to its PCC measured on the ST.
+    ref_of_gene = {g: v for model, hidden in zip(models, folds, strict=True)
+                   for g, v in zip(hidden, model.info["reference_pcc"], strict=True)}
+    result.calibration = calibrate([ref_of_gene[g] for g in result.per_gene["gene"]],
+                                   result.per_gene["pcc"])
     chosen_names = set(options[0])  # report only what was asked to be chosen
     result.selected = {k: v for k, v in result.selected.items() if k in chosen_names}
     result.seconds = elapsed(start)
