@@ -222,6 +222,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"min {np.nanmin(pcc):.3f}   max {np.nanmax(pcc):.3f}")
     for j in list(order[:5]) + list(order[-3:]):
         print(f"  {imputed.var_names[j]:>10s}  r = {pcc[j]:.3f}")
+    check = imputed.uns["spalstf"].get("self_check")
+    if check is not None:  # what a user without a truth would have known beforehand
+        print(f"self-check (no truth used): median r {check['median_pcc']:.3f} over "
+              f"{check['n_genes']} hidden measured genes, against their noisy measured counts "
+              "(the simulated truth above is noise-free, hence higher); chose "
+              + ", ".join(f"{k}={v:g}" for k, v in check["selected"].items()))
+        expected = imputed.var["expected_pcc"].to_numpy()
+        ok = np.isfinite(pcc)
+        if ok.sum() > 2 and np.std(expected[ok]) > 0:
+            rho = np.corrcoef(expected[ok], pcc[ok])[0, 1]
+            print(f"per-gene expected r vs the truth's r: correlation {rho:.2f}")
     h5ad = io.write_h5ad(imputed, out_dir / "demo_imputed.h5ad", overwrite=True)
     genes = [imputed.var_names[j] for j in order[:3]]
     png = out_dir / "demo_imputed.png"
