@@ -277,7 +277,7 @@ class Model:
         if shard is not None:
             return _pack(expr, mean, std, self.output_names, info, rows=slice(first, last))
         result = _pack(expr, mean, std, self.output_names, info)
-        if "gene_confidence" in info and hasattr(result, "var"):
+        if "gene_confidence" in info and expr.kind == "anndata":
             for column in ("expected_pcc", "reference_pcc"):
                 result.var[column] = np.asarray(info["gene_confidence"][column], np.float32)
         return result

@@ -74,11 +74,11 @@ class SelfCheckResult:
 
     @property
     def median_pcc(self) -> float:
-        return float(np.nanmedian(self.per_gene["pcc"])) if len(self.per_gene) else float("nan")
+        return _nanmedian(self.per_gene["pcc"])
 
     @property
     def median_spcc(self) -> float:
-        return float(np.nanmedian(self.per_gene["spcc"])) if len(self.per_gene) else float("nan")
+        return _nanmedian(self.per_gene["spcc"])
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON- and h5ad-friendly summary (for ``uns["spalstf"]["self_check"]``)."""
