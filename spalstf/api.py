@@ -335,6 +335,40 @@ class Model:
             device=device, progress=progress, sink=sink, residual_weights=residual_weights,
             prior_only=prior_only)
 
+    # --- self-check -------------------------------------------------------------------------
+    def self_check(self, st: Any, sc: Any, *, n_folds: int = 2,
+                   select: Mapping[str, Sequence] | None = None, seed: int = 0,
+                   st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
+                   st_layer: str | None = None, sc_layer: str | None = None,
+                   spatial: Any = None, device: str | None = None,
+                   progress: bool = True) -> selfcheck.SelfCheckResult:
+        """How accurate this model's settings are likely to be on `st`: hide groups of the
+        model's known genes in turn, fit with the model's settings on the reference `sc`,
+        impute them in `st`, and score them against their measured values
+        (`spalstf.selfcheck`). The model itself is not changed; the reference is needed
+        because a model keeps no reference counts. Target genes are never read.
+
+        Returns a `spalstf.selfcheck.SelfCheckResult` (`median_pcc`, `median_spcc`,
+        `per_gene`, `scores`, `selected` when `select` is given, `calibration`).
+        """
+        st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st",
+                                genes_arg="st_genes")
+        sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc",
+                                genes_arg="sc_genes")
+        in_st, in_sc = match_genes(self.known_genes, st_expr.genes), \
+            match_genes(self.known_genes, sc_expr.genes)
+        missing = [g for g in self.known_genes if g not in in_st or g not in in_sc]
+        if missing:
+            raise ValueError(f"`st` and `sc` must hold the model's known genes; "
+                             f"{len(missing)} are missing, for example {missing[:5]}")
+        dev = self.device if device is None else resolve_device(device)
+        check = _run_self_check(
+            st_expr, sc_expr, [(in_st[g], in_sc[g]) for g in self.known_genes], self.config,
+            self_check=True, select=select, n_folds=n_folds, seed=_check_seed(seed),
+            log_normalized=self.log_normalized, device=dev, spatial=spatial,
+            progress=_check_flag(progress, "progress"))
+        return check
+
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the model to the directory `path` (atomically: a temporary folder, renamed).

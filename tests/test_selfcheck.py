@@ -151,3 +151,22 @@ def test_imputed_genes_get_a_calibrated_expected_accuracy(tiny_pair):
     expected = selfcheck.expected_pcc(cal, conf["reference_pcc"])
     np.testing.assert_allclose(out.var["expected_pcc"], expected, rtol=1e-6)
     assert np.all(np.abs(out.var["expected_pcc"]) <= 1)
+
+
+def test_model_self_check_scores_the_known_genes_and_leaves_the_model_alone(tiny_model,
+                                                                            tiny_pair):
+    st, sc = tiny_pair
+    before = {k: v.clone() for k, v in tiny_model.network.state_dict().items()}
+    result = tiny_model.self_check(st, sc, n_folds=2, progress=False)
+    assert sorted(result.per_gene["gene"]) == sorted(tiny_model.known_genes)
+    assert np.isfinite(result.median_pcc)
+    again = tiny_model.self_check(st, sc, n_folds=2, progress=False)
+    assert result.to_dict()["pcc"] == again.to_dict()["pcc"]  # seeded: reproducible
+    for k, v in tiny_model.network.state_dict().items():
+        assert torch_equal(v, before[k])
+    with pytest.raises(ValueError, match="must hold the model's known genes"):
+        tiny_model.self_check(st[:, 1:], sc, progress=False)
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
