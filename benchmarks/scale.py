@@ -197,8 +197,8 @@ def main(argv=None) -> int:
                    help="reference size of the model used for impute (default: the smallest)")
     p.add_argument("--modes", nargs="+", default=["stream"], choices=["stream", "memory"])
     p.add_argument("--epochs", type=int, default=1, help="training epochs per fit (1)")
-    p.add_argument("--n-steps", type=int, default=10, help="sampling steps (default 10)")
-    p.add_argument("--n-samples", type=int, default=8, help="samples per cell (default 8)")
+    p.add_argument("--n-steps", type=int, default=5, help="sampling steps (default 5)")
+    p.add_argument("--n-samples", type=int, default=4, help="samples per cell (default 4)")
     p.add_argument("--workdir", default="/tmp/spalstf_scale", help="simulated data and models")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale"),
                    help="prefix of the .csv, .md and .png written")
@@ -270,12 +270,12 @@ def report(rows, args, threads) -> None:
                   f"network in bf16 at {H100_EFFICIENCY:.0%} of {H100_BF16 / 1e12:.0f} TFLOP/s, "
                   f"neighbour search in fp32 at {H100_EFFICIENCY:.0%} of "
                   f"{H100_FP32 / 1e12:.0f} TFLOP/s.", "",
-                  "The last column scales the network FLOPs to the default sampling (10 steps x "
-                  "8 samples) by the number of denoiser passes.", "",
+                  "The last column scales the network FLOPs to the default sampling (5 steps x "
+                  "4 samples) by the number of denoiser passes.", "",
                   "| ST cells | genes | GFLOP per cell (network + search) | measured CPU s | "
                   "estimated H100 s | estimated H100 s, default sampling |",
                   "|---|---|---|---|---|---|"]
-        passes = 80 / (args.n_steps * args.n_samples)
+        passes = 20 / (args.n_steps * args.n_samples)  # the defaults: 5 steps x 4 samples
         for r in est:
             def gpu(scale, r=r):
                 return r["st_cells"] * (
