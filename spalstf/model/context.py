@@ -77,8 +77,10 @@ class NeighbourIndex:
                 hit = own >= 0
                 dist[hit.nonzero()[:, 0], own[hit]] = float("inf")
             dist, idx = torch.sort(dist, dim=1, stable=True)
-            all_idx.append(idx[:, :k].cpu())
-            all_dist.append(dist[:, :k].cpu())
+            # clone: a slice would keep the whole (rows x n_atlas) sorted block alive, and
+            # memory would grow with the number of queried cells
+            all_idx.append(idx[:, :k].cpu().clone())
+            all_dist.append(dist[:, :k].cpu().clone())
         idx = torch.cat(all_idx).numpy()
         dist = torch.cat(all_dist).numpy()
         if idx.shape[1] < k:  # fewer atlas cells than k: repeat the last neighbour
