@@ -64,6 +64,8 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     """
     n_cells = known.shape[0]
     n_target, n_samples = network.n_target, config.n_samples
+    if prior_only and config.prior != "neighbours":
+        atlas = index = None  # the ridge prior needs neither neighbours nor the context
     known_t = to_device(known, device)
     nb = dist = None
     if index is not None:

@@ -212,10 +212,6 @@ def _nanmedian(values: np.ndarray) -> float:
         else float("nan")
 
 
-def elapsed(start: float) -> float:
-    return time.perf_counter() - start
-
-
 def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
         select: Mapping[str, Sequence] | None, n_folds: int, seed: int, log_normalized: bool,
         device, spatial: Any, progress: bool, fit_time_share: float = FIT_TIME_SHARE,
@@ -223,7 +219,7 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     """The inner leave-genes-out over the ST's known genes (see the module's docstring).
 
     known_pairs: (ST name, reference name) of each known gene of the main run. Candidate
-    settings in `select` must be sampling-time options (`spalstf.api.INFERENCE_OPTIONS`).
+    settings in `select` must be among `SELECTABLE` (sampling-time options).
     Each inner fit gets `fit_time_share / n_folds` of the main run's training budget
     (`max_time`): the self-check's fits together cost about `fit_time_share` main fits.
     Scores are computed on a seeded subsample of at most `max_cells` ST cells (their spatial
@@ -272,8 +268,7 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
         out = [np.empty_like(truth, dtype=np.float32) for _ in weights_]
         col = 0
         for model, hidden in zip(models, folds, strict=True):
-            run_cfg = model.config.replace(spatial_weight=sw_sk[0], spatial_neighbors=sw_sk[1],
-                                           max_time=cfg.max_time)
+            run_cfg = model.config.replace(spatial_weight=sw_sk[0], spatial_neighbors=sw_sk[1])
             means, _ = model._predict(st_expr, run_cfg, log_normalized=log_normalized,
                                       seed=seed, device=device, spatial=spatial,
                                       progress=progress, residual_weights=weights_, rows=rows,
@@ -312,7 +307,7 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
                                    result.per_gene["pcc"])
     chosen_names = set(options[0])  # report only what was asked to be chosen
     result.selected = {k: v for k, v in result.selected.items() if k in chosen_names}
-    result.seconds = elapsed(start)
+    result.seconds = time.perf_counter() - start
     logger.info("self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes%s (%.0f s)",
                 result.median_pcc, result.median_spcc, len(hidden_order),
                 f"; selected {result.selected}" if select else "", result.seconds)

@@ -170,3 +170,20 @@ def test_model_self_check_scores_the_known_genes_and_leaves_the_model_alone(tiny
 
 def torch_equal(a, b):
     return bool((a == b).all())
+
+
+def test_the_prior_alone_skips_sampling_and_equals_a_zero_refinement(tiny_model, tiny_pair):
+    """Stage 1 of the selection reads the prior without a denoiser pass or neighbour search;
+    it must equal the imputation that keeps none of the refinement."""
+    import torch
+
+    from spalstf.data import as_expression
+
+    st, _ = tiny_pair
+    expr = as_expression(st, arg="st")
+    common = dict(log_normalized=False, seed=0, device=torch.device("cpu"), spatial=None,
+                  progress=False)
+    alone, std = tiny_model._predict(expr, tiny_model.config, prior_only=True, **common)
+    zero = tiny_model.impute(st, seed=0, progress=False, residual_weight=0.0)
+    assert std is None
+    np.testing.assert_allclose(alone, zero.X, rtol=1e-6, atol=1e-6)
