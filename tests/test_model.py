@@ -56,6 +56,29 @@ def test_neighbours_are_exact_sorted_and_skip_the_cell_itself():
     np.testing.assert_array_equal(one[0], idx[3])
 
 
+def test_neighbour_search_is_exact_where_the_matrix_product_cannot_tell():
+    """Near-ties at the border of the candidate pool (here: 60 identical atlas cells) make the
+    fast stage's certificate fail; the search widens and still returns the exact answer."""
+    rng = np.random.default_rng(1)
+    atlas = rng.normal(size=(300, 20)).astype(np.float32)
+    atlas[100:160] = atlas[100]  # 60 duplicates: ties broken by atlas row
+    queries = np.concatenate([atlas[100:103] + 1e-3, rng.normal(size=(20, 20))]).astype(np.float32)
+    index = NeighbourIndex(atlas)
+    index.margin = 2
+    idx, dist = index.query(queries, k=8, self_index=np.r_[101, -1, 102, -np.ones(20, int)])
+    assert index.widened > 0
+    brute = np.sqrt(((queries[:, None].astype(np.float64) - atlas[None]) ** 2).sum(-1))
+    brute[0, 101] = brute[2, 102] = np.inf
+    expected = np.argsort(brute.round(5), axis=1, kind="stable")[:, :8]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(dist * index.distance_scale,
+                               np.take_along_axis(brute, expected, 1), rtol=1e-5)
+    for i in (0, 5, 22):  # any query alone gives what it got in the batch
+        alone, _ = index.query(queries[i:i + 1], k=8,
+                               self_index=None if i else np.array([101]))
+        np.testing.assert_array_equal(alone[0], idx[i])
+
+
 def test_denoiser_groups_many_genes_into_bounded_tokens():
     net = Denoiser(300, 100, d_model=16, depth=1, n_heads=2, max_tokens=32, lstm_hidden=8)
     assert net.known_tokens + net.target_tokens <= 32
