@@ -6,12 +6,14 @@ configuration imputes them through ``spalstf.impute`` and is scored against the 
 log-normalised truth (median per-gene PCC and SPCC). Rows:
 
 - ``default``: the defaults a user gets (self-check choosing the spatial context's weight and
-  how much of the diffusion's refinement to keep);
+  how much of the diffusion's refinement to keep; the aligned-neighbour estimate blended into
+  the prior, ``knn_weight=0.5``), and the same without that estimate;
 - ``diffusion whole``: the self-check off, the diffusion's refinement kept whole
-  (``residual_weight=1``), no spatial context: the method's own prediction;
+  (``residual_weight=1``), no spatial context, no aligned-neighbour estimate: the method's own
+  prediction;
 - then, from ``diffusion whole``, one part off at a time (the diffusion itself, the XCA blocks,
   the BiLSTM context, the variational-bound and KL terms), and other
-  sampling steps and samples; and the ridge prior alone.
+  sampling steps and samples; and the priors alone (ridge; ridge + aligned neighbours).
 
 Writes ``benchmarks/results/ablation.md`` and ``ablation.png``.
 
@@ -40,10 +42,12 @@ import spalstf  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 
-WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0)
+WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0, knn_weight=0.0)
 #: name -> (description, options of spalstf.impute)
 ROWS = {
     "default": ("defaults (self-check selects spatial and refinement weights)", {}),
+    "no-knn": ("defaults without the aligned-neighbour estimate (knn_weight 0)",
+               {"knn_weight": 0.0}),
     "whole": ("diffusion whole: no self-check, residual_weight 1, no spatial context", WHOLE),
     "no-diffusion": ("- diffusion (direct regression by the same network)",
                      {**WHOLE, "diffusion": False}),
@@ -57,6 +61,8 @@ ROWS = {
     "samples8": ("8 samples", {**WHOLE, "n_samples": 8}),
     "prior-only": ("the ridge prior alone (residual_weight 0, no spatial context)",
                    {**WHOLE, "residual_weight": 0.0}),
+    "knn-prior": ("the blended prior alone: ridge + aligned neighbours (knn_weight 0.5)",
+                  {**WHOLE, "residual_weight": 0.0, "knn_weight": 0.5}),
 }
 
 

@@ -51,8 +51,10 @@ _FORMAT_VERSION = 1
 #: The self-check runs by default ("auto") when the ST has at least this many known genes.
 SELF_CHECK_MIN_GENES = 8
 #: Config fields that may differ between fit and impute (they act at sampling time only).
-INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "antithetic",
-                     "clip_denoised")
+INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "knn_weight",
+                     "knn_neighbors", "antithetic", "clip_denoised")
+#: ST cells (evenly spaced) whose known genes give the z-scores of the aligned-neighbour estimate.
+KNN_STAT_CELLS = 50000
 #: References whose standardised training genes take at most this many bytes are held in
 #: memory; larger ones are read a mini-batch at a time from the input (sparse stays sparse).
 DENSE_TRAINING_BYTES = 512 * 2**20
@@ -321,6 +323,20 @@ class Model:
             read_log = smoothed_reader(normalised, neighbours(xy, cfg.spatial_neighbors),
                                        cfg.spatial_weight)
 
+        read_knn = None
+        if cfg.knn_weight > 0 and cfg.prior == "ridge":
+            if self.atlas is None:
+                logger.warning("this model keeps no reference atlas: `knn_weight` is ignored")
+            else:  # z-scored over the whole data set (as SpaGE), also for a shard or subsample;
+                # statistics from at most KNN_STAT_CELLS evenly spaced cells bound the cost
+                spaced = np.unique(np.linspace(0, expr.n_cells - 1,
+                                               min(expr.n_cells, KNN_STAT_CELLS)).astype(int))
+                st_scaler = Standardizer.fit_blocks(lambda: (
+                    (None, read_log(spaced[s:s + _BLOCK])) for s in range(0, len(spaced), _BLOCK)))
+
+                def read_knn(chunk: slice) -> np.ndarray:
+                    return st_scaler.transform(read_log(cells[chunk]))
+
         def to_output(samples: np.ndarray) -> np.ndarray:
             return self.target_scaler.inverse(samples).astype(np.float32)
 
@@ -333,7 +349,7 @@ class Model:
             self.network, self.diffusion, cfg, len(cells), read_known,
             [expr.cells[i] for i in cells], to_output, atlas=self.atlas, clip=clip, seed=seed,
             device=device, progress=progress, sink=sink, residual_weights=residual_weights,
-            prior_only=prior_only)
+            prior_only=prior_only, read_knn=read_knn)
 
     # --- self-check -------------------------------------------------------------------------
     def self_check(self, st: Any, sc: Any, *, n_folds: int = 2,
@@ -662,7 +678,7 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
                 known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]}
     if checkpointer is not None and checkpointer.resume_state is not None:
         info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
-    keep_atlas = needs_neighbours(cfg)
+    keep_atlas = needs_neighbours(cfg) or (cfg.knn_weight > 0 and cfg.prior == "ridge")
     return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
                  atlas if keep_atlas else None, output_names=out_names,
                  log_normalized=log_normalized, history=result.history, info=info,

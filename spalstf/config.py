@@ -72,6 +72,13 @@ class Config:
     prior: str = "ridge"
     #: L2 penalty of the ridge prior (on standardised genes).
     prior_alpha: float = 10.0
+    #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
+    #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
+    #: `knn_neighbors` nearest atlas cells by cosine similarity, the ST's known genes z-scored
+    #: over the ST itself (as SpaGE aligns the two data sets). The two err differently, and
+    #: their mean beats either (benchmarks/results/accuracy.md). Used with the ridge prior only.
+    knn_weight: float = 0.5
+    knn_neighbors: int = 50
     #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
     #: reference when it is larger); bounds the model file and the neighbour search.
     atlas_size: int = 20000
@@ -152,7 +159,7 @@ class Config:
                 raise ValueError(f"`{name}` must be {expected}; received {value!r}")
 
         for name in ("d_model", "depth", "n_heads", "max_tokens", "n_neighbors", "lstm_hidden",
-                     "lstm_layers", "atlas_size", "spatial_neighbors", "num_train_timesteps",
+                     "lstm_layers", "atlas_size", "spatial_neighbors", "knn_neighbors", "num_train_timesteps",
                      "epochs", "batch_size", "n_steps", "n_samples"):
             positive(name)
         for name in ("scale_factor", "learning_rate", "mlp_ratio"):
@@ -179,6 +186,8 @@ class Config:
                 raise ValueError(f"`{name}` must be one of {allowed}; received {getattr(self, name)!r}")
         if not 0 <= self.spatial_weight < 1:
             raise ValueError(f"`spatial_weight` must be in [0, 1); received {self.spatial_weight!r}")
+        if not 0 <= self.knn_weight <= 1:
+            raise ValueError(f"`knn_weight` must be in [0, 1]; received {self.knn_weight!r}")
         if not 0 <= self.residual_weight <= 1:
             raise ValueError(f"`residual_weight` must be in [0, 1]; received {self.residual_weight!r}")
         for name in ("prior_alpha", "vlb_weight", "kl_weight", "weight_decay", "eta", "dropout"):
