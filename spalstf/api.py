@@ -177,7 +177,8 @@ class Model:
             joins the parts. Each cell's values are those of an unsharded run.
         **options
             Inference settings of `spalstf.Config` (`spatial_weight`, `spatial_neighbors`,
-            `residual_weight`, `antithetic`, `clip_denoised`).
+            `residual_weight`, `knn_weight`, `knn_neighbors`, `antithetic`,
+            `clip_denoised`).
 
         Returns
         -------
