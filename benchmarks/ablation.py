@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Ablation (fold 1 of 5, leave-genes-out), spalstf {spalstf.__version__}", "",
              f"`{' '.join(['.venv/bin/python', 'benchmarks/ablation.py'] + (argv or sys.argv[1:]))}`"
-             f" on {platform.machine()}, {os.cpu_count()} CPU cores.", ""]
+             f" on {platform.machine()}, {os.cpu_count()} CPU cores, "
+             f"{torch.get_num_threads()} torch thread(s).", ""]
     for name, part in table.groupby("data", sort=False):
         lines += [f"## {name}", "", "| configuration | median PCC | median SPCC | selected | "
                   "seconds |", "|---|---|---|---|---|"]

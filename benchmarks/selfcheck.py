@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = " ".join([".venv/bin/python benchmarks/selfcheck.py"] + (argv or sys.argv[1:]))
     lines = ["# Self-check estimate vs real leave-genes-out accuracy", "",
-             f"`{cmd}` on {platform.machine()}, {os.cpu_count()} CPU cores; real = spalstf's "
+             f"`{cmd}` on {platform.machine()}, {os.cpu_count()} CPU cores, "
+             f"{torch.get_num_threads()} torch thread(s); real = spalstf's "
              "median per-gene PCC on the fold's held-out genes in `accuracy_per_gene.csv`.", "",
              "calibration r: correlation, over the hidden known genes, of each gene's "
              "predictability in the reference with its PCC on the ST (what the per-gene "
