@@ -672,7 +672,7 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
     info = {"timings": {"fit_seconds": time.perf_counter() - start},
             "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,
-            "n_training_cells": n, "seed": seed,
+            "n_training_cells": n, "seed": seed, "prior_alpha": result.prior_alpha,
             # how well the known genes predict each target in the reference (held-out cells):
             # the feature `spalstf.selfcheck` calibrates into an expected accuracy on the ST
             "reference_pcc": [float(v) for v in selfcheck.reference_predictability(

@@ -70,8 +70,9 @@ class Config:
     #: "ridge": a ridge regression from known to target genes fitted on the reference;
     #: "neighbours": the mean over the cell's reference neighbours; "none": no prior.
     prior: str = "ridge"
-    #: L2 penalty of the ridge prior (on standardised genes).
-    prior_alpha: float = 10.0
+    #: L2 penalty of the ridge prior (on standardised genes). None: chosen on the reference by
+    #: generalised cross-validation, at least the number of cells (`spalstf.train.choose_alpha`).
+    prior_alpha: float | None = None
     #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
     #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
     #: `knn_neighbors` nearest atlas cells by cosine similarity, the ST's known genes z-scored
@@ -192,6 +193,8 @@ class Config:
             raise ValueError(f"`residual_weight` must be in [0, 1]; received {self.residual_weight!r}")
         for name in ("prior_alpha", "vlb_weight", "kl_weight", "weight_decay", "eta", "dropout"):
             value = getattr(self, name)
+            if name == "prior_alpha" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 <= value < math.inf:
                 raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}")

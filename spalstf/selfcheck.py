@@ -163,7 +163,7 @@ def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
     return SelfCheckResult(per_gene=per_gene[best], scores=scores, selected=dict(options[best]))
 
 
-def reference_predictability(known: Any, target: Any, *, alpha: float, seed: int,
+def reference_predictability(known: Any, target: Any, *, alpha: float | None, seed: int,
                              max_cells: int = 5000) -> np.ndarray:
     """Per target gene: Pearson r between the ridge prediction from the known genes and the
     gene, on held-out reference cells (two halves of at most `max_cells` cells, each predicted

@@ -139,3 +139,31 @@ def test_neighbour_queries_keep_only_k_columns_in_memory():
     assert idx.shape == (10, 5) and dist.shape == (10, 5)
     for t in captured:  # each kept block owns just its k columns
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+def test_ridge_penalty_is_chosen_by_exact_gcv_and_floored_at_the_cell_count():
+    from spalstf.train import ALPHA_GRID, choose_alpha, fit_ridge
+
+    rng = np.random.default_rng(0)
+    n, p, t = 60, 12, 3
+    x = rng.normal(size=(n, p))
+    y = x[:, :2] @ rng.normal(size=(2, t)) + rng.normal(size=(n, t)) * 3.0
+
+    def explicit_gcv(alpha):  # the textbook formula, with the hat matrix itself
+        hat = x @ np.linalg.solve(x.T @ x + alpha * np.eye(p), x.T)
+        rss = ((y - hat @ y) ** 2).sum()
+        return n * rss / (n - np.trace(hat)) ** 2
+
+    grid = [u * n for u in ALPHA_GRID]
+    expected = grid[int(np.argmin([explicit_gcv(a) for a in grid]))]
+    chosen = choose_alpha(x.T @ x, x.T @ y, float((y ** 2).sum()), n)
+    assert chosen == pytest.approx(expected)
+    assert chosen >= n
+    # strong signal, little noise: GCV wants less shrinkage, and the floor holds at n
+    y_clean = x @ rng.normal(size=(p, t))
+    assert choose_alpha(x.T @ x, x.T @ y_clean, float((y_clean ** 2).sum()), n) == n
+    # fit_ridge(alpha=None) uses it
+    w, used = fit_ridge(x.astype(np.float32), y.astype(np.float32), None, return_alpha=True)
+    assert used == pytest.approx(chosen)
+    np.testing.assert_allclose(w, np.linalg.solve(x.T @ x + used * np.eye(p), x.T @ y),
+                               rtol=1e-4, atol=1e-5)
