@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Accuracy benchmark (leave-genes-out cross-validation)",
         "",
         f"Made by `{cmd.strip()}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, no GPU.",
+        f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch thread(s), no GPU.",
         "",
         "Protocol: the genes shared by ST and reference (ST order), KFold(5, shuffle=True, "
         "random_state=0); each method sees the ST without the held-out genes (raw counts) and the "
