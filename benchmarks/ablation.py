@@ -33,8 +33,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 import pandas as pd
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

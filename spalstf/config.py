@@ -160,7 +160,8 @@ class Config:
                 raise ValueError(f"`{name}` must be {expected}; received {value!r}")
 
         for name in ("d_model", "depth", "n_heads", "max_tokens", "n_neighbors", "lstm_hidden",
-                     "lstm_layers", "atlas_size", "spatial_neighbors", "knn_neighbors", "num_train_timesteps",
+                     "lstm_layers", "atlas_size", "spatial_neighbors", "knn_neighbors",
+                     "num_train_timesteps",
                      "epochs", "batch_size", "n_steps", "n_samples"):
             positive(name)
         for name in ("scale_factor", "learning_rate", "mlp_ratio"):

@@ -97,7 +97,7 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         return pred.float().cpu().numpy()[None], offset.cpu().numpy()
     gens = cell_generators(seed, cells)
     # On CPU the denoiser runs on a few cells at a time: its activations then stay in cache
-    # (1.5x faster than a whole chunk of 256 cells x 4 samples, measured); a GPU takes it all.
+    # (1.3x faster than a whole chunk of 256 cells x 4 samples, measured); a GPU takes it all.
     step = n_cells if device.type != "cpu" else max(1, CPU_PASS_ROWS // n_samples)
     parts = []
     for s in range(0, n_cells, step):
