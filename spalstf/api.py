@@ -329,11 +329,13 @@ class Model:
             if self.atlas is None:
                 logger.warning("this model keeps no reference atlas: `knn_weight` is ignored")
             else:  # z-scored over the whole data set (as SpaGE), also for a shard or subsample;
-                # statistics from at most KNN_STAT_CELLS evenly spaced cells bound the cost
+                # statistics from at most KNN_STAT_CELLS evenly spaced cells bound the cost,
+                # read a chunk at a time so that memory stays bounded by the chunk
                 spaced = np.unique(np.linspace(0, expr.n_cells - 1,
                                                min(expr.n_cells, KNN_STAT_CELLS)).astype(int))
+                step = cfg.batch_size
                 st_scaler = Standardizer.fit_blocks(lambda: (
-                    (None, read_log(spaced[s:s + _BLOCK])) for s in range(0, len(spaced), _BLOCK)))
+                    (None, read_log(spaced[s:s + step])) for s in range(0, len(spaced), step)))
 
                 def read_knn(chunk: slice) -> np.ndarray:
                     return st_scaler.transform(read_log(cells[chunk]))

@@ -31,9 +31,12 @@ logger = logging.getLogger(__name__)
 FORMAT = "spalstf-checkpoint"
 FORMAT_VERSION = 1
 #: Options that may change between a checkpoint and the run that resumes it: when to stop and
-#: how to sample. Every other option shapes the training itself and must be the same.
+#: how to sample (the self-check may choose the sampling-time weights anew). Every other option
+#: shapes the training itself and must be the same.
 FREE_OPTIONS = frozenset({"epochs", "max_time", "patience", "sampler", "n_steps", "n_samples",
-                          "eta", "antithetic", "clip_denoised"})
+                          "eta", "antithetic", "clip_denoised", "spatial_weight",
+                          "spatial_neighbors", "residual_weight", "knn_weight",
+                          "knn_neighbors"})
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:
