@@ -752,8 +752,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         Candidate settings the self-check chooses among, {option: [values]}, from
         `spalstf.selfcheck.SELECTABLE` (sampling-time options, tried on the same inner fits).
         "auto" (default): `spalstf.selfcheck.DEFAULT_SELECT` (the spatial context's weight,
-        where `st` has coordinates, and the weight of the diffusion's refinement); None: use
-        the settings as given.
+        where `st` has coordinates, the aligned-neighbour estimate's weight in the prior, and
+        the weight of the diffusion's refinement), less any of them you set yourself (as a
+        keyword, or in `config` where it differs from the default); None: use the settings as
+        given.
     self_check_folds
         Number of inner groups of known genes hidden in turn.
     config, **options
@@ -817,8 +819,13 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     # The ST values are checked before training, not after minutes of it.
     check_values(st_expr, log_normalized=log_normalized, arg="st")
     st_name = {ref: st_g for st_g, ref in shared.items()}
+    # Settings the user gave are kept: "auto" selection chooses only among the others.
+    given = {k for k, v in options.items() if v is not None}
+    if config is not None:
+        given |= {k for k, v in config.to_dict().items() if v != getattr(Config(), k)}
     check = _run_self_check(st_expr, sc_expr, [(st_name[g], g) for g in known_ref], cfg,
                             self_check=self_check, select=select, n_folds=self_check_folds,
+                            given=given,
                             seed=seed, log_normalized=log_normalized, device=dev,
                             spatial=spatial, progress=progress)
     if check is not None and check.selected:
@@ -835,7 +842,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
 
 def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: Config, *,
                     self_check, select, n_folds, seed, log_normalized, device, spatial,
-                    progress) -> selfcheck.SelfCheckResult | None:
+                    progress, given: set[str] = frozenset()) -> selfcheck.SelfCheckResult | None:
     """Validate the self-check options and run it when asked (or when "auto" says so)."""
     if self_check not in (True, False, "auto"):
         raise ValueError(f"`self_check` must be True, False or 'auto'; received {self_check!r}")
@@ -844,7 +851,7 @@ def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: 
     if select == "auto":
         has_xy = coordinates(st_expr.source, spatial, st_expr.n_cells) is not None
         select = {k: v for k, v in selfcheck.DEFAULT_SELECT.items()
-                  if has_xy or k != "spatial_weight"}
+                  if (has_xy or k != "spatial_weight") and k not in given}
     elif isinstance(select, str):
         raise ValueError(f"`select` must be 'auto', None or a dict; received {select!r}")
     select = selfcheck.check_select(select, selfcheck.SELECTABLE)

@@ -187,3 +187,42 @@ def test_the_prior_alone_skips_sampling_and_equals_a_zero_refinement(tiny_model,
     zero = tiny_model.impute(st, seed=0, progress=False, residual_weight=0.0)
     assert std is None
     np.testing.assert_allclose(alone, zero.X, rtol=1e-6, atol=1e-6)
+
+
+def test_the_aligned_neighbour_weight_is_chosen_on_the_prior_alone(tiny_pair):
+    """Stage 1 tries each knn_weight on the prior's predictions; stage 2 samples the winner.
+    The model here neither needs the atlas (no context) nor uses the estimate (weight 0):
+    the inner models must keep the atlas for the candidate that reads it."""
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:3]
+    grid = {"knn_weight": [0.0, 0.5], "residual_weight": [0.0, 1.0]}
+    out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2, select=grid,
+                         **{**FAST, "use_context": False, "knn_weight": 0.0})
+    check = out.uns["spalstf"]["self_check"]
+    cand = check["candidates"]
+    prior = [i for i, s in enumerate(cand["stage"]) if s == "prior"]
+    model = [i for i, s in enumerate(cand["stage"]) if s == "model"]
+    assert [cand["knn_weight"][i] for i in prior] == [0.0, 0.5]
+    assert cand["median_pcc"][prior[0]] != cand["median_pcc"][prior[1]]  # both computed
+    best = max(prior, key=lambda i: cand["median_pcc"][i])
+    assert {cand["knn_weight"][i] for i in model} == {cand["knn_weight"][best]}
+    assert check["selected"]["knn_weight"] == cand["knn_weight"][best]
+    assert out.uns["spalstf"]["params"]["knn_weight"] == check["selected"]["knn_weight"]
+
+
+def test_auto_selection_keeps_the_settings_a_user_gave(tiny_pair):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:2]
+    for given in (dict(knn_weight=0.25, residual_weight=0.5),
+                  dict(config=spalstf.Config(knn_weight=0.25, residual_weight=0.5))):
+        out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2,
+                             **{**FAST, **given})
+        check = out.uns["spalstf"]["self_check"]
+        assert "spatial_weight" in check["selected"]  # the others are still chosen
+        assert not {"knn_weight", "residual_weight"} & set(check["selected"])
+        assert set(check["candidates"]["knn_weight"]) == {0.25}
+        cand = check["candidates"]  # stage 1 rows are the prior alone (residual weight 0)
+        assert {w for w, s in zip(cand["residual_weight"], cand["stage"], strict=True)
+                if s == "model"} == {0.5}
+        params = out.uns["spalstf"]["params"]
+        assert params["knn_weight"] == 0.25 and params["residual_weight"] == 0.5

@@ -356,10 +356,13 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #' @param self.check.folds Number of groups of known genes the self-check hides in turn
 #'   (default 2).
 #' @param select Candidate settings the self-check chooses among: \code{"auto"} (the weight
-#'   of the spatial context, when \code{object} has coordinates, and the weight of the
-#'   diffusion's refinement), \code{NULL} (use the settings as given), or a named list of
-#'   candidate values of the options \code{spatial_weight}, \code{spatial_neighbors} and
-#'   \code{residual_weight}, e.g. \code{list(spatial_weight = c(0, 0.5))}.
+#'   of the spatial context, when \code{object} has coordinates, the weight of the
+#'   aligned-neighbour estimate in the prior and the weight of the diffusion's
+#'   refinement, less any of these you set yourself in \code{...}), \code{NULL} (use
+#'   the settings as given), or a named list of candidate values of the options
+#'   \code{spatial_weight}, \code{spatial_neighbors}, \code{knn_weight},
+#'   \code{knn_neighbors} and \code{residual_weight}, e.g.
+#'   \code{list(spatial_weight = c(0, 0.5))}.
 #' @param spatial The cells' coordinates for the spatial context: \code{NULL} (default) those
 #'   of \code{object} (a Seurat image, a SpatialExperiment's \code{spatialCoords()}, a reduced
 #'   dimension \code{"spatial"}, or meta data columns \code{x}/\code{y} and the like, as in
