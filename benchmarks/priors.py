@@ -1,0 +1,250 @@
+"""Priors benchmark: what the prior alone reaches, and how well the self-check's choice transfers.
+
+spalstf's imputation is centred on a prior: a ridge map from the known to the target genes
+fitted on the reference (penalty by GCV, `spalstf.train.fit_ridge`), optionally blended with
+the aligned-neighbour estimate (`knn_weight`; mean targets of the 50 most cosine-similar
+reference cells, known genes z-scored within each data set) and read from spatially smoothed
+known genes (`spatial_weight`; 8 nearest cells in space). This script re-implements these
+priors in numpy (no network, no sampling: seconds per data set) to compare, on the 5-fold
+leave-genes-out protocol of ``benchmarks/accuracy.py``:
+
+- every fixed setting (spatial weight x knn weight), for three forms of the reference: its
+  cells as they are; pseudo-spots (sums of 10 random cells, as a Visium spot mixes cells);
+  metacells (each cell summed with its 14 nearest reference cells in known-gene space);
+- selection policies: the setting chosen, per outer fold, by an inner 2-fold leave-genes-out
+  over the outer fold's known genes (what ``spalstf.selfcheck`` does), among a set of
+  candidates. "choose sw x kw" is the default of ``spalstf.selfcheck.DEFAULT_SELECT``.
+
+Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
+correlation with the ST's log-normalised truth. Writes ``benchmarks/results/priors.md`` and
+``priors.png``.
+
+    .venv/bin/python benchmarks/priors.py
+    .venv/bin/python benchmarks/priors.py --datasets visium_brain
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spalstf.datasets import _loaders as L  # noqa: E402
+from spalstf.evaluate import metrics  # noqa: E402
+from spalstf.evaluate.cv import gene_folds  # noqa: E402
+from spalstf.selfcheck import inner_folds  # noqa: E402
+from spalstf.train import fit_ridge  # noqa: E402
+
+DATA = ROOT / ".." / "shared" / "data"
+SPATIAL_WEIGHTS = (0.0, 0.25, 0.5)
+KNN_WEIGHTS = (0.0, 0.5)
+#: name -> (form of the reference, cells summed per training profile)
+FORMS = {"cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10), "metacells of 15": ("meta", 15)}
+#: name -> which candidates (form, spatial weight, knn weight) the inner check chooses among
+POLICIES = {
+    "fixed: cells, sw 0, kw 0.5": lambda c: c == ("cells", 0.0, 0.5),
+    "choose sw (kw 0.5)": lambda c: c[0] == "cells" and c[2] == 0.5,
+    "choose sw x kw (default)": lambda c: c[0] == "cells",
+    "choose sw x kw x form": lambda c: True,
+}
+
+
+def load(name: str):
+    if name == "simulated":
+        from spalstf.datasets import simulate
+
+        return simulate(n_st=1000, n_sc=1500, n_genes=120, n_measured=60, seed=0)
+    return L.load(name, data_dir=DATA)
+
+
+def counts(adata, genes) -> np.ndarray:
+    x = adata[:, list(genes)].X
+    return (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
+
+
+def log_norm(c: np.ndarray, library: np.ndarray) -> np.ndarray:
+    lib = library.reshape(-1, 1)
+    return np.log1p(np.where(lib > 0, c / np.where(lib > 0, lib, 1) * 1e4, 0.0))
+
+
+def zscore(x: np.ndarray):
+    mu, sd = x.mean(0), x.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (x - mu) / sd, mu, sd
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(n > 0, n, 1.0)
+
+
+def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: int,
+                   seed: int = 0) -> np.ndarray:
+    """The reference's count profiles in the given form (rows: training profiles)."""
+    if m == 1:
+        return sc_counts
+    if form == "spot":
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(sc_counts), size=(max(4000, len(sc_counts)), m))
+    else:
+        from sklearn.neighbors import NearestNeighbors
+
+        k = sc_counts[:, known_cols]
+        kz = zscore(log_norm(k, k.sum(1)))[0]
+        idx = NearestNeighbors(n_neighbors=m).fit(kz).kneighbors(kz, return_distance=False)
+    return sc_counts[idx].sum(1)
+
+
+def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.ndarray | None
+           ) -> dict[tuple[float, float], np.ndarray]:
+    """Log-normalised predictions of the hidden genes per (spatial weight, knn weight)."""
+    ref = ref[ref[:, :n_known].sum(1) > 0]
+    lib = ref[:, :n_known].sum(1)
+    ref_known, ref_target = log_norm(ref[:, :n_known], lib), log_norm(ref[:, n_known:], lib)
+    xz, mu, sd = zscore(ref_known)
+    yz, ymu, ysd = zscore(ref_target)
+    weights = fit_ridge(xz, yz, None)  # GCV penalty, as the model's prior
+    atlas = unit(xz)
+    k = min(50, len(atlas))
+    st_log = log_norm(st_known, st_known.sum(1))
+    out = {}
+    for sw in SPATIAL_WEIGHTS:
+        if sw > 0 and neighbours is None:
+            continue
+        x = st_log if sw == 0 else (1 - sw) * st_log + sw * st_log[neighbours].mean(1)
+        ridge = ((x - mu) / sd) @ weights * ysd + ymu
+        sim = unit(zscore(x)[0]) @ atlas.T
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        knn = ref_target[idx].mean(1)
+        for kw in KNN_WEIGHTS:
+            out[(sw, kw)] = np.clip((1 - kw) * ridge + kw * knn, 0, None)
+    return out
+
+
+def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
+    cols = [sc_genes.index(g) for g in known] + [sc_genes.index(g) for g in hidden]
+    out = {}
+    for form_name, (form, m) in FORMS.items():
+        ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
+        for (sw, kw), pred in priors(counts(st, known), ref, len(known), neighbours).items():
+            out[(form_name, sw, kw)] = pred
+    return out
+
+
+def truth_of(st, genes, hidden) -> np.ndarray:
+    return log_norm(counts(st, hidden), counts(st, genes).sum(1))
+
+
+def run(name: str) -> pd.DataFrame:
+    st, sc = load(name)
+    shared = [g for g in st.var_names if g in set(sc.var_names)]
+    sc_genes = list(shared)
+    sc_counts = counts(sc, sc_genes)
+    neighbours = None
+    if "spatial" in st.obsm:
+        from spalstf.spatial import neighbours as spatial_neighbours
+
+        neighbours = spatial_neighbours(np.asarray(st.obsm["spatial"], float), 8)
+    pcc: dict[str, list[np.ndarray]] = {}
+    picks: dict[str, list[str]] = {}
+    for fold in gene_folds(shared, 5, 0):
+        known = [g for g in shared if g not in fold]
+        truth = truth_of(st, shared, fold)
+        outer = all_candidates(st, sc_counts, sc_genes, known, fold, neighbours)
+        for key, pred in outer.items():
+            pcc.setdefault(" / ".join(map(str, key)), []).append(metrics.pcc(truth, pred))
+        # the inner check: hide each half of the known genes, predict it from the other half
+        inner_truth, inner_pred = [], {}
+        for hidden in inner_folds(known, 2, 0):
+            rest = [g for g in known if g not in hidden]
+            inner_truth.append(truth_of(st, known, hidden))
+            for key, pred in all_candidates(st, sc_counts, sc_genes, rest, hidden,
+                                            neighbours).items():
+                inner_pred.setdefault(key, []).append(pred)
+        t = np.concatenate(inner_truth, 1)
+        score = {key: np.nanmedian(metrics.pcc(t, np.concatenate(p, 1)))
+                 for key, p in inner_pred.items()}
+        for policy, allowed in POLICIES.items():
+            cands = {k: v for k, v in score.items() if allowed(k)}
+            best = max(cands, key=lambda k: (cands[k], -list(cands).index(k)))
+            pcc.setdefault(policy, []).append(metrics.pcc(truth, outer[best]))
+            picks.setdefault(policy, []).append(f"{best[0]}, sw {best[1]:g}, kw {best[2]:g}")
+    rows = []
+    for key, values in pcc.items():
+        rows.append({"data": name, "prior": key, "kind": "policy" if key in POLICIES else "fixed",
+                     "median_pcc": float(np.nanmedian(np.concatenate(values))),
+                     "choices": "; ".join(picks.get(key, []))})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default="osmfish,visium_brain,visium_lymph,simulated")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "priors"))
+    args = ap.parse_args()
+    start = time.perf_counter()
+    table = pd.concat([run(n) for n in args.datasets.split(",")], ignore_index=True)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    lines = [
+        "# Priors alone: fixed settings and the self-check's choice",
+        "",
+        f"`.venv/bin/python benchmarks/priors.py --datasets {args.datasets}` "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{seconds:.0f} s). Median per-gene PCC over the 5 outer folds; numpy "
+        "re-implementation of the priors (no network). sw: spatial weight; kw: weight of the "
+        "aligned-neighbour estimate. Policies choose per outer fold by an inner 2-fold "
+        "leave-genes-out over its known genes (the self-check's rule).",
+        "",
+    ]
+    for name, part in table.groupby("data", sort=False):
+        lines += [f"## {name}", "", "| prior | median PCC | choices (5 folds) |", "|---|---|---|"]
+        for r in part.sort_values(["kind", "median_pcc"], ascending=[False, False]).itertuples():
+            lines.append(f"| {r.prior} | {r.median_pcc:.3f} | {r.choices} |")
+        lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    plot(table, out.with_suffix(".png"))
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(table["data"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        part = table[table["data"] == name]
+        fixed = part[part["kind"] == "fixed"]
+        policies = part[part["kind"] == "policy"]
+        ax.bar(range(len(policies)), policies["median_pcc"], color="tab:blue")
+        ax.axhline(fixed["median_pcc"].max(), color="tab:green", ls="--",
+                   label="best fixed setting (chosen by looking at the truth)")
+        best_cells = fixed[fixed["prior"].str.startswith("cells")]["median_pcc"].max()
+        ax.axhline(best_cells, color="tab:orange", ls=":", label="best fixed, reference cells")
+        ax.set_xticks(range(len(policies)), policies["prior"], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(name)
+        ax.set_ylabel("median per-gene PCC")
+        low = min(policies["median_pcc"].min(), fixed["median_pcc"].max()) - 0.05
+        ax.set_ylim(max(0, low), None)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
