@@ -5,9 +5,9 @@ On the first fold of the 5-fold leave-genes-out split (KFold shuffle, random_sta
 configuration imputes them through ``spalstf.impute`` and is scored against the ST's
 log-normalised truth (median per-gene PCC and SPCC). Rows:
 
-- ``default``: the defaults a user gets (self-check choosing the spatial context's weight and
-  how much of the diffusion's refinement to keep; the aligned-neighbour estimate blended into
-  the prior, ``knn_weight=0.5``), and the same without that estimate;
+- ``default``: the defaults a user gets (self-check choosing the spatial context's weight,
+  the aligned-neighbour estimate's weight in the prior and how much of the diffusion's
+  refinement to keep), and the same without that estimate (``knn_weight=0``, kept);
 - ``diffusion whole``: the self-check off, the diffusion's refinement kept whole
   (``residual_weight=1``), no spatial context, no aligned-neighbour estimate: the method's own
   prediction;
@@ -46,7 +46,7 @@ from spalstf.evaluate.cv import gene_folds  # noqa: E402
 WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0, knn_weight=0.0)
 #: name -> (description, options of spalstf.impute)
 ROWS = {
-    "default": ("defaults (self-check selects spatial and refinement weights)", {}),
+    "default": ("defaults (self-check selects spatial, knn and refinement weights)", {}),
     "no-knn": ("defaults without the aligned-neighbour estimate (knn_weight 0)",
                {"knn_weight": 0.0}),
     "whole": ("diffusion whole: no self-check, residual_weight 1, no spatial context", WHOLE),

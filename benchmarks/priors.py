@@ -13,7 +13,8 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
   metacells (each cell summed with its 14 nearest reference cells in known-gene space);
 - selection policies: the setting chosen, per outer fold, by an inner 2-fold leave-genes-out
   over the outer fold's known genes (what ``spalstf.selfcheck`` does), among a set of
-  candidates. "choose sw x kw" is the default of ``spalstf.selfcheck.DEFAULT_SELECT``.
+  candidates (spatial weights up to 0.5 unless said). "choose sw x kw" is the default of
+  ``spalstf.selfcheck.DEFAULT_SELECT``.
 
 Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
 correlation with the ST's log-normalised truth. Writes ``benchmarks/results/priors.md`` and
@@ -46,16 +47,17 @@ from spalstf.selfcheck import inner_folds  # noqa: E402
 from spalstf.train import fit_ridge  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
-SPATIAL_WEIGHTS = (0.0, 0.25, 0.5)
+SPATIAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 KNN_WEIGHTS = (0.0, 0.5)
 #: name -> (form of the reference, cells summed per training profile)
 FORMS = {"cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10), "metacells of 15": ("meta", 15)}
 #: name -> which candidates (form, spatial weight, knn weight) the inner check chooses among
 POLICIES = {
     "fixed: cells, sw 0, kw 0.5": lambda c: c == ("cells", 0.0, 0.5),
-    "choose sw (kw 0.5)": lambda c: c[0] == "cells" and c[2] == 0.5,
-    "choose sw x kw (default)": lambda c: c[0] == "cells",
-    "choose sw x kw x form": lambda c: True,
+    "choose sw (kw 0.5)": lambda c: c[0] == "cells" and c[1] <= 0.5 and c[2] == 0.5,
+    "choose sw to 0.75 (kw 0.5)": lambda c: c[0] == "cells" and c[2] == 0.5,
+    "choose sw x kw (default)": lambda c: c[0] == "cells" and c[1] <= 0.5,
+    "choose sw x kw x form": lambda c: c[1] <= 0.5,
 }
 
 
