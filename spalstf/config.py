@@ -76,8 +76,10 @@ class Config:
     #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
     #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
     #: `knn_neighbors` nearest atlas cells by cosine similarity, the ST's known genes z-scored
-    #: over the ST itself (as SpaGE aligns the two data sets). The two err differently, and
-    #: their mean beats either (benchmarks/results/accuracy.md). Used with the ridge prior only.
+    #: over the ST itself (as SpaGE aligns the two data sets). The two err differently: on
+    #: osmFISH their mean beats either, on visium_brain the ridge alone is better
+    #: (benchmarks/results/priors.md), so the self-check chooses between 0 and 0.5 by default
+    #: (`spalstf.selfcheck.DEFAULT_SELECT`). Used with the ridge prior only.
     knn_weight: float = 0.5
     knn_neighbors: int = 50
     #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
