@@ -10,7 +10,10 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
 
 - every fixed setting (spatial weight x knn weight), for three forms of the reference: its
   cells as they are; pseudo-spots (sums of 10 random cells, as a Visium spot mixes cells);
-  metacells (each cell summed with its 14 nearest reference cells in known-gene space);
+  metacells (each cell summed with its 14 nearest reference cells in known-gene space); and
+  one other output: "depth-aware", the prediction read as a proportion of the ST cell's
+  known-gene total and returned as the expected log-normalised value of a Poisson count at
+  that cell's depth (what the ST would measure there, zeros included);
 - selection policies: the setting chosen, per outer fold, by an inner 2-fold leave-genes-out
   over the outer fold's known genes (what ``spalstf.selfcheck`` does), among a set of
   candidates (spatial weights up to 0.5 unless said). "choose sw x kw" is the default of
@@ -50,14 +53,16 @@ DATA = ROOT / ".." / "shared" / "data"
 SPATIAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 KNN_WEIGHTS = (0.0, 0.5)
 #: name -> (form of the reference, cells summed per training profile)
-FORMS = {"cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10), "metacells of 15": ("meta", 15)}
+FORMS = {"cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10), "metacells of 15": ("meta", 15),
+         "depth-aware": ("cells", 1)}
 #: name -> which candidates (form, spatial weight, knn weight) the inner check chooses among
 POLICIES = {
     "fixed: cells, sw 0, kw 0.5": lambda c: c == ("cells", 0.0, 0.5),
     "choose sw (kw 0.5)": lambda c: c[0] == "cells" and c[1] <= 0.5 and c[2] == 0.5,
     "choose sw to 0.75 (kw 0.5)": lambda c: c[0] == "cells" and c[2] == 0.5,
     "choose sw x kw (default)": lambda c: c[0] == "cells" and c[1] <= 0.5,
-    "choose sw x kw x form": lambda c: c[1] <= 0.5,
+    "choose sw x kw x form": lambda c: c[1] <= 0.5 and c[0] != "depth-aware",
+    "choose sw x kw x depth-aware": lambda c: c[1] <= 0.5 and c[0] in ("cells", "depth-aware"),
 }
 
 
@@ -138,8 +143,25 @@ def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
     out = {}
     for form_name, (form, m) in FORMS.items():
         ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
-        for (sw, kw), pred in priors(counts(st, known), ref, len(known), neighbours).items():
-            out[(form_name, sw, kw)] = pred
+        st_known = counts(st, known)
+        for (sw, kw), pred in priors(st_known, ref, len(known), neighbours).items():
+            out[(form_name, sw, kw)] = (depth_aware(pred, st_known.sum(1))
+                                        if form_name == "depth-aware" else pred)
+    return out
+
+
+def depth_aware(pred: np.ndarray, library: np.ndarray, kmax: int = 60) -> np.ndarray:
+    """E[log1p(K / L * 1e4)] for K ~ Poisson(L * expm1(pred) / 1e4), L the cell's known-gene
+    total: the log-normalised value the ST would measure at that cell's depth."""
+    from scipy.stats import poisson
+
+    lib = np.repeat(np.maximum(library, 1.0)[:, None], pred.shape[1], 1)
+    lam = lib * np.expm1(np.clip(pred, 0, None)) / 1e4
+    out = np.log1p(lam / lib * 1e4)  # many counts: the log of the mean is the mean of the log
+    small = lam < kmax / 2
+    ks = np.arange(kmax)
+    pmf = poisson.pmf(ks[None, :], lam[small][:, None])
+    out[small] = (pmf * np.log1p(ks[None, :] / lib[small][:, None] * 1e4)).sum(1)
     return out
 
 
