@@ -14,10 +14,10 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
   one other output: "depth-aware", the prediction read as a proportion of the ST cell's
   known-gene total and returned as the expected log-normalised value of a Poisson count at
   that cell's depth (what the ST would measure there, zeros included);
-- selection policies: the setting chosen, per outer fold, by an inner 2-fold leave-genes-out
-  over the outer fold's known genes (what ``spalstf.selfcheck`` does), among a set of
-  candidates (spatial weights up to 0.5 unless said). "choose sw x kw" is the default of
-  ``spalstf.selfcheck.DEFAULT_SELECT``.
+- selection policies: the setting chosen, per outer fold, by an inner leave-genes-out over
+  the outer fold's known genes (2 folds by default, as ``spalstf.selfcheck`` does; see
+  ``--inner-folds``), among a set of candidates (spatial weights up to 0.5 unless said).
+  "choose sw x kw" is the default of ``spalstf.selfcheck.DEFAULT_SELECT``.
 
 Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
 correlation with the ST's log-normalised truth. Writes ``benchmarks/results/priors.md`` and
@@ -25,6 +25,7 @@ correlation with the ST's log-normalised truth. Writes ``benchmarks/results/prio
 
     .venv/bin/python benchmarks/priors.py
     .venv/bin/python benchmarks/priors.py --datasets visium_brain
+    .venv/bin/python benchmarks/priors.py --inner-folds 5 --out benchmarks/results/priors_inner5
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def truth_of(st, genes, hidden) -> np.ndarray:
     return log_norm(counts(st, hidden), counts(st, genes).sum(1))
 
 
-def run(name: str) -> pd.DataFrame:
+def run(name: str, n_inner: int = 2) -> pd.DataFrame:
     st, sc = load(name)
     shared = [g for g in st.var_names if g in set(sc.var_names)]
     sc_genes = list(shared)
@@ -187,9 +188,9 @@ def run(name: str) -> pd.DataFrame:
         outer = all_candidates(st, sc_counts, sc_genes, known, fold, neighbours)
         for key, pred in outer.items():
             pcc.setdefault(" / ".join(map(str, key)), []).append(metrics.pcc(truth, pred))
-        # the inner check: hide each half of the known genes, predict it from the other half
+        # the inner check: hide each group of the known genes, predict it from the others
         inner_truth, inner_pred = [], {}
-        for hidden in inner_folds(known, 2, 0):
+        for hidden in inner_folds(known, n_inner, 0):
             rest = [g for g in known if g not in hidden]
             inner_truth.append(truth_of(st, known, hidden))
             for key, pred in all_candidates(st, sc_counts, sc_genes, rest, hidden,
@@ -214,21 +215,26 @@ def run(name: str) -> pd.DataFrame:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="osmfish,visium_brain,visium_lymph,simulated")
+    ap.add_argument("--inner-folds", type=int, default=2,
+                    help="groups of known genes the inner check hides in turn (the self-check: 2)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "priors"))
     args = ap.parse_args()
     start = time.perf_counter()
-    table = pd.concat([run(n) for n in args.datasets.split(",")], ignore_index=True)
+    table = pd.concat([run(n, args.inner_folds) for n in args.datasets.split(",")],
+                      ignore_index=True)
     seconds = time.perf_counter() - start
     out = Path(args.out)
     lines = [
         "# Priors alone: fixed settings and the self-check's choice",
         "",
-        f"`.venv/bin/python benchmarks/priors.py --datasets {args.datasets}` "
+        f"`.venv/bin/python benchmarks/priors.py --datasets {args.datasets} --inner-folds "
+        f"{args.inner_folds}` "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{seconds:.0f} s). Median per-gene PCC over the 5 outer folds; numpy "
         "re-implementation of the priors (no network). sw: spatial weight; kw: weight of the "
-        "aligned-neighbour estimate. Policies choose per outer fold by an inner 2-fold "
-        "leave-genes-out over its known genes (the self-check's rule).",
+        "aligned-neighbour estimate. Policies choose per outer fold by an inner "
+        f"{args.inner_folds}-fold leave-genes-out over its known genes (the self-check's rule "
+        "uses 2).",
         "",
     ]
     for name, part in table.groupby("data", sort=False):

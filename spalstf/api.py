@@ -825,9 +825,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         given |= {k for k, v in config.to_dict().items() if v != getattr(Config(), k)}
     check = _run_self_check(st_expr, sc_expr, [(st_name[g], g) for g in known_ref], cfg,
                             self_check=self_check, select=select, n_folds=self_check_folds,
-                            given=given,
                             seed=seed, log_normalized=log_normalized, device=dev,
-                            spatial=spatial, progress=progress)
+                            spatial=spatial, progress=progress, given=given)
     if check is not None and check.selected:
         cfg = cfg.replace(**check.selected)
     model = _fit_expression(sc_expr, known_ref, target_ref, out_names, cfg,
@@ -842,8 +841,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
 
 def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: Config, *,
                     self_check, select, n_folds, seed, log_normalized, device, spatial,
-                    progress, given: set[str] = frozenset()) -> selfcheck.SelfCheckResult | None:
-    """Validate the self-check options and run it when asked (or when "auto" says so)."""
+                    progress, given: frozenset[str] | set[str] = frozenset(),
+                    ) -> selfcheck.SelfCheckResult | None:
+    """Validate the self-check options and run it when asked (or when "auto" says so).
+    `given`: options the user set, which "auto" selection leaves as they are."""
     if self_check not in (True, False, "auto"):
         raise ValueError(f"`self_check` must be True, False or 'auto'; received {self_check!r}")
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:

@@ -10,8 +10,9 @@ genes of the main run).
 The same inner folds choose among candidate settings (`select=`): each candidate's score is the
 median per-gene PCC over all hidden genes; the best wins, ties go to the earlier candidate.
 Settings that act at sampling time (`spalstf.api.INFERENCE_OPTIONS`: the spatial context, the
-weight of the diffusion's refinement) are tried on the same fitted inner models, so a grid of
-them costs samplings, not fits.
+aligned-neighbour estimate's weight, the weight of the diffusion's refinement) are tried on the
+same fitted inner models, so a grid of them costs samplings, not fits; those that shape the
+prior (`PRIOR_OPTIONS`) are chosen first, on the prior alone, which needs no sampling.
 
 The estimate is for the genes hidden here (measured ST genes, which panels choose for being
 informative); genes the panel never measured may be harder. With selection, the chosen
