@@ -681,7 +681,10 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
                 known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]}
     if checkpointer is not None and checkpointer.resume_state is not None:
         info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
-    keep_atlas = needs_neighbours(cfg) or (cfg.knn_weight > 0 and cfg.prior == "ridge")
+    # With the ridge prior the atlas is kept even at knn_weight 0: the aligned-neighbour
+    # estimate reads it, and its weight is a sampling-time option (chosen by the self-check or
+    # set at `Model.impute`).
+    keep_atlas = needs_neighbours(cfg) or cfg.prior == "ridge"
     return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
                  atlas if keep_atlas else None, output_names=out_names,
                  log_normalized=log_normalized, history=result.history, info=info,

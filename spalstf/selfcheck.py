@@ -249,12 +249,8 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     prior_settings = sorted({tuple(o.get(k, getattr(cfg, k)) for k in PRIOR_OPTIONS)
                              for o in options})
     inner_cfg = cfg
-    largest_knn = max(p[PRIOR_OPTIONS.index("knn_weight")] for p in prior_settings)
-    if cfg.prior == "ridge" and largest_knn > cfg.knn_weight:
-        # the inner models keep the atlas that a candidate's aligned-neighbour estimate reads
-        inner_cfg = inner_cfg.replace(knn_weight=largest_knn)
     if cfg.max_time is not None:
-        inner_cfg = inner_cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
+        inner_cfg = cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
     # Truth: the ST's hidden genes, log-normalised over all known genes of the main run (as the
     # evaluation suite's truth is over all shared genes). Only known genes are ever read.
     rows = np.arange(st_expr.n_cells)

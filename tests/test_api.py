@@ -107,6 +107,18 @@ def test_the_aligned_neighbour_estimate_reads_only_data_set_statistics(tiny_pair
     assert np.abs(plain.X - base.X).max() > 1e-3
 
 
+def test_the_estimate_can_be_turned_on_at_impute_time(tiny_pair):
+    """knn_weight is a sampling-time option: a model fitted without it (and without the
+    context, which also reads the atlas) still keeps what the estimate needs."""
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:3]
+    model = spalstf.fit(sc, list(st.var_names), genes, seed=0,
+                        **{**FAST, "use_context": False, "knn_weight": 0.0})
+    off = model.impute(st, seed=5, progress=False, residual_weight=0.0)
+    on = model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=0.5)
+    assert np.abs(on.X - off.X).max() > 1e-3
+
+
 def test_the_same_seed_gives_identical_output(tiny_pair):
     st, sc = tiny_pair
     a = spalstf.impute(st, sc, seed=7, **FAST)
