@@ -47,7 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 from spalstf.datasets import _loaders as L  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
+from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
+from spalstf.infer import unit_rows  # noqa: E402
 from spalstf.selfcheck import inner_folds  # noqa: E402
 from spalstf.train import fit_ridge  # noqa: E402
 
@@ -81,20 +83,10 @@ def counts(adata, genes) -> np.ndarray:
     return (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
 
 
-def log_norm(c: np.ndarray, library: np.ndarray) -> np.ndarray:
-    lib = library.reshape(-1, 1)
-    return np.log1p(np.where(lib > 0, c / np.where(lib > 0, lib, 1) * 1e4, 0.0))
-
-
 def zscore(x: np.ndarray):
     mu, sd = x.mean(0), x.std(0)
     sd = np.where(sd > 0, sd, 1.0)
     return (x - mu) / sd, mu, sd
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n > 0, n, 1.0)
 
 
 def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: int,
@@ -109,7 +101,7 @@ def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: i
         from sklearn.neighbors import NearestNeighbors
 
         k = sc_counts[:, known_cols]
-        kz = zscore(log_norm(k, k.sum(1)))[0]
+        kz = zscore(lognormalize(k, k.sum(1)))[0]
         idx = NearestNeighbors(n_neighbors=m).fit(kz).kneighbors(kz, return_distance=False)
     return sc_counts[idx].sum(1)
 
@@ -119,20 +111,20 @@ def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.n
     """Log-normalised predictions of the hidden genes per (spatial weight, knn weight)."""
     ref = ref[ref[:, :n_known].sum(1) > 0]
     lib = ref[:, :n_known].sum(1)
-    ref_known, ref_target = log_norm(ref[:, :n_known], lib), log_norm(ref[:, n_known:], lib)
+    ref_known, ref_target = lognormalize(ref[:, :n_known], lib), lognormalize(ref[:, n_known:], lib)
     xz, mu, sd = zscore(ref_known)
     yz, ymu, ysd = zscore(ref_target)
     weights = fit_ridge(xz, yz, None)  # GCV penalty, as the model's prior
-    atlas = unit(xz)
+    atlas = unit_rows(xz)
     k = min(50, len(atlas))
-    st_log = log_norm(st_known, st_known.sum(1))
+    st_log = lognormalize(st_known, st_known.sum(1))
     out = {}
     for sw in SPATIAL_WEIGHTS:
         if sw > 0 and neighbours is None:
             continue
         x = st_log if sw == 0 else (1 - sw) * st_log + sw * st_log[neighbours].mean(1)
         ridge = ((x - mu) / sd) @ weights * ysd + ymu
-        sim = unit(zscore(x)[0]) @ atlas.T
+        sim = unit_rows(zscore(x)[0]) @ atlas.T
         idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         knn = ref_target[idx].mean(1)
         for kw in KNN_WEIGHTS:
@@ -168,7 +160,7 @@ def depth_aware(pred: np.ndarray, library: np.ndarray, kmax: int = 60) -> np.nda
 
 
 def truth_of(st, genes, hidden) -> np.ndarray:
-    return log_norm(counts(st, hidden), counts(st, genes).sum(1))
+    return lognormalize(counts(st, hidden), counts(st, genes).sum(1))
 
 
 def run(name: str, n_inner: int = 2) -> pd.DataFrame:
