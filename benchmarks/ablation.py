@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import spalstf  # noqa: E402
+from spalstf.cli import format_settings  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 
@@ -94,8 +95,7 @@ def run(name: str, rows: list[str]) -> pd.DataFrame:
         check = res.uns["spalstf"].get("self_check", {})
         out.append({"data": name, "row": row, "configuration": label,
                     "pcc": float(np.nanmedian(pcc)), "spcc": float(np.nanmedian(spcc)),
-                    "selected": ", ".join(f"{k}={v:g}" for k, v in
-                                          check.get("selected", {}).items()),
+                    "selected": format_settings(check.get("selected", {})),
                     "seconds": seconds})
         print(f"{name:13s} {row:13s} PCC {out[-1]['pcc']:.3f} SPCC {out[-1]['spcc']:.3f} "
               f"{seconds:6.0f} s {out[-1]['selected']}", flush=True)

@@ -34,6 +34,7 @@ from accuracy import simulated  # noqa: E402
 
 import spalstf  # noqa: E402
 from spalstf import api  # noqa: E402
+from spalstf.cli import format_settings  # noqa: E402
 from spalstf.data import as_expression  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 
@@ -56,8 +57,7 @@ def run(name: str, real: pd.DataFrame) -> pd.DataFrame:
         rows.append({"data": name, "fold": fold + 1, "known genes": len(known),
                      "estimate": est.median_pcc, "real": float(np.nanmedian(part["pcc"])),
                      "real genes": len(part), "calibration r": est.calibration.get("r"),
-                     "selected": ", ".join(
-                         f"{k}={v:g}" for k, v in est.selected.items()),
+                     "selected": format_settings(est.selected),
                      "seconds": time.perf_counter() - start})
         r = rows[-1]
         print(f"{name} fold {r['fold']}: estimate {r['estimate']:.3f}, real {r['real']:.3f} "

@@ -36,7 +36,7 @@ from spalstf.data import (
 )
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
-from spalstf.preprocess import Standardizer, log_normalize
+from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
 from spalstf.spatial import coordinates, neighbours, smoothed_reader
 from spalstf.train import TrainingData, build_network, needs_neighbours, train
 
@@ -52,7 +52,7 @@ _FORMAT_VERSION = 1
 SELF_CHECK_MIN_GENES = 8
 #: Config fields that may differ between fit and impute (they act at sampling time only).
 INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "knn_weight",
-                     "knn_neighbors", "antithetic", "clip_denoised")
+                     "knn_neighbors", "antithetic", "clip_denoised", "output")
 #: ST cells (evenly spaced) whose known genes give the z-scores of the aligned-neighbour estimate.
 KNN_STAT_CELLS = 50000
 #: References whose standardised training genes take at most this many bytes are held in
@@ -306,11 +306,10 @@ class Model:
                 "data measured on the same genes or fit a new model on the genes this data has")
         st_known = [mapping[g] for g in self.known_genes]
         check_values(expr, log_normalized=log_normalized, arg="st")
+        _check_output(cfg, log_normalized)
 
         def normalised(rows) -> np.ndarray:
-            if isinstance(rows, np.ndarray) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-                rows = slice(int(rows[0]), int(rows[-1]) + 1)  # contiguous: a fast block read
-            return log_normalize(expr.columns(st_known, rows),
+            return log_normalize(expr.columns(st_known, _contiguous(rows)),
                                  scale_factor=cfg.scale_factor, log_normalized=log_normalized)[0]
 
         scaler = self.known_scaler
@@ -340,8 +339,13 @@ class Model:
                 def read_knn(chunk: slice) -> np.ndarray:
                     return st_scaler.transform(read_log(cells[chunk]))
 
-        def to_output(samples: np.ndarray) -> np.ndarray:
-            return self.target_scaler.inverse(samples).astype(np.float32)
+        def to_output(samples: np.ndarray, chunk: slice) -> np.ndarray:
+            values = self.target_scaler.inverse(samples).astype(np.float32)
+            if cfg.output == "at_depth":  # the cells' own known-gene totals, in counts
+                depth = expr.columns(st_known, _contiguous(cells[chunk])).sum(axis=1)
+                values = expected_at_depth(values, np.asarray(depth).ravel(),
+                                           scale_factor=cfg.scale_factor)
+            return values
 
         def read_known(chunk: slice) -> np.ndarray:  # a chunk of `cells` -> rows of `expr`
             return scaler.transform(read_log(cells[chunk]))
@@ -628,9 +632,26 @@ def _resolve_fit_genes(expr: Expression, known_genes, target_genes,
     return known_ref, target_ref, kept
 
 
+def _check_output(cfg: Config, log_normalized: bool) -> None:
+    if cfg.output == "at_depth" and log_normalized:
+        raise ValueError("`output='at_depth'` needs the ST's counts (each cell's depth); "
+                         "received log-normalised input (log_normalized=True): use "
+                         "output='expression'")
+
+
+def _contiguous(rows: Any) -> Any:
+    """Sorted cell indices without gaps as a slice (a fast block read); others as given."""
+    if isinstance(rows, np.ndarray) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
 def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_names: list[str],
                     cfg: Config, *, log_normalized: bool, seed: int, device: torch.device,
-                    progress: bool, saving: tuple = (None, 1, None)) -> Model:
+                    progress: bool, saving: tuple = (None, 1, None),
+                    prior_only: bool = False) -> Model:
+    """Fit a model on the reference genes `known` -> `targets` (see `fit`). `prior_only`:
+    the ridge prior alone, the network left untrained (`spalstf.train.train`)."""
     check_values(expr, log_normalized=log_normalized, arg="sc")
     start = time.perf_counter()
     rows = None
@@ -670,7 +691,7 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
         "seed": seed, "config": _plain(cfg.to_dict(), none_ok=True), "known_genes": known,
         "target_genes": targets, "data": data_fingerprint(known_z, target_z)})
     result = train(data, cfg, seed=seed, device=device, progress=progress,
-                   checkpointer=checkpointer)
+                   checkpointer=checkpointer, prior_only=prior_only)
     info = {"timings": {"fit_seconds": time.perf_counter() - start},
             "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,
@@ -821,6 +842,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                                                           target_arg="genes")
     # The ST values are checked before training, not after minutes of it.
     check_values(st_expr, log_normalized=log_normalized, arg="st")
+    _check_output(cfg, log_normalized)
     st_name = {ref: st_g for st_g, ref in shared.items()}
     # Settings the user gave are kept: "auto" selection chooses only among the others.
     given = {k for k, v in options.items() if v is not None}
@@ -855,10 +877,14 @@ def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: 
     if select == "auto":
         has_xy = coordinates(st_expr.source, spatial, st_expr.n_cells) is not None
         select = {k: v for k, v in selfcheck.DEFAULT_SELECT.items()
-                  if (has_xy or k != "spatial_weight") and k not in given}
+                  if (has_xy or k != "spatial_weight") and k not in given
+                  and not (log_normalized and k == "output")}  # at_depth needs counts
     elif isinstance(select, str):
         raise ValueError(f"`select` must be 'auto', None or a dict; received {select!r}")
     select = selfcheck.check_select(select, selfcheck.SELECTABLE)
+    if log_normalized and "at_depth" in select.get("output", ()):
+        raise ValueError("`select['output']` offers 'at_depth', which needs the ST's counts "
+                         "(each cell's depth); received log-normalised input")
     for candidate in selfcheck.candidates(select):
         cfg.replace(**candidate)  # every candidate value is valid, before any fit
     n_known = len(known_pairs)

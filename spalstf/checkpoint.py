@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 FREE_OPTIONS = frozenset({"epochs", "max_time", "patience", "sampler", "n_steps", "n_samples",
                           "eta", "antithetic", "clip_denoised", "spatial_weight",
                           "spatial_neighbors", "residual_weight", "knn_weight",
-                          "knn_neighbors"})
+                          "knn_neighbors", "output"})
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:

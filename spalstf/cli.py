@@ -96,12 +96,16 @@ def _self_check_summary(result: Any, out: Path, stream: bool) -> dict[str, Any] 
     return None if check is None else {k: check[k] for k in keys if k in check}
 
 
-def _format_self_check(check: dict[str, Any]) -> str:
+def format_settings(settings: dict[str, Any]) -> str:
+    """{"knn_weight": 0.5, "output": "at_depth"} -> "knn_weight=0.5, output=at_depth"."""
     def value(v: Any) -> str:
         return f"{v:g}" if isinstance(v, (float, int)) and not isinstance(v, bool) else str(v)
 
-    selected = check.get("selected") or {}
-    chosen = ", ".join(f"{k}={value(v)}" for k, v in selected.items())
+    return ", ".join(f"{k}={value(v)}" for k, v in settings.items())
+
+
+def _format_self_check(check: dict[str, Any]) -> str:
+    chosen = format_settings(check.get("selected") or {})
     return (f"self-check: median PCC {float(check['median_pcc']):.3f}, SPCC "
             f"{float(check['median_spcc']):.3f} over {int(check['n_genes'])} hidden known genes"
             + (f" (selected {chosen})" if chosen else ""))
@@ -227,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"self-check (no truth used): median r {check['median_pcc']:.3f} over "
               f"{check['n_genes']} hidden measured genes, against their noisy measured counts "
               "(the simulated truth above is noise-free, hence higher); chose "
-              + ", ".join(f"{k}={v:g}" for k, v in check["selected"].items()))
+              + format_settings(check["selected"]))
         expected = imputed.var["expected_pcc"].to_numpy()
         ok = np.isfinite(pcc)
         if ok.sum() > 2 and np.std(expected[ok]) > 0:

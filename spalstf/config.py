@@ -137,6 +137,15 @@ class Config:
     #: The imputation is prior + residual_weight x (mean sampled residual): 1 keeps the
     #: diffusion's refinement whole, 0 returns the prior alone.
     residual_weight: float = 1.0
+    #: What the imputed values are. "expression": log1p(count / known-gene total x
+    #: scale_factor) as the reference measures its cells, free of the ST's depth.
+    #: "at_depth": the value the ST itself would measure at each cell's depth, on average,
+    #: zeros included (`spalstf.preprocess.expected_at_depth`): far below the expression where
+    #: a spot holds only a few counts of a gene, as its measured genes are. Needs counts (not
+    #: log-normalised input). On sparse spots (Visium lymph node) it is the closer prediction
+    #: of what was measured (benchmarks/results/priors.md), so the self-check chooses between
+    #: the two by default; keep "expression" to compare cells free of their depth.
+    output: str = "expression"
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with `changes` applied, refusing unknown names."""
@@ -184,7 +193,7 @@ class Config:
             )
         choices = {"align": ("reference", "per_dataset"), "sampler": ("ddim", "ddpm"),
                    "prior": ("ridge", "neighbours", "none"),
-                   "beta_schedule": ("cosine", "linear")}
+                   "beta_schedule": ("cosine", "linear"), "output": ("expression", "at_depth")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}; received {getattr(self, name)!r}")

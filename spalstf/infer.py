@@ -158,7 +158,7 @@ def knn_estimate(index: NeighbourIndex, known_z: np.ndarray, atlas: torch.Tensor
 
 def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config, n_cells: int,
                  read_known: Callable[[slice], np.ndarray], cells: Sequence[str],
-                 to_output: Callable[[np.ndarray], np.ndarray], *, atlas: np.ndarray | None,
+                 to_output: Callable[[np.ndarray, slice], np.ndarray], *, atlas: np.ndarray | None,
                  clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
                  progress: bool, sink: Sink | None = None,
                  residual_weights: Sequence[float] | None = None, prior_only: bool = False,
@@ -166,8 +166,9 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Mean and std over samples for all cells, on the output scale, chunk by chunk.
 
-    `read_known(rows)` returns the standardised known genes of a chunk of cells; `to_output`
-    maps model-space values to the output scale (log-normalised, clipped at 0). Chunks hold
+    `read_known(rows)` returns the standardised known genes of a chunk of cells;
+    `to_output(values, rows)` maps model-space values of that chunk (cells on the second-last
+    axis) to the output scale (log-normalised, clipped at 0; see `Config.output`). Chunks hold
     `config.batch_size` cells. Without `sink` the results are gathered in two arrays (the
     output: memory beyond it is bounded by the chunk); with `sink`, each chunk's results are
     handed to `sink(rows, mean, std)` as they come (to a file, say) and (None, None) is
@@ -207,8 +208,8 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                                             knn_index, read_knn(rows), atlas_t, network.n_known,
                                             config.knn_neighbors))
         residual = residuals.mean(axis=0)
-        means = [to_output(prior + w * residual) for w in weights]
-        spread = to_output(prior[None] + residuals).std(axis=0) if with_std else None
+        means = [to_output(prior + w * residual, rows) for w in weights]
+        spread = to_output(prior[None] + residuals, rows).std(axis=0) if with_std else None
         if sink is not None:
             sink(rows, means[0], spread)
             continue

@@ -40,18 +40,27 @@ FIT_TIME_SHARE = 0.5
 MAX_CELLS = 2000
 #: Options `select=` may choose among: they act at sampling time, on the same inner fits.
 SELECTABLE = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbors",
-              "residual_weight")
-#: Options that shape the prior (chosen in stage 1, on predictions of the prior alone).
-PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbors")
+              "residual_weight", "output")
+#: Options that shape the prior or how it is read out (chosen in stage 1, on predictions of
+#: the prior alone).
+PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbors", "output")
+#: Stage 1 hides this many groups of known genes in turn (each fit sees 80% of them). The
+#: priors need no training, so more, smaller groups cost little, and they choose better than
+#: 2 halves: with the output among the choices, 2 groups chose "at_depth" in three osmFISH
+#: folds where it hurt (benchmarks/results/priors.md against priors_inner5.md).
+PRIOR_FOLDS = 5
 #: Candidates tried by default: the spatial context's weight (only where the ST has
-#: coordinates), the aligned-neighbour estimate's weight in the prior, and how much of the
+#: coordinates), the aligned-neighbour estimate's weight in the prior, the output (only for
+#: counts: "at_depth" needs each cell's depth; see `Config.output`) and how much of the
 #: diffusion's refinement of the prior is kept. Measured on the priors alone
 #: (`benchmarks/priors.py`, 5-fold CV, median PCC osmFISH / visium_brain / visium_lymph /
-#: simulated): the previous grid (spatial weights up to 0.75, knn_weight fixed at 0.5) chose
-#: settings worth 0.233 / 0.477 / 0.095 / 0.287, this one 0.239 / 0.498 / 0.097 / 0.287.
+#: simulated): spatial weights up to 0.75 with knn_weight fixed at 0.5 chose settings worth
+#: 0.233 / 0.477 / 0.095 / 0.287; choosing knn_weight too, 0.239 / 0.498 / 0.097 / 0.287; and
+#: the output too, on 5 groups, 0.238 / 0.500 / 0.127 / 0.284 (priors_inner5.md).
 DEFAULT_SELECT: dict[str, tuple] = {
     "spatial_weight": (0.0, 0.25, 0.5),
     "knn_weight": (0.0, 0.5),
+    "output": ("expression", "at_depth"),
     "residual_weight": (0.0, 0.5, 1.0),
 }
 
@@ -246,8 +255,8 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
         options = [{}]
     weights = sorted({o.get("residual_weight", cfg.residual_weight) for o in options})
     # The settings of the prior, as tuples of the values of PRIOR_OPTIONS.
-    prior_settings = sorted({tuple(o.get(k, getattr(cfg, k)) for k in PRIOR_OPTIONS)
-                             for o in options})
+    prior_settings = list(dict.fromkeys(tuple(o.get(k, getattr(cfg, k)) for k in PRIOR_OPTIONS)
+                                        for o in options))  # in the order given
     inner_cfg = cfg
     if cfg.max_time is not None:
         inner_cfg = cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
@@ -259,24 +268,32 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
                                                           replace=False))
     truth_all = log_normalize(st_expr.columns(st_names, rows), scale_factor=cfg.scale_factor,
                               log_normalized=log_normalized)[0]
-    hidden_order = [g for fold in folds for g in fold]
-    fold_of = [i for i, fold in enumerate(folds) for _ in fold]
-    truth = truth_all[:, [st_names.index(g) for g in hidden_order]]
-    models = []
-    for i, hidden in enumerate(folds):
-        inner_known = [g for g in st_names if g not in hidden]
-        logger.info("self-check fold %d/%d: hiding %d of %d known genes", i + 1, len(folds),
-                    len(hidden), len(st_names))
-        models.append(api._fit_expression(
-            sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
-            list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed, device=device,
-            progress=progress))
 
-    def assemble(prior_setting, weights_, prior_only=False) -> list[np.ndarray]:
+    def hidden_truth(folds_):
+        """(genes in the order the folds hide them, the fold of each, their truth)."""
+        order = [g for fold in folds_ for g in fold]
+        fold_of_ = [i for i, fold in enumerate(folds_) for _ in fold]
+        return order, fold_of_, truth_all[:, [st_names.index(g) for g in order]]
+
+    def fit(folds_, fit_cfg, prior_only=False):
+        models_ = []
+        for i, hidden in enumerate(folds_):
+            inner_known = [g for g in st_names if g not in hidden]
+            logger.info("self-check %sfold %d/%d: hiding %d of %d known genes",
+                        "prior " if prior_only else "", i + 1, len(folds_), len(hidden),
+                        len(st_names))
+            models_.append(api._fit_expression(
+                sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
+                list(hidden), fit_cfg, log_normalized=log_normalized, seed=seed,
+                device=device, progress=progress, prior_only=prior_only))
+        return models_
+
+    def assemble(models_, folds_, prior_setting, weights_, prior_only=False):
         """Per residual weight: cells x hidden genes, each fold's genes by its own model."""
-        out = [np.empty_like(truth, dtype=np.float32) for _ in weights_]
+        out = [np.empty((len(rows), sum(map(len, folds_))), dtype=np.float32)
+               for _ in weights_]
         col = 0
-        for model, hidden in zip(models, folds, strict=True):
+        for model, hidden in zip(models_, folds_, strict=True):
             run_cfg = model.config.replace(**dict(zip(PRIOR_OPTIONS, prior_setting,
                                                       strict=True)))
             means, _ = model._predict(st_expr, run_cfg, log_normalized=log_normalized,
@@ -288,27 +305,38 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
             col += len(hidden)
         return out
 
-    # Stage 1 (with a prior and several prior settings): the spatial context and the
-    # aligned-neighbour estimate's weight are chosen on the prior's predictions, which need no
-    # sampling; stage 2 samples once per inner fold, at the chosen setting, for every
-    # refinement weight. Without a prior every combination is sampled.
-    rows_opts, predictions, stage = [], [], []
+    # Stage 1 (with a prior and several prior settings): the spatial context, the
+    # aligned-neighbour estimate's weight and the output are chosen on the prior's
+    # predictions, by PRIOR_FOLDS untrained fits (a ridge each); stage 2 trains the inner
+    # models and samples once per fold, at the chosen setting, for every refinement weight.
+    # Without a prior every combination is sampled.
+    first = None
     if cfg.prior != "none" and len(prior_settings) > 1:
+        prior_folds = inner_folds(st_names, min(PRIOR_FOLDS, len(st_names)), seed)
+        order, fold_of, truth = hidden_truth(prior_folds)
+        prior_models = fit(prior_folds, cfg, prior_only=True)
+        first_opts, first_predictions = [], []
         for setting in prior_settings:
-            rows_opts.append({**dict(zip(PRIOR_OPTIONS, setting, strict=True)),
-                              "residual_weight": 0.0})
-            predictions += assemble(setting, [0.0], prior_only=True)
-            stage.append("prior")
-        first = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts)
+            first_opts.append({**dict(zip(PRIOR_OPTIONS, setting, strict=True)),
+                               "residual_weight": 0.0})
+            first_predictions += assemble(prior_models, prior_folds, setting, [0.0],
+                                          prior_only=True)
+        first = score_candidates(truth, first_predictions, order, fold_of, first_opts)
         prior_settings = [tuple(first.selected[k] for k in PRIOR_OPTIONS)]
+        del prior_models
+    hidden_order, fold_of, truth = hidden_truth(folds)
+    models = fit(folds, inner_cfg)
+    rows_opts, predictions = [], []
     for setting in prior_settings:
         rows_opts += [{**dict(zip(PRIOR_OPTIONS, setting, strict=True)), "residual_weight": w}
                       for w in weights]
-        predictions += assemble(setting, weights)
-        stage += ["model"] * len(weights)
-    result = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts,
-                              eligible=[s == "model" for s in stage])
-    result.scores.insert(0, "stage", stage)
+        predictions += assemble(models, folds, setting, weights)
+    result = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts)
+    result.scores.insert(0, "stage", "model")
+    if first is not None:  # stage 1's rows first, none of them the final choice
+        first.scores.insert(0, "stage", "prior")
+        first.scores["selected"] = False
+        result.scores = pd.concat([first.scores, result.scores], ignore_index=True)
     # Calibration of the per-gene confidence: how each hidden gene's predictability in the
     # reference (a by-product of its inner fit) relates to its PCC measured on the ST.
     ref_of_gene = {g: v for model, hidden in zip(models, folds, strict=True)

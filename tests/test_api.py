@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import FAST
+from conftest import FAST, as_counts
 
 import spalstf
+from spalstf.preprocess import expected_at_depth
 
 
 def test_impute_returns_a_new_anndata_with_the_documented_slots(tiny_pair):
@@ -117,6 +118,26 @@ def test_the_estimate_can_be_turned_on_at_impute_time(tiny_pair):
     off = model.impute(st, seed=5, progress=False, residual_weight=0.0)
     on = model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=0.5)
     assert np.abs(on.X - off.X).max() > 1e-3
+
+
+def test_at_depth_output_is_the_expected_measurement_at_each_cells_depth(tiny_pair, tiny_model):
+    """output="at_depth" maps each imputation through the cell's own known-gene total; the
+    uncertainty is the spread of the mapped samples; log-normalised input has no depth."""
+    st, sc = tiny_pair
+    expression = tiny_model.impute(st, seed=5, progress=False)
+    at_depth = tiny_model.impute(st, seed=5, progress=False, output="at_depth")
+    depth = as_counts(st.X).sum(axis=1)  # the model's known genes are all of st's
+    np.testing.assert_allclose(at_depth.X, expected_at_depth(expression.X, depth), atol=1e-5)
+    assert (at_depth.X <= expression.X + 1e-5).all() and (at_depth.X < expression.X - 0.01).any()
+    assert not np.allclose(at_depth.layers["std"], expression.layers["std"])
+    assert at_depth.uns["spalstf"]["params"]["output"] == "at_depth"
+    st_log = st.copy()
+    st_log.X = np.log1p(as_counts(st.X))
+    with pytest.raises(ValueError, match="`output='at_depth'` needs the ST's counts"):
+        tiny_model.impute(st_log, log_normalized=True, output="at_depth", progress=False)
+    with pytest.raises(ValueError, match="`output='at_depth'` needs the ST's counts"):
+        spalstf.impute(st_log, sc, log_normalized=True, output="at_depth", self_check=False,
+                       **FAST)
 
 
 def test_the_same_seed_gives_identical_output(tiny_pair):
@@ -258,6 +279,7 @@ def test_log_normalized_inputs_are_used_as_given(tiny_pair):
     ("n_samples", 1.5, "n_samples"), ("sampler", "euler", "sampler"), ("seed", -1, "seed"),
     ("max_genes", 0, "max_genes"), ("nonsense", 1, "unknown option"),
     ("knn_weight", 1.5, "knn_weight"), ("knn_neighbors", 0, "knn_neighbors"),
+    ("output", "counts", "output"),
 ])
 def test_options_out_of_range_name_the_option(tiny_pair, option, value, match):
     st, sc = tiny_pair

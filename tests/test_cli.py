@@ -175,7 +175,8 @@ def test_self_check_summary_is_printed_and_stored(files, capsys):
     check = ad.read_h5ad(out).uns["spalstf"]["self_check"]
     n_known = ad.read_h5ad(st_path).n_vars
     assert check["n_genes"] == n_known and sorted(set(check["fold"])) == [0, 1]
-    selected = ", ".join(f"{k}={v:g}" for k, v in check["selected"].items())
+    selected = ", ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}"
+                         for k, v in check["selected"].items())
     assert "spatial_weight" in check["selected"]  # the tiny ST has obsm["spatial"]
     assert line == (f"self-check: median PCC {check['median_pcc']:.3f}, SPCC "
                     f"{check['median_spcc']:.3f} over {n_known} hidden known genes "

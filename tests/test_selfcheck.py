@@ -1,8 +1,10 @@
 """The self-check (inner leave-genes-out over the ST's known genes) and the spatial context."""
 
+import logging
+
 import numpy as np
 import pytest
-from conftest import FAST
+from conftest import FAST, as_counts
 
 import spalstf
 from spalstf import selfcheck
@@ -226,3 +228,60 @@ def test_auto_selection_keeps_the_settings_a_user_gave(tiny_pair):
                 if s == "model"} == {0.5}
         params = out.uns["spalstf"]["params"]
         assert params["knn_weight"] == 0.25 and params["residual_weight"] == 0.5
+
+
+def spots_of_uneven_depth(seed: int = 3):
+    """A simulated pair whose ST cells keep between about 1% and 100% of their counts (as
+    Visium spots differ in depth), so that what a spot measures depends on its depth."""
+    st, sc = spalstf.datasets.simulate(n_st=120, n_sc=200, n_genes=30, n_measured=22,
+                                       seed=seed)
+    rng = np.random.default_rng(0)
+    counts = as_counts(st.X).astype(np.int64)
+    keep = np.exp(rng.normal(np.log(0.1), 2.0, size=(st.n_obs, 1))).clip(0, 1)
+    st.X = rng.binomial(counts, np.broadcast_to(keep, counts.shape)).astype(np.float32)
+    return st, sc
+
+
+def test_the_output_is_chosen_on_untrained_priors_of_five_groups(caplog):
+    """Stage 1 fits PRIOR_FOLDS prior-only models (no training) and scores both outputs on
+    them; on spots of uneven depth the expected measurement at each spot's depth wins."""
+    st, sc = spots_of_uneven_depth()
+    genes = list(st.obsm["truth"].columns)[:2]
+    with caplog.at_level(logging.INFO, logger="spalstf"):
+        out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2,
+                             select={"output": ["expression", "at_depth"],
+                                     "residual_weight": [0.0, 1.0]}, **FAST)
+    check = out.uns["spalstf"]["self_check"]
+    cand = check["candidates"]
+    prior = [i for i, s in enumerate(cand["stage"]) if s == "prior"]
+    assert [cand["output"][i] for i in prior] == ["expression", "at_depth"]
+    scores = {cand["output"][i]: cand["median_pcc"][i] for i in prior}
+    assert scores["at_depth"] > scores["expression"] + 0.02
+    assert check["selected"]["output"] == "at_depth"
+    assert out.uns["spalstf"]["params"]["output"] == "at_depth"
+    # stage 2 samples the chosen output only, with the 2 trained groups
+    assert {cand["output"][i] for i, s in enumerate(cand["stage"]) if s == "model"} \
+        == {"at_depth"}
+    assert set(check["fold"]) == {0, 1}
+    stage1 = [r for r in caplog.records if "self-check prior fold" in r.getMessage()]
+    assert len(stage1) == selfcheck.PRIOR_FOLDS
+    # and they are not trained: the 2 groups of stage 2 and the main fit are the only ones
+    assert sum(r.getMessage().startswith("trained ") for r in caplog.records) == 3
+
+
+def test_at_depth_is_offered_only_for_counts(tiny_pair):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:2]
+    counts = spalstf.impute(st, sc, genes, self_check=True, **FAST)
+    assert set(counts.uns["spalstf"]["self_check"]["candidates"]["output"]) \
+        == {"expression", "at_depth"}
+    st_log, sc_log = st.copy(), sc.copy()
+    st_log.X, sc_log.X = np.log1p(as_counts(st.X)), np.log1p(as_counts(sc.X))
+    logged = spalstf.impute(st_log, sc_log, genes, log_normalized=True, self_check=True, **FAST)
+    check = logged.uns["spalstf"]["self_check"]
+    assert set(check["candidates"]["output"]) == {"expression"}
+    assert "output" not in check["selected"]
+    assert logged.uns["spalstf"]["params"]["output"] == "expression"
+    with pytest.raises(ValueError, match=r"`select\['output'\]` offers 'at_depth'"):
+        spalstf.impute(st_log, sc_log, genes, log_normalized=True, self_check=True,
+                       select={"output": ["expression", "at_depth"]}, **FAST)
