@@ -257,6 +257,8 @@ def test_the_output_is_chosen_on_untrained_priors_of_five_groups(caplog):
     assert [cand["output"][i] for i in prior] == ["expression", "at_depth"]
     scores = {cand["output"][i]: cand["median_pcc"][i] for i in prior}
     assert scores["at_depth"] > scores["expression"] + 0.02
+    # chosen gene by gene: it predicts most hidden genes better
+    assert cand["genes_better"][prior[1]] >= selfcheck.OUTPUT_WIN_SHARE
     assert check["selected"]["output"] == "at_depth"
     assert out.uns["spalstf"]["params"]["output"] == "at_depth"
     # stage 2 samples the chosen output only, with the 2 trained groups
@@ -285,3 +287,24 @@ def test_at_depth_is_offered_only_for_counts(tiny_pair):
     with pytest.raises(ValueError, match=r"`select\['output'\]` offers 'at_depth'"):
         spalstf.impute(st_log, sc_log, genes, log_normalized=True, self_check=True,
                        select={"output": ["expression", "at_depth"]}, **FAST)
+
+
+def test_another_output_is_tried_only_at_the_chosen_prior_settings():
+    """The prior's settings are chosen at the first output; "at_depth" is then scored at the
+    chosen settings only, and kept only if it predicts most hidden genes better."""
+    st, sc = spots_of_uneven_depth()
+    genes = list(st.obsm["truth"].columns)[:2]
+    out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2,
+                         select={"spatial_weight": [0.0, 0.5],
+                                 "output": ["expression", "at_depth"],
+                                 "residual_weight": [0.0]}, **FAST)
+    check = out.uns["spalstf"]["self_check"]
+    cand = check["candidates"]
+    prior = [i for i, s in enumerate(cand["stage"]) if s == "prior"]
+    assert [cand["output"][i] for i in prior] == ["expression", "expression", "at_depth"]
+    best = max(prior[:2], key=lambda i: cand["median_pcc"][i])
+    assert cand["spatial_weight"][prior[2]] == cand["spatial_weight"][best]
+    share = cand["genes_better"][prior[2]]
+    assert check["selected"]["output"] == ("at_depth" if share >= selfcheck.OUTPUT_WIN_SHARE
+                                           else "expression")
+    assert check["selected"]["spatial_weight"] == cand["spatial_weight"][best]

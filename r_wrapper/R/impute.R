@@ -7,7 +7,11 @@
 #' \code{spalstf.impute()} (or \code{Model.impute()}) of the Python package.
 #'
 #' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}:
-#' the mean over \code{n.samples} reverse-diffusion samples. Their standard deviation (an
+#' the mean over \code{n.samples} reverse-diffusion samples. With counts, the self-check may
+#' return them as \code{output = "at_depth"}: the value each spot would measure at its own
+#' depth, on average, zeros included (shallow spots read most genes as 0, as their measured
+#' genes do); pass \code{output = "expression"} in \code{...} for values free of the depth.
+#' The chosen setting is in the self-check summary's \code{selected}. Their standard deviation (an
 #' uncertainty estimate) is kept as well: for Seurat in \code{Misc(object[[new.assay.name]],
 #' "std")} (a genes x cells matrix with the assay's dimnames), for SingleCellExperiment as the
 #' assay \code{"std"} of the alternative experiment, for matrices as \code{attr(x, "std")}.
@@ -138,15 +142,20 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   if (!is.null(select) && !identical(select, "auto")) {
     if (!is.list(select) || !length(select) || is.null(names(select)) ||
         any(!nzchar(names(select))) ||
-        !all(vapply(select, function(v) is.numeric(v) && length(v) > 0L && !anyNA(v), TRUE))) {
+        !all(mapply(function(name, v) {
+          # `output` takes names ("expression", "at_depth"); the other options numbers
+          (if (name == "output") is.character(v) else is.numeric(v)) &&
+            length(v) > 0L && !anyNA(v)
+        }, names(select), select))) {
       stop("`select` must be \"auto\", NULL or a named list of candidate values, e.g. ",
-           "list(spatial_weight = c(0, 0.5), residual_weight = c(0.5, 1)); received: ",
+           "list(spatial_weight = c(0, 0.5), output = c(\"expression\", \"at_depth\")); ",
+           "received: ",
            paste(deparse(select), collapse = " "), call. = FALSE)
     }
     # Each option's values go as a Python list; whole numbers (e.g. spatial_neighbors) as
     # integers when all of them are whole.
     select <- lapply(select, function(v) {
-      if (all(v == round(v)) && all(abs(v) < 2^31)) v <- as.integer(v)
+      if (is.numeric(v) && all(v == round(v)) && all(abs(v) < 2^31)) v <- as.integer(v)
       as.list(v)
     })
   }
@@ -357,11 +366,12 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   (default 2).
 #' @param select Candidate settings the self-check chooses among: \code{"auto"} (the weight
 #'   of the spatial context, when \code{object} has coordinates, the weight of the
-#'   aligned-neighbour estimate in the prior and the weight of the diffusion's
+#'   aligned-neighbour estimate in the prior, the output, \code{"expression"} or
+#'   \code{"at_depth"} (counts only; see Details), and the weight of the diffusion's
 #'   refinement, less any of these you set yourself in \code{...}), \code{NULL} (use
 #'   the settings as given), or a named list of candidate values of the options
 #'   \code{spatial_weight}, \code{spatial_neighbors}, \code{knn_weight},
-#'   \code{knn_neighbors} and \code{residual_weight}, e.g.
+#'   \code{knn_neighbors}, \code{output} and \code{residual_weight}, e.g.
 #'   \code{list(spatial_weight = c(0, 0.5))}.
 #' @param spatial The cells' coordinates for the spatial context: \code{NULL} (default) those
 #'   of \code{object} (a Seurat image, a SpatialExperiment's \code{spatialCoords()}, a reduced

@@ -54,14 +54,20 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   SingleCellExperiment::reducedDim(sce, "spatial") <- d$coords
   ref_sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = d$ref))
   out <- do.call(Impute, c(list(sce, ref_sce, genes = "G17", self.check.folds = 2L,
-                                select = list(spatial_weight = c(0, 0.5))), FAST))
+                                select = list(spatial_weight = c(0, 0.5),
+                                              output = c("expression", "at_depth"))), FAST))
   check <- S4Vectors::metadata(out)$SpaLSTF$self_check
   check_summary(check, length(d$known))
-  expect_identical(names(check$selected), "spatial_weight")
-  # stage 1 scores each spatial weight on the prior alone; stage 2 samples the chosen one
+  expect_identical(names(check$selected), c("spatial_weight", "output"))
+  expect_true(check$selected$output %in% c("expression", "at_depth"))
+  # stage 1 scores each spatial weight on the prior alone, then the other output at the
+  # chosen weight; stage 2 samples the chosen setting
   cand <- check$candidates
-  expect_identical(cand$spatial_weight[cand$stage == "prior"], c(0, 0.5))
-  expect_true(all(cand$spatial_weight[cand$stage == "model"] %in% c(0, 0.5)))
+  prior <- cand[cand$stage == "prior", ]
+  expect_identical(prior$output, c("expression", "expression", "at_depth"))
+  expect_identical(prior$spatial_weight[1:2], c(0, 0.5))
+  expect_identical(prior$spatial_weight[3], check$selected$spatial_weight)
+  expect_true(all(cand$spatial_weight[cand$stage == "model"] == check$selected$spatial_weight))
   # The spatial context: given as a matrix (rows in another order, matched by name) it
   # gives the values of the object's own coordinates; FALSE turns it off.
   xy <- d$coords
@@ -89,6 +95,8 @@ test_that("the self-check and spatial options are checked in R", {
   expect_error(Impute(d$st, d$ref, genes = "G17", self.check.folds = 1), "`self.check.folds`")
   expect_error(Impute(d$st, d$ref, genes = "G17", select = list(0.5)), "`select` must be")
   expect_error(Impute(d$st, d$ref, genes = "G17", select = list(spatial_weight = "a")),
+               "`select` must be")
+  expect_error(Impute(d$st, d$ref, genes = "G17", select = list(output = c(0, 1))),
                "`select` must be")
   expect_error(Impute(d$st, d$ref, genes = "G17", spatial = d$coords[-1, ]),
                "`spatial` must be a cells x dimensions matrix with 30 rows")
