@@ -132,6 +132,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
     sampling = {"n_steps": args.n_steps, "n_samples": args.n_samples, "seed": args.seed,
                 "progress": not args.quiet, "st_layer": args.st_layer,
                 "spatial": _spatial(args)}
+    if args.values != "auto":  # given: the self-check then leaves it as it is
+        sampling["output"] = args.values
     if args.model is not None:
         model = spalstf.load(args.model, device=args.device)
         result = model.impute(st, log_normalized=args.log_normalized or None,
@@ -305,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "genes (default auto); its summary is printed to stderr")
     p.add_argument("--self-check-folds", type=int, default=None, metavar="N",
                    help="groups of known genes the self-check hides in turn (default 2)")
+    p.add_argument("--values", choices=("auto", "expression", "at_depth"), default="auto",
+                   help="expression: log1p(count / known-gene total x 1e4), free of the ST's "
+                        "depth; at_depth: what the ST would measure at each cell's depth, on "
+                        "average (needs counts); auto: the self-check chooses (with --sc), "
+                        "else expression (default auto)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--spatial-key", default=None, metavar="KEY",
                        help="obsm key of the ST's cell coordinates for the spatial context "
