@@ -648,10 +648,7 @@ def _contiguous(rows: Any) -> Any:
 
 def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_names: list[str],
                     cfg: Config, *, log_normalized: bool, seed: int, device: torch.device,
-                    progress: bool, saving: tuple = (None, 1, None),
-                    prior_only: bool = False) -> Model:
-    """Fit a model on the reference genes `known` -> `targets` (see `fit`). `prior_only`:
-    the ridge prior alone, the network left untrained (`spalstf.train.train`)."""
+                    progress: bool, saving: tuple = (None, 1, None)) -> Model:
     check_values(expr, log_normalized=log_normalized, arg="sc")
     start = time.perf_counter()
     rows = None
@@ -691,7 +688,7 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
         "seed": seed, "config": _plain(cfg.to_dict(), none_ok=True), "known_genes": known,
         "target_genes": targets, "data": data_fingerprint(known_z, target_z)})
     result = train(data, cfg, seed=seed, device=device, progress=progress,
-                   checkpointer=checkpointer, prior_only=prior_only)
+                   checkpointer=checkpointer)
     info = {"timings": {"fit_seconds": time.perf_counter() - start},
             "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,

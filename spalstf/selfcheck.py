@@ -12,9 +12,9 @@ median per-gene PCC over all hidden genes; the best wins, ties go to the earlier
 Settings that act at sampling time (`spalstf.api.INFERENCE_OPTIONS`: the spatial context, the
 aligned-neighbour estimate's weight, the weight of the diffusion's refinement) are tried on the
 same fitted inner models, so a grid of them costs samplings, not fits; those that shape the
-prior (`PRIOR_OPTIONS`) are chosen first, on the prior alone, which needs no sampling nor
-training (`PRIOR_FOLDS` ridge fits). The output ("expression" or "at_depth") is a different
-kind of choice, made gene by gene: see `OUTPUT_WIN_SHARE`.
+prior (`PRIOR_OPTIONS`) are chosen first, on the prior alone, which needs no sampling. The
+output ("expression" or "at_depth") is a different kind of choice, made gene by gene: see
+`OUTPUT_WIN_SHARE`.
 
 The estimate is for the genes hidden here (measured ST genes, which panels choose for being
 informative); genes the panel never measured may be harder. With selection, the chosen
@@ -46,18 +46,13 @@ SELECTABLE = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbor
 #: Options that shape the prior or how it is read out (chosen in stage 1, on predictions of
 #: the prior alone).
 PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbors", "output")
-#: Stage 1 hides this many groups of known genes in turn (each fit sees 80% of them). The
-#: priors need no training, so more, smaller groups cost little, and they choose better than
-#: 2 halves: with the output among the choices, 2 groups chose "at_depth" in three osmFISH
-#: folds where it hurt (benchmarks/results/priors.md against priors_inner5.md).
-PRIOR_FOLDS = 5
 #: An output other than the first listed ("expression") is chosen only where, at the prior's
 #: chosen settings, it predicts at least this share of the hidden genes better (a paired,
 #: gene-by-gene comparison, not the medians'). What the depth changes, it changes for every
-#: gene: measured on the priors (`benchmarks/priors.py`, 5 groups), "at_depth" was better for
-#: 86-88% of the hidden genes in each visium_lymph fold, where it lifts every fold, and for
-#: 12-52% elsewhere, where the difference of medians alone (up to +0.03 in an osmFISH fold,
-#: as on visium_lymph) chose it in folds it hurt.
+#: gene: measured on the priors (`benchmarks/priors.py`), "at_depth" was better for 85-87% of
+#: the hidden genes in each visium_lymph fold, where it lifts every fold, and for 23-54%
+#: elsewhere, where the difference of medians alone (up to +0.06 in an osmFISH fold, more than
+#: on visium_lymph) would have chosen it in folds it hurt.
 OUTPUT_WIN_SHARE = 2 / 3
 #: Candidates tried by default: the spatial context's weight (only where the ST has
 #: coordinates), the aligned-neighbour estimate's weight in the prior, the output (only for
@@ -66,7 +61,7 @@ OUTPUT_WIN_SHARE = 2 / 3
 #: (`benchmarks/priors.py`, 5-fold CV, median PCC osmFISH / visium_brain / visium_lymph /
 #: simulated): spatial weights up to 0.75 with knn_weight fixed at 0.5 chose settings worth
 #: 0.233 / 0.477 / 0.095 / 0.287; choosing knn_weight too, 0.239 / 0.498 / 0.097 / 0.287; and
-#: the output too, on 5 groups, 0.238 / 0.500 / 0.127 / 0.284 (priors_inner5.md).
+#: then the output by OUTPUT_WIN_SHARE (benchmarks/results/priors.md).
 DEFAULT_SELECT: dict[str, tuple] = {
     "spatial_weight": (0.0, 0.25, 0.5),
     "knn_weight": (0.0, 0.5),
@@ -287,32 +282,24 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
                                                           replace=False))
     truth_all = log_normalize(st_expr.columns(st_names, rows), scale_factor=cfg.scale_factor,
                               log_normalized=log_normalized)[0]
+    hidden_order = [g for fold in folds for g in fold]
+    fold_of = [i for i, fold in enumerate(folds) for _ in fold]
+    truth = truth_all[:, [st_names.index(g) for g in hidden_order]]
+    models = []
+    for i, hidden in enumerate(folds):
+        inner_known = [g for g in st_names if g not in hidden]
+        logger.info("self-check fold %d/%d: hiding %d of %d known genes", i + 1, len(folds),
+                    len(hidden), len(st_names))
+        models.append(api._fit_expression(
+            sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
+            list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed, device=device,
+            progress=progress))
 
-    def hidden_truth(folds_):
-        """(genes in the order the folds hide them, the fold of each, their truth)."""
-        order = [g for fold in folds_ for g in fold]
-        fold_of_ = [i for i, fold in enumerate(folds_) for _ in fold]
-        return order, fold_of_, truth_all[:, [st_names.index(g) for g in order]]
-
-    def fit(folds_, fit_cfg, prior_only=False):
-        models_ = []
-        for i, hidden in enumerate(folds_):
-            inner_known = [g for g in st_names if g not in hidden]
-            logger.info("self-check %sfold %d/%d: hiding %d of %d known genes",
-                        "prior " if prior_only else "", i + 1, len(folds_), len(hidden),
-                        len(st_names))
-            models_.append(api._fit_expression(
-                sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
-                list(hidden), fit_cfg, log_normalized=log_normalized, seed=seed,
-                device=device, progress=progress, prior_only=prior_only))
-        return models_
-
-    def assemble(models_, folds_, prior_setting, weights_, prior_only=False):
+    def assemble(prior_setting, weights_, prior_only=False) -> list[np.ndarray]:
         """Per residual weight: cells x hidden genes, each fold's genes by its own model."""
-        out = [np.empty((len(rows), sum(map(len, folds_))), dtype=np.float32)
-               for _ in weights_]
+        out = [np.empty_like(truth, dtype=np.float32) for _ in weights_]
         col = 0
-        for model, hidden in zip(models_, folds_, strict=True):
+        for model, hidden in zip(models, folds, strict=True):
             run_cfg = model.config.replace(**dict(zip(PRIOR_OPTIONS, prior_setting,
                                                       strict=True)))
             means, _ = model._predict(st_expr, run_cfg, log_normalized=log_normalized,
@@ -324,37 +311,31 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
             col += len(hidden)
         return out
 
-    # Stage 1 (with a prior and several prior settings): the spatial context, the
-    # aligned-neighbour estimate's weight and the output are chosen on the prior's
-    # predictions, by PRIOR_FOLDS untrained fits (a ridge each); stage 2 trains the inner
-    # models and samples once per fold, at the chosen setting, for every refinement weight.
-    # Without a prior every combination is sampled.
+    def prior_rows(settings):
+        """The candidates' options and predictions (cells x hidden genes) of the prior alone."""
+        opts = [{**dict(zip(PRIOR_OPTIONS, s, strict=True)), "residual_weight": 0.0}
+                for s in settings]
+        return opts, [assemble(s, [0.0], prior_only=True)[0] for s in settings]
+
+    # Stage 1 (with a prior and several prior settings): the spatial context and the
+    # aligned-neighbour estimate's weight are chosen on the prior's predictions, which need no
+    # sampling, at the first output listed (the default "expression"); then another output,
+    # at those settings, only where it predicts most hidden genes better (OUTPUT_WIN_SHARE).
+    # Stage 2 samples once per inner fold, at the chosen setting, for every refinement
+    # weight. Without a prior every combination is sampled.
     first = None
     if cfg.prior != "none" and len(prior_settings) > 1:
-        prior_folds = inner_folds(st_names, min(PRIOR_FOLDS, len(st_names)), seed)
-        order, fold_of, truth = hidden_truth(prior_folds)
-        prior_models = fit(prior_folds, cfg, prior_only=True)
-
-        def prior_rows(settings):
-            opts = [{**dict(zip(PRIOR_OPTIONS, s, strict=True)), "residual_weight": 0.0}
-                    for s in settings]
-            return opts, [assemble(prior_models, prior_folds, s, [0.0], prior_only=True)[0]
-                          for s in settings]
-
-        # The prior's settings, at the first output listed (the default "expression") ...
         at = PRIOR_OPTIONS.index("output")
         outputs = list(dict.fromkeys(s[at] for s in prior_settings))
         opts, preds = prior_rows([s for s in prior_settings if s[at] == outputs[0]])
-        first = score_candidates(truth, preds, order, fold_of, opts)
+        first = score_candidates(truth, preds, hidden_order, fold_of, opts)
         chosen = tuple(first.selected[k] for k in PRIOR_OPTIONS)
         if len(outputs) > 1:
-            # ... then another output, at those settings, only where it predicts most hidden
-            # genes better (see OUTPUT_WIN_SHARE).
             base = first.per_gene["pcc"].to_numpy()
             alt_opts, alt_preds = prior_rows([chosen[:at] + (o,) + chosen[at + 1:]
                                               for o in outputs[1:]])
             shares = [win_share(metrics.pcc(truth, p), base) for p in alt_preds]
-            alt = score_candidates(truth, alt_preds, order, fold_of, alt_opts)
+            alt = score_candidates(truth, alt_preds, hidden_order, fold_of, alt_opts)
             alt.scores["genes_better"] = shares
             first.scores["genes_better"] = np.nan
             first.scores = pd.concat([first.scores, alt.scores], ignore_index=True)
@@ -362,14 +343,11 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
             if best is not None and shares[best] >= OUTPUT_WIN_SHARE:
                 chosen = tuple(alt_opts[best][k] for k in PRIOR_OPTIONS)
         prior_settings = [chosen]
-        del prior_models
-    hidden_order, fold_of, truth = hidden_truth(folds)
-    models = fit(folds, inner_cfg)
     rows_opts, predictions = [], []
     for setting in prior_settings:
         rows_opts += [{**dict(zip(PRIOR_OPTIONS, setting, strict=True)), "residual_weight": w}
                       for w in weights]
-        predictions += assemble(models, folds, setting, weights)
+        predictions += assemble(setting, weights)
     result = score_candidates(truth, predictions, hidden_order, fold_of, rows_opts)
     result.scores.insert(0, "stage", "model")
     if first is not None:  # stage 1's rows first, none of them the final choice

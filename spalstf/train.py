@@ -184,13 +184,8 @@ class _Loss(torch.nn.Module):
 
 
 def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.device | str = "cpu",
-          progress: bool = True, checkpointer: Checkpointer | None = None,
-          prior_only: bool = False) -> TrainResult:
+          progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
     """Train a denoiser on the reference. Deterministic for a given seed on CPU.
-
-    `prior_only`: fit the ridge prior and return without training the network (its weights
-    stay as initialised); for models that will only ever be asked for their prior (the
-    self-check's first stage), at the cost of one ridge fit.
 
     `checkpointer` writes the training state every `checkpointer.every` epochs and at the end,
     and, when it holds a resumed state, training continues from it (written by the first
@@ -222,10 +217,6 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
         logger.info("ridge prior: penalty %.4g on %d cells%s", prior_alpha, len(train_rows),
                     " (chosen by GCV, at least the number of cells)"
                     if config.prior_alpha is None else "")
-    if prior_only:
-        network.eval()
-        return TrainResult(network=network, prior_alpha=prior_alpha,
-                           stop_reason="prior only: the network was not trained")
     use_neighbours = needs_neighbours(config)
     if use_neighbours and data.neighbours is None:
         index = NeighbourIndex(data.atlas[:, :n_known], device=device)
