@@ -164,10 +164,9 @@ def candidates(select: Mapping[str, Sequence]) -> list[dict[str, Any]]:
 
 def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
                      genes: Sequence[str], folds: Sequence[int],
-                     options: Sequence[dict[str, Any]],
-                     eligible: Sequence[bool] | None = None) -> SelfCheckResult:
+                     options: Sequence[dict[str, Any]]) -> SelfCheckResult:
     """Score each candidate's assembled predictions (cells x hidden genes) against `truth`;
-    the best `eligible` one (all by default) is selected."""
+    the best is selected."""
     from spalstf.evaluate import metrics
 
     rows, per_gene = [], []
@@ -179,8 +178,6 @@ def score_candidates(truth: np.ndarray, predictions: Sequence[np.ndarray],
     scores = pd.DataFrame(rows)
     # The best median PCC wins; NaN (no correlation computable) never does; ties: the first.
     keys = scores["median_pcc"].fillna(-np.inf).to_numpy()
-    if eligible is not None:
-        keys = np.where(np.asarray(eligible), keys, -np.inf)
     best = int(np.argmax(keys))
     scores["selected"] = np.arange(len(scores)) == best
     return SelfCheckResult(per_gene=per_gene[best], scores=scores, selected=dict(options[best]))
