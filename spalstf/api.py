@@ -773,10 +773,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         Candidate settings the self-check chooses among, {option: [values]}, from
         `spalstf.selfcheck.SELECTABLE` (sampling-time options, tried on the same inner fits).
         "auto" (default): `spalstf.selfcheck.DEFAULT_SELECT` (the spatial context's weight,
-        where `st` has coordinates, the aligned-neighbour estimate's weight in the prior, and
-        the weight of the diffusion's refinement), less any of them you set yourself (as a
-        keyword, or in `config` where it differs from the default); None: use the settings as
-        given.
+        where `st` has coordinates, the aligned-neighbour estimate's weight in the prior, the
+        output, "expression" or "at_depth", for counts input (`Config.output`), and the weight
+        of the diffusion's refinement), less any of them you set yourself (as a keyword, or in
+        `config` where it differs from the default); None: use the settings as given.
     self_check_folds
         Number of inner groups of known genes hidden in turn.
     config, **options
@@ -789,7 +789,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     -------
     AnnData `st`: a new AnnData with `st`'s obs_names (same order) and obs/obsm copied,
     var_names = the imputed genes in the requested order, `X` float32 log1p-normalised
-    imputations (log1p(count / total of the known genes * 1e4)), `layers["std"]` the standard
+    imputations (log1p(count / total of the known genes * 1e4); with `output="at_depth"`
+    its expected value at each cell's depth, see `Config.output`), `layers["std"]` the standard
     deviation over samples (n_samples > 1), `uns["spalstf"]` the version, parameters, seed, known
     genes, targets and timings. With a self-check: `uns["spalstf"]["self_check"]` (median and
     per-gene PCC/SPCC of the hidden known genes, the settings chosen, every candidate's score,
