@@ -232,3 +232,22 @@ def test_two_process_ddp_training_equals_one_process(tiny_pair, tmp_path):
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-3, atol=1e-4, msg=key)
     np.testing.assert_allclose(b.impute(st, progress=False).X, a.impute(st, progress=False).X,
                                atol=1e-3)
+
+
+def test_the_depth_output_is_the_same_streamed_sharded_and_in_memory(tiny_pair, tiny_model,
+                                                                    tmp_path):
+    """output="at_depth" reads each chunk's known-gene totals from the input: from a backed
+    file, a chunk or a shard at a time, they give the in-memory values."""
+    st, _ = tiny_pair
+    opts = dict(seed=4, progress=False, output="at_depth", batch_size=16)
+    expected = tiny_model.impute(st, **opts)
+    st.write_h5ad(tmp_path / "st.h5ad")
+    backed = ad.read_h5ad(tmp_path / "st.h5ad", backed="r")
+    streamed = tiny_model.impute(backed, out=tmp_path / "out.h5ad", **opts)
+    parts = [tiny_model.impute(backed, shard=(i, 2), out=tmp_path / f"p{i}.h5ad", **opts)
+             for i in range(2)]
+    backed.file.close()
+    _assert_same_result(ad.read_h5ad(streamed), expected)
+    _assert_same_result(ad.read_h5ad(spalstf.io.merge_h5ad(parts, tmp_path / "m.h5ad")),
+                        expected)
+    assert not np.allclose(expected.X, tiny_model.impute(st, seed=4, progress=False).X)
