@@ -51,8 +51,8 @@ PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neigh
 #: gene-by-gene comparison, not the medians'). What the depth changes, it changes for every
 #: gene: measured on the priors (`benchmarks/priors.py`), "at_depth" was better for 85-87% of
 #: the hidden genes in each visium_lymph fold, where it lifts every fold, and for 23-54%
-#: elsewhere, where the difference of medians alone (up to +0.06 in an osmFISH fold, more than
-#: on visium_lymph) would have chosen it in folds it hurt.
+#: elsewhere; the difference of medians alone chose it in three of five osmFISH folds, where
+#: it hurt (0.239 -> 0.219, benchmarks/results/priors.md).
 OUTPUT_WIN_SHARE = 2 / 3
 #: Candidates tried by default: the spatial context's weight (only where the ST has
 #: coordinates), the aligned-neighbour estimate's weight in the prior, the output (only for
