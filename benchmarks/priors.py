@@ -24,8 +24,8 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
 
 Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
 correlation with the ST's log-normalised truth, and the ARI of Leiden clusters of the imputed
-matrix (every gene imputed while hidden) against those of the measured one. Writes ``benchmarks/results/priors.md`` and
-``priors.png``.
+matrix (every gene imputed while hidden) against those of the measured one. Writes
+``benchmarks/results/priors.md`` and ``priors.png``.
 
     .venv/bin/python benchmarks/priors.py
     .venv/bin/python benchmarks/priors.py --datasets visium_brain

@@ -254,7 +254,6 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     neighbours are read from all cells).
     """
     from spalstf import api
-    from spalstf.evaluate import metrics
     from spalstf.preprocess import log_normalize
 
     start = time.perf_counter()
@@ -331,11 +330,14 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
             base = first.per_gene["pcc"].to_numpy()
             alt_opts, alt_preds = prior_rows([chosen[:at] + (o,) + chosen[at + 1:]
                                               for o in outputs[1:]])
-            shares = [win_share(metrics.pcc(truth, p), base) for p in alt_preds]
-            alt = score_candidates(truth, alt_preds, hidden_order, fold_of, alt_opts)
-            alt.scores["genes_better"] = shares
+            # each alternative scored alone, for its per-gene correlations
+            alts = [score_candidates(truth, [p], hidden_order, fold_of, [o])
+                    for o, p in zip(alt_opts, alt_preds, strict=True)]
+            shares = [win_share(a.per_gene["pcc"], base) for a in alts]
+            alt_scores = pd.concat([a.scores for a in alts], ignore_index=True)
+            alt_scores["genes_better"] = shares
             first.scores["genes_better"] = np.nan
-            first.scores = pd.concat([first.scores, alt.scores], ignore_index=True)
+            first.scores = pd.concat([first.scores, alt_scores], ignore_index=True)
             best = int(np.nanargmax(shares)) if np.isfinite(shares).any() else None
             if best is not None and shares[best] >= OUTPUT_WIN_SHARE:
                 chosen = tuple(alt_opts[best][k] for k in PRIOR_OPTIONS)
