@@ -11,8 +11,8 @@
 #' return them as \code{output = "at_depth"}: the value each spot would measure at its own
 #' depth, on average, zeros included (shallow spots read most genes as 0, as their measured
 #' genes do); pass \code{output = "expression"} in \code{...} for values free of the depth.
-#' The chosen setting is in the self-check summary's \code{selected}. Their standard deviation (an
-#' uncertainty estimate) is kept as well: for Seurat in \code{Misc(object[[new.assay.name]],
+#' The chosen setting is in the self-check summary's \code{selected}. The samples' standard
+#' deviation (an uncertainty estimate) is kept as well: for Seurat in \code{Misc(object[[new.assay.name]],
 #' "std")} (a genes x cells matrix with the assay's dimnames), for SingleCellExperiment as the
 #' assay \code{"std"} of the alternative experiment, for matrices as \code{attr(x, "std")}.
 #'
