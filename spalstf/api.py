@@ -681,7 +681,11 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
     self_index = np.full(n, -1, dtype=np.int64)
     self_index[atlas_rows] = np.arange(len(atlas_rows))
     atlas = np.concatenate([known_z[atlas_rows], target_z[atlas_rows]], axis=1)
-    data = TrainingData(known_z, target_z, atlas, self_index=self_index)
+    # the known-gene count totals (scale_factor / factor) weigh cells in the prior's pseudo-spots
+    depth = None if factor is None else np.divide(
+        cfg.scale_factor, factor, out=np.zeros_like(factor), where=factor > 0)
+    data = TrainingData(known_z, target_z, atlas, self_index=self_index,
+                        scalers=(known_scaler, target_scaler), depth=depth)
     logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
                 len(known), len(targets))
     checkpointer = Checkpointer.create(*saving, meta={

@@ -73,6 +73,11 @@ class Config:
     #: L2 penalty of the ridge prior (on standardised genes). None: chosen on the reference by
     #: generalised cross-validation, at least the number of cells (`spalstf.train.choose_alpha`).
     prior_alpha: float | None = None
+    #: Fit the ridge prior on pseudo-spots too (random mixtures of 2 to 20 reference cells,
+    #: `spalstf.train.MIXTURE_SIZES`) as well as on the cells: a map that has seen mixtures
+    #: transfers better to spots, and to single cells of another platform
+    #: (benchmarks/results/priors.md). False: the reference cells alone.
+    prior_mixtures: bool = True
     #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
     #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
     #: `knn_neighbors` nearest atlas cells by cosine similarity, the ST's known genes z-scored
@@ -216,7 +221,8 @@ class Config:
                 self.patience, int) or self.patience < 1):
             raise ValueError(f"`patience` must be a positive integer (epochs) or None; "
                              f"received {self.patience!r}")
-        for name in ("use_xca", "use_context", "diffusion", "antithetic", "clip_denoised"):
+        for name in ("use_xca", "use_context", "diffusion", "antithetic", "clip_denoised",
+                     "prior_mixtures"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be True or False; received "
                                 f"{getattr(self, name)!r}")

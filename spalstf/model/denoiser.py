@@ -86,6 +86,7 @@ class Denoiser(nn.Module):
         # Weights of the linear (ridge) prior, set at fit; a buffer so it is saved and moved
         # with the network.
         self.register_buffer("prior_weights", torch.zeros(n_known, n_target))
+        self.register_buffer("prior_bias", torch.zeros(n_target))
         self.final_norm = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 2 * d_model))
         self.head = nn.Linear(d_model, 2 * self.per_target)  # noise and variance interpolation
@@ -99,6 +100,14 @@ class Denoiser(nn.Module):
         if pad:
             values = torch.nn.functional.pad(values, (0, pad))
         return values.reshape(values.shape[0], n_tokens, per_token)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As `nn.Module.load_state_dict`; a state without `prior_bias` (models saved before the
+        ridge prior had an intercept) gets a zero bias, which is the prior it was saved with."""
+        if "prior_bias" not in state_dict and "prior_weights" in state_dict:
+            state_dict = dict(state_dict)
+            state_dict["prior_bias"] = torch.zeros(state_dict["prior_weights"].shape[1])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def encode_context(self, sequence: torch.Tensor | None) -> torch.Tensor | None:
         """The context embedding (batch, d_model); computed once per cell, reused at every step."""
