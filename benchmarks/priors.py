@@ -1,26 +1,30 @@
 """Priors benchmark: what the prior alone reaches, and how well the self-check's choice transfers.
 
 spalstf's imputation is centred on a prior: a ridge map from the known to the target genes
-fitted on the reference (penalty by GCV, `spalstf.train.fit_ridge`), optionally blended with
+fitted on the reference (penalty by GCV, `spalstf.train.fit_prior`), optionally blended with
 the aligned-neighbour estimate (`knn_weight`; mean targets of the 50 most cosine-similar
 reference cells, known genes z-scored within each data set) and read from spatially smoothed
 known genes (`spatial_weight`; 8 nearest cells in space). This script re-implements these
 priors in numpy (no network, no sampling: seconds per data set) to compare, on the 5-fold
 leave-genes-out protocol of ``benchmarks/accuracy.py``:
 
-- every fixed setting (spatial weight x knn weight), for three forms of the reference: its
-  cells as they are; pseudo-spots (sums of 10 random cells, as a Visium spot mixes cells);
+- every fixed setting (spatial weight x knn weight), for these forms of the reference: the
+  library's default, its cells plus pseudo-spots for the ridge ("cells + mixtures": sums of
+  2, 5, 10 and 20 random cells, 2000 of each, `spalstf.train.pseudo_spots`); its cells alone
+  (the default before pseudo-spots); pseudo-spots of 10 alone (as a Visium spot mixes cells);
   metacells (each cell summed with its 14 nearest reference cells in known-gene space); and
   one other output: "depth-aware", the library's ``output="at_depth"``
   (``spalstf.preprocess.expected_at_depth``: the prediction read as a share of the ST cell's
   known-gene total, returned as the expected log-normalised value of a Poisson count at that
-  total: what the ST would measure there, zeros included);
+  total: what the ST would measure there, zeros included), of the default form and of the
+  cells alone;
 - selection policies: the setting chosen, per outer fold, by an inner leave-genes-out over
   the outer fold's known genes (2 folds by default, as ``spalstf.selfcheck`` does; see
   ``--inner-folds``), among a set of candidates (spatial weights up to 0.5 unless said).
   The default of ``spalstf.selfcheck`` is "choose sw x kw, then depth-aware by genes": the
   spatial and knn weights by the median, then "depth-aware" at that setting only where it
-  predicts most inner hidden genes better (``spalstf.selfcheck.OUTPUT_WIN_SHARE``).
+  predicts most inner hidden genes better (``spalstf.selfcheck.OUTPUT_WIN_SHARE``); the same
+  rule on the cells alone shows what the pseudo-spots add.
 
 Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
 correlation with the ST's log-normalised truth, and the ARI of Leiden clusters of the imputed
@@ -55,26 +59,34 @@ from spalstf.evaluate.cv import gene_folds  # noqa: E402
 from spalstf.infer import unit_rows  # noqa: E402
 from spalstf.preprocess import expected_at_depth  # noqa: E402
 from spalstf.selfcheck import OUTPUT_WIN_SHARE, inner_folds, win_share  # noqa: E402
-from spalstf.train import fit_ridge  # noqa: E402
+from spalstf.train import MIXTURE_SIZES, MIXTURES_PER_SIZE, fit_ridge  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
 SPATIAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 KNN_WEIGHTS = (0.0, 0.5)
+#: The library's default form: the ridge fitted on the reference cells and on pseudo-spots of
+#: 2, 5, 10 and 20 cells (`spalstf.train.MIXTURE_SIZES`, `Config.prior_mixtures`); the
+#: aligned-neighbour estimate reads the cells.
+DEFAULT_FORM = "cells + mixtures"
 #: name -> (form of the reference, cells summed per training profile)
-FORMS = {"cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10), "metacells of 15": ("meta", 15),
-         "depth-aware": ("cells", 1)}
+FORMS = {DEFAULT_FORM: ("mixtures", 1), "cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10),
+         "metacells of 15": ("meta", 15), "depth-aware": ("mixtures", 1),
+         "depth-aware, cells": ("cells", 1)}
 #: name -> which candidates (form, spatial weight, knn weight) the inner check chooses among
 POLICIES = {
-    "fixed: cells, sw 0, kw 0.5": lambda c: c == ("cells", 0.0, 0.5),
-    "choose sw (kw 0.5)": lambda c: c[0] == "cells" and c[1] <= 0.5 and c[2] == 0.5,
-    "choose sw to 0.75 (kw 0.5)": lambda c: c[0] == "cells" and c[2] == 0.5,
-    "choose sw x kw": lambda c: c[0] == "cells" and c[1] <= 0.5,
-    "choose sw x kw x form": lambda c: c[1] <= 0.5 and c[0] != "depth-aware",
-    "choose sw x kw x depth-aware": lambda c: c[1] <= 0.5 and c[0] in ("cells", "depth-aware"),
+    "fixed: sw 0, kw 0.5": lambda c: c == (DEFAULT_FORM, 0.0, 0.5),
+    "choose sw (kw 0.5)": lambda c: c[0] == DEFAULT_FORM and c[1] <= 0.5 and c[2] == 0.5,
+    "choose sw to 0.75 (kw 0.5)": lambda c: c[0] == DEFAULT_FORM and c[2] == 0.5,
+    "choose sw x kw": lambda c: c[0] == DEFAULT_FORM and c[1] <= 0.5,
+    "choose sw x kw x form": lambda c: c[1] <= 0.5 and not c[0].startswith("depth-aware"),
+    "choose sw x kw x depth-aware": lambda c: c[1] <= 0.5 and c[0] in (DEFAULT_FORM,
+                                                                       "depth-aware"),
 }
 #: The self-check's rule (spalstf.selfcheck): "choose sw x kw", then "depth-aware" at that
 #: setting only if it predicts at least OUTPUT_WIN_SHARE of the inner hidden genes better.
-DEFAULT_POLICY = "choose sw x kw, then depth-aware by genes (default)"
+#: The same rule on the reference cells alone (the default before pseudo-spots) for comparison.
+RULES = {"choose sw x kw, then depth-aware by genes (default)": (DEFAULT_FORM, "depth-aware"),
+         "the same, reference cells only (no pseudo-spots)": ("cells", "depth-aware, cells")}
 
 
 def load(name: str):
@@ -96,6 +108,14 @@ def zscore(x: np.ndarray):
     return (x - mu) / sd, mu, sd
 
 
+def mixtures(sc_counts: np.ndarray, seed: int = 4) -> np.ndarray:
+    """Pseudo-spots like the library's (`spalstf.train.pseudo_spots`): for each size in
+    MIXTURE_SIZES, MIXTURES_PER_SIZE sums of the counts of that many random cells."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([sc_counts[rng.integers(0, len(sc_counts), (MIXTURES_PER_SIZE, m))]
+                           .sum(1) for m in MIXTURE_SIZES])
+
+
 def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: int,
                    seed: int = 0) -> np.ndarray:
     """The reference's count profiles in the given form (rows: training profiles)."""
@@ -113,16 +133,28 @@ def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: i
     return sc_counts[idx].sum(1)
 
 
-def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.ndarray | None
-           ) -> dict[tuple[float, float], np.ndarray]:
-    """Log-normalised predictions of the hidden genes per (spatial weight, knn weight)."""
-    ref = ref[ref[:, :n_known].sum(1) > 0]
-    lib = ref[:, :n_known].sum(1)
-    ref_known, ref_target = lognormalize(ref[:, :n_known], lib), lognormalize(ref[:, n_known:], lib)
-    xz, mu, sd = zscore(ref_known)
-    yz, ymu, ysd = zscore(ref_target)
+def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.ndarray | None,
+           extra: np.ndarray | None = None) -> dict[tuple[float, float], np.ndarray]:
+    """Log-normalised predictions of the hidden genes per (spatial weight, knn weight).
+
+    `extra`: more count profiles (pseudo-spots) the ridge is fitted on, besides `ref`; the
+    aligned-neighbour estimate reads `ref` alone.
+    """
+    def log_profiles(rows):
+        rows = rows[rows[:, :n_known].sum(1) > 0]
+        lib = rows[:, :n_known].sum(1)
+        return lognormalize(rows[:, :n_known], lib), lognormalize(rows[:, n_known:], lib)
+
+    ref_known, ref_target = log_profiles(ref)
+    fit_known, fit_target = ref_known, ref_target
+    if extra is not None:
+        more_known, more_target = log_profiles(extra)
+        fit_known = np.concatenate([ref_known, more_known])
+        fit_target = np.concatenate([ref_target, more_target])
+    xz, mu, sd = zscore(fit_known)
+    yz, ymu, ysd = zscore(fit_target)
     weights = fit_ridge(xz, yz, None)  # GCV penalty, as the model's prior
-    atlas = unit_rows(xz)
+    atlas = unit_rows(zscore(ref_known)[0])
     k = min(50, len(atlas))
     st_log = lognormalize(st_known, st_known.sum(1))
     out = {}
@@ -144,10 +176,11 @@ def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
     out = {}
     for form_name, (form, m) in FORMS.items():
         ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
+        extra = mixtures(ref) if form == "mixtures" else None
         st_known = counts(st, known)
-        for (sw, kw), pred in priors(st_known, ref, len(known), neighbours).items():
+        for (sw, kw), pred in priors(st_known, ref, len(known), neighbours, extra).items():
             out[(form_name, sw, kw)] = (expected_at_depth(pred, st_known.sum(1))
-                                        if form_name == "depth-aware" else pred)
+                                        if form_name.startswith("depth-aware") else pred)
     return out
 
 
@@ -196,21 +229,24 @@ def run(name: str, n_inner: int = 2) -> pd.DataFrame:
         for policy, allowed in POLICIES.items():
             cands = {k: v for k, v in score.items() if allowed(k)}
             chosen[policy] = max(cands, key=lambda k: (cands[k], -list(cands).index(k)))
-        best = chosen["choose sw x kw"]
-        other = ("depth-aware",) + best[1:]
-        share = win_share(per_gene[other], per_gene[best])
-        chosen[DEFAULT_POLICY] = other if share >= OUTPUT_WIN_SHARE else best
+        shares = {}
+        for rule, (form, depth_aware) in RULES.items():
+            cands = {k: v for k, v in score.items() if k[0] == form and k[1] <= 0.5}
+            best = max(cands, key=lambda k: (cands[k], -list(cands).index(k)))
+            other = (depth_aware,) + best[1:]
+            shares[rule] = win_share(per_gene[other], per_gene[best])
+            chosen[rule] = other if shares[rule] >= OUTPUT_WIN_SHARE else best
         for policy, best in chosen.items():
             record(policy, outer[best], truth, columns)
             pick = f"{best[0]}, sw {best[1]:g}, kw {best[2]:g}"
-            if policy == DEFAULT_POLICY:  # the share of inner genes depth-aware predicts better
-                pick += f" ({share:.0%} better)"
+            if policy in RULES:  # the share of inner genes depth-aware predicts better
+                pick += f" ({shares[policy]:.0%} better)"
             picks.setdefault(policy, []).append(pick)
     measured = truth_of(st, shared, shared)
     rows = []
     for key, values in pcc.items():
         rows.append({"data": name, "prior": key,
-                     "kind": "policy" if key in POLICIES or key == DEFAULT_POLICY else "fixed",
+                     "kind": "policy" if key in POLICIES or key in RULES else "fixed",
                      "median_pcc": float(np.nanmedian(np.concatenate(values))),
                      "ari": metrics.clustering_scores(measured, imputed[key])["ari"],
                      "choices": "; ".join(picks.get(key, []))})
@@ -269,8 +305,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.bar(range(len(policies)), policies["median_pcc"], color="tab:blue")
         ax.axhline(fixed["median_pcc"].max(), color="tab:green", ls="--",
                    label="best fixed setting (chosen by looking at the truth)")
-        best_cells = fixed[fixed["prior"].str.startswith("cells")]["median_pcc"].max()
-        ax.axhline(best_cells, color="tab:orange", ls=":", label="best fixed, reference cells")
+        best_default = fixed[fixed["prior"].str.startswith(DEFAULT_FORM + " /")]["median_pcc"].max()
+        ax.axhline(best_default, color="tab:orange", ls=":", label=f"best fixed, {DEFAULT_FORM}")
         ax.set_xticks(range(len(policies)), policies["prior"], rotation=30, ha="right",
                       fontsize=8)
         ax.set_title(name)

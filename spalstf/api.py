@@ -38,7 +38,8 @@ from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
 from spalstf.spatial import coordinates, neighbours, smoothed_reader
-from spalstf.train import TrainingData, build_network, needs_neighbours, train
+from spalstf.train import (ESTIMATE_MIXTURES_PER_SIZE, TrainingData, build_network,
+                           needs_neighbours, pseudo_spots, train)
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class Model:
 
     def __init__(self, network, config: Config, known_genes: list[str], target_genes: list[str],
                  known_scaler: Standardizer, target_scaler: Standardizer,
-                 atlas: np.ndarray | None, *, output_names: list[str] | None = None,
+                 atlas: np.ndarray | None, *, mixtures: np.ndarray | None = None,
+                 output_names: list[str] | None = None,
                  log_normalized: bool = False, history: list[dict] | None = None,
                  info: dict | None = None, device: torch.device | None = None) -> None:
         self.network = network
@@ -116,6 +118,9 @@ class Model:
         self.known_scaler = known_scaler
         self.target_scaler = target_scaler
         self.atlas = atlas
+        #: pseudo-spots (known + target genes, model space) the aligned-neighbour estimate
+        #: reads beside the atlas (`Config.prior_mixtures`); None for models without them
+        self.mixtures = mixtures
         self.log_normalized = log_normalized
         self.history = history or []
         self.info = info or {}
@@ -354,7 +359,8 @@ class Model:
         clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
         return impute_cells(
             self.network, self.diffusion, cfg, len(cells), read_known,
-            [expr.cells[i] for i in cells], to_output, atlas=self.atlas, clip=clip, seed=seed,
+            [expr.cells[i] for i in cells], to_output, atlas=self.atlas, mixtures=self.mixtures,
+            clip=clip, seed=seed,
             device=device, progress=progress, sink=sink, residual_weights=residual_weights,
             prior_only=prior_only, read_knn=read_knn)
 
@@ -423,6 +429,8 @@ class Model:
             tensors.update({f"{name}.{k}": torch.as_tensor(v) for k, v in scaler.state().items()})
         if self.atlas is not None:
             tensors["atlas"] = torch.as_tensor(self.atlas)
+        if self.mixtures is not None:
+            tensors["mixtures"] = torch.as_tensor(self.mixtures)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             torch.save(tensors, tmp / "weights.pt")
@@ -489,10 +497,13 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
                          "come from an incompatible spalstf version") from err
     network.to(dev).eval()
     atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
+    mixtures = tensors["mixtures"].numpy() if "mixtures" in tensors else None
     scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy() for k, v in tensors.items()
                                         if k.startswith(name + ".")})
                for name in ("known", "target")]
-    return Model(network, config, meta["known_genes"], meta["target_genes"], *scalers, atlas, output_names=meta["output_names"], log_normalized=meta["log_normalized"],
+    return Model(network, config, meta["known_genes"], meta["target_genes"], *scalers, atlas,
+                 mixtures=mixtures, output_names=meta["output_names"],
+                 log_normalized=meta["log_normalized"],
                  history=meta["history"], info=meta.get("info", {}), device=dev)
 
 
@@ -686,6 +697,13 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
         cfg.scale_factor, factor, out=np.zeros_like(factor), where=factor > 0)
     data = TrainingData(known_z, target_z, atlas, self_index=self_index,
                         scalers=(known_scaler, target_scaler), depth=depth)
+    mixtures = None
+    if cfg.prior == "ridge" and cfg.prior_mixtures:
+        # pseudo-spots for the aligned-neighbour estimate, beside the atlas (not in the
+        # context's: the BiLSTM reads reference cells)
+        mixtures = np.concatenate([np.concatenate(block, axis=1).astype(np.float32)
+                                   for block in pseudo_spots(data, np.arange(n), seed=seed + 1,
+                                                             per_size=ESTIMATE_MIXTURES_PER_SIZE)])
     logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
                 len(known), len(targets))
     checkpointer = Checkpointer.create(*saving, meta={
@@ -708,7 +726,7 @@ def _fit_expression(expr: Expression, known: list[str], targets: list[str], out_
     # set at `Model.impute`).
     keep_atlas = needs_neighbours(cfg) or cfg.prior == "ridge"
     return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
-                 atlas if keep_atlas else None, output_names=out_names,
+                 atlas if keep_atlas else None, mixtures=mixtures, output_names=out_names,
                  log_normalized=log_normalized, history=result.history, info=info,
                  device=device)
 

@@ -159,7 +159,7 @@ def knn_estimate(index: NeighbourIndex, known_z: np.ndarray, atlas: torch.Tensor
 def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config, n_cells: int,
                  read_known: Callable[[slice], np.ndarray], cells: Sequence[str],
                  to_output: Callable[[np.ndarray, slice], np.ndarray], *, atlas: np.ndarray | None,
-                 clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
+                 mixtures: np.ndarray | None = None, clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
                  progress: bool, sink: Sink | None = None,
                  residual_weights: Sequence[float] | None = None, prior_only: bool = False,
                  read_knn: Callable[[slice], np.ndarray] | None = None,
@@ -180,14 +180,23 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     With `residual_weights` (several weights, one sampling), the mean has a leading axis: one
     imputation per weight. `prior_only`: the prior alone, no sampling (and no std).
     `read_knn(rows)`: the chunk's known genes z-scored over the ST, for the aligned-neighbour
-    estimate blended into the prior (`config.knn_weight`; see `knn_estimate`).
+    estimate blended into the prior (`config.knn_weight`; see `knn_estimate`), whose
+    neighbours are atlas cells or `mixtures` (pseudo-spots, the same columns as the atlas).
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
     index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known], device=device)
     clip_t = None if clip is None else tuple(torch.as_tensor(c, device=device) for c in clip)
     use_knn = read_knn is not None and atlas is not None and config.knn_weight > 0
-    knn_index = NeighbourIndex(unit_rows(atlas[:, :network.n_known]), device) if use_knn else None
+    knn_index = knn_atlas = None
+    if use_knn:
+        profiles = atlas if mixtures is None else np.concatenate([atlas, mixtures])
+        knn_atlas = torch.as_tensor(profiles, device=device)
+        # z-scored over its own profiles, as the ST's known genes are over the ST
+        known = profiles[:, :network.n_known]
+        spread = known.std(axis=0)
+        known = (known - known.mean(axis=0)) / np.where(spread > 1e-6, spread, 1.0)
+        knn_index = NeighbourIndex(unit_rows(known.astype(np.float32)), device)
     with_std = config.diffusion and config.n_samples > 1 and not prior_only
     weights = [config.residual_weight] if residual_weights is None else list(residual_weights)
     if residual_weights is not None and sink is not None:
@@ -205,7 +214,7 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                                         cells[rows], atlas=atlas_t, index=index, clip=clip_t,
                                         seed=seed, device=device, prior_only=prior_only,
                                         knn_estimate=None if knn_index is None else knn_estimate(
-                                            knn_index, read_knn(rows), atlas_t, network.n_known,
+                                            knn_index, read_knn(rows), knn_atlas, network.n_known,
                                             config.knn_neighbors))
         residual = residuals.mean(axis=0)
         means = [to_output(prior + w * residual, rows) for w in weights]

@@ -126,10 +126,15 @@ def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
 #: 0.495 -> 0.527, simulated 0.284 -> 0.287 (see the README for the full-model figures).
 MIXTURE_SIZES = (2, 5, 10, 20)
 MIXTURES_PER_SIZE = 2000
+#: Pseudo-spots of each size the model keeps beside its atlas for the aligned-neighbour
+#: estimate (`spalstf.infer.knn_estimate`): a spot's nearest profiles may then be mixtures.
+ESTIMATE_MIXTURES_PER_SIZE = 500
 
 
-def pseudo_spots(data: TrainingData, rows: np.ndarray, *, seed: int, block: int = 256):
-    """Blocks of (known, target) standardised profiles of random mixtures of the cells `rows`.
+def pseudo_spots(data: TrainingData, rows: np.ndarray, *, seed: int,
+                 per_size: int = MIXTURES_PER_SIZE, block: int = 128):
+    """Blocks of (known, target) standardised profiles of random mixtures of the cells `rows`,
+    `per_size` of each size in MIXTURE_SIZES.
 
     Each mixture sums the counts of its cells (drawn with replacement; `data.depth` recovers
     counts from the log-normalised values) and is normalised over its known genes as a cell
@@ -146,9 +151,8 @@ def pseudo_spots(data: TrainingData, rows: np.ndarray, *, seed: int, block: int 
         return np.expm1(values.astype(np.float64) * scaler.std + scaler.mean)
 
     for size in MIXTURE_SIZES:
-        for start in range(0, MIXTURES_PER_SIZE, block):
-            members = pool[rng.integers(0, len(pool), (min(block, MIXTURES_PER_SIZE - start),
-                                                        size))]
+        for start in range(0, per_size, block):
+            members = pool[rng.integers(0, len(pool), (min(block, per_size - start), size))]
             flat = members.ravel()
             weight = (np.ones(len(flat)) if depth is None else depth[flat])[:, None]
             out = []

@@ -243,6 +243,7 @@ def test_a_model_applied_to_other_genes_names_them(tiny_pair, tiny_model):
     ("device", "gpu0", "`device` must be 'auto', 'cpu', 'cuda'"),
     ("log_normalized", "yes", "`log_normalized` must be True or False; received 'yes'"),
     ("progress", 1, "`progress` must be True or False"),
+    ("prior_mixtures", "yes", "`prior_mixtures` must be True or False; received 'yes'"),
     ("checkpoint_every", 0, "`checkpoint_every` must be a positive integer"),
     ("checkpoint", 3, "`checkpoint` must be a file path"),
     ("resume", "no_such_checkpoint.pt", "`resume` 'no_such_checkpoint.pt' does not exist"),
