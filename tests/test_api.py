@@ -120,6 +120,32 @@ def test_the_estimate_can_be_turned_on_at_impute_time(tiny_pair):
     assert np.abs(on.X - off.X).max() > 1e-3
 
 
+def test_the_estimate_reads_the_models_pseudo_spots(tiny_pair, tiny_model, tmp_path):
+    """The model keeps pseudo-spots beside its atlas (`prior_mixtures`), saved with it, and the
+    aligned-neighbour estimate reads them; a model fitted without them keeps none."""
+    st, sc = tiny_pair
+    n_known = len(tiny_model.known_genes)
+    assert tiny_model.mixtures.shape == (2000, tiny_model.atlas.shape[1])
+    base = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=1.0)
+    # pseudo-spots whose targets lie far above every atlas cell's pull the estimate up
+    marked = copy.copy(tiny_model)
+    marked.mixtures = tiny_model.mixtures.copy()
+    marked.mixtures[:, n_known:] += 5.0
+    pulled = marked.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=1.0)
+    assert (pulled.X > base.X + 0.1).mean() > 0.9
+    # without them, the cells alone
+    bare = copy.copy(tiny_model)
+    bare.mixtures = None
+    alone = bare.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=1.0)
+    assert np.abs(alone.X - base.X).max() > 1e-3
+    tiny_model.save(tmp_path / "m")
+    np.testing.assert_array_equal(spalstf.load(tmp_path / "m").mixtures, tiny_model.mixtures)
+    genes = list(st.obsm["truth"].columns)[:3]
+    without = spalstf.fit(sc, list(st.var_names), genes, seed=0,
+                          **{**FAST, "prior_mixtures": False})
+    assert without.mixtures is None
+
+
 def test_at_depth_output_is_the_expected_measurement_at_each_cells_depth(tiny_pair, tiny_model):
     """output="at_depth" maps each imputation through the cell's own known-gene total; the
     uncertainty is the spread of the mapped samples; log-normalised input has no depth."""
