@@ -9,8 +9,9 @@ priors in numpy (no network, no sampling: seconds per data set) to compare, on t
 leave-genes-out protocol of ``benchmarks/accuracy.py``:
 
 - every fixed setting (spatial weight x knn weight), for these forms of the reference: the
-  library's default, its cells plus pseudo-spots for the ridge ("cells + mixtures": sums of
-  2, 5, 10 and 20 random cells, 2000 of each, `spalstf.train.pseudo_spots`); its cells alone
+  library's default, its cells plus pseudo-spots ("cells + mixtures": sums of 2, 5, 10 and 20
+  random cells, 2000 of each for the ridge and 500 for the estimate,
+  `spalstf.train.pseudo_spots`); its cells alone
   (the default before pseudo-spots); pseudo-spots of 10 alone (as a Visium spot mixes cells);
   metacells (each cell summed with its 14 nearest reference cells in known-gene space); and
   one other output: "depth-aware", the library's ``output="at_depth"``
@@ -59,7 +60,12 @@ from spalstf.evaluate.cv import gene_folds  # noqa: E402
 from spalstf.infer import unit_rows  # noqa: E402
 from spalstf.preprocess import expected_at_depth  # noqa: E402
 from spalstf.selfcheck import OUTPUT_WIN_SHARE, inner_folds, win_share  # noqa: E402
-from spalstf.train import MIXTURE_SIZES, MIXTURES_PER_SIZE, fit_ridge  # noqa: E402
+from spalstf.train import (  # noqa: E402
+    ESTIMATE_MIXTURES_PER_SIZE,
+    MIXTURE_SIZES,
+    MIXTURES_PER_SIZE,
+    fit_ridge,
+)
 
 DATA = ROOT / ".." / "shared" / "data"
 SPATIAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
@@ -108,12 +114,13 @@ def zscore(x: np.ndarray):
     return (x - mu) / sd, mu, sd
 
 
-def mixtures(sc_counts: np.ndarray, seed: int = 4) -> np.ndarray:
+def mixtures(sc_counts: np.ndarray, per_size: int = MIXTURES_PER_SIZE, seed: int = 4
+             ) -> np.ndarray:
     """Pseudo-spots like the library's (`spalstf.train.pseudo_spots`): for each size in
-    MIXTURE_SIZES, MIXTURES_PER_SIZE sums of the counts of that many random cells."""
+    MIXTURE_SIZES, `per_size` sums of the counts of that many random cells."""
     rng = np.random.default_rng(seed)
-    return np.concatenate([sc_counts[rng.integers(0, len(sc_counts), (MIXTURES_PER_SIZE, m))]
-                           .sum(1) for m in MIXTURE_SIZES])
+    return np.concatenate([sc_counts[rng.integers(0, len(sc_counts), (per_size, m))].sum(1)
+                           for m in MIXTURE_SIZES])
 
 
 def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: int,
@@ -134,11 +141,12 @@ def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: i
 
 
 def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.ndarray | None,
-           extra: np.ndarray | None = None) -> dict[tuple[float, float], np.ndarray]:
+           extra: np.ndarray | None = None, estimate_extra: np.ndarray | None = None
+           ) -> dict[tuple[float, float], np.ndarray]:
     """Log-normalised predictions of the hidden genes per (spatial weight, knn weight).
 
-    `extra`: more count profiles (pseudo-spots) the ridge is fitted on, besides `ref`; the
-    aligned-neighbour estimate reads `ref` alone.
+    `extra`: more count profiles (pseudo-spots) the ridge is fitted on, besides `ref`;
+    `estimate_extra`: those the aligned-neighbour estimate reads besides `ref`.
     """
     def log_profiles(rows):
         rows = rows[rows[:, :n_known].sum(1) > 0]
@@ -154,6 +162,10 @@ def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.n
     xz, mu, sd = zscore(fit_known)
     yz, ymu, ysd = zscore(fit_target)
     weights = fit_ridge(xz, yz, None)  # GCV penalty, as the model's prior
+    if estimate_extra is not None:
+        more_known, more_target = log_profiles(estimate_extra)
+        ref_known = np.concatenate([ref_known, more_known])
+        ref_target = np.concatenate([ref_target, more_target])
     atlas = unit_rows(zscore(ref_known)[0])
     k = min(50, len(atlas))
     st_log = lognormalize(st_known, st_known.sum(1))
@@ -176,9 +188,12 @@ def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
     out = {}
     for form_name, (form, m) in FORMS.items():
         ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
-        extra = mixtures(ref) if form == "mixtures" else None
+        extra = estimate_extra = None
+        if form == "mixtures":
+            extra, estimate_extra = mixtures(ref), mixtures(ref, ESTIMATE_MIXTURES_PER_SIZE, 5)
         st_known = counts(st, known)
-        for (sw, kw), pred in priors(st_known, ref, len(known), neighbours, extra).items():
+        for (sw, kw), pred in priors(st_known, ref, len(known), neighbours, extra,
+                                     estimate_extra).items():
             out[(form_name, sw, kw)] = (expected_at_depth(pred, st_known.sum(1))
                                         if form_name.startswith("depth-aware") else pred)
     return out

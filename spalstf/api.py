@@ -38,8 +38,14 @@ from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
 from spalstf.spatial import coordinates, neighbours, smoothed_reader
-from spalstf.train import (ESTIMATE_MIXTURES_PER_SIZE, TrainingData, build_network,
-                           needs_neighbours, pseudo_spots, train)
+from spalstf.train import (
+    ESTIMATE_MIXTURES_PER_SIZE,
+    TrainingData,
+    build_network,
+    needs_neighbours,
+    pseudo_spots,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
