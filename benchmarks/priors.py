@@ -89,7 +89,7 @@ POLICIES = {
                                                                        "depth-aware"),
 }
 #: The self-check's rule (spalstf.selfcheck): "choose sw x kw", then "depth-aware" at that
-#: setting only if it predicts at least OUTPUT_WIN_SHARE of the inner hidden genes better.
+#: setting only if it predicts more than OUTPUT_WIN_SHARE of the inner hidden genes better.
 #: The same rule on the reference cells alone (the default before pseudo-spots) for comparison.
 RULES = {"choose sw x kw, then depth-aware by genes (default)": (DEFAULT_FORM, "depth-aware"),
          "the same, reference cells only (no pseudo-spots)": ("cells", "depth-aware, cells")}
@@ -250,7 +250,7 @@ def run(name: str, n_inner: int = 2) -> pd.DataFrame:
             best = max(cands, key=lambda k: (cands[k], -list(cands).index(k)))
             other = (depth_aware,) + best[1:]
             shares[rule] = win_share(per_gene[other], per_gene[best])
-            chosen[rule] = other if shares[rule] >= OUTPUT_WIN_SHARE else best
+            chosen[rule] = other if shares[rule] > OUTPUT_WIN_SHARE else best
         for policy, best in chosen.items():
             record(policy, outer[best], truth, columns)
             pick = f"{best[0]}, sw {best[1]:g}, kw {best[2]:g}"

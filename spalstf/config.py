@@ -71,17 +71,20 @@ class Config:
     #: "neighbours": the mean over the cell's reference neighbours; "none": no prior.
     prior: str = "ridge"
     #: L2 penalty of the ridge prior (on standardised genes). None: chosen on the reference by
-    #: generalised cross-validation, at least the number of cells (`spalstf.train.choose_alpha`).
+    #: generalised cross-validation, at least the number of rows it is fitted on, cells and
+    #: pseudo-spots (`spalstf.train.choose_alpha`).
     prior_alpha: float | None = None
     #: Fit the ridge prior on pseudo-spots too (random mixtures of 2 to 20 reference cells,
-    #: `spalstf.train.MIXTURE_SIZES`) as well as on the cells: a map that has seen mixtures
-    #: transfers better to spots, and to single cells of another platform
+    #: their counts summed: `spalstf.train.pseudo_spots`) as well as on the cells, and let the
+    #: aligned-neighbour estimate read pseudo-spots beside the atlas cells: a map that has seen
+    #: mixtures transfers better to spots, and to single cells of another platform
     #: (benchmarks/results/priors.md). False: the reference cells alone.
     prior_mixtures: bool = True
     #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
     #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
-    #: `knn_neighbors` nearest atlas cells by cosine similarity, the ST's known genes z-scored
-    #: over the ST itself (as SpaGE aligns the two data sets). The two err differently: on
+    #: `knn_neighbors` nearest atlas cells or pseudo-spots by cosine similarity, the ST's known
+    #: genes z-scored over the ST itself and the reference profiles over themselves (as SpaGE
+    #: aligns the two data sets). The two err differently: on
     #: osmFISH their mean beats either, on visium_brain the ridge alone is better
     #: (benchmarks/results/priors.md), so the self-check chooses between 0 and 0.5 by default
     #: (`spalstf.selfcheck.DEFAULT_SELECT`). Used with the ridge prior only.
