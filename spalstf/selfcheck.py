@@ -51,10 +51,10 @@ PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neigh
 #: them (a paired, gene-by-gene comparison, not the medians'). What the depth changes, it
 #: changes for every gene: measured on the priors (`benchmarks/priors.py`), "at_depth" was
 #: better for 54-61% of the hidden genes in each visium_lymph fold, where it lifts the
-#: prior, and for 21-42% in every fold of the other three sets (benchmarks/results/priors.md).
-#: The difference of medians alone is a noisier guide: on the reference cells alone (before
-#: pseudo-spots) it chose "at_depth" in three of five osmFISH folds, where it hurt (0.239 ->
-#: 0.219).
+#: prior (0.117 -> 0.120), and for 21-42% in every fold of the other three sets
+#: (benchmarks/results/priors.md). Medians of a few dozen genes are noisy: with the reference
+#: cells alone (an earlier default) the difference of medians chose it in three of five
+#: osmFISH folds, where it hurt.
 OUTPUT_WIN_SHARE = 1 / 2
 #: Candidates tried by default: the spatial context's weight (only where the ST has
 #: coordinates), the aligned-neighbour estimate's weight in the prior, the output (only for
@@ -62,8 +62,9 @@ OUTPUT_WIN_SHARE = 1 / 2
 #: diffusion's refinement of the prior is kept. Measured on the priors alone
 #: (`benchmarks/priors.py`, 5-fold CV, median PCC osmFISH / visium_brain / visium_lymph /
 #: simulated): spatial weights up to 0.75 with knn_weight fixed at 0.5 chose settings worth
-#: 0.233 / 0.477 / 0.095 / 0.287; choosing knn_weight too, 0.239 / 0.498 / 0.097 / 0.287; and
-#: then the output by OUTPUT_WIN_SHARE (benchmarks/results/priors.md).
+#: 0.294 / 0.488 / 0.117 / 0.282; choosing knn_weight too, 0.266 / 0.526 / 0.117 / 0.282; and
+#: then the output by OUTPUT_WIN_SHARE, 0.266 / 0.526 / 0.120 / 0.282
+#: (benchmarks/results/priors.md).
 DEFAULT_SELECT: dict[str, tuple] = {
     "spatial_weight": (0.0, 0.25, 0.5),
     "knn_weight": (0.0, 0.5),

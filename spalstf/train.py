@@ -121,9 +121,10 @@ def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
 #: The ridge prior is fitted on the reference cells and on pseudo-spots: random mixtures of
 #: this many cells, MIXTURES_PER_SIZE of each size (`Config.prior_mixtures`). A Visium spot
 #: mixes cells, and a map fitted on single cells alone transfers worse to spots; mixtures
-#: of several sizes keep single cells (osmFISH) well served too. Measured on the prior alone
-#: (5-fold median PCC, benchmarks/results/priors.md): osmFISH 0.264 -> 0.282, visium_brain
-#: 0.495 -> 0.527, simulated 0.284 -> 0.287 (see the README for the full-model figures).
+#: of several sizes serve single cells of another platform (osmFISH) too. Measured on the
+#: priors with the self-check's choices (5-fold median PCC, benchmarks/results/priors.md,
+#: cells alone -> with pseudo-spots): osmFISH 0.239 -> 0.266, visium_brain 0.498 -> 0.526,
+#: visium_lymph 0.123 -> 0.120, simulated 0.291 -> 0.282.
 MIXTURE_SIZES = (2, 5, 10, 20)
 MIXTURES_PER_SIZE = 2000
 #: Pseudo-spots of each size the model keeps beside its atlas for the aligned-neighbour
