@@ -84,10 +84,10 @@ class Config:
     #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
     #: `knn_neighbors` nearest atlas cells or pseudo-spots by cosine similarity, the ST's known
     #: genes z-scored over the ST itself and the reference profiles over themselves (as SpaGE
-    #: aligns the two data sets). The two err differently: on
-    #: osmFISH their mean beats either, on visium_brain the ridge alone is better
-    #: (benchmarks/results/priors.md), so the self-check chooses between 0 and 0.5 by default
-    #: (`spalstf.selfcheck.DEFAULT_SELECT`). Used with the ridge prior only.
+    #: aligns the two data sets). The two err differently: on osmFISH their mean beats either,
+    #: on visium_brain the ridge alone is better (benchmarks/results/priors.md), so the
+    #: self-check chooses between 0 and 0.5 by default (`spalstf.selfcheck.DEFAULT_SELECT`).
+    #: Used with the ridge prior only.
     knn_weight: float = 0.5
     knn_neighbors: int = 50
     #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
