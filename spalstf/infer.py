@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.model import Denoiser, NeighbourIndex
+from spalstf.preprocess import Standardizer
 from spalstf.runtime import autocast, to_device
 from spalstf.train import context_of
 
@@ -195,9 +196,7 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
         knn_atlas = torch.as_tensor(profiles, device=device)
         # z-scored over its own profiles, as the ST's known genes are over the ST
         known = profiles[:, :network.n_known]
-        spread = known.std(axis=0)
-        known = (known - known.mean(axis=0)) / np.where(spread > 1e-6, spread, 1.0)
-        knn_index = NeighbourIndex(unit_rows(known.astype(np.float32)), device)
+        knn_index = NeighbourIndex(unit_rows(Standardizer.fit(known).transform(known)), device)
     with_std = config.diffusion and config.n_samples > 1 and not prior_only
     weights = [config.residual_weight] if residual_weights is None else list(residual_weights)
     if residual_weights is not None and sink is not None:

@@ -89,6 +89,35 @@ def needs_neighbours(config: Config) -> bool:
     return config.use_context or config.prior == "neighbours"
 
 
+def _moments(known, target, rows: np.ndarray, block: int, spots=None):
+    """(n, sum of x, sum of y, x'x, x'y, per-target sum of y^2) over the cells `rows` and
+    the (x, y) blocks `spots()` yields. Arrays are read whole; matrices read on demand
+    (`spalstf.data.CellRows`) a block of rows at a time."""
+    n, sum_x, sum_y = 0, np.zeros(known.shape[1]), np.zeros(target.shape[1])
+    gram, cross = np.zeros((known.shape[1],) * 2), np.zeros((known.shape[1], target.shape[1]))
+    squares = np.zeros(target.shape[1])
+
+    def blocks():
+        if isinstance(known, np.ndarray) and isinstance(target, np.ndarray):
+            yield known[rows], target[rows]
+        else:
+            for start in range(0, len(rows), block):
+                part = np.sort(rows[start:start + block])
+                yield known[part], target[part]
+        if spots is not None:
+            yield from spots()
+
+    for x, y in blocks():
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        n += len(x)
+        sum_x += x.sum(0)
+        sum_y += y.sum(0)
+        gram += x.T @ x
+        cross += x.T @ y
+        squares += (y ** 2).sum(0)
+    return n, sum_x, sum_y, gram, cross, squares
+
+
 def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
               rows: np.ndarray | None = None, block: int = 16384,
               return_alpha: bool = False):
@@ -99,19 +128,8 @@ def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
     `choose_alpha`); `return_alpha` also returns the penalty used.
     """
     rows = np.arange(known.shape[0]) if rows is None else np.asarray(rows)
-    if isinstance(known, np.ndarray) and isinstance(target, np.ndarray):
-        x, y = known[rows].astype(np.float64), target[rows].astype(np.float64)
-        gram, cross, squares = x.T @ x, x.T @ y, float((y ** 2).sum())
-    else:
-        gram = np.zeros((known.shape[1], known.shape[1]))
-        cross = np.zeros((known.shape[1], target.shape[1]))
-        squares = 0.0
-        for start in range(0, len(rows), block):
-            part = np.sort(rows[start:start + block])
-            x, y = known[part].astype(np.float64), target[part].astype(np.float64)
-            gram += x.T @ x
-            cross += x.T @ y
-            squares += float((y ** 2).sum())
+    _, _, _, gram, cross, squares = _moments(known, target, rows, block)
+    squares = float(squares.sum())
     if alpha is None:
         alpha = choose_alpha(gram, cross, squares, len(rows))
     weights = np.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross).astype(np.float32)
@@ -175,30 +193,8 @@ def fit_prior(known: np.ndarray, target: np.ndarray, rows: np.ndarray, alpha: fl
     penalty `alpha` is chosen by `choose_alpha` when None. Everything is accumulated as
     moments, a block of rows at a time.
     """
-    rows = np.asarray(rows)
-    n_known, n_target = known.shape[1], target.shape[1]
-    n, sum_x, sum_y = 0, np.zeros(n_known), np.zeros(n_target)
-    gram, cross = np.zeros((n_known, n_known)), np.zeros((n_known, n_target))
-    squares = np.zeros(n_target)
-
-    def blocks():
-        if isinstance(known, np.ndarray) and isinstance(target, np.ndarray):
-            yield known[rows], target[rows]
-        else:
-            for start in range(0, len(rows), block):
-                part = np.sort(rows[start:start + block])
-                yield known[part], target[part]
-        if spots is not None:
-            yield from spots()
-
-    for x, y in blocks():
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        n += len(x)
-        sum_x += x.sum(0)
-        sum_y += y.sum(0)
-        gram += x.T @ x
-        cross += x.T @ y
-        squares += (y ** 2).sum(0)
+    n, sum_x, sum_y, gram, cross, squares = _moments(known, target, np.asarray(rows), block,
+                                                     spots)
     n = max(n, 1)
     mean_x, mean_y = sum_x / n, sum_y / n
     gram -= n * np.outer(mean_x, mean_x)
@@ -212,7 +208,7 @@ def fit_prior(known: np.ndarray, target: np.ndarray, rows: np.ndarray, alpha: fl
     cross = cross / np.outer(sd_x, sd_y)
     if alpha is None:
         alpha = choose_alpha(gram, cross, float((squares / sd_y ** 2).sum()), n)
-    scaled = np.linalg.solve(gram + alpha * np.eye(n_known), cross)
+    scaled = np.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross)
     weights = scaled / sd_x[:, None] * sd_y[None, :]
     bias = mean_y - mean_x @ weights
     return weights.astype(np.float32), bias.astype(np.float32), float(alpha)
