@@ -37,7 +37,12 @@ from spalstf.data import (
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
-from spalstf.spatial import coordinates, neighbours, smoothed_reader
+from spalstf.spatial import (
+    coordinates,
+    expression_smoothed_reader,
+    neighbours,
+    smoothed_reader,
+)
 from spalstf.train import (
     ESTIMATE_MIXTURES_PER_SIZE,
     TrainingData,
@@ -58,8 +63,9 @@ _FORMAT_VERSION = 1
 #: The self-check runs by default ("auto") when the ST has at least this many known genes.
 SELF_CHECK_MIN_GENES = 8
 #: Config fields that may differ between fit and impute (they act at sampling time only).
-INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "residual_weight", "knn_weight",
-                     "knn_neighbors", "antithetic", "clip_denoised", "output")
+INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "expression_weight",
+                     "expression_neighbors", "residual_weight", "knn_weight", "knn_neighbors",
+                     "antithetic", "clip_denoised", "output")
 #: ST cells (evenly spaced) whose known genes give the z-scores of the aligned-neighbour estimate.
 KNN_STAT_CELLS = 50000
 #: References whose standardised training genes take at most this many bytes are held in
@@ -188,8 +194,8 @@ class Model:
             joins the parts. Each cell's values are those of an unsharded run.
         **options
             Inference settings of `spalstf.Config` (`spatial_weight`, `spatial_neighbors`,
-            `residual_weight`, `knn_weight`, `knn_neighbors`, `antithetic`,
-            `clip_denoised`).
+            `expression_weight`, `expression_neighbors`, `residual_weight`, `knn_weight`,
+            `knn_neighbors`, `antithetic`, `clip_denoised`, `output`).
 
         Returns
         -------
@@ -333,6 +339,11 @@ class Model:
         if xy is not None:
             read_log = smoothed_reader(normalised, neighbours(xy, cfg.spatial_neighbors),
                                        cfg.spatial_weight)
+        # neighbours in known-gene space, found on the cells' own values, among all ST cells
+        # (not only `cells`), so a shard or subsample reads what the whole run reads
+        read_log = expression_smoothed_reader(normalised, read_log, expr.n_cells,
+                                              cfg.expression_neighbors, cfg.expression_weight,
+                                              device)
 
         read_knn = None
         if cfg.knn_weight > 0 and cfg.prior == "ridge":

@@ -35,7 +35,8 @@ FORMAT_VERSION = 1
 #: shapes the training itself and must be the same.
 FREE_OPTIONS = frozenset({"epochs", "max_time", "patience", "sampler", "n_steps", "n_samples",
                           "eta", "antithetic", "clip_denoised", "spatial_weight",
-                          "spatial_neighbors", "residual_weight", "knn_weight",
+                          "spatial_neighbors", "expression_weight",
+                          "expression_neighbors", "residual_weight", "knn_weight",
                           "knn_neighbors", "output"})
 
 

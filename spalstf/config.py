@@ -37,6 +37,14 @@ class Config:
     #: `spatial_neighbors` nearest cells in space. Used only when the ST has coordinates.
     spatial_weight: float = 0.0
     spatial_neighbors: int = 8
+    #: Expression context of the ST (spalstf.spatial.expression_smoothed_reader): the known genes
+    #: are then (1 - expression_weight) x the cell's own + expression_weight x the mean of its
+    #: `expression_neighbors` nearest ST cells in known-gene space (principal components of the
+    #: z-scored genes). It averages out measurement noise: on the priors it lifted the median
+    #: PCC of osmFISH, visium_brain and visium_lymph by about 0.01 each and left the simulated
+    #: set unchanged (benchmarks/results/priors.md). 0: off.
+    expression_weight: float = 0.5
+    expression_neighbors: int = 15
 
     # --- denoiser (XCA-Transformer) -------------------------------------------------------
     #: Width of a token embedding.
@@ -180,6 +188,7 @@ class Config:
 
         for name in ("d_model", "depth", "n_heads", "max_tokens", "n_neighbors", "lstm_hidden",
                      "lstm_layers", "atlas_size", "spatial_neighbors", "knn_neighbors",
+                     "expression_neighbors",
                      "num_train_timesteps",
                      "epochs", "batch_size", "n_steps", "n_samples"):
             positive(name)
@@ -207,6 +216,9 @@ class Config:
                 raise ValueError(f"`{name}` must be one of {allowed}; received {getattr(self, name)!r}")
         if not 0 <= self.spatial_weight < 1:
             raise ValueError(f"`spatial_weight` must be in [0, 1); received {self.spatial_weight!r}")
+        if not 0 <= self.expression_weight < 1:
+            raise ValueError(f"`expression_weight` must be in [0, 1); received "
+                             f"{self.expression_weight!r}")
         if not 0 <= self.knn_weight <= 1:
             raise ValueError(f"`knn_weight` must be in [0, 1]; received {self.knn_weight!r}")
         if not 0 <= self.residual_weight <= 1:

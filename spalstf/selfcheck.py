@@ -41,11 +41,12 @@ FIT_TIME_SHARE = 0.5
 #: are precise to about +-0.02, and the cost no longer grows with the section's size.
 MAX_CELLS = 2000
 #: Options `select=` may choose among: they act at sampling time, on the same inner fits.
-SELECTABLE = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbors",
-              "residual_weight", "output")
+SELECTABLE = ("spatial_weight", "spatial_neighbors", "expression_weight",
+              "expression_neighbors", "knn_weight", "knn_neighbors", "residual_weight", "output")
 #: Options that shape the prior or how it is read out (chosen in stage 1, on predictions of
 #: the prior alone).
-PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "knn_weight", "knn_neighbors", "output")
+PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "expression_weight",
+                 "expression_neighbors", "knn_weight", "knn_neighbors", "output")
 #: An output other than the first listed ("expression") is chosen only where, at the prior's
 #: chosen settings, it predicts more than this share of the hidden genes better: most of
 #: them (a paired, gene-by-gene comparison, not the medians'). What the depth changes, it

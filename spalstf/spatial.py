@@ -1,10 +1,12 @@
-"""Spatial context of the ST: each cell's input shares in its spatial neighbours' expression.
+"""Context of an ST cell: its input shares in its spatial and expression neighbours' values.
 
 A cell's measured known genes are a noisy read of its state (few counts per gene in imaging
 panels, mixed cells in spots). Neighbouring cells in a tissue are alike, so the known genes that
 enter the model are (1 - w) x the cell's own values + w x the mean of its `k` nearest spatial
-neighbours (log-normalised scale). Only the ST's known genes are read, never a target gene;
-w is chosen by the self-check (`spalstf.selfcheck`) on the ST's own known genes.
+neighbours (log-normalised scale); w is chosen by the self-check (`spalstf.selfcheck`) on the
+ST's own known genes. Cells alike in their known genes are alike too: the result is then mixed
+in the same way with the mean of its nearest ST cells in known-gene space
+(`expression_smoothed_reader`). Only the ST's known genes are read, never a target gene.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from spalstf.model import NeighbourIndex
+from spalstf.preprocess import Standardizer
 
 
 def coordinates(source: Any, spatial: Any, n_cells: int) -> np.ndarray | None:
@@ -81,6 +86,64 @@ def smoothed_reader(read: Callable[[np.ndarray], np.ndarray], nbrs: np.ndarray |
         nb = nbrs[idx]
         needed, inverse = np.unique(nb, return_inverse=True)
         values = read(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
+        return (1 - weight) * own + weight * values.mean(axis=1)
+
+    return read_smoothed
+
+
+#: ST cells (evenly spaced) among which expression neighbours are searched: every cell up to
+#: this many, so that the search's cost and memory stop growing with the ST beyond it.
+EXPRESSION_LANDMARKS = 20000
+#: Principal components of the ST's z-scored known genes in which expression neighbours are
+#: found: they keep the shared structure and drop much of each gene's own noise.
+EXPRESSION_COMPONENTS = 30
+
+
+def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
+                               read_values: Callable[[np.ndarray], np.ndarray], n_cells: int,
+                               k: int, weight: float, device: Any = "cpu", block: int = 1024
+                               ) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap `read_values(rows)` so that each row is mixed with its expression neighbours' mean.
+
+    Cells alike in their known genes are alike in the rest, so a cell's known genes are also
+    smoothed over its `k` nearest ST cells in known-gene space (MAGIC-like, one step), which
+    averages out measurement noise where spatial neighbours are unlike the cell (a boundary)
+    or there are none (no coordinates). Neighbours are found on `read_graph` (log-normalised,
+    unsmoothed known genes), z-scored over the ST and projected on their first
+    EXPRESSION_COMPONENTS principal components; they are searched among at most
+    EXPRESSION_LANDMARKS evenly spaced cells (all of them in smaller data), the cell itself
+    excepted, so that a cell's neighbours do not depend on which other cells are read with it
+    (chunks, shards, subsamples). What is averaged is `read_values` (the spatially smoothed
+    values, when the ST has coordinates). Rows are given as sorted index arrays; the landmark
+    cells are read `block` at a time, so memory beyond their embedding stays bounded.
+    """
+    if weight == 0 or n_cells < 2:
+        return read_values
+    landmarks = np.unique(np.linspace(0, n_cells - 1, min(n_cells, EXPRESSION_LANDMARKS))
+                          .astype(np.int64))
+    k = min(k, len(landmarks) - 1)
+
+    def blocks():
+        for start in range(0, len(landmarks), block):
+            yield None, read_graph(landmarks[start:start + block])
+
+    scaler = Standardizer.fit_blocks(blocks)
+    covariance = sum(z.T @ z for z in (scaler.transform(g).astype(np.float64)
+                                       for _, g in blocks()))
+    # principal axes from the covariance's eigenvectors (deterministic; signs do not matter)
+    _, vectors = np.linalg.eigh(covariance / len(landmarks))
+    axes = vectors[:, ::-1][:, :min(EXPRESSION_COMPONENTS, vectors.shape[1])].astype(np.float32)
+    index = NeighbourIndex(np.concatenate([scaler.transform(g) @ axes for _, g in blocks()]),
+                           device=device)
+    position = np.full(n_cells, -1, dtype=np.int64)
+    position[landmarks] = np.arange(len(landmarks))
+
+    def read_smoothed(idx: np.ndarray) -> np.ndarray:
+        own = read_values(idx)
+        query = scaler.transform(read_graph(idx)) @ axes
+        nb = landmarks[index.query(query, k, self_index=position[idx])[0]]
+        needed, inverse = np.unique(nb, return_inverse=True)
+        values = read_values(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
         return (1 - weight) * own + weight * values.mean(axis=1)
 
     return read_smoothed

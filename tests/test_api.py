@@ -86,10 +86,11 @@ def test_a_cell_does_not_depend_on_its_batch_or_order(tiny_pair, tiny_model, mon
     np.testing.assert_allclose(small.X, base.X, atol=1e-5)
     np.testing.assert_allclose(shuffled.X, base.X[order], atol=1e-5)
     np.testing.assert_allclose(shuffled.layers["std"], base.layers["std"][order], atol=1e-5)
-    # Alone, a cell gets what it got among the others, once the one data-set statistic the
-    # aligned-neighbour estimate uses (its z-scores over the ST) is left out.
-    alone = tiny_model.impute(st[[10]], seed=5, progress=False, knn_weight=0.0)
-    among = tiny_model.impute(st, seed=5, progress=False, knn_weight=0.0)
+    # Alone, a cell gets what it got among the others, once what it reads from them is left
+    # out: the aligned-neighbour estimate's z-scores over the ST, and its expression neighbours.
+    alone = tiny_model.impute(st[[10]], seed=5, progress=False, knn_weight=0.0,
+                              expression_weight=0.0)
+    among = tiny_model.impute(st, seed=5, progress=False, knn_weight=0.0, expression_weight=0.0)
     np.testing.assert_allclose(alone.X[0], among.X[10], atol=1e-5)
     assert not np.allclose(among.X, base.X, atol=1e-3)  # the default blends it in
 
@@ -98,13 +99,17 @@ def test_the_aligned_neighbour_estimate_reads_only_data_set_statistics(tiny_pair
     """The ST twice over has the same per-gene mean and std: every cell keeps its values."""
     st, _ = tiny_pair
     twice = ad.concat([st, st], index_unique="-")
-    # different cell names draw different noise: compare the prior (residual weight 0)
-    base = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0)
-    doubled = tiny_model.impute(twice, seed=5, progress=False, residual_weight=0.0)
+    # different cell names draw different noise: compare the prior (residual weight 0);
+    # each cell's twin would be its nearest expression neighbour: leave those out
+    base = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0,
+                             expression_weight=0.0)
+    doubled = tiny_model.impute(twice, seed=5, progress=False, residual_weight=0.0,
+                                expression_weight=0.0)
     np.testing.assert_allclose(doubled.X[:st.n_obs], base.X, atol=1e-5)
     np.testing.assert_allclose(doubled.X[st.n_obs:], base.X, atol=1e-5)
     # and the estimate matters: without it the imputation differs
-    plain = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=0.0)
+    plain = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=0.0,
+                              expression_weight=0.0)
     assert np.abs(plain.X - base.X).max() > 1e-3
 
 
