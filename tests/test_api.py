@@ -310,7 +310,8 @@ def test_log_normalized_inputs_are_used_as_given(tiny_pair):
     ("n_samples", 1.5, "n_samples"), ("sampler", "euler", "sampler"), ("seed", -1, "seed"),
     ("max_genes", 0, "max_genes"), ("nonsense", 1, "unknown option"),
     ("knn_weight", 1.5, "knn_weight"), ("knn_neighbors", 0, "knn_neighbors"),
-    ("output", "counts", "output"),
+    ("expression_weight", 1.0, "expression_weight"),
+    ("expression_neighbors", 0, "expression_neighbors"), ("output", "counts", "output"),
 ])
 def test_options_out_of_range_name_the_option(tiny_pair, option, value, match):
     st, sc = tiny_pair

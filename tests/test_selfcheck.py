@@ -6,7 +6,8 @@ from conftest import FAST, as_counts
 
 import spalstf
 from spalstf import selfcheck
-from spalstf.spatial import neighbours
+from spalstf import spatial
+from spalstf.spatial import expression_smoothed_reader, neighbours
 
 #: A small selection grid: two spatial weights x two refinement weights.
 GRID = {"spatial_weight": [0.0, 0.5], "residual_weight": [0.0, 1.0]}
@@ -51,6 +52,72 @@ def test_the_spatial_context_acts_only_where_the_st_has_coordinates(tiny_model, 
         tiny_model.impute(bare, progress=False, spatial_weight=0.5, spatial=np.zeros((3, 2)))
     with pytest.raises(TypeError, match="fixed at fit"):
         tiny_model.impute(st, progress=False, depth=2)
+
+
+def _clustered_counts(n_cells=300, n_genes=12, seed=0):
+    """Poisson counts of three cell states: (noise-free log rates, log-normalised counts)."""
+    rng = np.random.default_rng(seed)
+    states = rng.integers(0, 3, n_cells)
+    rates = rng.gamma(2.0, 2.0, size=(3, n_genes))[states]
+    counts = rng.poisson(rates)
+    return np.log1p(rates), np.log1p(counts.astype(float))
+
+
+def _smoothed(values, k, weight, rows=None, **kw):
+    read = lambda idx: values[idx]  # noqa: E731
+    reader = expression_smoothed_reader(read, read, len(values), k, weight, **kw)
+    return reader(np.arange(len(values)) if rows is None else rows)
+
+
+def test_expression_neighbours_are_the_nearest_other_cells_in_pca_space():
+    _, values = _clustered_counts()
+    out = _smoothed(values, 5, 0.4)
+    # brute force: z-scores, the leading principal components (12 genes: all of them), the
+    # 5 nearest other cells
+    z = (values - values.mean(0)) / values.std(0)
+    d = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nb = np.argsort(d, axis=1)[:, :5]
+    np.testing.assert_allclose(out, 0.6 * values + 0.4 * values[nb].mean(1), atol=1e-4)
+    # a cell's values do not depend on the cells read with it, nor on the chunk
+    rows = np.array([3, 77, 250])
+    np.testing.assert_array_equal(_smoothed(values, 5, 0.4, rows=rows), out[rows])
+    np.testing.assert_array_equal(_smoothed(values, 5, 0.4, block=7), out)
+    # weight 0 reads the cells as they are
+    np.testing.assert_array_equal(_smoothed(values, 5, 0.0), values)
+
+
+def test_expression_neighbours_come_from_evenly_spaced_landmarks(monkeypatch):
+    _, values = _clustered_counts(n_cells=100)
+    monkeypatch.setattr(spatial, "EXPRESSION_LANDMARKS", 10)
+    landmarks = np.unique(np.linspace(0, 99, 10).astype(int))
+    others = np.setdiff1d(np.arange(100), landmarks)
+    # with every value outside the landmarks changed (not those the graph is built on), a
+    # cell's smoothed values move only by its own share: its neighbours are landmarks
+    shifted = values.copy()
+    shifted[others] += 1.0
+    reader = expression_smoothed_reader(lambda idx: values[idx], lambda idx: shifted[idx],
+                                        100, 4, 0.5)
+    base = _smoothed(values, 4, 0.5)
+    out = reader(np.arange(100))
+    np.testing.assert_allclose(out[others], base[others] + 0.5, atol=1e-5)
+    np.testing.assert_allclose(out[landmarks], base[landmarks], atol=1e-5)
+
+
+def test_the_expression_context_averages_out_measurement_noise():
+    truth, values = _clustered_counts(n_cells=600)
+    smooth = _smoothed(values, 15, 0.5)
+    error = lambda x: np.mean((x - truth) ** 2)  # noqa: E731
+    assert error(smooth) < 0.7 * error(values), (error(smooth), error(values))
+
+
+def test_the_expression_context_acts_at_impute_time(tiny_model, tiny_pair):
+    st, _ = tiny_pair
+    on = tiny_model.impute(st, seed=0, progress=False, residual_weight=0.0)
+    off = tiny_model.impute(st, seed=0, progress=False, residual_weight=0.0,
+                            expression_weight=0.0)
+    assert on.uns["spalstf"]["params"]["expression_weight"] == 0.5
+    assert np.abs(on.X - off.X).max() > 1e-3
 
 
 def test_the_self_check_is_recorded_and_scores_every_known_gene(tiny_pair):

@@ -370,8 +370,9 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   \code{"at_depth"} (counts only; see Details), and the weight of the diffusion's
 #'   refinement, less any of these you set yourself in \code{...}), \code{NULL} (use
 #'   the settings as given), or a named list of candidate values of the options
-#'   \code{spatial_weight}, \code{spatial_neighbors}, \code{knn_weight},
-#'   \code{knn_neighbors}, \code{output} and \code{residual_weight}, e.g.
+#'   \code{spatial_weight}, \code{spatial_neighbors}, \code{expression_weight},
+#'   \code{expression_neighbors}, \code{knn_weight}, \code{knn_neighbors},
+#'   \code{output} and \code{residual_weight}, e.g.
 #'   \code{list(spatial_weight = c(0, 0.5))}.
 #' @param spatial The cells' coordinates for the spatial context: \code{NULL} (default) those
 #'   of \code{object} (a Seurat image, a SpatialExperiment's \code{spatialCoords()}, a reduced
