@@ -7,10 +7,11 @@ log-normalised truth (median per-gene PCC and SPCC). Rows:
 
 - ``default``: the defaults a user gets (self-check choosing the spatial context's weight,
   the aligned-neighbour estimate's weight in the prior and how much of the diffusion's
-  refinement to keep), and the same without that estimate (``knn_weight=0``, kept);
+  refinement to keep; the expression context at 0.5), the same without that estimate
+  (``knn_weight=0``, kept), and without the expression context (``expression_weight=0``);
 - ``diffusion whole``: the self-check off, the diffusion's refinement kept whole
-  (``residual_weight=1``), no spatial context, no aligned-neighbour estimate: the method's own
-  prediction;
+  (``residual_weight=1``), no spatial or expression context, no aligned-neighbour estimate:
+  the method's own prediction;
 - then, from ``diffusion whole``, one part off at a time (the diffusion itself, the XCA blocks,
   the BiLSTM context, the variational-bound and KL terms), and other
   sampling steps and samples; and the priors alone (ridge; ridge + aligned neighbours).
@@ -44,13 +45,17 @@ from spalstf.cli import format_settings  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 
-WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0, knn_weight=0.0)
+WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0, expression_weight=0.0,
+             knn_weight=0.0)
 #: name -> (description, options of spalstf.impute)
 ROWS = {
     "default": ("defaults (self-check selects spatial, knn and refinement weights)", {}),
     "no-knn": ("defaults without the aligned-neighbour estimate (knn_weight 0)",
                {"knn_weight": 0.0}),
-    "whole": ("diffusion whole: no self-check, residual_weight 1, no spatial context", WHOLE),
+    "no-expression": ("defaults without the expression context (expression_weight 0)",
+                      {"expression_weight": 0.0}),
+    "whole": ("diffusion whole: no self-check, residual_weight 1, no spatial or expression "
+              "context", WHOLE),
     "no-diffusion": ("- diffusion (direct regression by the same network)",
                      {**WHOLE, "diffusion": False}),
     "no-xca": ("- XCA attention (MLP blocks only)", {**WHOLE, "use_xca": False}),
@@ -61,7 +66,7 @@ ROWS = {
     "steps10": ("10 DDIM steps", {**WHOLE, "n_steps": 10}),
     "samples1": ("1 sample (default 4)", {**WHOLE, "n_samples": 1}),
     "samples8": ("8 samples", {**WHOLE, "n_samples": 8}),
-    "prior-only": ("the ridge prior alone (residual_weight 0, no spatial context)",
+    "prior-only": ("the ridge prior alone (residual_weight 0, no spatial or expression context)",
                    {**WHOLE, "residual_weight": 0.0}),
     "knn-prior": ("the blended prior alone: ridge + aligned neighbours (knn_weight 0.5)",
                   {**WHOLE, "residual_weight": 0.0, "knn_weight": 0.5}),
