@@ -4,14 +4,16 @@ spalstf's imputation is centred on a prior: a ridge map from the known to the ta
 fitted on the reference (penalty by GCV, `spalstf.train.fit_prior`), optionally blended with
 the aligned-neighbour estimate (`knn_weight`; mean targets of the 50 most cosine-similar
 reference cells, known genes z-scored within each data set) and read from spatially smoothed
-known genes (`spatial_weight`; 8 nearest cells in space). This script re-implements these
+known genes (`spatial_weight`; 8 nearest cells in space), mixed with those of their 15 nearest
+ST cells in known-gene space (`expression_weight`, 0.5). This script re-implements these
 priors in numpy (no network, no sampling: seconds per data set) to compare, on the 5-fold
 leave-genes-out protocol of ``benchmarks/accuracy.py``:
 
 - every fixed setting (spatial weight x knn weight), for these forms of the reference: the
   library's default, its cells plus pseudo-spots ("cells + mixtures": sums of 2, 5, 10 and 20
   random cells, 2000 of each for the ridge and 500 for the estimate,
-  `spalstf.train.pseudo_spots`); its cells alone
+  `spalstf.train.pseudo_spots`), with the expression context and without it (the default
+  before it; every other form has it); its cells alone
   (the default before pseudo-spots); pseudo-spots of 10 alone (as a Visium spot mixes cells);
   metacells (each cell summed with its 14 nearest reference cells in known-gene space); and
   one other output: "depth-aware", the library's ``output="at_depth"``
@@ -25,7 +27,7 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
   The default of ``spalstf.selfcheck`` is "choose sw x kw, then depth-aware by genes": the
   spatial and knn weights by the median, then "depth-aware" at that setting only where it
   predicts most inner hidden genes better (``spalstf.selfcheck.OUTPUT_WIN_SHARE``); the same
-  rule on the cells alone shows what the pseudo-spots add.
+  rule without the expression context, and on the cells alone, shows what each adds.
 
 Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
 correlation with the ST's log-normalised truth, and the ARI of Leiden clusters of the imputed
@@ -53,6 +55,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spalstf.config import Config  # noqa: E402
 from spalstf.datasets import _loaders as L  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
@@ -60,6 +63,7 @@ from spalstf.evaluate.cv import gene_folds  # noqa: E402
 from spalstf.infer import unit_rows  # noqa: E402
 from spalstf.preprocess import expected_at_depth  # noqa: E402
 from spalstf.selfcheck import OUTPUT_WIN_SHARE, inner_folds, win_share  # noqa: E402
+from spalstf.spatial import expression_smoothed_reader  # noqa: E402
 from spalstf.train import (  # noqa: E402
     ESTIMATE_MIXTURES_PER_SIZE,
     MIXTURE_SIZES,
@@ -72,12 +76,21 @@ SPATIAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 KNN_WEIGHTS = (0.0, 0.5)
 #: The library's default form: the ridge fitted on the reference cells and on pseudo-spots of
 #: 2, 5, 10 and 20 cells (`spalstf.train.MIXTURE_SIZES`, `Config.prior_mixtures`); the
-#: aligned-neighbour estimate reads the cells.
+#: aligned-neighbour estimate reads the cells and pseudo-spots; the ST's known genes are mixed
+#: with their expression neighbours' (`Config.expression_weight`).
 DEFAULT_FORM = "cells + mixtures"
-#: name -> (form of the reference, cells summed per training profile)
-FORMS = {DEFAULT_FORM: ("mixtures", 1), "cells": ("cells", 1), "pseudo-spots of 10": ("spot", 10),
-         "metacells of 15": ("meta", 15), "depth-aware": ("mixtures", 1),
-         "depth-aware, cells": ("cells", 1)}
+#: The default form without the expression context (the default before it).
+NO_EXPRESSION = "cells + mixtures, no expression context"
+EXPRESSION_WEIGHT = Config().expression_weight
+#: name -> (form of the reference, cells summed per training profile, expression weight)
+FORMS = {DEFAULT_FORM: ("mixtures", 1, EXPRESSION_WEIGHT),
+         NO_EXPRESSION: ("mixtures", 1, 0.0),
+         "cells": ("cells", 1, EXPRESSION_WEIGHT),
+         "pseudo-spots of 10": ("spot", 10, EXPRESSION_WEIGHT),
+         "metacells of 15": ("meta", 15, EXPRESSION_WEIGHT),
+         "depth-aware": ("mixtures", 1, EXPRESSION_WEIGHT),
+         "depth-aware, no expression context": ("mixtures", 1, 0.0),
+         "depth-aware, cells": ("cells", 1, EXPRESSION_WEIGHT)}
 #: name -> which candidates (form, spatial weight, knn weight) the inner check chooses among
 POLICIES = {
     "fixed: sw 0, kw 0.5": lambda c: c == (DEFAULT_FORM, 0.0, 0.5),
@@ -92,6 +105,8 @@ POLICIES = {
 #: setting only if it predicts more than OUTPUT_WIN_SHARE of the inner hidden genes better.
 #: The same rule on the reference cells alone (the default before pseudo-spots) for comparison.
 RULES = {"choose sw x kw, then depth-aware by genes (default)": (DEFAULT_FORM, "depth-aware"),
+         "the same, without the expression context": (NO_EXPRESSION,
+                                                      "depth-aware, no expression context"),
          "the same, reference cells only (no pseudo-spots)": ("cells", "depth-aware, cells")}
 
 
@@ -141,12 +156,14 @@ def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: i
 
 
 def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.ndarray | None,
-           extra: np.ndarray | None = None, estimate_extra: np.ndarray | None = None
-           ) -> dict[tuple[float, float], np.ndarray]:
+           extra: np.ndarray | None = None, estimate_extra: np.ndarray | None = None,
+           expression_weight: float = 0.0) -> dict[tuple[float, float], np.ndarray]:
     """Log-normalised predictions of the hidden genes per (spatial weight, knn weight).
 
     `extra`: more count profiles (pseudo-spots) the ridge is fitted on, besides `ref`;
-    `estimate_extra`: those the aligned-neighbour estimate reads besides `ref`.
+    `estimate_extra`: those the aligned-neighbour estimate reads besides `ref`;
+    `expression_weight`: the ST's (spatially smoothed) known genes are mixed with those of
+    their expression neighbours, as the library does (`spalstf.spatial`).
     """
     def log_profiles(rows):
         rows = rows[rows[:, :n_known].sum(1) > 0]
@@ -174,6 +191,9 @@ def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.n
         if sw > 0 and neighbours is None:
             continue
         x = st_log if sw == 0 else (1 - sw) * st_log + sw * st_log[neighbours].mean(1)
+        x = expression_smoothed_reader(lambda rows: st_log[rows], lambda rows, x=x: x[rows],
+                                       len(x), Config().expression_neighbors,
+                                       expression_weight)(np.arange(len(x)))
         ridge = ((x - mu) / sd) @ weights * ysd + ymu
         sim = unit_rows(zscore(x)[0]) @ atlas.T
         idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
@@ -186,14 +206,14 @@ def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.n
 def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
     cols = [sc_genes.index(g) for g in known] + [sc_genes.index(g) for g in hidden]
     out = {}
-    for form_name, (form, m) in FORMS.items():
+    for form_name, (form, m, expression_weight) in FORMS.items():
         ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
         extra = estimate_extra = None
         if form == "mixtures":
             extra, estimate_extra = mixtures(ref), mixtures(ref, ESTIMATE_MIXTURES_PER_SIZE, 5)
         st_known = counts(st, known)
         for (sw, kw), pred in priors(st_known, ref, len(known), neighbours, extra,
-                                     estimate_extra).items():
+                                     estimate_extra, expression_weight).items():
             out[(form_name, sw, kw)] = (expected_at_depth(pred, st_known.sum(1))
                                         if form_name.startswith("depth-aware") else pred)
     return out
