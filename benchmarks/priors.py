@@ -24,10 +24,14 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
 - selection policies: the setting chosen, per outer fold, by an inner leave-genes-out over
   the outer fold's known genes (2 folds by default, as ``spalstf.selfcheck`` does; see
   ``--inner-folds``), among a set of candidates (spatial weights up to 0.5 unless said).
-  The default of ``spalstf.selfcheck`` is "choose sw x kw, then depth-aware by genes": the
-  spatial and knn weights by the median, then "depth-aware" at that setting only where it
-  predicts most inner hidden genes better (``spalstf.selfcheck.OUTPUT_WIN_SHARE``); the same
-  rule without the expression context, and on the cells alone, shows what each adds.
+  The default of ``spalstf.selfcheck`` is "choose sw x kw x depth weight": the spatial and
+  knn weights and the share of the depth-aware output (``Config.depth_weight``: 0, 0.25,
+  0.5, 0.75 or 1, blending the default form's output with its depth-aware one) together by
+  the median; the same without the expression context shows what it adds. The rule before
+  it, "choose sw x kw, then depth-aware by genes" (the spatial and knn weights by the
+  median, then "depth-aware" at that setting only where it predicts most inner hidden genes
+  better, ``spalstf.selfcheck.OUTPUT_WIN_SHARE``), and the same on the cells alone, are
+  beside them.
 
 Scored as the accuracy benchmark scores: median over genes of the per-gene Pearson
 correlation with the ST's log-normalised truth, and the ARI of Leiden clusters of the imputed
@@ -62,7 +66,12 @@ from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 from spalstf.infer import unit_rows  # noqa: E402
 from spalstf.preprocess import expected_at_depth  # noqa: E402
-from spalstf.selfcheck import OUTPUT_WIN_SHARE, inner_folds, win_share  # noqa: E402
+from spalstf.selfcheck import (  # noqa: E402
+    DEFAULT_SELECT,
+    OUTPUT_WIN_SHARE,
+    inner_folds,
+    win_share,
+)
 from spalstf.spatial import expression_smoothed_reader  # noqa: E402
 from spalstf.train import (  # noqa: E402
     ESTIMATE_MIXTURES_PER_SIZE,
@@ -91,22 +100,42 @@ FORMS = {DEFAULT_FORM: ("mixtures", 1, EXPRESSION_WEIGHT),
          "depth-aware": ("mixtures", 1, EXPRESSION_WEIGHT),
          "depth-aware, no expression context": ("mixtures", 1, 0.0),
          "depth-aware, cells": ("cells", 1, EXPRESSION_WEIGHT)}
+#: Blends of a form's output with its depth-aware output (`Config.depth_weight`): base form
+#: -> (its depth-aware form, the blends' names by weight). Weight 0 is the base, 1 the
+#: depth-aware form.
+DEPTH_WEIGHTS = DEFAULT_SELECT["depth_weight"]
+BLENDS = {base: (aware, {w: f"{base}, depth weight {w:g}" for w in DEPTH_WEIGHTS if 0 < w < 1})
+          for base, aware in ((DEFAULT_FORM, "depth-aware"),
+                              (NO_EXPRESSION, "depth-aware, no expression context"))}
+
+
+def depth_family(base: str) -> set[str]:
+    """A form, its depth-aware form and the blends of the two."""
+    aware, blends = BLENDS[base]
+    return {base, aware, *blends.values()}
+
+
 #: name -> which candidates (form, spatial weight, knn weight) the inner check chooses among
 POLICIES = {
+    "choose sw x kw x depth weight (default)":
+        lambda c: c[0] in depth_family(DEFAULT_FORM) and c[1] <= 0.5,
+    "the same, without the expression context":
+        lambda c: c[0] in depth_family(NO_EXPRESSION) and c[1] <= 0.5,
     "fixed: sw 0, kw 0.5": lambda c: c == (DEFAULT_FORM, 0.0, 0.5),
     "choose sw (kw 0.5)": lambda c: c[0] == DEFAULT_FORM and c[1] <= 0.5 and c[2] == 0.5,
     "choose sw to 0.75 (kw 0.5)": lambda c: c[0] == DEFAULT_FORM and c[2] == 0.5,
     "choose sw x kw": lambda c: c[0] == DEFAULT_FORM and c[1] <= 0.5,
-    "choose sw x kw x form": lambda c: c[1] <= 0.5 and not c[0].startswith("depth-aware"),
+    "choose sw x kw x form": lambda c: (c[1] <= 0.5 and not c[0].startswith("depth-aware")
+                                        and "depth weight" not in c[0]),
     "choose sw x kw x depth-aware": lambda c: c[1] <= 0.5 and c[0] in (DEFAULT_FORM,
                                                                        "depth-aware"),
 }
-#: The self-check's rule (spalstf.selfcheck): "choose sw x kw", then "depth-aware" at that
-#: setting only if it predicts more than OUTPUT_WIN_SHARE of the inner hidden genes better.
-#: The same rule on the reference cells alone (the default before pseudo-spots) for comparison.
-RULES = {"choose sw x kw, then depth-aware by genes (default)": (DEFAULT_FORM, "depth-aware"),
-         "the same, without the expression context": (NO_EXPRESSION,
-                                                      "depth-aware, no expression context"),
+#: The self-check's rule before the depth weight (still what it does when offered both
+#: outputs, `select={"output": [...]}`): "choose sw x kw", then "depth-aware" at that setting
+#: only if it predicts more than OUTPUT_WIN_SHARE of the inner hidden genes better. The same
+#: rule on the reference cells alone (the default before pseudo-spots) for comparison.
+RULES = {"choose sw x kw, then depth-aware by genes (the rule before)": (DEFAULT_FORM,
+                                                                          "depth-aware"),
          "the same, reference cells only (no pseudo-spots)": ("cells", "depth-aware, cells")}
 
 
@@ -216,6 +245,11 @@ def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
                                      estimate_extra, expression_weight).items():
             out[(form_name, sw, kw)] = (expected_at_depth(pred, st_known.sum(1))
                                         if form_name.startswith("depth-aware") else pred)
+    for base, (aware, blends) in BLENDS.items():
+        for (form_name, sw, kw), pred in list(out.items()):
+            if form_name == base:
+                for w, name in blends.items():
+                    out[(name, sw, kw)] = (1 - w) * pred + w * out[(aware, sw, kw)]
     return out
 
 

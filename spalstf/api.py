@@ -65,7 +65,7 @@ SELF_CHECK_MIN_GENES = 8
 #: Config fields that may differ between fit and impute (they act at sampling time only).
 INFERENCE_OPTIONS = ("spatial_weight", "spatial_neighbors", "expression_weight",
                      "expression_neighbors", "residual_weight", "knn_weight", "knn_neighbors",
-                     "antithetic", "clip_denoised", "output")
+                     "antithetic", "clip_denoised", "output", "depth_weight")
 #: ST cells (evenly spaced) whose known genes give the z-scores of the aligned-neighbour estimate.
 KNN_STAT_CELLS = 50000
 #: References whose standardised training genes take at most this many bytes are held in
@@ -195,7 +195,7 @@ class Model:
         **options
             Inference settings of `spalstf.Config` (`spatial_weight`, `spatial_neighbors`,
             `expression_weight`, `expression_neighbors`, `residual_weight`, `knn_weight`,
-            `knn_neighbors`, `antithetic`, `clip_denoised`, `output`).
+            `knn_neighbors`, `antithetic`, `clip_denoised`, `output`, `depth_weight`).
 
         Returns
         -------
@@ -363,10 +363,12 @@ class Model:
 
         def to_output(samples: np.ndarray, chunk: slice) -> np.ndarray:
             values = self.target_scaler.inverse(samples).astype(np.float32)
-            if cfg.output == "at_depth":  # the cells' own known-gene totals, in counts
+            share = _depth_share(cfg)
+            if share > 0:  # the cells' own known-gene totals, in counts
                 depth = expr.columns(st_known, _contiguous(cells[chunk])).sum(axis=1)
-                values = expected_at_depth(values, np.asarray(depth).ravel(),
-                                           scale_factor=cfg.scale_factor)
+                at_depth = expected_at_depth(values, np.asarray(depth).ravel(),
+                                             scale_factor=cfg.scale_factor)
+                values = at_depth if share == 1 else (1 - share) * values + share * at_depth
             return values
 
         def read_known(chunk: slice) -> np.ndarray:  # a chunk of `cells` -> rows of `expr`
@@ -660,11 +662,20 @@ def _resolve_fit_genes(expr: Expression, known_genes, target_genes,
     return known_ref, target_ref, kept
 
 
+def _depth_share(cfg: Config) -> float:
+    """The share of the value at the cell's depth in the output (`Config.depth_weight`)."""
+    return 1.0 if cfg.output == "at_depth" else float(cfg.depth_weight)
+
+
 def _check_output(cfg: Config, log_normalized: bool) -> None:
     if cfg.output == "at_depth" and log_normalized:
         raise ValueError("`output='at_depth'` needs the ST's counts (each cell's depth); "
                          "received log-normalised input (log_normalized=True): use "
                          "output='expression'")
+    if cfg.depth_weight > 0 and log_normalized:
+        raise ValueError(f"`depth_weight` above 0 needs the ST's counts (each cell's depth); "
+                         f"received {cfg.depth_weight!r} with log-normalised input "
+                         "(log_normalized=True): use depth_weight=0")
 
 
 def _contiguous(rows: Any) -> Any:
@@ -913,15 +924,20 @@ def _run_self_check(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: 
         raise ValueError(f"`self_check_folds` must be an integer >= 2; received {n_folds!r}")
     if select == "auto":
         has_xy = coordinates(st_expr.source, spatial, st_expr.n_cells) is not None
+        # the depth needs counts; an output you gave is kept whole, not blended
         select = {k: v for k, v in selfcheck.DEFAULT_SELECT.items()
                   if (has_xy or k != "spatial_weight") and k not in given
-                  and not (log_normalized and k == "output")}  # at_depth needs counts
+                  and not (k in ("output", "depth_weight")
+                           and (log_normalized or "output" in given))}
     elif isinstance(select, str):
         raise ValueError(f"`select` must be 'auto', None or a dict; received {select!r}")
     select = selfcheck.check_select(select, selfcheck.SELECTABLE)
     if log_normalized and "at_depth" in select.get("output", ()):
         raise ValueError("`select['output']` offers 'at_depth', which needs the ST's counts "
                          "(each cell's depth); received log-normalised input")
+    if log_normalized and any(w > 0 for w in select.get("depth_weight", ())):
+        raise ValueError("`select['depth_weight']` offers weights above 0, which need the ST's "
+                         "counts (each cell's depth); received log-normalised input")
     for candidate in selfcheck.candidates(select):
         cfg.replace(**candidate)  # every candidate value is valid, before any fit
     n_known = len(known_pairs)

@@ -37,7 +37,7 @@ FREE_OPTIONS = frozenset({"epochs", "max_time", "patience", "sampler", "n_steps"
                           "eta", "antithetic", "clip_denoised", "spatial_weight",
                           "spatial_neighbors", "expression_weight",
                           "expression_neighbors", "residual_weight", "knn_weight",
-                          "knn_neighbors", "output"})
+                          "knn_neighbors", "output", "depth_weight"})
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:

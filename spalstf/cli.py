@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values", choices=("auto", "expression", "at_depth"), default="auto",
                    help="expression: log1p(count / known-gene total x 1e4), free of the ST's "
                         "depth; at_depth: what the ST would measure at each cell's depth, on "
-                        "average (needs counts); auto: the self-check chooses (with --sc), "
-                        "else expression (default auto)")
+                        "average (needs counts); auto: the self-check chooses a blend of the "
+                        "two (depth_weight, with --sc), else expression (default auto)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--spatial-key", default=None, metavar="KEY",
                        help="obsm key of the ST's cell coordinates for the spatial context "

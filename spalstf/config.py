@@ -159,9 +159,16 @@ class Config:
     #: zeros included (`spalstf.preprocess.expected_at_depth`): far below the expression where
     #: a spot holds only a few counts of a gene, as its measured genes are. Needs counts (not
     #: log-normalised input). On sparse spots (Visium lymph node) it is the closer prediction
-    #: of what was measured (benchmarks/results/priors.md), so the self-check chooses between
-    #: the two by default; keep "expression" to compare cells free of their depth.
+    #: of what was measured (benchmarks/results/priors.md). Keep "expression" to compare cells
+    #: free of their depth.
     output: str = "expression"
+    #: Between the two: with output "expression", the imputation is (1 - depth_weight) x the
+    #: expression + depth_weight x the value at the cell's depth (1 is "at_depth"). Needs
+    #: counts when above 0. Where the depth explains part of what a spot measures and the
+    #: expression the rest, the blend predicts better than either: on visium_brain's priors
+    #: 0.5 gave a median PCC of 0.565 against 0.540 and 0.570 (benchmarks/results/priors.md).
+    #: For counts input the self-check chooses it among 0, 0.25, 0.5, 0.75 and 1 by default.
+    depth_weight: float = 0.0
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with `changes` applied, refusing unknown names."""
@@ -219,6 +226,8 @@ class Config:
         if not 0 <= self.expression_weight < 1:
             raise ValueError(f"`expression_weight` must be in [0, 1); received "
                              f"{self.expression_weight!r}")
+        if not 0 <= self.depth_weight <= 1:
+            raise ValueError(f"`depth_weight` must be in [0, 1]; received {self.depth_weight!r}")
         if not 0 <= self.knn_weight <= 1:
             raise ValueError(f"`knn_weight` must be in [0, 1]; received {self.knn_weight!r}")
         if not 0 <= self.residual_weight <= 1:

@@ -12,8 +12,9 @@ median per-gene PCC over all hidden genes; the best wins, ties go to the earlier
 Settings that act at sampling time (`spalstf.api.INFERENCE_OPTIONS`: the spatial context, the
 aligned-neighbour estimate's weight, the weight of the diffusion's refinement) are tried on the
 same fitted inner models, so a grid of them costs samplings, not fits; those that shape the
-prior (`PRIOR_OPTIONS`) are chosen first, on the prior alone, which needs no sampling. The
-output ("expression" or "at_depth") is a different kind of choice, made gene by gene: see
+prior or how it is read out (`PRIOR_OPTIONS`, the depth weight of the output among them) are
+chosen first, on the prior alone, which needs no sampling. The output ("expression" or
+"at_depth"), when you offer both, is a different kind of choice, made gene by gene: see
 `OUTPUT_WIN_SHARE`.
 
 The estimate is for the genes hidden here (measured ST genes, which panels choose for being
@@ -42,11 +43,12 @@ FIT_TIME_SHARE = 0.5
 MAX_CELLS = 2000
 #: Options `select=` may choose among: they act at sampling time, on the same inner fits.
 SELECTABLE = ("spatial_weight", "spatial_neighbors", "expression_weight",
-              "expression_neighbors", "knn_weight", "knn_neighbors", "residual_weight", "output")
+              "expression_neighbors", "knn_weight", "knn_neighbors", "residual_weight", "output",
+              "depth_weight")
 #: Options that shape the prior or how it is read out (chosen in stage 1, on predictions of
 #: the prior alone).
 PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "expression_weight",
-                 "expression_neighbors", "knn_weight", "knn_neighbors", "output")
+                 "expression_neighbors", "knn_weight", "knn_neighbors", "depth_weight", "output")
 #: An output other than the first listed ("expression") is chosen only where, at the prior's
 #: chosen settings, it predicts more than this share of the hidden genes better: most of
 #: them (a paired, gene-by-gene comparison, not the medians'). What the depth changes, it
@@ -58,18 +60,16 @@ PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "expression_weight",
 #: osmFISH folds, where it hurt.
 OUTPUT_WIN_SHARE = 1 / 2
 #: Candidates tried by default: the spatial context's weight (only where the ST has
-#: coordinates), the aligned-neighbour estimate's weight in the prior, the output (only for
-#: counts: "at_depth" needs each cell's depth; see `Config.output`) and how much of the
-#: diffusion's refinement of the prior is kept. Measured on the priors alone
-#: (`benchmarks/priors.py`, 5-fold CV, median PCC osmFISH / visium_brain / visium_lymph /
-#: simulated): spatial weights up to 0.75 with knn_weight fixed at 0.5 chose settings worth
-#: 0.294 / 0.488 / 0.117 / 0.282; choosing knn_weight too, 0.266 / 0.526 / 0.117 / 0.282; and
-#: then the output by OUTPUT_WIN_SHARE, 0.266 / 0.526 / 0.120 / 0.282
-#: (benchmarks/results/priors.md).
+#: coordinates), the aligned-neighbour estimate's weight in the prior, the share of the value
+#: at the cell's depth in the output (only for counts, which give each cell's depth; see
+#: `Config.depth_weight`), all three together by the median, and how much of the diffusion's
+#: refinement of the prior is kept. Measured on the priors alone (`benchmarks/priors.py`,
+#: 5-fold CV, median PCC osmFISH / visium_brain / visium_lymph / simulated; see
+#: benchmarks/results/priors.md for the figures of each rule).
 DEFAULT_SELECT: dict[str, tuple] = {
     "spatial_weight": (0.0, 0.25, 0.5),
     "knn_weight": (0.0, 0.5),
-    "output": ("expression", "at_depth"),
+    "depth_weight": (0.0, 0.25, 0.5, 0.75, 1.0),
     "residual_weight": (0.0, 0.5, 1.0),
 }
 
@@ -311,15 +311,32 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
             col += len(hidden)
         return out
 
+    at_depth_weight = PRIOR_OPTIONS.index("depth_weight")
+    ends: dict[tuple, np.ndarray] = {}  # predictions at depth weights 0 and 1, by setting
+
     def prior_rows(settings):
-        """The candidates' options and predictions (cells x hidden genes) of the prior alone."""
+        """The candidates' options and predictions (cells x hidden genes) of the prior alone.
+        A depth weight between 0 and 1 blends the outputs at 0 and 1 (`Config.depth_weight`),
+        so those two are all that is predicted."""
         opts = [{**dict(zip(PRIOR_OPTIONS, s, strict=True)), "residual_weight": 0.0}
                 for s in settings]
-        return opts, [assemble(s, [0.0], prior_only=True)[0] for s in settings]
+        preds = []
+        for s in settings:
+            weight = s[at_depth_weight]
+            parts = []
+            for end in ((0.0, 1.0) if 0 < weight < 1 else (weight,)):
+                key = s[:at_depth_weight] + (end,) + s[at_depth_weight + 1:]
+                if key not in ends:
+                    ends[key] = assemble(key, [0.0], prior_only=True)[0]
+                parts.append(ends[key])
+            preds.append(parts[0] if len(parts) == 1
+                         else (1 - weight) * parts[0] + weight * parts[1])
+        return opts, preds
 
-    # Stage 1 (with a prior and several prior settings): the spatial context and the
-    # aligned-neighbour estimate's weight are chosen on the prior's predictions, which need no
-    # sampling, at the first output listed (the default "expression"); then another output,
+    # Stage 1 (with a prior and several prior settings): the spatial context, the
+    # aligned-neighbour estimate's weight and the depth weight are chosen on the prior's
+    # predictions, which need no sampling, at the first output listed (the default
+    # "expression"); then another output, when offered,
     # at those settings, only where it predicts most hidden genes better (OUTPUT_WIN_SHARE).
     # Stage 2 samples once per inner fold, at the chosen setting, for every refinement
     # weight. Without a prior every combination is sampled.

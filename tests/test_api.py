@@ -171,6 +171,27 @@ def test_at_depth_output_is_the_expected_measurement_at_each_cells_depth(tiny_pa
                        **FAST)
 
 
+def test_the_depth_weight_blends_the_two_outputs(tiny_pair, tiny_model):
+    """depth_weight b gives (1 - b) x the expression + b x the value at the cell's depth; 1 is
+    "at_depth"; above 0 it needs counts."""
+    st, _ = tiny_pair
+    ends = [tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, depth_weight=w)
+            for w in (0.0, 1.0)]
+    at_depth = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0,
+                                 output="at_depth")
+    np.testing.assert_array_equal(ends[1].X, at_depth.X)
+    blend = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, depth_weight=0.25)
+    np.testing.assert_allclose(blend.X, 0.75 * ends[0].X + 0.25 * ends[1].X, atol=1e-5)
+    assert np.abs(blend.X - ends[0].X).max() > 1e-2
+    assert blend.uns["spalstf"]["params"]["depth_weight"] == 0.25
+    st_log = st.copy()
+    st_log.X = np.log1p(as_counts(st.X))
+    with pytest.raises(ValueError, match="`depth_weight` above 0 needs the ST's counts"):
+        tiny_model.impute(st_log, log_normalized=True, depth_weight=0.5, progress=False)
+    with pytest.raises(ValueError, match="`depth_weight` must be in"):
+        tiny_model.impute(st, depth_weight=1.5, progress=False)
+
+
 def test_the_same_seed_gives_identical_output(tiny_pair):
     st, sc = tiny_pair
     a = spalstf.impute(st, sc, seed=7, **FAST)

@@ -193,13 +193,15 @@ def test_self_check_summary_is_printed_and_stored(files, capsys):
     line = _self_check_line(capsys.readouterr().err)
     selected = ad.read_h5ad(tmp / "flat.h5ad").uns["spalstf"]["self_check"]["selected"]
     assert line is not None and "spatial_weight" not in line and "spatial_weight" not in selected
-    assert "residual_weight=" in line and "output=" in line  # counts: the output is chosen
-    # --values: the output given is kept, not chosen
+    # counts: the share of the value at the cell's depth is chosen
+    assert "residual_weight=" in line and "depth_weight=" in line
+    # --values: the output given is kept, not chosen, nor blended
     assert main([*base, "--out", str(tmp / "depth.h5ad"), "--self-check-folds", "2",
                  "--values", "at_depth"]) == 0
     line = _self_check_line(capsys.readouterr().err)
     given = ad.read_h5ad(tmp / "depth.h5ad").uns["spalstf"]
     assert "output=" not in line and "output" not in given["self_check"]["selected"]
+    assert "depth_weight" not in given["self_check"]["selected"]
     assert given["params"]["output"] == "at_depth"
 
 

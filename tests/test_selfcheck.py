@@ -330,22 +330,52 @@ def test_on_spots_of_uneven_depth_the_output_at_their_depth_is_chosen():
         == {"at_depth"}
 
 
-def test_at_depth_is_offered_only_for_counts(tiny_pair):
+def test_the_depth_weight_is_offered_only_for_counts(tiny_pair):
     st, sc = tiny_pair
     genes = list(st.obsm["truth"].columns)[:2]
     counts = spalstf.impute(st, sc, genes, self_check=True, **FAST)
-    assert set(counts.uns["spalstf"]["self_check"]["candidates"]["output"]) \
-        == {"expression", "at_depth"}
+    candidates = counts.uns["spalstf"]["self_check"]["candidates"]
+    assert set(candidates["depth_weight"]) == set(selfcheck.DEFAULT_SELECT["depth_weight"])
+    assert set(candidates["output"]) == {"expression"}  # offered only when asked for
     st_log, sc_log = st.copy(), sc.copy()
     st_log.X, sc_log.X = np.log1p(as_counts(st.X)), np.log1p(as_counts(sc.X))
     logged = spalstf.impute(st_log, sc_log, genes, log_normalized=True, self_check=True, **FAST)
     check = logged.uns["spalstf"]["self_check"]
-    assert set(check["candidates"]["output"]) == {"expression"}
-    assert "output" not in check["selected"]
-    assert logged.uns["spalstf"]["params"]["output"] == "expression"
+    assert set(check["candidates"]["depth_weight"]) == {0.0}
+    assert "depth_weight" not in check["selected"]
+    assert logged.uns["spalstf"]["params"]["depth_weight"] == 0.0
     with pytest.raises(ValueError, match=r"`select\['output'\]` offers 'at_depth'"):
         spalstf.impute(st_log, sc_log, genes, log_normalized=True, self_check=True,
                        select={"output": ["expression", "at_depth"]}, **FAST)
+    with pytest.raises(ValueError, match=r"`select\['depth_weight'\]` offers weights above 0"):
+        spalstf.impute(st_log, sc_log, genes, log_normalized=True, self_check=True,
+                       select={"depth_weight": [0.0, 0.5]}, **FAST)
+    # an output you give is kept whole: the depth weight is then not chosen
+    given = spalstf.impute(st, sc, genes, self_check=True, output="expression", **FAST)
+    assert set(given.uns["spalstf"]["self_check"]["candidates"]["depth_weight"]) == {0.0}
+
+
+def test_the_self_check_scores_a_blended_depth_weight_as_the_imputation_gives_it(tiny_pair):
+    """Stage 1 blends the predictions at depth weights 0 and 1 instead of predicting each
+    weight: the score of 0.5 equals that of an imputation made at 0.5 (checked alone, where
+    there is no stage 1)."""
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:2]
+
+    def check(weights):
+        out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2, seed=2,
+                             select={"depth_weight": weights, "residual_weight": [0.0]},
+                             **FAST)
+        return out.uns["spalstf"]["self_check"]["candidates"]
+
+    grid, alone = check([0.0, 0.5, 1.0]), check([0.5])
+    row = [i for i, (s, w) in enumerate(zip(grid["stage"], grid["depth_weight"], strict=True))
+           if s == "prior" and w == 0.5]
+    assert len(row) == 1 and alone["stage"] == ["model"]
+    assert grid["median_pcc"][row[0]] == pytest.approx(alone["median_pcc"][0], abs=1e-6)
+    scores = {w: p for s, w, p in zip(grid["stage"], grid["depth_weight"], grid["median_pcc"],
+                                      strict=True) if s == "prior"}
+    assert len(set(scores.values())) == 3  # the three weights do differ
 
 
 def test_another_output_is_tried_only_at_the_chosen_prior_settings():
