@@ -164,10 +164,8 @@ class Config:
     output: str = "expression"
     #: Between the two: with output "expression", the imputation is (1 - depth_weight) x the
     #: expression + depth_weight x the value at the cell's depth (1 is "at_depth"). Needs
-    #: counts when above 0. Where the depth explains part of what a spot measures and the
-    #: expression the rest, the blend predicts better than either: on visium_brain's priors
-    #: 0.5 gave a median PCC of 0.565 against 0.540 and 0.570 (benchmarks/results/priors.md).
-    #: For counts input the self-check chooses it among 0, 0.25, 0.5, 0.75 and 1 by default.
+    #: counts when above 0. For counts input the self-check chooses it among 0, 0.25, 0.5,
+    #: 0.75 and 1 by default, with the prior's weights (benchmarks/results/priors.md).
     depth_weight: float = 0.0
 
     def replace(self, **changes: Any) -> Config:

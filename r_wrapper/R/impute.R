@@ -8,9 +8,10 @@
 #'
 #' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}:
 #' the mean over \code{n.samples} reverse-diffusion samples. With counts, the self-check may
-#' return them as \code{output = "at_depth"}: the value each spot would measure at its own
-#' depth, on average, zeros included (shallow spots read most genes as 0, as their measured
-#' genes do); pass \code{output = "expression"} in \code{...} for values free of the depth.
+#' blend them with the value each spot would measure at its own depth, on average, zeros
+#' included (shallow spots read most genes as 0, as their measured genes do):
+#' \code{depth_weight} (0 to 1; 1 is \code{output = "at_depth"}) is that value's share;
+#' pass \code{output = "expression"} in \code{...} for values free of the depth.
 #' The chosen setting is in the self-check summary's \code{selected}. The samples' standard
 #' deviation (an uncertainty estimate) is kept as well: for Seurat in \code{Misc(object[[new.assay.name]],
 #' "std")} (a genes x cells matrix with the assay's dimnames), for SingleCellExperiment as the
@@ -366,13 +367,14 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   (default 2).
 #' @param select Candidate settings the self-check chooses among: \code{"auto"} (the weight
 #'   of the spatial context, when \code{object} has coordinates, the weight of the
-#'   aligned-neighbour estimate in the prior, the output, \code{"expression"} or
-#'   \code{"at_depth"} (counts only; see Details), and the weight of the diffusion's
-#'   refinement, less any of these you set yourself in \code{...}), \code{NULL} (use
+#'   aligned-neighbour estimate in the prior, the share of the value at each spot's
+#'   depth in the output, \code{depth_weight} (counts only; see Details), and the weight
+#'   of the diffusion's refinement, less any of these you set yourself in \code{...}),
+#'   \code{NULL} (use
 #'   the settings as given), or a named list of candidate values of the options
 #'   \code{spatial_weight}, \code{spatial_neighbors}, \code{expression_weight},
 #'   \code{expression_neighbors}, \code{knn_weight}, \code{knn_neighbors},
-#'   \code{output} and \code{residual_weight}, e.g.
+#'   \code{output}, \code{depth_weight} and \code{residual_weight}, e.g.
 #'   \code{list(spatial_weight = c(0, 0.5))}.
 #' @param spatial The cells' coordinates for the spatial context: \code{NULL} (default) those
 #'   of \code{object} (a Seurat image, a SpatialExperiment's \code{spatialCoords()}, a reduced
