@@ -55,7 +55,7 @@ def test_the_spatial_context_acts_only_where_the_st_has_coordinates(tiny_model, 
 
 
 def _clustered_counts(n_cells=300, n_genes=12, seed=0):
-    """Poisson counts of three cell states: (noise-free log rates, log-normalised counts)."""
+    """Poisson counts of three cell states: (log1p of the noise-free rates, log1p of the counts)."""
     rng = np.random.default_rng(seed)
     states = rng.integers(0, 3, n_cells)
     rates = rng.gamma(2.0, 2.0, size=(3, n_genes))[states]
