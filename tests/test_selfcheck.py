@@ -5,8 +5,7 @@ import pytest
 from conftest import FAST, as_counts
 
 import spalstf
-from spalstf import selfcheck
-from spalstf import spatial
+from spalstf import selfcheck, spatial
 from spalstf.spatial import expression_smoothed_reader, neighbours
 
 #: A small selection grid: two spatial weights x two refinement weights.
