@@ -115,7 +115,7 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
     excepted, so that a cell's neighbours do not depend on which other cells are read with it
     (chunks, shards, subsamples). What is averaged is `read_values` (the spatially smoothed
     values, when the ST has coordinates). Rows are given as sorted index arrays; the landmark
-    cells are read `block` at a time, and only their embedding and values are kept.
+    cells are read `block` at a time, so memory beyond their embedding stays bounded.
     """
     if weight == 0 or n_cells < 2:
         return read_values
@@ -135,18 +135,15 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
     axes = vectors[:, ::-1][:, :min(EXPRESSION_COMPONENTS, vectors.shape[1])].astype(np.float32)
     index = NeighbourIndex(np.concatenate([scaler.transform(g) @ axes for _, g in blocks()]),
                            device=device)
-    # the landmarks' values, held once (at most EXPRESSION_LANDMARKS x genes float32) rather
-    # than read again for every chunk: scattered reads of a backed file are slow
-    landmark_values = np.concatenate([
-        np.asarray(read_values(landmarks[start:start + block]), dtype=np.float32)
-        for start in range(0, len(landmarks), block)])
     position = np.full(n_cells, -1, dtype=np.int64)
     position[landmarks] = np.arange(len(landmarks))
 
     def read_smoothed(idx: np.ndarray) -> np.ndarray:
         own = read_values(idx)
         query = scaler.transform(read_graph(idx)) @ axes
-        nb, _ = index.query(query, k, self_index=position[idx])
-        return (1 - weight) * own + weight * landmark_values[nb].mean(axis=1)
+        nb = landmarks[index.query(query, k, self_index=position[idx])[0]]
+        needed, inverse = np.unique(nb, return_inverse=True)
+        values = read_values(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
+        return (1 - weight) * own + weight * values.mean(axis=1)
 
     return read_smoothed
