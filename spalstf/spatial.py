@@ -72,18 +72,23 @@ def neighbours(xy: np.ndarray, k: int) -> np.ndarray:
     return idx[keep].reshape(n, k)
 
 
-def smoothed_reader(read: Callable[[np.ndarray], np.ndarray], nbrs: np.ndarray | None,
+def smoothed_reader(read: Callable[[np.ndarray], np.ndarray],
+                    nbrs: np.ndarray | Callable[[np.ndarray], np.ndarray] | None,
                     weight: float) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap `read(rows) -> values` so that each row is mixed with its neighbours' mean.
 
-    Rows are given as sorted index arrays (a slice of cells, or a subsample of them).
+    `nbrs`: the (cells, k) neighbour indices of every cell, or a function giving those of
+    the rows asked for. Rows are given as sorted index arrays (a slice of cells, or a
+    subsample of them).
     """
 
     def read_smoothed(idx: np.ndarray) -> np.ndarray:
         own = read(idx)
-        if nbrs is None or weight == 0 or nbrs.shape[1] == 0:
+        if nbrs is None or weight == 0:
             return own
-        nb = nbrs[idx]
+        nb = nbrs(idx) if callable(nbrs) else nbrs[idx]
+        if nb.shape[1] == 0:
+            return own
         needed, inverse = np.unique(nb, return_inverse=True)
         values = read(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
         return (1 - weight) * own + weight * values.mean(axis=1)
@@ -138,12 +143,8 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
     position = np.full(n_cells, -1, dtype=np.int64)
     position[landmarks] = np.arange(len(landmarks))
 
-    def read_smoothed(idx: np.ndarray) -> np.ndarray:
-        own = read_values(idx)
+    def expression_neighbours(idx: np.ndarray) -> np.ndarray:
         query = scaler.transform(read_graph(idx)) @ axes
-        nb = landmarks[index.query(query, k, self_index=position[idx])[0]]
-        needed, inverse = np.unique(nb, return_inverse=True)
-        values = read_values(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
-        return (1 - weight) * own + weight * values.mean(axis=1)
+        return landmarks[index.query(query, k, self_index=position[idx])[0]]
 
-    return read_smoothed
+    return smoothed_reader(read_values, expression_neighbours, weight)
