@@ -140,9 +140,9 @@ def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
 #: this many cells, MIXTURES_PER_SIZE of each size (`Config.prior_mixtures`). A Visium spot
 #: mixes cells, and a map fitted on single cells alone transfers worse to spots; mixtures
 #: of several sizes serve single cells of another platform (osmFISH) too. Measured on the
-#: priors with the self-check's choices (5-fold median PCC, benchmarks/results/priors.md,
-#: cells alone -> with pseudo-spots): osmFISH 0.239 -> 0.266, visium_brain 0.498 -> 0.526,
-#: visium_lymph 0.123 -> 0.120, simulated 0.291 -> 0.282.
+#: priors with the self-check's earlier rule (5-fold median PCC, benchmarks/results/priors.md,
+#: cells alone -> with pseudo-spots): osmFISH 0.255 -> 0.287, visium_brain 0.518 -> 0.536,
+#: visium_lymph 0.131 -> 0.127, simulated 0.283 -> 0.284.
 MIXTURE_SIZES = (2, 5, 10, 20)
 MIXTURES_PER_SIZE = 2000
 #: Pseudo-spots of each size the model keeps beside its atlas for the aligned-neighbour
