@@ -235,14 +235,18 @@ def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.n
 def all_candidates(st, sc_counts, sc_genes, known, hidden, neighbours):
     cols = [sc_genes.index(g) for g in known] + [sc_genes.index(g) for g in hidden]
     out = {}
+    st_known = counts(st, known)
+    computed = {}  # a depth-aware form reads the same prior as its base form: fitted once
     for form_name, (form, m, expression_weight) in FORMS.items():
-        ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
-        extra = estimate_extra = None
-        if form == "mixtures":
-            extra, estimate_extra = mixtures(ref), mixtures(ref, ESTIMATE_MIXTURES_PER_SIZE, 5)
-        st_known = counts(st, known)
-        for (sw, kw), pred in priors(st_known, ref, len(known), neighbours, extra,
-                                     estimate_extra, expression_weight).items():
+        if (form, m, expression_weight) not in computed:
+            ref = reference_form(sc_counts[:, cols], list(range(len(known))), form, m)
+            extra = estimate_extra = None
+            if form == "mixtures":
+                extra = mixtures(ref)
+                estimate_extra = mixtures(ref, ESTIMATE_MIXTURES_PER_SIZE, 5)
+            computed[form, m, expression_weight] = priors(
+                st_known, ref, len(known), neighbours, extra, estimate_extra, expression_weight)
+        for (sw, kw), pred in computed[form, m, expression_weight].items():
             out[(form_name, sw, kw)] = (expected_at_depth(pred, st_known.sum(1))
                                         if form_name.startswith("depth-aware") else pred)
     for base, (aware, blends) in BLENDS.items():
