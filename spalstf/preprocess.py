@@ -97,23 +97,30 @@ class Standardizer:
     def fit_blocks(cls, blocks) -> Standardizer:
         """`fit` from a re-iterable source of row blocks, without holding them all.
 
-        `blocks()` yields (rows, values) pairs (e.g. `spalstf.data.CellRows.blocks`); two passes
-        (the mean, then the squared deviations from it) keep the variance as accurate as
-        `fit`'s. Agrees with `fit` on the concatenated blocks up to float64 rounding.
+        `blocks()` yields (rows, values) pairs (e.g. `spalstf.data.CellRows.blocks`). One pass:
+        each block's mean and squared deviations (in float64) are merged into the running
+        ones (Chan et al.'s pairwise update), which keeps the variance as accurate as `fit`'s
+        two passes. One pass matters where a block is costly to produce (read from disk and
+        smoothed over neighbours). Agrees with `fit` on the concatenated blocks up to float64
+        rounding.
         """
-        n, total, low, high = 0, None, None, None
+        n, mean, squares, low, high = 0, None, None, None, None
         for _, values in blocks():
-            part = values.sum(axis=0, dtype=np.float64)
-            total = part if total is None else total + part
+            m = values.shape[0]
+            if m == 0:
+                continue
+            block_mean = values.mean(axis=0, dtype=np.float64)
+            block_squares = ((values - block_mean) ** 2).sum(axis=0, dtype=np.float64)
             bmin, bmax = values.min(axis=0), values.max(axis=0)
-            low = bmin if low is None else np.minimum(low, bmin)
-            high = bmax if high is None else np.maximum(high, bmax)
-            n += values.shape[0]
-        mean = total / n
-        squares = None
-        for _, values in blocks():
-            part = ((values - mean) ** 2).sum(axis=0)
-            squares = part if squares is None else squares + part
+            if mean is None:
+                n, mean, squares, low, high = m, block_mean, block_squares, bmin, bmax
+                continue
+            delta = block_mean - mean
+            total = n + m
+            mean = mean + delta * (m / total)
+            squares = squares + block_squares + delta ** 2 * (n * m / total)
+            low, high = np.minimum(low, bmin), np.maximum(high, bmax)
+            n = total
         std = np.sqrt(squares / n)
         std = np.where(std > 1e-6, std, 1.0)
         return cls(mean, std, (low - mean) / std, (high - mean) / std)

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.stats import poisson
 
-from spalstf.preprocess import expected_at_depth
+from spalstf.preprocess import Standardizer, expected_at_depth
 
 
 def brute_force(values, depth, scale_factor=1e4):
@@ -37,3 +37,21 @@ def test_shallow_cells_measure_less_and_deep_cells_approach_the_expression():
     out = expected_at_depth(values, depth)[:, 0]
     assert (np.diff(out) > 0).all()  # deeper: closer to the expression, from below
     assert out[0] < 0.1 and abs(out[-1] - 2.0) < 1e-3
+
+
+def test_standardizer_from_blocks_keeps_the_variance_of_values_far_from_zero():
+    # one pass over uneven blocks: a running sum of squares would lose the 1e-3 spread of values
+    # near 1e5 to rounding; merging each block's own deviations keeps it
+    rng = np.random.default_rng(0)
+    values = 1e5 + rng.normal(0.0, 1e-3, size=(1000, 3))
+    values[:, 2] = 7.0  # no variance: unit scale
+    sizes = [1, 250, 0, 499, 250]
+    edges = np.cumsum([0] + sizes)
+    fitted = Standardizer.fit_blocks(lambda: ((None, values[a:b])
+                                              for a, b in zip(edges[:-1], edges[1:], strict=True)))
+    whole = Standardizer.fit(values)
+    np.testing.assert_allclose(fitted.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(fitted.std, whole.std, rtol=1e-4)
+    assert fitted.std[2] == 1.0
+    np.testing.assert_allclose(fitted.low, whole.low, rtol=1e-4)
+    np.testing.assert_allclose(fitted.high, whole.high, rtol=1e-4)
