@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +344,9 @@ class Model:
         read_log = expression_smoothed_reader(normalised, read_log, expr.n_cells,
                                               cfg.expression_neighbors, cfg.expression_weight,
                                               device)
+        # read_known and read_knn ask for each chunk in turn: smooth it (a neighbour search
+        # and reads of its neighbours' rows) once
+        read_log = _remembering_last(read_log)
 
         read_knn = None
         if cfg.knn_weight > 0 and cfg.prior == "ridge":
@@ -676,6 +679,20 @@ def _check_output(cfg: Config, log_normalized: bool) -> None:
         raise ValueError(f"`depth_weight` above 0 needs the ST's counts (each cell's depth); "
                          f"received {cfg.depth_weight!r} with log-normalised input "
                          "(log_normalized=True): use depth_weight=0")
+
+
+def _remembering_last(read: Callable[[np.ndarray], np.ndarray]
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """`read(rows)` that returns its last result again when asked for the same rows twice in a
+    row, instead of computing it anew. Callers must not modify what it returns."""
+    last: list = [None, None]
+
+    def read_once(rows: np.ndarray) -> np.ndarray:
+        if last[0] is None or not np.array_equal(last[0], rows):
+            last[:] = [np.array(rows), read(rows)]
+        return last[1]
+
+    return read_once
 
 
 def _contiguous(rows: Any) -> Any:

@@ -251,3 +251,27 @@ def test_the_depth_output_is_the_same_streamed_sharded_and_in_memory(tiny_pair, 
     _assert_same_result(ad.read_h5ad(spalstf.io.merge_h5ad(parts, tmp_path / "m.h5ad")),
                         expected)
     assert not np.allclose(expected.X, tiny_model.impute(st, seed=4, progress=False).X)
+
+
+def test_each_st_cell_is_smoothed_at_most_twice_per_imputation(tiny_model, tiny_pair,
+                                                                 monkeypatch):
+    # Smoothing a cell searches its expression neighbours and reads their rows: once for the
+    # ST's statistics (the aligned-neighbour estimate z-scores over the ST), once in its chunk,
+    # where the network and the estimate share the same read.
+    st, _ = tiny_pair
+    reads = []
+    smoothed = api.expression_smoothed_reader
+
+    def counting(*args, **kwargs):
+        reader = smoothed(*args, **kwargs)
+
+        def read(rows):
+            reads.append(np.array(rows))
+            return reader(rows)
+        return read
+
+    monkeypatch.setattr(api, "expression_smoothed_reader", counting)
+    out = tiny_model.impute(st, seed=0, progress=False, knn_weight=0.5, batch_size=16)
+    assert out.uns["spalstf"]["params"]["expression_weight"] > 0
+    times = np.bincount(np.concatenate(reads), minlength=st.n_obs)
+    assert times.min() >= 1 and times.max() <= 2, times
