@@ -149,3 +149,28 @@ def test_li_format_matches_h5ad() -> None:
     b, _ = L.load("osmfish_li_format", data_dir=DATA)
     assert list(a.var_names) == list(b.var_names)
     np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
+
+
+def test_the_simulators_model_is_the_one_that_made_the_data() -> None:
+    from spalstf.datasets import simulate
+    from spalstf.datasets._simulate import simulate_with_model
+
+    kw = dict(n_st=300, n_sc=100, n_genes=40, n_measured=25, seed=5)
+    st, sc, model = simulate_with_model(n_cell_types=6, n_domains=4, n_programs=6,
+                                        st_depth=400.0, sc_depth=3000.0, capture_bias=0.4,
+                                        dropout=0.1, **kw)
+    st0, sc0 = simulate(**kw)  # the public function gives the same data
+    np.testing.assert_array_equal(st.X, st0.X)
+    np.testing.assert_array_equal(sc.X, sc0.X)
+    # the unmeasured genes' truth is the model's noise-free shares of the ST cells
+    col = {g: i for i, g in enumerate(model.genes)}
+    shares = model.st_cell_shares
+    known_total = shares[:, [col[g] for g in st.var_names]].sum(1, keepdims=True)
+    hidden = [col[g] for g in st.obsm["truth"].columns]
+    np.testing.assert_allclose(np.log1p(shares[:, hidden] / known_total * 1e4),
+                               st.obsm["truth"].to_numpy(), rtol=1e-5)
+    # drawn cells follow the domains' type mixtures
+    types, state = model.sample_st_cells(20000, np.random.default_rng(0))
+    expected = np.bincount(model.domain, minlength=4) @ model.mixtures / len(model.domain)
+    np.testing.assert_allclose(np.bincount(types, minlength=6) / 20000, expected, atol=0.015)
+    assert state.shape == (20000, 6)

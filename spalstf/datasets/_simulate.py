@@ -9,6 +9,8 @@ truth of the others is kept for scoring.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,51 @@ def _counts(rng: np.random.Generator, rates: np.ndarray, depth: np.ndarray,
     """Negative-binomial counts (gamma-Poisson) with mean depth * rates."""
     mean = depth[:, None] * rates
     return rng.poisson(rng.gamma(dispersion, mean / dispersion)).astype(np.float32)
+
+
+def _shares(base: np.ndarray, type_effect: np.ndarray, loadings: np.ndarray,
+            cell_types: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """Expression shares (rows sum to 1) of cells of the given types and program states."""
+    log_rate = base + type_effect[cell_types] + state @ loadings
+    r = np.exp(log_rate - log_rate.max(axis=1, keepdims=True))
+    return r / r.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class SimulationModel:
+    """The parameters that generated a simulated spatial data set.
+
+    For benchmarks only: a method that knew them could compute each cell's posterior over
+    type and state from its measured counts, which bounds what any imputation can reach
+    (benchmarks/ceilings.py).
+    """
+
+    genes: list[str]
+    base: np.ndarray  # (genes,) log rates shared by all cells
+    type_effect: np.ndarray  # (types, genes)
+    loadings: np.ndarray  # (programs, genes)
+    capture: np.ndarray  # (genes,) the spatial platform's capture efficiency
+    domain: np.ndarray  # (ST cells,) each cell's domain
+    mixtures: np.ndarray  # (domains, types) type proportions of each domain
+    domain_shift: np.ndarray  # (domains, programs) mean state of each domain
+    st_dispersion: float  # gamma shape of the spatial counts (negative binomial size)
+    dropout: float
+    st_cell_shares: np.ndarray  # (ST cells, genes) each ST cell's noise-free shares
+
+    def st_shares(self, cell_types: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Expression shares on the spatial platform (capture included; rows sum to 1)."""
+        r = _shares(self.base, self.type_effect, self.loadings, cell_types, state) * self.capture
+        return r / r.sum(axis=1, keepdims=True)
+
+    def sample_st_cells(self, n: int, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """(types, states) of n cells drawn as the spatial data's were, domains in proportion
+        to their cells."""
+        domains = rng.choice(self.domain, n)
+        cum = self.mixtures.cumsum(axis=1)[domains]
+        types = np.minimum((rng.random((n, 1)) > cum).sum(axis=1), self.mixtures.shape[1] - 1)
+        state = rng.normal(0.0, 1.0, (n, self.loadings.shape[0])) + self.domain_shift[domains]
+        return types, state
 
 
 def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measured: int = 150,
@@ -54,6 +101,18 @@ def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measur
         (log1p(rate / total rate of the measured genes * 1e4), platform effects included), and
         `st.obsm["unmeasured_counts"]`, the counts the platform would have measured.
     """
+    st, sc, _ = simulate_with_model(
+        n_st=n_st, n_sc=n_sc, n_genes=n_genes, n_measured=n_measured,
+        n_cell_types=n_cell_types, n_domains=n_domains, n_programs=n_programs,
+        st_depth=st_depth, sc_depth=sc_depth, capture_bias=capture_bias, dropout=dropout,
+        seed=seed)
+    return st, sc
+
+
+def simulate_with_model(*, n_st: int, n_sc: int, n_genes: int, n_measured: int,
+                        n_cell_types: int, n_domains: int, n_programs: int, st_depth: float,
+                        sc_depth: float, capture_bias: float, dropout: float, seed: int):
+    """`simulate`, also returning the `SimulationModel` that generated the spatial data."""
     import anndata
 
     if not 0 < n_measured < n_genes:
@@ -76,9 +135,7 @@ def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measur
                                                               < 0.3)
 
     def rates(cell_types: np.ndarray, state: np.ndarray) -> np.ndarray:
-        log_rate = base + type_effect[cell_types] + state @ loadings
-        r = np.exp(log_rate - log_rate.max(axis=1, keepdims=True))
-        return r / r.sum(axis=1, keepdims=True)
+        return _shares(base, type_effect, loadings, cell_types, state)
 
     # Reference: types at fixed proportions, states around zero.
     type_freq = rng.dirichlet(np.full(n_cell_types, 3.0))
@@ -131,4 +188,8 @@ def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measur
     )
     st.uns["simulation"] = {"seed": seed, "capture_bias": capture_bias, "dropout": dropout,
                             "st_depth": st_depth, "sc_depth": sc_depth}
-    return st, sc
+    model = SimulationModel(genes=genes, base=base, type_effect=type_effect, loadings=loadings,
+                            capture=capture, domain=domain, mixtures=mixtures,
+                            domain_shift=domain_shift, st_dispersion=3.0, dropout=dropout,
+                            st_cell_shares=st_rates)
+    return st, sc, model
