@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+#: Gamma shape (negative-binomial size) of the counts of each platform: the spatial counts are
+#: the more overdispersed.
+SC_DISPERSION, ST_DISPERSION = 4.0, 3.0
+
 
 def _counts(rng: np.random.Generator, rates: np.ndarray, depth: np.ndarray,
             dispersion: float) -> np.ndarray:
@@ -142,7 +146,7 @@ def simulate_with_model(*, n_st: int, n_sc: int, n_genes: int, n_measured: int,
     sc_types = rng.choice(n_cell_types, n_sc, p=type_freq)
     sc_state = rng.normal(0.0, 1.0, (n_sc, n_programs))
     sc_depths = sc_depth * rng.lognormal(0.0, 0.4, n_sc)
-    sc_counts = _counts(rng, rates(sc_types, sc_state), sc_depths, dispersion=4.0)
+    sc_counts = _counts(rng, rates(sc_types, sc_state), sc_depths, dispersion=SC_DISPERSION)
 
     # Spatial data: domains (nearest of n_domains centres), each with its own mixture of types
     # and a shift of the state, so that expression varies smoothly in space.
@@ -157,7 +161,7 @@ def simulate_with_model(*, n_st: int, n_sc: int, n_genes: int, n_measured: int,
     st_rates = rates(st_types, st_state) * capture
     st_rates /= st_rates.sum(axis=1, keepdims=True)
     st_depths = st_depth * rng.lognormal(0.0, 0.4, n_st)
-    st_counts = _counts(rng, st_rates, st_depths, dispersion=3.0)
+    st_counts = _counts(rng, st_rates, st_depths, dispersion=ST_DISPERSION)
     st_counts *= rng.random(st_counts.shape) >= dropout
 
     measured = np.sort(rng.choice(n_genes, n_measured, replace=False))
@@ -190,6 +194,6 @@ def simulate_with_model(*, n_st: int, n_sc: int, n_genes: int, n_measured: int,
                             "st_depth": st_depth, "sc_depth": sc_depth}
     model = SimulationModel(genes=genes, base=base, type_effect=type_effect, loadings=loadings,
                             capture=capture, domain=domain, mixtures=mixtures,
-                            domain_shift=domain_shift, st_dispersion=3.0, dropout=dropout,
+                            domain_shift=domain_shift, st_dispersion=ST_DISPERSION, dropout=dropout,
                             st_cell_shares=st_rates)
     return st, sc, model
