@@ -142,6 +142,8 @@ def child_impute(args) -> dict:
     model = spalstf.load(args.model, device="cpu")
     start = time.perf_counter()
     options = {"progress": False, "n_steps": args.n_steps, "n_samples": args.n_samples}
+    if args.expression_weight is not None:
+        options["expression_weight"] = args.expression_weight
     if args.mode == "stream":
         st = anndata.read_h5ad(args.st, backed="r")
         model.impute(st, out=args.out, overwrite=True, **options)
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
             p.add_argument(f"--{name}")
         for name in ("epochs", "n_steps", "n_samples"):
             p.add_argument(f"--{name.replace('_', '-')}", type=int)
+        p.add_argument("--expression-weight", type=float)
         args = p.parse_args(argv[1:])
         print(json.dumps({"_fit": child_fit, "_impute": child_impute,
                           "_flops": child_flops}[argv[0]](args)))
@@ -216,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="training epochs per fit (1)")
     p.add_argument("--n-steps", type=int, default=5, help="sampling steps (default 5)")
     p.add_argument("--n-samples", type=int, default=4, help="samples per cell (default 4)")
+    p.add_argument("--expression-weight", type=float, default=None,
+                   help="impute's expression context weight (default: the model's, 0.5)")
     p.add_argument("--workdir", default="/tmp/spalstf_scale", help="simulated data and models")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale"),
                    help="prefix of the .csv, .md and .png written")
@@ -251,8 +256,10 @@ def main(argv=None) -> int:
             if not st.exists():
                 make_st(st, s, g)
             for mode in args.modes:
+                extra = ({} if args.expression_weight is None
+                         else {"expression_weight": args.expression_weight})
                 res = run_child("impute", st=st, model=model, out=work / "out.h5ad", mode=mode,
-                                n_steps=args.n_steps, n_samples=args.n_samples)
+                                n_steps=args.n_steps, n_samples=args.n_samples, **extra)
                 show({"step": "impute", "mode": mode, "ref_cells": impute_ref, "st_cells": s,
                       "genes": g, "known": known, "targets": targets, **res})
         flops = run_child("flops", st=work / f"st_{min(args.st_cells)}_{g}.h5ad", model=model,
