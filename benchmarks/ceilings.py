@@ -45,12 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from priors import counts, load, truth_of  # noqa: E402
+from priors import counts, load, read_as_spalstf, truth_of  # noqa: E402
 
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
-from spalstf.spatial import expression_smoothed_reader  # noqa: E402
 from spalstf.spatial import neighbours as spatial_neighbours  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,10 +73,7 @@ def st_trained_ridge(st, shared, sw: float, ew: float) -> tuple[np.ndarray, np.n
         known = [g for g in shared if g not in fold]
         truth = truth_of(st, shared, fold)
         raw = counts(st, known)
-        x = lognormalize(raw, raw.sum(1))
-        mixed = (1 - sw) * x + sw * x[nb].mean(1)
-        mixed = expression_smoothed_reader(lambda r, x=x: x[r], lambda r, m=mixed: m[r],
-                                           len(x), 15, ew)(np.arange(len(x)))
+        mixed = read_as_spalstf(lognormalize(raw, raw.sum(1)), nb, sw, ew)
         features = np.column_stack([mixed, np.log1p(raw.sum(1))])
         pred = np.zeros_like(truth)
         for train, test in KFold(5, shuffle=True, random_state=0).split(features):

@@ -184,6 +184,19 @@ def reference_form(sc_counts: np.ndarray, known_cols: list[int], form: str, m: i
     return sc_counts[idx].sum(1)
 
 
+def read_as_spalstf(st_log: np.ndarray, neighbours: np.ndarray | None, spatial_weight: float,
+                    expression_weight: float) -> np.ndarray:
+    """The ST's log-normalised known genes as the library reads them: mixed with the mean of
+    their spatial neighbours (`spatial_weight`), then with that of their expression
+    neighbours (`expression_weight`; `spalstf.spatial.expression_smoothed_reader`)."""
+    x = st_log
+    if spatial_weight > 0:
+        x = (1 - spatial_weight) * st_log + spatial_weight * st_log[neighbours].mean(1)
+    return expression_smoothed_reader(lambda rows: st_log[rows], lambda rows: x[rows], len(x),
+                                      Config().expression_neighbors,
+                                      expression_weight)(np.arange(len(x)))
+
+
 def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.ndarray | None,
            extra: np.ndarray | None = None, estimate_extra: np.ndarray | None = None,
            expression_weight: float = 0.0) -> dict[tuple[float, float], np.ndarray]:
@@ -219,10 +232,7 @@ def priors(st_known: np.ndarray, ref: np.ndarray, n_known: int, neighbours: np.n
     for sw in SPATIAL_WEIGHTS:
         if sw > 0 and neighbours is None:
             continue
-        x = st_log if sw == 0 else (1 - sw) * st_log + sw * st_log[neighbours].mean(1)
-        x = expression_smoothed_reader(lambda rows: st_log[rows], lambda rows, x=x: x[rows],
-                                       len(x), Config().expression_neighbors,
-                                       expression_weight)(np.arange(len(x)))
+        x = read_as_spalstf(st_log, neighbours, sw, expression_weight)
         ridge = ((x - mu) / sd) @ weights * ysd + ymu
         sim = unit_rows(zscore(x)[0]) @ atlas.T
         idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
