@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from priors import counts, load, read_as_spalstf, truth_of  # noqa: E402
+from priors import SIMULATED, counts, load, read_as_spalstf, truth_of  # noqa: E402
 
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
@@ -90,10 +90,7 @@ def simulated_limits(shared) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     from spalstf.datasets._simulate import simulate_with_model
 
-    st, _, model = simulate_with_model(n_st=1000, n_sc=1500, n_genes=120, n_measured=60,
-                                       n_cell_types=6, n_domains=4, n_programs=6,
-                                       st_depth=400.0, sc_depth=3000.0, capture_bias=0.4,
-                                       dropout=0.1, seed=0)  # = priors.load("simulated")
+    st, _, model = simulate_with_model(**SIMULATED)  # the data of load("simulated")
     position = {g: i for i, g in enumerate(model.genes)}
     rng = np.random.default_rng(7)
     types, state = model.sample_st_cells(POSTERIOR_DRAWS, rng)

@@ -139,11 +139,15 @@ RULES = {"choose sw x kw, then depth-aware by genes (the rule before)": (DEFAULT
          "the same, reference cells only (no pseudo-spots)": ("cells", "depth-aware, cells")}
 
 
+#: The simulated data set at the accuracy benchmark's size (`benchmarks/accuracy.py`).
+SIMULATED = dict(n_st=1000, n_sc=1500, n_genes=120, n_measured=60, seed=0)
+
+
 def load(name: str):
     if name == "simulated":
         from spalstf.datasets import simulate
 
-        return simulate(n_st=1000, n_sc=1500, n_genes=120, n_measured=60, seed=0)
+        return simulate(**SIMULATED)
     return L.load(name, data_dir=DATA)
 
 

@@ -105,7 +105,7 @@ def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measur
         (log1p(rate / total rate of the measured genes * 1e4), platform effects included), and
         `st.obsm["unmeasured_counts"]`, the counts the platform would have measured.
     """
-    st, sc, _ = simulate_with_model(
+    st, sc, _ = _generate(
         n_st=n_st, n_sc=n_sc, n_genes=n_genes, n_measured=n_measured,
         n_cell_types=n_cell_types, n_domains=n_domains, n_programs=n_programs,
         st_depth=st_depth, sc_depth=sc_depth, capture_bias=capture_bias, dropout=dropout,
@@ -113,10 +113,16 @@ def simulate(*, n_st: int = 1500, n_sc: int = 2000, n_genes: int = 200, n_measur
     return st, sc
 
 
-def simulate_with_model(*, n_st: int, n_sc: int, n_genes: int, n_measured: int,
-                        n_cell_types: int, n_domains: int, n_programs: int, st_depth: float,
-                        sc_depth: float, capture_bias: float, dropout: float, seed: int):
-    """`simulate`, also returning the `SimulationModel` that generated the spatial data."""
+def simulate_with_model(**options):
+    """`simulate(**options)` (the same keyword arguments and defaults), also returning the
+    `SimulationModel` that generated the spatial data: (st, sc, model)."""
+    return _generate(**{**simulate.__kwdefaults__, **options})
+
+
+def _generate(*, n_st: int, n_sc: int, n_genes: int, n_measured: int, n_cell_types: int,
+              n_domains: int, n_programs: int, st_depth: float, sc_depth: float,
+              capture_bias: float, dropout: float, seed: int):
+    """The simulation itself (see `simulate`): (st, sc, model)."""
     import anndata
 
     if not 0 < n_measured < n_genes:
