@@ -36,7 +36,7 @@ from spalstf.data import (
 )
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
-from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
+from spalstf.preprocess import Standardizer, depth_blend, expected_at_depth, log_normalize
 from spalstf.spatial import (
     coordinates,
     expression_smoothed_reader,
@@ -371,7 +371,7 @@ class Model:
                 depth = expr.columns(st_known, _contiguous(cells[chunk])).sum(axis=1)
                 at_depth = expected_at_depth(values, np.asarray(depth).ravel(),
                                              scale_factor=cfg.scale_factor)
-                values = at_depth if share == 1 else (1 - share) * values + share * at_depth
+                values = depth_blend(values, at_depth, share)
             return values
 
         def read_known(chunk: slice) -> np.ndarray:  # a chunk of `cells` -> rows of `expr`

@@ -32,6 +32,15 @@ def log_normalize(known: np.ndarray, other: np.ndarray | None = None, *,
     return known_out, other_out
 
 
+def depth_blend(expression: np.ndarray, at_depth: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) x the expression + weight x the value at the cell's depth
+    (`Config.depth_weight`). Linear in the two, so a blend of the outputs at weights 0 and 1
+    equals the output at that weight (the self-check relies on it)."""
+    if weight == 1:
+        return at_depth
+    return (1 - weight) * expression + weight * at_depth
+
+
 def expected_at_depth(values: np.ndarray, depth: np.ndarray, *,
                       scale_factor: float = 1e4) -> np.ndarray:
     """What the ST would measure at each cell's depth, zeros included (``output="at_depth"``).

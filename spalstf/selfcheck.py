@@ -258,7 +258,7 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     neighbours are read from all cells).
     """
     from spalstf import api
-    from spalstf.preprocess import log_normalize
+    from spalstf.preprocess import depth_blend, log_normalize
 
     start = time.perf_counter()
     st_names = [s for s, _ in known_pairs]
@@ -329,8 +329,7 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
                 if key not in ends:
                     ends[key] = assemble(key, [0.0], prior_only=True)[0]
                 parts.append(ends[key])
-            preds.append(parts[0] if len(parts) == 1
-                         else (1 - weight) * parts[0] + weight * parts[1])
+            preds.append(parts[0] if len(parts) == 1 else depth_blend(*parts, weight))
         return opts, preds
 
     # Stage 1 (with a prior and several prior settings): the spatial context, the
