@@ -533,8 +533,9 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
 def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         sc_genes: Sequence[str] | None = None, sc_layer: str | None = None,
         log_normalized: bool = False, seed: int = 0, device: str = "auto",
-        epochs: int | None = None, max_time: float | None = None,
-        batch_size: int | None = None, n_steps: int | None = None,
+        epochs: int | None = None, max_steps: int | None = None,
+        max_time: float | None = None, batch_size: int | None = None,
+        n_steps: int | None = None,
         n_samples: int | None = None, progress: bool = True,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
         resume: str | os.PathLike | None = None, config: Config | None = None,
@@ -561,9 +562,11 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         "auto" (CUDA when present, else CPU), "cpu" or "cuda". Launched by ``torchrun``, each
         process trains on a share of every mini-batch (DistributedDataParallel, see
         `spalstf.distributed`) and takes the GPU of its LOCAL_RANK.
-    epochs, max_time, batch_size
-        Training length (default 60 epochs, at most 45 s, early stopping after 10 epochs
-        without improvement on 10% held-out reference cells) and mini-batch size (256).
+    epochs, max_steps, max_time, batch_size
+        Training length (default 60 epochs, at most 300 updates, early stopping after 10
+        epochs without improvement on 10% held-out reference cells; `max_time` seconds, none
+        by default, also caps it, at the cost of reproducibility: where it stops training the
+        model depends on the machine's speed) and mini-batch size (256).
         Large references (sparse, or AnnData opened backed) are read a mini-batch at a time,
         never densified whole; ``max_cells=N`` trains on a seeded random subsample.
     n_steps, n_samples
@@ -580,8 +583,9 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         existing file is refused unless it is also `resume`.
     resume
         A checkpoint to continue from. With the same data, genes, seed and options (only
-        `epochs`, `max_time`, `patience` and sampling options may change) the result is the
-        model an uninterrupted fit would have given; otherwise a ValueError names what differs.
+        `epochs`, `max_steps`, `max_time`, `patience` and sampling options may change) the
+        result is the model an uninterrupted fit would have given; otherwise a ValueError
+        names what differs. `max_steps` counts the updates made before the checkpoint.
         `max_time` counts the seconds spent before the checkpoint.
     config, **options
         A `spalstf.Config` and/or any of its fields as keywords (e.g. ``depth=2``).
@@ -592,8 +596,8 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
     with the best weights so far (it re-raises when no epoch had ended). A non-finite loss
     raises FloatingPointError naming the epoch and step.
     """
-    cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
-                   n_steps=n_steps, n_samples=n_samples, **options)
+    cfg = _options(config, epochs=epochs, max_steps=max_steps, max_time=max_time,
+                   batch_size=batch_size, n_steps=n_steps, n_samples=n_samples, **options)
     seed, dev = _check_seed(seed), _training_device(device)
     log_normalized = _check_flag(log_normalized, "log_normalized")
     progress = _check_flag(progress, "progress")
@@ -781,7 +785,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
            st_layer: str | None = None, sc_layer: str | None = None,
            log_normalized: bool = False, max_genes: int = MAX_DEFAULT_GENES, seed: int = 0,
-           device: str = "auto", epochs: int | None = None, max_time: float | None = None,
+           device: str = "auto", epochs: int | None = None, max_steps: int | None = None,
+           max_time: float | None = None,
            batch_size: int | None = None, n_steps: int | None = None,
            n_samples: int | None = None, spatial: Any = None, progress: bool = True,
            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
@@ -817,8 +822,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         Seeds training and each cell's sampling: the same seed gives the same output on CPU.
     device
         "auto" (CUDA when present, else CPU), "cpu" or "cuda".
-    epochs, max_time, batch_size
-        Training length (60 epochs, 45 s budget, early stopping) and mini-batch size (256).
+    epochs, max_steps, max_time, batch_size
+        Training length (60 epochs, at most 300 updates, early stopping; an optional
+        `max_time` in seconds, which makes the result depend on the machine's speed where it
+        stops training) and mini-batch size (256).
     n_steps, n_samples
         Reverse-diffusion steps (5, DDIM) and samples per cell (4): the mean is the imputation,
         the standard deviation its uncertainty.
@@ -867,8 +874,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     numpy / scipy `st`: a numpy array (cells x genes). DataFrame `st`: a DataFrame (index of
     `st`, imputed genes as columns).
     """
-    cfg = _options(config, epochs=epochs, max_time=max_time, batch_size=batch_size,
-                   n_steps=n_steps, n_samples=n_samples, **options)
+    cfg = _options(config, epochs=epochs, max_steps=max_steps, max_time=max_time,
+                   batch_size=batch_size, n_steps=n_steps, n_samples=n_samples, **options)
     if isinstance(max_genes, bool) or not isinstance(max_genes, (int, np.integer)) \
             or max_genes < 1:
         raise ValueError(f"`max_genes` must be a positive integer; received {max_genes!r}")

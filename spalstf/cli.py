@@ -40,8 +40,8 @@ def _check_output(path: str, force: bool, inputs: list[str]) -> Path:
 
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {"seed": args.seed, "device": args.device, "epochs": args.epochs,
-               "max_time": args.max_time, "batch_size": args.batch_size,
-               "progress": not args.quiet}
+               "max_steps": args.max_steps, "max_time": args.max_time,
+               "batch_size": args.batch_size, "progress": not args.quiet}
     for name in ("checkpoint", "checkpoint_every", "resume"):  # fit and impute only
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
@@ -251,8 +251,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 60)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="training budget in optimiser updates (default 300)")
     p.add_argument("--max-time", type=float, default=None,
-                   help="training budget in seconds (default 120)")
+                   help="training budget in seconds (default none; results then depend on "
+                        "the machine's speed)")
     p.add_argument("--batch-size", type=int, default=None, help="cells per batch (256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -116,10 +116,17 @@ class Config:
     kl_weight: float = 0.01
 
     # --- training -------------------------------------------------------------------------
-    #: Maximum passes over the reference (early stopping and max_time may stop sooner).
+    #: Maximum passes over the reference (early stopping, max_steps and max_time may stop
+    #: sooner).
     epochs: int = 60
-    #: Wall-clock budget for training in seconds (None: no budget).
-    max_time: float | None = 45.0
+    #: Maximum optimiser updates (None: no limit). A budget of work, not of seconds: it bounds
+    #: the training's cost on large references (an update reads one mini-batch, and genes are
+    #: grouped into at most `max_tokens` tokens) while the same seed still gives the same model
+    #: on a fast or a slow machine. 300 updates take about 45 s on 2 CPU cores.
+    max_steps: int | None = 300
+    #: Wall-clock budget for training in seconds (None: no budget). When it stops training
+    #: the model depends on the machine's speed and load: the same seed no longer reproduces.
+    max_time: float | None = None
     #: Cells per mini-batch at training (and per chunk at imputation).
     batch_size: int = 256
     #: Learning rate of AdamW (reached after a linear warm-up of at most 100 steps).
@@ -206,6 +213,8 @@ class Config:
             )
         if self.max_cells is not None:
             positive("max_cells")
+        if self.max_steps is not None:
+            positive("max_steps")
         if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(
                 self.max_time, (int, float)) or not self.max_time > 0):
             raise ValueError(f"`max_time` must be positive seconds or None; received {self.max_time!r}")

@@ -36,7 +36,8 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-#: The inner fits together get this share of the main fit's time budget (`max_time`).
+#: The inner fits together get this share of the main fit's training budget (`max_steps`,
+#: and `max_time` when one is set).
 FIT_TIME_SHARE = 0.5
 #: Cells scored (a seeded subsample of the ST when it has more): correlations over 2000 cells
 #: are precise to about +-0.02, and the cost no longer grows with the section's size.
@@ -253,7 +254,8 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     known_pairs: (ST name, reference name) of each known gene of the main run. Candidate
     settings in `select` must be among `SELECTABLE` (sampling-time options).
     Each inner fit gets `fit_time_share / n_folds` of the main run's training budget
-    (`max_time`): the self-check's fits together cost about `fit_time_share` main fits.
+    (`max_steps`, and `max_time` when set): the self-check's fits together cost about
+    `fit_time_share` main fits.
     Scores are computed on a seeded subsample of at most `max_cells` ST cells (their spatial
     neighbours are read from all cells).
     """
@@ -272,8 +274,11 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     prior_settings = list(dict.fromkeys(tuple(o.get(k, getattr(cfg, k)) for k in PRIOR_OPTIONS)
                                         for o in options))  # in the order given
     inner_cfg = cfg
+    if cfg.max_steps is not None:
+        inner_cfg = inner_cfg.replace(
+            max_steps=max(1, round(cfg.max_steps * fit_time_share / len(folds))))
     if cfg.max_time is not None:
-        inner_cfg = cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
+        inner_cfg = inner_cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
     # Truth: the ST's hidden genes, log-normalised over all known genes of the main run (as the
     # evaluation suite's truth is over all shared genes). Only known genes are ever read.
     rows = np.arange(st_expr.n_cells)

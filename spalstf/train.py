@@ -404,10 +404,13 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
             if config.patience is not None and bad_epochs >= config.patience:
                 result.stop_reason = f"no improvement for {config.patience} epochs"
                 break  # only after resuming a run that had stopped early
+            if config.max_steps is not None and step >= config.max_steps:
+                result.stop_reason = f"{config.max_steps} updates done"
+                break  # likewise
             network.train()
             perm = train_rows[rng.permutation(len(train_rows))]
             sums = {"total": 0.0, "mse": 0.0, "vlb": 0.0, "kl": 0.0}
-            over_time = False
+            over_time = out_of_steps = False
             for b in range(steps_per_epoch):
                 rows = perm[b * batch_size:(b + 1) * batch_size]
                 if len(rows) == 0:
@@ -447,6 +450,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                out_of_steps = config.max_steps is not None and step >= config.max_steps
                 if ema is not network:
                     decay = min(config.ema_decay, (1 + step) / (10 + step))
                     with torch.no_grad():
@@ -454,7 +458,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                             pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
                 for k, value in terms.as_floats().items():
                     sums[k] += value / steps_per_epoch
-                if over_time:
+                if over_time or out_of_steps:
                     break
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}}
             if val is not None:
@@ -481,6 +485,9 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
             if (checkpointer is not None and checkpointer.due(epoch + 1)
                     and distributed.rank() == 0):
                 checkpointer.save(state(epoch + 1))
+            if out_of_steps:
+                result.stop_reason = f"{config.max_steps} updates done"
+                break
             if over_time or (world == 1 and config.max_time is not None
                              and time.perf_counter() - start > config.max_time):
                 result.stop_reason = f"time budget of {config.max_time:g} s reached"

@@ -240,6 +240,7 @@ def test_a_model_applied_to_other_genes_names_them(tiny_pair, tiny_model):
     ("eta", float("nan"), "`eta` must be a finite number >= 0; received nan"),
     ("patience", 0, "`patience` must be a positive integer"),
     ("max_time", 0, "`max_time` must be positive seconds"),
+    ("max_steps", 0, "`max_steps` must be a positive integer; received 0"),
     ("device", "gpu0", "`device` must be 'auto', 'cpu', 'cuda'"),
     ("log_normalized", "yes", "`log_normalized` must be True or False; received 'yes'"),
     ("progress", 1, "`progress` must be True or False"),
@@ -315,6 +316,35 @@ def test_ctrl_c_keeps_the_best_model_so_far(tiny_pair, monkeypatch, caplog):
     _fault_at_training_step(monkeypatch, 2, _interrupt)
     with pytest.raises(KeyboardInterrupt):
         spalstf.fit(sc, known, targets, **options)
+
+
+# --- training budget ----------------------------------------------------------------------
+def test_training_stops_after_max_steps_updates(tiny_pair):
+    _, sc = tiny_pair
+    known, targets = _known_targets(tiny_pair)
+    # 135 training cells in batches of 32: 5 updates per epoch; 7 end in epoch 2
+    model = spalstf.fit(sc, known, targets, **{**FAST, "epochs": 50, "batch_size": 32,
+                                               "max_steps": 7, "patience": None})
+    assert model.info["stop_reason"] == "7 updates done"
+    assert model.info["epochs_trained"] == len(model.history) == 2
+
+
+def test_same_seed_same_model_on_a_slow_machine(tiny_pair, monkeypatch):
+    """The default budget counts updates, not seconds: a machine on which every step seems to
+    take 100 s trains the very model a fast one does (a default wall-clock budget would stop
+    it after the first update)."""
+    _, sc = tiny_pair
+    known, targets = _known_targets(tiny_pair)
+    options = {k: v for k, v in FAST.items() if k != "max_time"}
+    options.update(epochs=3, batch_size=64)
+    fast = spalstf.fit(sc, known, targets, **options)
+    clock = iter(range(0, 10**9, 100))
+    monkeypatch.setattr(spalstf.train.time, "perf_counter", lambda: float(next(clock)))
+    slow = spalstf.fit(sc, known, targets, **options)
+    assert slow.info["epochs_trained"] == fast.info["epochs_trained"] == 3
+    for (name, a), b in zip(fast.network.state_dict().items(),
+                            slow.network.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 # --- checkpoints --------------------------------------------------------------------------

@@ -162,6 +162,22 @@ def test_selection_is_reproducible_with_a_seed(tiny_pair):
     assert runs[0]["selected"] == runs[1]["selected"]
 
 
+def test_the_inner_fits_share_half_the_update_budget(tiny_pair, monkeypatch):
+    st, sc = tiny_pair
+    budgets = []
+    fit = spalstf.api._fit_expression
+
+    def recording(*args, **kwargs):
+        budgets.append((args[4].max_steps, args[4].max_time))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(spalstf.api, "_fit_expression", recording)
+    spalstf.impute(st, sc, list(st.obsm["truth"].columns)[:2], self_check=True,
+                   self_check_folds=2, **{**FAST, "max_steps": 40, "max_time": 60})
+    # two inner fits of 40 x 0.5 / 2 updates (and seconds), then the main fit
+    assert budgets == [(10, 15.0), (10, 15.0), (40, 60)]
+
+
 def test_self_check_off_and_auto(tiny_pair):
     st, sc = tiny_pair
     genes = list(st.obsm["truth"].columns)[:2]
