@@ -56,8 +56,8 @@ print(round(as.matrix(assay(alt, "std")[1:4, 1:4]), 2))        # their uncertain
 cat("parameters in metadata(st)$SpaLSTF; spalstf", metadata(st)$SpaLSTF$spalstf.version, "\n")
 
 # 2. How good is it here? Hide folds of the measured genes, predict them, score per gene.
-#    spalstf trains once per fold; here each training is capped at 30 s (max_time).
-spalstf_opts <- if (fast) c(list(epochs = 3L, n_steps = 3L, n_samples = 2L), small) else list(max_time = 30)
+#    spalstf trains once per fold; here each training is capped at 150 updates (max_steps).
+spalstf_opts <- if (fast) c(list(epochs = 3L, n_steps = 3L, n_samples = 2L), small) else list(max_steps = 150L)
 shared <- intersect(rownames(st), rownames(ref))
 cv <- CrossValidate(counts(st), counts(ref), n.folds = if (fast) 2L else 5L,
                     methods = c("knn", "spage", "spalstf"),
