@@ -33,8 +33,8 @@ FORMAT_VERSION = 1
 #: Options that may change between a checkpoint and the run that resumes it: when to stop and
 #: how to sample (the self-check may choose the sampling-time weights anew). Every other option
 #: shapes the training itself and must be the same.
-FREE_OPTIONS = frozenset({"epochs", "max_steps", "max_time", "patience", "sampler", "n_steps", "n_samples",
-                          "eta", "antithetic", "clip_denoised", "spatial_weight",
+FREE_OPTIONS = frozenset({"epochs", "max_steps", "max_time", "patience", "sampler", "n_steps",
+                          "n_samples", "eta", "antithetic", "clip_denoised", "spatial_weight",
                           "spatial_neighbors", "expression_weight",
                           "expression_neighbors", "residual_weight", "knn_weight",
                           "knn_neighbors", "output", "depth_weight"})
