@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: The inner fits together get this share of the main fit's training budget (`max_steps`,
 #: and `max_time` when one is set).
-FIT_TIME_SHARE = 0.5
+FIT_BUDGET_SHARE = 0.5
 #: Cells scored (a seeded subsample of the ST when it has more): correlations over 2000 cells
 #: are precise to about +-0.02, and the cost no longer grows with the section's size.
 MAX_CELLS = 2000
@@ -247,15 +247,15 @@ def _nanmedian(values: np.ndarray) -> float:
 
 def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
         select: Mapping[str, Sequence] | None, n_folds: int, seed: int, log_normalized: bool,
-        device, spatial: Any, progress: bool, fit_time_share: float = FIT_TIME_SHARE,
+        device, spatial: Any, progress: bool, fit_budget_share: float = FIT_BUDGET_SHARE,
         max_cells: int = MAX_CELLS) -> SelfCheckResult:
     """The inner leave-genes-out over the ST's known genes (see the module's docstring).
 
     known_pairs: (ST name, reference name) of each known gene of the main run. Candidate
     settings in `select` must be among `SELECTABLE` (sampling-time options).
-    Each inner fit gets `fit_time_share / n_folds` of the main run's training budget
+    Each inner fit gets `fit_budget_share / n_folds` of the main run's training budget
     (`max_steps`, and `max_time` when set): the self-check's fits together cost about
-    `fit_time_share` main fits.
+    `fit_budget_share` main fits.
     Scores are computed on a seeded subsample of at most `max_cells` ST cells (their spatial
     neighbours are read from all cells).
     """
@@ -273,12 +273,10 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
     # The settings of the prior, as tuples of the values of PRIOR_OPTIONS.
     prior_settings = list(dict.fromkeys(tuple(o.get(k, getattr(cfg, k)) for k in PRIOR_OPTIONS)
                                         for o in options))  # in the order given
-    inner_cfg = cfg
-    if cfg.max_steps is not None:
-        inner_cfg = inner_cfg.replace(
-            max_steps=max(1, round(cfg.max_steps * fit_time_share / len(folds))))
-    if cfg.max_time is not None:
-        inner_cfg = inner_cfg.replace(max_time=cfg.max_time * fit_time_share / len(folds))
+    share = fit_budget_share / len(folds)
+    inner_cfg = cfg.replace(
+        max_steps=None if cfg.max_steps is None else max(1, round(cfg.max_steps * share)),
+        max_time=None if cfg.max_time is None else cfg.max_time * share)
     # Truth: the ST's hidden genes, log-normalised over all known genes of the main run (as the
     # evaluation suite's truth is over all shared genes). Only known genes are ever read.
     rows = np.arange(st_expr.n_cells)
