@@ -160,35 +160,49 @@ def run(name: str) -> pd.DataFrame:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def per_data_report(script: str, title: str, about: str, run_one, section, plot_fn,
+                    argv: list[str] | None) -> int:
+    """The command line of a benchmark that makes one table per data set: `--datasets`, `--out`
+    (default benchmarks/results/<script>); `run_one(name)` gives a data set's rows (a `data`
+    column), `section(name, rows)` its Markdown lines, `plot_fn(table, path)` the figure.
+    Writes <out>.md (the command, machine and seconds, `about`, the sections) and <out>.png."""
+    ap = argparse.ArgumentParser(description=title)
     ap.add_argument("--datasets", default="osmfish,visium_brain,visium_lymph,simulated")
-    ap.add_argument("--out", default=str(RESULTS / "ceilings"))
+    ap.add_argument("--out", default=str(RESULTS / script))
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    table = pd.concat([run(n) for n in args.datasets.split(",")], ignore_index=True)
+    table = pd.concat([run_one(n) for n in args.datasets.split(",")], ignore_index=True)
     seconds = time.perf_counter() - start
-    lines = ["# Ceilings: what the leave-genes-out scores can reach", "",
-             f"`.venv/bin/python benchmarks/ceilings.py --datasets {args.datasets}` "
-             f"({platform.machine()}, {os.cpu_count()} cores, {seconds:.0f} s). Median "
-             "per-gene PCC and SPCC against the ST's log-normalised truth over the 5 gene "
-             "folds of benchmarks/accuracy.py. The yardsticks read what no method sees (the "
-             "hidden genes' measured values, or the simulator's parameters): see the "
-             "script's docstring. Target: 1.2 x the best peer's median PCC.", ""]
+    lines = [f"# {title}", "",
+             f"`.venv/bin/python benchmarks/{script}.py --datasets {args.datasets}` "
+             f"({platform.machine()}, {os.cpu_count()} cores, {seconds:.0f} s). {about}", ""]
     for name, part in table.groupby("data", sort=False):
-        target = part["target_pcc"].iloc[0]
-        lines += [f"## {name}", "",
-                  f"Target median PCC: {target:.3f}." if np.isfinite(target) else "", "",
-                  "| yardstick | median PCC | median SPCC |", "|---|---|---|"]
-        for r in part.itertuples():
-            lines.append(f"| {r.yardstick} | {r.median_pcc:.3f} | {r.median_spcc:.3f} |")
-        lines.append("")
+        lines += section(name, part) + [""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
-    plot(table, out.with_suffix(".png"))
+    plot_fn(table, out.with_suffix(".png"))
     return 0
+
+
+def section(name: str, part: pd.DataFrame) -> list[str]:
+    target = part["target_pcc"].iloc[0]
+    return [f"## {name}", "",
+            f"Target median PCC: {target:.3f}." if np.isfinite(target) else "", "",
+            "| yardstick | median PCC | median SPCC |", "|---|---|---|"] + [
+        f"| {r.yardstick} | {r.median_pcc:.3f} | {r.median_spcc:.3f} |"
+        for r in part.itertuples()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return per_data_report(
+        "ceilings", "Ceilings: what the leave-genes-out scores can reach",
+        "Median per-gene PCC and SPCC against the ST's log-normalised truth over the 5 gene "
+        "folds of benchmarks/accuracy.py. The yardsticks read what no method sees (the "
+        "hidden genes' measured values, or the simulator's parameters): see the "
+        "script's docstring. Target: 1.2 x the best peer's median PCC.",
+        run, section, plot, argv)
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:

@@ -23,11 +23,7 @@ the simulated set's from the committed accuracy run's SpaGE-style row). Writes
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ceilings import BEST_PEER_PCC, accuracy_run  # noqa: E402
+from ceilings import BEST_PEER_PCC, accuracy_run, per_data_report  # noqa: E402
 from priors import counts, load, truth_of, zscore  # noqa: E402
 
 from spalstf.evaluate import metrics  # noqa: E402
@@ -113,35 +109,22 @@ def run(name: str) -> pd.DataFrame:
     return table
 
 
+def section(name: str, part: pd.DataFrame) -> list[str]:
+    return [f"## {name}", "",
+            f"Targets: median PCC {part['target_pcc'].iloc[0]:.3f}, ARI "
+            f"{part['target_ari'].iloc[0]:.3f}.", "",
+            "| imputation | median PCC | median SPCC | ARI |", "|---|---|---|---|"] + [
+        f"| {r.imputation} | {r.median_pcc:.3f} | {r.median_spcc:.3f} | {r.ari:.3f} |"
+        for r in part.itertuples()]
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", default="osmfish,visium_brain,visium_lymph,simulated")
-    ap.add_argument("--out", default=str(RESULTS / "tradeoff"))
-    args = ap.parse_args(argv)
-    start = time.perf_counter()
-    table = pd.concat([run(n) for n in args.datasets.split(",")], ignore_index=True)
-    seconds = time.perf_counter() - start
-    lines = ["# PCC against clustering ARI across the ridge's penalty", "",
-             f"`.venv/bin/python benchmarks/tradeoff.py --datasets {args.datasets}` "
-             f"({platform.machine()}, {os.cpu_count()} cores, {seconds:.0f} s). A ridge from "
-             "the known to the hidden genes, fitted on the reference cells, over the 5 gene "
-             "folds of benchmarks/accuracy.py; see the script's docstring. Targets: 1.2 x the "
-             "best peer's median PCC, the best peer's ARI.", ""]
-    for name, part in table.groupby("data", sort=False):
-        lines += [f"## {name}", "",
-                  f"Targets: median PCC {part['target_pcc'].iloc[0]:.3f}, ARI "
-                  f"{part['target_ari'].iloc[0]:.3f}.", "",
-                  "| imputation | median PCC | median SPCC | ARI |", "|---|---|---|---|"]
-        for r in part.itertuples():
-            lines.append(f"| {r.imputation} | {r.median_pcc:.3f} | {r.median_spcc:.3f} | "
-                         f"{r.ari:.3f} |")
-        lines.append("")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    plot(table, out.with_suffix(".png"))
-    return 0
+    return per_data_report(
+        "tradeoff", "PCC against clustering ARI across the ridge's penalty",
+        "A ridge from the known to the hidden genes, fitted on the reference cells, over the 5 "
+        "gene folds of benchmarks/accuracy.py; see the script's docstring. Targets: 1.2 x the "
+        "best peer's median PCC, the best peer's ARI.",
+        run, section, plot, argv)
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
