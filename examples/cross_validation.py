@@ -10,7 +10,8 @@ against the measured values per gene (Pearson and Spearman r, SSIM, RMSE, JS div
 protocol of the Li et al. 2022 benchmark and of the SpaLSTF paper. Real pairs (--dataset
 osmfish, visium_brain, ...) are read from --data-dir (default: $SPALSTF_DATA, then
 ../shared/data). Writes the per-gene table, the summary and a box plot to --out (default
-cv_out/). With the defaults, spalstf trains once per fold, 300 updates each (`max_steps`, about 45 s on 2 CPU cores).
+cv_out/). With the defaults, spalstf trains once per fold, 300 updates each (`max_steps`,
+under a minute on 2 CPU cores).
 """
 
 from __future__ import annotations
