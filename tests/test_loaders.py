@@ -132,15 +132,53 @@ def test_load_visium_lymph_through_r() -> None:
         ("osmfish", (3405, 33), (5613, 33)),
         ("osmfish_li_format", (3405, 33), (1000, 33)),
         ("visium_brain", (313, 276), (510, 307)),
+        ("exseq_cortex", (1154, 42), (14231, 42)),
+        ("starmap_cortex", (1380, 141), (7466, 141)),
     ],
 )
 def test_load_real(name: str, st_shape: tuple, sc_shape: tuple) -> None:
     st, sc = L.load(name, data_dir=DATA)
     assert st.shape == st_shape and sc.shape == sc_shape
     assert st.obsm["spatial"].shape == (st.n_obs, 2)
-    assert len(st.var_names.intersection(sc.var_names)) == (124 if name == "visium_brain" else 33)
+    shared = {"visium_brain": 124, "exseq_cortex": 42, "starmap_cortex": 141}.get(name, 33)
+    assert len(st.var_names.intersection(sc.var_names)) == shared
     if name == "visium_brain":
         assert sc.obs["cell_type"].nunique() == 17
+    assert st.uns["dataset"] == name and sc.uns["dataset"] == name
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["exseq_cortex", "starmap_cortex"])
+def test_load_second_round_pairs(name: str) -> None:
+    import h5py
+
+    files = [DATA / name / "spatial.h5ad", DATA / name / "reference.h5ad"]
+    before = [_sha256(f) for f in files]
+    st, sc = L.load(name, data_dir=DATA)
+    # the same genes in the same order on both sides: every gene can be held out
+    assert list(st.var_names) == list(sc.var_names)
+    # coordinates: the obs columns, copied into obsm["spatial"] (x first), one per cell
+    np.testing.assert_array_equal(
+        st.obsm["spatial"], st.obs[["x_coord", "y_coord"]].to_numpy(dtype=np.float64)
+    )
+    assert np.isfinite(st.obsm["spatial"]).all()
+    assert len(np.unique(st.obsm["spatial"], axis=0)) == st.n_obs
+    # raw counts, as stored: non-negative integers equal to the file's matrix
+    for adata, f in zip((st, sc), files, strict=True):
+        x = np.asarray(adata.X)
+        assert x.min() >= 0 and np.array_equal(x, np.round(x))
+        assert (x.sum(axis=1) > 0).mean() > 0.99
+        with h5py.File(f, "r") as h5:
+            np.testing.assert_array_equal(x, h5["X"][()])
+    assert "cell_type" not in sc.obs  # none stored: Tangram runs in cells mode on these
+    # loading leaves the files untouched
+    assert [_sha256(f) for f in files] == before
 
 
 @needs_data

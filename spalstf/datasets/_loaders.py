@@ -36,7 +36,13 @@ DATASETS: dict[str, str] = {
     "osmfish_li_format": "osmfish_li_format",
     "visium_brain": "visium_brain",
     "visium_lymph": "visium_lymph",
+    "exseq_cortex": "exseq_cortex",
+    "starmap_cortex": "starmap_cortex",
 }
+
+#: The pairs stored as ``spatial.h5ad`` + ``reference.h5ad`` (raw counts, cells x genes,
+#: coordinates in the ST's ``obs["x_coord"]``, ``obs["y_coord"]``; no cell types).
+_H5AD_PAIRS: tuple[str, ...] = ("exseq_cortex", "starmap_cortex")
 
 
 def _check_file(path: Path, what: str) -> Path:
@@ -258,7 +264,10 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> tuple[ad.AnnDa
         One of ``"osmfish"`` (osmFISH cortex, 3405 x 33; reference 5613 x 33),
         ``"osmfish_li_format"`` (the same ST, 1000 reference cells), ``"visium_brain"``
         (Visium hippocampus, 313 spots x 276 genes; reference 510 x 307, 17 cell types) or
-        ``"visium_lymph"`` (Visium lymph node; needs the R bridge ``spalstf.io.read_rds``).
+        ``"visium_lymph"`` (Visium lymph node; needs the R bridge ``spalstf.io.read_rds``),
+        ``"exseq_cortex"`` (ExSeq visual cortex, 1154 cells x 42 genes; deep SMART-seq
+        reference 14231 x 42) or ``"starmap_cortex"`` (STARmap cortex, 1380 cells x 141 genes;
+        shallow 10x reference 7466 x 141). The last two carry no cell types.
     data_dir
         Folder that holds one sub-folder per data set. When None: ``$SPALSTF_DATA``, then
         ``../shared/data`` (from the working directory, then from the project root).
@@ -295,6 +304,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> tuple[ad.AnnDa
         st, sc = read_li_format(folder)
     elif name == "visium_brain":
         st, sc = read_rctd_pair(folder)
+    elif name in _H5AD_PAIRS:
+        st, sc = read_h5ad_pair(folder / "spatial.h5ad", folder / "reference.h5ad")
     else:
         st, sc = _load_visium_lymph(folder)
     st.uns["dataset"] = name
