@@ -232,3 +232,41 @@ def test_clustering_scores_blobs() -> None:
     assert s2["ari"] < 0.3
     with pytest.raises(ValueError, match="120"):
         M.clustering_scores(x, x[:5])
+
+
+def test_leiden_clusters_are_scanpys() -> None:
+    # The labels are those a scanpy user gets with the documented calls, so the clustering
+    # scores can be reproduced (and extended) in scanpy.
+    import anndata as ad
+    import scanpy as sc
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 2, size=(4, 12))
+    x = np.vstack([c + rng.normal(0, 1.5, size=(60, 12)) for c in centres])
+    x0 = x.copy()
+    labels = M.leiden_clusters(x, n_pcs=5, n_neighbors=15, resolution=0.8, seed=4)
+    np.testing.assert_array_equal(x, x0)  # input untouched
+    a = ad.AnnData(x.astype(np.float32))
+    sc.pp.pca(a, n_comps=5, svd_solver="arpack", random_state=4)
+    sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", transformer="sklearn", random_state=4)
+    sc.tl.leiden(a, resolution=0.8, flavor="igraph", n_iterations=2, directed=False,
+                 random_state=4)
+    np.testing.assert_array_equal(labels, a.obs["leiden"].astype(int).to_numpy())
+    assert labels.min() == 0 and len(np.unique(labels)) == labels.max() + 1
+    # the same seed gives the same labels; the seed reaches Leiden
+    np.testing.assert_array_equal(
+        labels, M.leiden_clusters(x, n_pcs=5, n_neighbors=15, resolution=0.8, seed=4)
+    )
+    noise = rng.normal(size=(200, 12))  # no structure: the partition depends on the seed
+    a, b = (M.leiden_clusters(noise, n_neighbors=15, seed=s) for s in (0, 1))
+    assert not np.array_equal(a, b)
+
+
+def test_leiden_clusters_degenerate_inputs() -> None:
+    rng = np.random.default_rng(0)
+    assert (M.leiden_clusters(np.ones((50, 4))) == 0).all()  # constant prediction: one cluster
+    assert (M.leiden_clusters(rng.normal(size=(2, 4))) == 0).all()  # too few cells
+    one_gene = np.r_[rng.normal(0, 0.1, 40), rng.normal(5, 0.1, 40)][:, None]
+    labels = M.leiden_clusters(one_gene, n_neighbors=10)  # no PCA on one gene
+    assert labels.shape == (80,) and len(np.unique(labels)) >= 2
+    assert set(labels[:40]).isdisjoint(labels[40:])  # the two groups never share a cluster

@@ -183,8 +183,8 @@ def cross_validate(
     method_options
         Keyword arguments per method name, e.g. ``{"knn": {"k": 20}, "spalstf": {"epochs": 5}}``.
     clustering
-        Also compare Leiden clusters of the truth and of each assembled prediction (needs
-        ``leidenalg``).
+        Also compare Leiden clusters of the truth and of each assembled prediction
+        (:func:`spalstf.metrics.clustering_scores`, with scanpy).
 
     Returns
     -------
