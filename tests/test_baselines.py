@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -139,3 +141,89 @@ def test_optional_methods_say_what_to_install(
     st_known, sc = pair
     with pytest.raises(ImportError, match="pip install"):
         B.get_method(name)(st_known, sc, TARGETS, seed=0)
+
+
+needs_tangram = pytest.mark.skipif(
+    importlib.util.find_spec("tangram") is None, reason="tangram-sc (benchmark extra) absent"
+)
+
+
+@needs_tangram
+@pytest.mark.parametrize("with_types", [True, False])
+def test_tangram_contract_and_mode(
+    with_types: bool, pair: tuple[ad.AnnData, ad.AnnData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tangram as tg
+
+    st_known, sc = pair
+    if not with_types:
+        del sc.obs["cell_type"]
+    st0, sc0 = st_known.copy(), sc.copy()
+    modes: list[str] = []
+    real = tg.map_cells_to_space
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs["mode"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tg, "map_cells_to_space", spy)
+    out = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200)
+    # clusters mode needs the reference's cell types; without them, cells mode
+    assert modes == ["clusters" if with_types else "cells"]
+    assert out.shape == (st_known.n_obs, len(TARGETS))
+    assert np.isfinite(out).all() and (out >= 0).all()
+    np.testing.assert_array_equal(st_known.X, st0.X)
+    np.testing.assert_array_equal(sc.X, sc0.X)
+    assert list(sc.var_names) == list(sc0.var_names) and list(sc.obs) == list(sc0.obs)
+    np.testing.assert_array_equal(out, B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200))
+    # the mapping carries the cell-type structure of the hidden genes
+    st_full, _ = tiny_pair()
+    x = st_full[:, TARGETS].X
+    truth = B.lognormalize(np.asarray(x, dtype=float), st_full.X.sum(axis=1))
+    assert np.nanmedian(M.pcc(truth, out)) > 0.5
+
+
+@needs_tangram
+def test_tangram_leaves_the_callers_logging_alone(tmp_path) -> None:
+    # tangram's import sets the root logger to INFO; in a fresh process, the first call must
+    # not leave it so (or every INFO record of every library would be printed from then on)
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_baselines import TARGETS, tiny_pair\n"
+        "from spalstf.evaluate import baselines as B\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "st, sc = tiny_pair()\n"
+        "known = [g for g in st.var_names if g not in TARGETS]\n"
+        "B.tangram(st[:, known].copy(), sc, TARGETS, seed=0, num_epochs=5)\n"
+        "print(logging.getLogger().level)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == str(logging.WARNING)
+    assert "INFO:root" not in run.stderr
+
+
+@needs_tangram
+def test_tangram_seed_zero_is_reproducible_and_leaves_global_rngs(
+    pair: tuple[ad.AnnData, ad.AnnData],
+) -> None:
+    import torch
+
+    st_known, sc = pair
+    np.random.seed(123)
+    torch.manual_seed(123)
+    expected_np, expected_torch = np.random.random(), torch.rand(1).item()
+    np.random.seed(123)
+    torch.manual_seed(123)
+    a = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=50)
+    # the caller's generators continue as if tangram had not run
+    assert np.random.random() == expected_np and torch.rand(1).item() == expected_torch
+    b = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=50)
+    np.testing.assert_array_equal(a, b)
+    c = B.tangram(st_known, sc, TARGETS, seed=1, num_epochs=50)
+    assert not np.array_equal(a, c)

@@ -12,6 +12,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from spalstf._atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["add_parser", "run", "read_pair", "markdown_table", "plot_per_gene", "report_table"]
@@ -97,7 +99,8 @@ def plot_per_gene(
     truth: str = "lognorm",
 ) -> Path:
     """Box plots of the per-gene metrics, one panel per (``by`` value, metric), one box per
-    method; NaN genes are left out of the boxes (their count is in the tables)."""
+    method; NaN genes are left out of the boxes (their count is in the tables). The figure is
+    written atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -120,8 +123,8 @@ def plot_per_gene(
             ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:  # the temporary name has no suffix: say the format
+        fig.savefig(tmp, dpi=90, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -250,6 +250,10 @@ def tangram(
     genes, ``map_cells_to_space`` (``mode="clusters"`` on ``sc.obs["cell_type"]`` when present,
     else ``"cells"``), ``project_genes``. Inputs log-normalised as above. Needs the
     ``benchmark`` extra."""
+    import torch
+
+    root = logging.getLogger()
+    level = root.level
     try:
         import tangram as tg
     except ImportError as err:
@@ -257,6 +261,10 @@ def tangram(
             "method 'tangram' needs tangram-sc: pip install 'spalstf[benchmark]' "
             "(or pip install tangram-sc)"
         ) from err
+    finally:
+        # tangram's import sets the root logger to INFO, which would flood the caller's output
+        # with its per-run messages (and everyone else's INFO records)
+        root.setLevel(level)
     st_x, sc_x, sc_y, known = _prepare(st_known, sc, target_genes)
     targets = list(target_genes)
     ad_sp = ad.AnnData(st_x.astype(np.float32))
@@ -268,18 +276,30 @@ def tangram(
     if key is not None:
         ad_sc.obs[key] = sc.obs[key].to_numpy()[keep]
     if key is None and mode == "clusters":
+        logger.info("Tangram in cells mode: the reference has no obs['cell_type'] for clusters")
         mode = "cells"
     tg.pp_adatas(ad_sc, ad_sp, genes=known)
-    ad_map = tg.map_cells_to_space(
-        ad_sc,
-        ad_sp,
-        mode=mode,
-        cluster_label=key if mode == "clusters" else None,
-        device=device,
-        num_epochs=num_epochs,
-        random_state=seed,
-        verbose=False,
-    )
+    # Tangram draws its starting map from numpy's global generator and seeds it (and torch's)
+    # only when `random_state` is truthy, so seed 0 gave a different map on every call. Seed
+    # both here, inside saved states, so that the caller's generators are left as they were.
+    np_state = np.random.get_state()
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            ad_map = tg.map_cells_to_space(
+                ad_sc,
+                ad_sp,
+                mode=mode,
+                cluster_label=key if mode == "clusters" else None,
+                device=device,
+                num_epochs=num_epochs,
+                random_state=seed,
+                verbose=False,
+            )
+    finally:
+        np.random.set_state(np_state)
     ad_ge = tg.project_genes(
         adata_map=ad_map, adata_sc=ad_sc, cluster_label=key if mode == "clusters" else None
     )
