@@ -2,11 +2,17 @@
 
 Runs :func:`spalstf.cross_validate` (5 folds, KFold shuffle, random_state 0: the protocol of
 Li et al. 2022 and of ../shared/data/benchmarks.md) on every paired set of ``../shared/data``
-the Python side can read, and on simulated data; prints a table per data set (median and mean
-over genes of PCC, SPCC, SSIM, RMSE, JS; NaN count; AS; ARI; wall time) and writes
-``benchmarks/results/accuracy.md``, ``accuracy_per_gene.csv`` and ``accuracy_per_gene.png``.
+(osmFISH, Visium brain, Visium lymph node, ExSeq cortex, STARmap cortex) and on simulated
+data, with every method in one run: the reference mean, kNN, SpaGE-style, ridge, Tangram (the
+``benchmark`` extra) and spalstf. Prints a table per data set as it finishes (median and mean
+over genes of PCC, SPCC, SSIM, RMSE, JS; NaN count; AS; ARI; wall time of the five folds) and
+writes ``benchmarks/results/<name>.md`` (an overview of all sets first: median PCC / SPCC and
+time per method, the best baseline per set), ``<name>_per_gene.csv`` and
+``<name>_per_gene.png``, rewritten after each data set so a long run leaves its finished sets.
 
     .venv/bin/python benchmarks/accuracy.py                       # everything
+    .venv/bin/python benchmarks/accuracy.py --baselines --name baselines_all   # no spalstf
+    .venv/bin/python benchmarks/accuracy.py --jobs 3    # three data sets side by side
     .venv/bin/python benchmarks/accuracy.py --datasets osmfish --methods mean,knn,spage
 """
 
@@ -14,24 +20,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.datasets import _loaders as L  # noqa: E402
 from spalstf.evaluate._cli import markdown_table, plot_per_gene, report_table  # noqa: E402
 from spalstf.evaluate.cv import cross_validate  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
-REAL = ("osmfish", "visium_brain", "visium_lymph")
+REAL = ("osmfish", "visium_brain", "visium_lymph", "exseq_cortex", "starmap_cortex")
+DATASETS = REAL + ("simulated",)
+#: Every method compared, spalstf last; ``--baselines`` runs all but spalstf.
+BASELINES = ("mean", "knn", "spage", "ridge", "tangram")
+METHODS = BASELINES + ("spalstf",)
 
 
 def simulated():
@@ -41,88 +56,191 @@ def simulated():
     return simulate(n_st=1000, n_sc=1500, n_genes=120, n_measured=60, seed=0)
 
 
+def tangram_mode(sc) -> str:
+    """The mode :func:`spalstf.evaluate.baselines.tangram` uses on this reference."""
+    return "clusters" if "cell_type" in sc.obs else "cells"
+
+
+def overview(summaries: dict[str, pd.DataFrame]) -> tuple[str, pd.DataFrame]:
+    """One row per data set and method (log-normalised truth): median PCC, SPCC and wall time;
+    and the best baseline per set (highest median PCC, spalstf and the constant mean aside)."""
+    rows = []
+    for name, s in summaries.items():
+        t = s.xs("lognorm")
+        for meth, r in t.iterrows():
+            rows.append({"dataset": name, "method": meth, "pcc": r["pcc_median"],
+                         "spcc": r["spcc_median"], "time_s": r["wall_time_s"]})
+    tab = pd.DataFrame(rows)
+    methods = list(dict.fromkeys(tab["method"]))
+    lines = ["| data set | " + " | ".join(methods) + " | best baseline |",
+             "|---|" + "---|" * (len(methods) + 1)]
+    for name, part in tab.groupby("dataset", sort=False):
+        by = part.set_index("method")
+        cells = []
+        for m in methods:
+            if m not in by.index:
+                cells.append("")
+                continue
+            r = by.loc[m]
+            pcc = "n/a" if np.isnan(r["pcc"]) else f"{r['pcc']:.3f}"
+            spcc = "n/a" if np.isnan(r["spcc"]) else f"{r['spcc']:.3f}"
+            secs = f"{r['time_s']:.1f}" if r["time_s"] < 10 else f"{r['time_s']:.0f}"
+            cells.append(f"{pcc} / {spcc} ({secs} s)")
+        base = by.drop(index=[m for m in ("mean", "spalstf") if m in by.index])["pcc"].dropna()
+        best = f"{base.idxmax()} ({base.max():.3f})" if len(base) else "n/a"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} |")
+    return "\n".join(lines), tab
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default=",".join(REAL + ("simulated",)))
-    ap.add_argument("--methods", default="mean,knn,spage,ridge,spalstf")
+    ap.add_argument("--datasets", default=",".join(DATASETS),
+                    help="comma-separated (default: %(default)s)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--methods", default=",".join(METHODS),
+                       help="comma-separated (default: %(default)s)")
+    which.add_argument("--baselines", action="store_true",
+                       help=f"the baselines only, without spalstf: {','.join(BASELINES)}")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--name", default="accuracy", help="file name stem of the outputs")
     ap.add_argument("--epochs", type=int, default=None, help="spalstf epochs (default: its own)")
     ap.add_argument("--max-time", type=float, default=None, help="spalstf seconds per fold")
     ap.add_argument("--no-clustering", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="data sets run side by side, each in its own process (default 1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    methods = ",".join(BASELINES) if args.baselines else args.methods
 
     sp_opts = {k: v for k, v in (("epochs", args.epochs), ("max_time", args.max_time)) if v}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sections: list[str] = []
-    per_gene: list[pd.DataFrame] = []
+    threads = os.environ.get("OMP_NUM_THREADS")
+    cmd = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python benchmarks/accuracy.py "
+    cmd += " ".join(sys.argv[1:] if argv is None else argv)
+    names = [d for d in args.datasets.split(",") if d]
+    unknown = [n for n in names if n != "simulated" and n not in L.DATASETS]
+    if unknown:
+        ap.error(f"--datasets: unknown {unknown}; expected some of {list(DATASETS)}")
+    jobs = max(1, min(args.jobs, len(names)))
+    start = time.perf_counter()
+    done: dict[str, dict] = {}
     skipped: list[str] = []
-    for name in [d for d in args.datasets.split(",") if d]:
-        try:
-            st, sc = simulated() if name == "simulated" else L.load(name, data_dir=DATA)
-        except (FileNotFoundError, ImportError, TypeError) as err:
-            print(f"[skip] {name}: {err}")
-            skipped.append(f"{name}: {err}")
-            continue
-        t0 = time.perf_counter()
-        res = cross_validate(
-            st,
-            sc,
-            n_folds=5,
-            seed=0,
-            methods=args.methods,
-            method_options={"spalstf": sp_opts} if sp_opts else None,
-            clustering=not args.no_clustering,
-        )
-        n_shared = len(sum(res.folds, []))
-        head = (
-            f"## {name}\n\nST {st.n_obs} cells x {st.n_vars} genes, reference {sc.n_obs} x "
-            f"{sc.n_vars}, {n_shared} shared genes; run took {time.perf_counter() - t0:.0f} s."
-        )
-        tabs = []
-        for truth, label in (
-            ("lognorm", "Truth: ST log1p(count / total over the shared genes * 1e4)"),
-            ("counts", "Truth: ST raw counts (as Li et al. 2022 score)"),
-        ):
-            tab = markdown_table(report_table(res.summary.xs(truth)))
-            tabs.append(f"{label}:\n\n{tab}")
-            if truth == "lognorm":
-                print(f"\n{name} ({label})\n{tab}")
-        sections.append(head + "\n\n" + "\n\n".join(tabs))
-        per_gene.append(res.per_gene.assign(dataset=name))
 
-    if not per_gene:
+    def finished(name: str, result: dict | str) -> None:
+        if isinstance(result, str):
+            print(f"[skip] {name}: {result}")
+            skipped.append(f"{name}: {result}")
+            return
+        done[name] = result
+        print(f"\n{name} ({result['label']})\n{result['printed']}", flush=True)
+        ready = [n for n in names if n in done]  # the report keeps the order of --datasets
+        write(out, args.name, cmd, [done[n]["section"] for n in ready],
+              [done[n]["per_gene"] for n in ready], {n: done[n]["summary"] for n in ready},
+              skipped, time.perf_counter() - start, jobs)
+
+    task = partial(run_one, methods=methods, sp_opts=sp_opts, clustering=not args.no_clustering)
+    if jobs == 1:
+        for name in names:
+            finished(name, task(name))
+    else:
+        # Whole data sets side by side, each in its own process (its five folds and all its
+        # methods together, as in a single run); results are reported as they finish.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(task, name): name for name in names}
+            for fut in as_completed(futures):
+                finished(futures[fut], fut.result())
+
+    if not done:
         print("No data set could be run.")
         return 1
+    print(f"\nWrote {out / (args.name + '.md')}, {args.name}_per_gene.csv and .png")
+    return 0
+
+
+def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool) -> dict | str:
+    """Cross-validate every method on one data set: its report section, printed table,
+    summary and per-gene rows; or why it was skipped."""
+    logging.basicConfig(level=logging.WARNING)  # in a worker process too
+    try:
+        st, sc = simulated() if name == "simulated" else L.load(name, data_dir=DATA)
+    except (FileNotFoundError, ImportError, TypeError) as err:
+        return str(err)
+    t0 = time.perf_counter()
+    res = cross_validate(
+        st,
+        sc,
+        n_folds=5,
+        seed=0,
+        methods=methods,
+        method_options={"spalstf": sp_opts} if sp_opts else None,
+        clustering=clustering,
+    )
+    n_shared = len(sum(res.folds, []))
+    mode = ""
+    if "tangram" in methods.split(","):
+        why = ("reference cell types" if tangram_mode(sc) == "clusters"
+               else "the reference has no cell types")
+        mode = f" Tangram in {tangram_mode(sc)} mode ({why})."
+    head = (
+        f"## {name}\n\nST {st.n_obs} cells x {st.n_vars} genes, reference {sc.n_obs} x "
+        f"{sc.n_vars}, {n_shared} shared genes; run took {time.perf_counter() - t0:.0f} s."
+        + mode
+    )
+    tabs = []
+    printed = ""
+    label = "Truth: ST log1p(count / total over the shared genes * 1e4)"
+    for truth, lab in (("lognorm", label), ("counts", "Truth: ST raw counts (as Li et al. 2022 score)")):
+        tab = markdown_table(report_table(res.summary.xs(truth)))
+        tabs.append(f"{lab}:\n\n{tab}")
+        if truth == "lognorm":
+            printed = tab
+    return {"section": head + "\n\n" + "\n\n".join(tabs), "printed": printed, "label": label,
+            "per_gene": res.per_gene.assign(dataset=name), "summary": res.summary}
+
+
+def write(out: Path, name: str, cmd: str, sections: list[str], per_gene: list[pd.DataFrame],
+          summaries: dict[str, pd.DataFrame], skipped: list[str], seconds: float,
+          jobs: int = 1) -> None:
+    """The Markdown page, the per-gene CSV and the box plots of the sets finished so far."""
     allg = pd.concat(per_gene, ignore_index=True)
-    allg.to_csv(out / f"{args.name}_per_gene.csv", index=False, float_format="%.4f")
-    png = plot_per_gene(allg, out / f"{args.name}_per_gene.png")
-    cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    with atomic_path(out / f"{name}_per_gene.csv") as tmp:
+        allg.to_csv(tmp, index=False, float_format="%.4f")
+    plot_per_gene(allg, out / f"{name}_per_gene.png")
+    table, _ = overview(summaries)
     md = [
         "# Accuracy benchmark (leave-genes-out cross-validation)",
         "",
         f"Made by `{cmd.strip()}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch thread(s), no GPU.",
+        f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch thread(s) per process, "
+        f"no GPU; {seconds:.0f} s in all"
+        + (f", {jobs} data sets at a time (each set's wall times include the others' load)."
+           if jobs > 1 else "."),
         "",
         "Protocol: the genes shared by ST and reference (ST order), KFold(5, shuffle=True, "
         "random_state=0); each method sees the ST without the held-out genes (raw counts) and the "
         "whole reference. Metrics per gene (spalstf.metrics), then median and mean over genes; "
         "'NaN PCC' counts genes without a correlation (constant truth or prediction), left out "
         "of medians and means. AS: Li et al. accuracy score among the methods of the table. "
-        "ARI: Leiden clusters of the imputed vs the measured (log-normalised) ST. Time: all five "
-        "folds, fitting included.",
+        "ARI: Leiden clusters (scanpy: PCA, neighbours, Leiden) of the imputed vs the measured "
+        "(log-normalised) ST. Time: all five folds, fitting included.",
+        "",
+        "## Overview",
+        "",
+        "Median PCC / median SPCC over genes (truth log-normalised) and the five folds' wall "
+        "time; the best baseline by median PCC (the constant mean and spalstf aside).",
+        "",
+        table,
         "",
         *(f"Skipped: {s}" for s in skipped),
         "",
         "\n\n".join(sections),
         "",
-        f"Per-gene box plots: `{png.name}`; per-gene values: `{args.name}_per_gene.csv`.",
+        f"Per-gene box plots: `{name}_per_gene.png`; per-gene values: `{name}_per_gene.csv`.",
     ]
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    print(f"\nWrote {out / (args.name + '.md')} and {png}")
-    return 0
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
