@@ -2,7 +2,7 @@
 # Set up the R side of spalstf (idempotent; rerun at will).
 #   bash scripts/r_setup.sh [VENV]      (VENV: the Python virtualenv, default .venv)
 # 1. installs R and the Debian R packages SpaLSTF needs, when missing (apt-get; root or sudo);
-# 2. pip-installs the `r` extra (rpy2<3.6, anndata2ri) into VENV, and spalstf itself (editable)
+# 2. pip-installs the `r` extra (rpy2<3.6) into VENV, and spalstf itself (editable)
 #    when VENV cannot import it;
 # 3. makes an empty local CRAN-like repository (build/r-repo) so that R CMD check does not
 #    look for the unreachable CRAN index (scripts/r_check.sh uses it);
@@ -36,9 +36,9 @@ fi
 import numpy, sys
 sys.exit(0 if int(numpy.__version__.split(".")[0]) < 2 else 1)
 PYEOF
-if ! "$PY" -c "import rpy2.robjects, anndata2ri" >/dev/null 2>&1; then
-  echo "r_setup: pip install rpy2<3.6 anndata2ri"
-  "$PY" -m pip install -q "rpy2>=3.5,<3.6" "anndata2ri>=1.1"
+if ! "$PY" -c "import rpy2.robjects" >/dev/null 2>&1; then
+  echo "r_setup: pip install rpy2<3.6"
+  "$PY" -m pip install -q "rpy2>=3.5,<3.6"
 fi
 if ! (cd /tmp && "$PY" -c "import spalstf") >/dev/null 2>&1; then
   echo "r_setup: pip install -e $ROOT (no dependencies)"

@@ -77,7 +77,47 @@ def test_r_impute_equals_python_impute(tmp_path):
     assert list(got.var_names) == GENES[:4]
     assert list(got.obs_names) == list(st.obs_names)
     assert list(expected.var_names) == GENES[:4]
-    np.testing.assert_allclose(got.X.toarray(), np.asarray(expected.X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.X), np.asarray(expected.X), rtol=1e-5, atol=1e-5)
+    # the uncertainty: an assay of its own, the values of Python's layers["std"]
+    std = read_rds(out, assay="SpaLSTF.std", slot="data")
+    assert list(std.var_names) == GENES[:4] and list(std.obs_names) == list(st.obs_names)
+    np.testing.assert_allclose(np.asarray(std.X), np.asarray(expected.layers["std"]),
+                               rtol=1e-5, atol=1e-5)
     # the measured assay is untouched and still the default
     measured = read_rds(out)
     assert (measured.X != st.X).nnz == 0
+
+
+def _rscript(script: str, cwd: Path, timeout: int = 600) -> str:
+    env = dict(os.environ, SPALSTF_PYTHON=sys.executable, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    run = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, env=env,
+                         cwd=cwd, timeout=timeout)
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/visium_lymph absent")
+@pytest.mark.skipif(not _r_spalstf_installed(), reason="R package SpaLSTF not installed")
+def test_read_rds_is_the_r_packages_converter(tmp_path):
+    """One bridge: spalstf.io.read_rds in Python and SeuratToAnnData() in R give the same
+    AnnData (the same R code and Python helpers make both)."""
+    pytest.importorskip("rpy2")
+    import anndata as ad
+    import pandas as pd
+
+    from spalstf.io import read_rds
+
+    h5ad = tmp_path / "from_r.h5ad"
+    _rscript(f"""
+      st <- readRDS("{DATA / 'st_seurat.rds'}")
+      SpaLSTF::SeuratToAnnData(st)$write_h5ad("{h5ad}")
+    """, tmp_path)
+    from_r = ad.read_h5ad(h5ad)
+    from_py = read_rds(DATA / "st_seurat.rds")
+    assert (from_py.X != from_r.X).nnz == 0
+    pd.testing.assert_frame_equal(from_py.obs, from_r.obs)
+    pd.testing.assert_index_equal(from_py.var_names, from_r.var_names)
+    assert set(from_py.obsm) == set(from_r.obsm) == {"spatial"}
+    np.testing.assert_array_equal(from_py.obsm["spatial"], from_r.obsm["spatial"])
+    assert from_py.uns["seurat"]["assay"] == from_r.uns["seurat"]["assay"] == "Spatial"
+    assert set(from_py.uns) == set(from_r.uns) | {"rds"}

@@ -1,4 +1,5 @@
-"""spalstf.io read_rds / write_rds: R .rds files <-> AnnData (needs R, rpy2<3.6, anndata2ri)."""
+"""spalstf.io read_rds / write_rds: R .rds files <-> AnnData through the R package's converters
+(needs R with the R package SpaLSTF, and rpy2<3.6)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 import scipy.sparse as sp
 
 pytest.importorskip("rpy2", reason="rpy2 (spalstf[r]) not installed")
-pytest.importorskip("anndata2ri", reason="anndata2ri (spalstf[r]) not installed")
 if shutil.which("R") is None:  # pragma: no cover
     pytest.skip("R is not installed", allow_module_level=True)
 
@@ -23,11 +23,15 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "visium_
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/visium_lymph absent")
 
 
-def _r_has(pkg: str) -> bool:
+def _r(code: str):
+    """Runs R code in the R that read_rds embeds."""
     from spalstf.io import _rds
 
-    _rds._r()
-    found = _rds._STATE["ro"].r(f'isTRUE(suppressMessages(requireNamespace("{pkg}", quietly = TRUE)))')
+    return _rds._r()["ro"].r(code)
+
+
+def _r_has(pkg: str) -> bool:
+    found = _r(f'isTRUE(suppressMessages(requireNamespace("{pkg}", quietly = TRUE)))')
     return bool(found[0])
 
 
@@ -61,6 +65,10 @@ def test_read_rctd_objects_and_matrices():
     assert (expr[st.obs_names, st.var_names].X != st.X).nnz == 0
     with pytest.raises(ValueError, match="class data.frame"):
         read_rds(DATA / "SpatialRNA" / "coords.rds")
+
+
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
 def _toy() -> ad.AnnData:
@@ -113,21 +121,80 @@ def test_write_adds_imputed_assay_to_a_seurat_object(tmp_path):
     back = read_rds(out, assay="SpaLSTF", slot="data")
     assert list(back.var_names) == ["CD3E", "MY_GENE"]
     assert list(back.obs_names) == list(st.obs_names)
-    np.testing.assert_allclose(back.X.toarray(), res[st.obs_names].X, rtol=1e-6)
+    np.testing.assert_allclose(_dense(back.X), res[st.obs_names].X, rtol=1e-6)
+    # the uncertainty is an assay of its own, aligned with the values (as Impute writes it)
+    std = read_rds(out, assay="SpaLSTF.std", slot="data")
+    assert list(std.var_names) == ["CD3E", "MY_GENE"]
+    assert list(std.obs_names) == list(st.obs_names)
+    np.testing.assert_allclose(_dense(std.X), res[st.obs_names].layers["std"], rtol=1e-6)
     counts = read_rds(out)  # the default assay is still the measured one
     assert counts.shape == st.shape
+    assert _r(f'as.character(readRDS("{out}")[["SpaLSTF"]]@misc$spalstf$version)')[0] == "0.1.0"
     bad = res[:10].copy()
     with pytest.raises(ValueError, match="must be those of `base`"):
         write_rds(bad, tmp_path / "bad.rds", base=DATA / "seurat" / "st_seurat.rds")
+    # R's warnings arrive as Python warnings: here, adding to an object that has the assays
+    with pytest.warns(UserWarning, match='Assays "SpaLSTF" and "SpaLSTF.std" replaced'):
+        write_rds(res, tmp_path / "again.rds", base=out)
+
+
+def test_a_result_written_as_a_new_object_keeps_its_uncertainty_in_an_assay(tmp_path):
+    res = ad.AnnData(X=np.array([[0.5, 1.0], [2.0, 0.0], [1.5, 0.25]], dtype=np.float32),
+                     obs=pd.DataFrame(index=["a", "b", "c"]),
+                     var=pd.DataFrame(index=["G_1", "G2"]))
+    res.layers["std"] = res.X / 4
+    res.uns["spalstf"] = {"version": "0.1.0"}
+    out = write_rds(res, tmp_path / "res.rds")
+    values = read_rds(out, slot="data")  # a result goes to the data slot of the assay "RNA"
+    np.testing.assert_allclose(_dense(values.X), res.X)
+    std = read_rds(out, assay="RNA.std", slot="data")
+    assert list(std.var_names) == ["G_1", "G2"] and list(std.obs_names) == ["a", "b", "c"]
+    np.testing.assert_allclose(_dense(std.X), res.layers["std"])
+
+
+def test_reductions_data_layer_and_visium_images_go_both_ways(tmp_path):
+    """What the R package's converters carry that a separate reader did not: reductions
+    (obsm X_<name>), the data slot from a layer, Visium images and scale factors."""
+    path = tmp_path / "visium.rds"
+    _r(f"""
+      suppressPackageStartupMessages(library(Seurat))
+      m <- matrix(c(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), 2,
+                  dimnames = list(c("g1", "g2"), paste0("s", 1:6)))
+      obj <- CreateSeuratObject(Matrix::Matrix(m, sparse = TRUE), assay = "Spatial")
+      crd <- data.frame(tissue = rep(1L, 6), row = 1:6, col = 6:1,
+                        imagerow = c(10, 20, 30, 40, 50, 60), imagecol = c(5, 15, 25, 35, 45, 55),
+                        row.names = colnames(obj))
+      obj[["slice1"]] <- methods::new(
+        "VisiumV1", image = array(seq(0, 1, length.out = 60), c(4, 5, 3)),
+        scale.factors = scalefactors(spot = 90, fiducial = 140, hires = 0.2, lowres = 0.05),
+        coordinates = crd, spot.radius = 0.01, assay = "Spatial", key = "slice1_")
+      pcs <- matrix(c(1:6 / 2, 6:1), 6, dimnames = list(colnames(obj), c("PC_1", "PC_2")))
+      obj[["pca"]] <- CreateDimReducObject(embeddings = pcs, key = "PC_", assay = "Spatial")
+      saveRDS(obj, "{path}")
+    """)
+    adata = read_rds(path)
+    np.testing.assert_array_equal(adata.obsm["spatial"], [[5, 10], [15, 20], [25, 30],
+                                                         [35, 40], [45, 50], [55, 60]])
+    np.testing.assert_array_equal(adata.obsm["X_pca"], np.c_[np.arange(1, 7) / 2,
+                                                            np.arange(6, 0, -1)])
+    image = adata.uns["spatial"]["slice1"]["images"]["lowres"]
+    np.testing.assert_allclose(image, np.linspace(0, 1, 60).reshape((4, 5, 3), order="F"))
+    assert adata.uns["spatial"]["slice1"]["scalefactors"]["tissue_lowres_scalef"] == 0.05
+    adata.layers["data"] = adata.X * 2.0
+    out = write_rds(adata, tmp_path / "back.rds", assay="Spatial")
+    back = read_rds(out)
+    np.testing.assert_array_equal(back.obsm["spatial"], adata.obsm["spatial"])
+    np.testing.assert_array_equal(back.obsm["X_pca"], adata.obsm["X_pca"])
+    np.testing.assert_allclose(back.uns["spatial"]["slice1"]["images"]["lowres"], image)
+    np.testing.assert_allclose(_dense(back.layers["data"]), _dense(adata.X) * 2.0)
+    assert _r(f'class(readRDS("{out}")[["slice1"]])')[0] == "VisiumV1"
 
 
 def test_read_single_cell_experiment(tmp_path):
     if not _r_has("SingleCellExperiment"):
         pytest.skip("R package SingleCellExperiment absent")
-    from spalstf.io import _rds
-
     path = tmp_path / "sce.rds"
-    _rds._STATE["ro"].r(f"""
+    _r(f"""
       suppressPackageStartupMessages(library(SingleCellExperiment))
       m <- matrix(c(0, 1, 2, 3, 4, 5), 2, dimnames = list(c("g_1", "g2"), c("a", "b", "c")))
       sce <- SingleCellExperiment(list(logcounts = log1p(m), counts = m),

@@ -1,6 +1,16 @@
 # In-memory converters between Seurat / SingleCellExperiment and AnnData.
 # R sends plain parts to the Python helpers in inst/python/spalstf_rbridge.py and rebuilds
 # R objects from plain parts, so nothing depends on reticulate's pandas or scipy handling.
+#
+# The parts are the one bridge between R objects and AnnData: the R halves (.seurat_parts,
+# .sce_parts, .seurat_from_parts, .sce_from_parts) are pure R and start no Python, so that
+# spalstf.io.read_rds / write_rds (Python embedding R through rpy2) call them as well and
+# assemble the AnnData with the same Python helpers (see R/rds.R). Parts:
+#   matrix: list(kind = "dgCMatrix", x, i, p, dim) or list(kind = "dense", values, dim),
+#           genes x cells (.matrix_parts);
+#   frame:  list(index, names, columns = unnamed list of column encodings) (.frame_parts);
+#   object: list(x, obs, var, layers = named list of matrices, obsm = named list of cells x k
+#           numeric matrices, uns = named list).
 
 # ------------------------------------------------------------------------------- matrices
 .matrix_parts <- function(x, arg = "x") {
@@ -56,8 +66,8 @@
   list(type = "character", values = v, na = na)
 }
 
-# A pandas DataFrame (Python object) from an R data.frame; the index is `index`.
-.frame_to_py <- function(df, index) {
+# The parts of an R data.frame (see the top of this file); the index is `index`.
+.frame_parts <- function(df, index) {
   df <- as.data.frame(df, stringsAsFactors = FALSE, optional = TRUE)
   keep <- vapply(df, function(v) is.atomic(v) && is.null(dim(v)), TRUE)
   if (any(!keep)) {
@@ -67,7 +77,12 @@
   }
   cols <- lapply(df, .encode_column)
   names(cols) <- NULL
-  .bridge()$frame_from_columns(as.character(index), as.character(names(df)), cols)
+  list(index = as.character(index), names = as.character(names(df)), columns = cols)
+}
+
+# A Python AnnData from object parts (see the top of this file).
+.anndata_from_parts <- function(parts) {
+  .py_try(.bridge()$anndata_from_parts(parts))
 }
 
 .decode_column <- function(enc) {
@@ -113,6 +128,10 @@
 }
 
 # ------------------------------------------------------------------------------- names
+# The key of an assay named `name` (its feature names in FetchData() and plots:
+# "spalstf_CD3E" for the assay "SpaLSTF", "spalstfstd_CD3E" for "SpaLSTF.std").
+.assay_key <- function(name) paste0(tolower(gsub("[^A-Za-z0-9]", "", name)), "_")
+
 # Seurat (4.x) refuses `_` (and `|`) in feature names and replaces them with `-`. Converters
 # store the original names in the feature meta data column `feature_name` and use them again
 # on the way back, so nothing is lost or mismatched.
@@ -233,6 +252,9 @@
 # ------------------------------------------------------------------------------- Seurat
 #' Convert a Seurat object to AnnData (in memory)
 #'
+#' The same conversion reads Seurat objects from .rds files in Python
+#' (\code{spalstf.io.read_rds}, which runs this package's R code through rpy2).
+#'
 #' @param object A Seurat (v4) object.
 #' @param assay Assay to convert (default: the default assay).
 #' @param slot Slot that becomes \code{X} (\code{"counts"} by default); the \code{data} slot
@@ -253,6 +275,11 @@
 #' }
 #' @export
 SeuratToAnnData <- function(object, assay = NULL, slot = "counts", coords = NULL) {
+  .anndata_from_parts(.seurat_parts(object, assay = assay, slot = slot, coords = coords))
+}
+
+# The parts of SeuratToAnnData()'s AnnData (pure R; spalstf.io.read_rds calls it too).
+.seurat_parts <- function(object, assay = NULL, slot = "counts", coords = NULL) {
   .need(c("SeuratObject"), "SeuratToAnnData()")
   if (!methods::is(object, "Seurat")) {
     stop("`object` must be a Seurat object, received: ", paste(class(object), collapse = "/"),
@@ -289,10 +316,8 @@ SeuratToAnnData <- function(object, assay = NULL, slot = "counts", coords = NULL
   uns <- list(seurat = list(assay = assay, slot = slot, images = crd$images,
                             project = SeuratObject::Project(object)))
   if (length(crd$uns)) uns$spatial <- crd$uns
-  .py_try(.bridge()$make_anndata(
-    .matrix_parts(x), .frame_to_py(object@meta.data, cells), .frame_to_py(var, genes),
-    layers = layers, obsm = obsm, uns = uns
-  ))
+  list(x = .matrix_parts(x), obs = .frame_parts(object@meta.data, cells),
+       var = .frame_parts(var, genes), layers = layers, obsm = obsm, uns = uns)
 }
 
 .anndata_parts <- function(adata) {
@@ -300,11 +325,10 @@ SeuratToAnnData <- function(object, assay = NULL, slot = "counts", coords = NULL
   reticulate::py_to_r(.py_try(.bridge()$anndata_parts(adata)))
 }
 
-.py_get <- function(x, key) {
-  if (reticulate::py_bool(x$`__contains__`(key))) x$`__getitem__`(key) else NULL
-}
-
 #' Convert AnnData to a Seurat object (in memory)
+#'
+#' The same conversion writes Seurat objects to .rds files in Python
+#' (\code{spalstf.io.write_rds}, which runs this package's R code through rpy2).
 #'
 #' @param adata A Python \code{anndata.AnnData} (cells x genes), e.g. from
 #'   \code{\link{SeuratToAnnData}} or \code{anndata$read_h5ad()}.
@@ -326,52 +350,61 @@ SeuratToAnnData <- function(object, assay = NULL, slot = "counts", coords = NULL
 #' @export
 AnnDataToSeurat <- function(adata, assay = "RNA", counts = "X", data = NULL) {
   .need(c("SeuratObject", "Seurat"), "AnnDataToSeurat()")
-  .check_string(assay, "assay")
   .check_string(counts, "counts")
-  .check_string(data, "data", null.ok = TRUE)
-  parts <- .anndata_parts(adata)
+  .seurat_from_parts(.anndata_parts(adata), assay = assay, counts = counts, data = data)
+}
+
+# AnnDataToSeurat() on the parts of an AnnData (pure R; spalstf.io.write_rds calls it too).
+# `counts = NULL`: no counts, the matrix named by `data` fills the data slot alone.
+.seurat_from_parts <- function(parts, assay = "RNA", counts = "X", data = NULL,
+                               project = "SeuratProject") {
+  .need(c("SeuratObject", "Seurat"), "AnnDataToSeurat()")
+  .check_string(assay, "assay")
+  .check_string(counts, "counts", null.ok = TRUE)
+  .check_string(data, "data", null.ok = is.character(counts))
   obs <- .frame_from_enc(parts$obs)
   var <- .frame_from_enc(parts$var)
   cells <- rownames(obs)
   genes <- rownames(var)
   safe <- .seurat_safe_names(genes)
   layer_names <- names(parts$layers)
-  get_mat <- function(name, arg) {
+  get_mat <- function(name, arg, sparse = TRUE) {
     if (!identical(name, "X") && !name %in% layer_names) {
       stop(sprintf("`%s` must be \"X\" or one of the layers (%s), received: %s", arg,
                    paste(layer_names, collapse = ", "), name), call. = FALSE)
     }
     p <- if (identical(name, "X")) parts$x else parts$layers[[name]]
     m <- .matrix_from_parts(p, safe, cells)
-    if (!methods::is(m, "dgCMatrix")) m <- methods::as(m, "CsparseMatrix")
+    if (sparse && !methods::is(m, "dgCMatrix")) m <- methods::as(m, "CsparseMatrix")
     m
   }
-  cmat <- get_mat(counts, "counts")
-  if (is.null(data)) {
-    data <- intersect(c("data", "logcounts"), layer_names)[1L]
-  }
-  a <- SeuratObject::CreateAssayObject(counts = cmat)
-  if (!is.na(data)) {
-    a <- SeuratObject::SetAssayData(a, slot = "data", new.data = get_mat(data, "data"))
+  if (is.null(counts)) {
+    a <- SeuratObject::CreateAssayObject(data = get_mat(data, "data", sparse = FALSE))
+  } else {
+    cmat <- get_mat(counts, "counts")
+    if (is.null(data)) {
+      data <- intersect(c("data", "logcounts"), layer_names)[1L]
+    }
+    a <- SeuratObject::CreateAssayObject(counts = cmat)
+    if (!is.na(data)) {
+      a <- SeuratObject::SetAssayData(a, slot = "data", new.data = get_mat(data, "data"))
+    }
   }
   var[[.feature_name_col]] <- genes
   rownames(var) <- safe
   a@meta.features <- var
-  SeuratObject::Key(a) <- paste0(tolower(gsub("[^A-Za-z0-9]", "", assay)), "_")
-  object <- SeuratObject::CreateSeuratObject(a, assay = assay, names.field = 1L,
-                                             names.delim = "\001")
+  SeuratObject::Key(a) <- .assay_key(assay)
+  object <- SeuratObject::CreateSeuratObject(a, assay = assay, project = project,
+                                             names.field = 1L, names.delim = "\001")
   md <- object@meta.data
   extra <- setdiff(colnames(md), colnames(obs))
   object@meta.data <- cbind(obs, md[cells, extra, drop = FALSE])
   if (is.factor(obs$orig.ident)) SeuratObject::Idents(object) <- obs$orig.ident
   # coordinates and reductions
   obsm <- parts$obsm
-  uns_spatial <- .py_get(adata$uns, "spatial")
-  seurat_uns <- .py_get(adata$uns, "seurat")
   if (!is.null(obsm$spatial)) {
-    object <- .add_spatial(object, obsm$spatial, cells, assay,
-                           if (!is.null(uns_spatial)) reticulate::py_to_r(uns_spatial) else NULL,
-                           if (!is.null(seurat_uns)) reticulate::py_to_r(seurat_uns) else NULL)
+    object <- .add_spatial(object, obsm$spatial, cells, assay, parts$uns$spatial,
+                           parts$uns$seurat)
   }
   for (nm in setdiff(names(obsm), "spatial")) {
     emb <- as.matrix(obsm[[nm]])
@@ -440,6 +473,11 @@ AnnDataToSeurat <- function(adata, assay = "RNA", counts = "X", data = NULL) {
 #' }
 #' @export
 SCEToAnnData <- function(object, X.name = NULL, coords = NULL) {
+  .anndata_from_parts(.sce_parts(object, X.name = X.name, coords = coords))
+}
+
+# The parts of SCEToAnnData()'s AnnData (pure R; spalstf.io.read_rds calls it too).
+.sce_parts <- function(object, X.name = NULL, coords = NULL) {
   .need(c("SingleCellExperiment", "SummarizedExperiment", "S4Vectors"), "SCEToAnnData()")
   if (!methods::is(object, "SingleCellExperiment")) {
     stop("`object` must be a SingleCellExperiment, received: ",
@@ -483,11 +521,9 @@ SCEToAnnData <- function(object, X.name = NULL, coords = NULL) {
     if (nzchar(nm) && is.atomic(v) && is.null(dim(v))) uns[[nm]] <- v
   }
   uns$sce <- list(X_name = X.name)
-  .py_try(.bridge()$make_anndata(
-    .matrix_parts(SummarizedExperiment::assay(object, X.name, withDimnames = FALSE)),
-    .frame_to_py(obs, cells), .frame_to_py(var, genes),
-    layers = layers, obsm = obsm, uns = uns
-  ))
+  list(x = .matrix_parts(SummarizedExperiment::assay(object, X.name, withDimnames = FALSE)),
+       obs = .frame_parts(obs, cells), var = .frame_parts(var, genes), layers = layers,
+       obsm = obsm, uns = uns)
 }
 
 #' Convert AnnData to a SingleCellExperiment (in memory)
@@ -512,8 +548,7 @@ AnnDataToSCE <- function(adata, X.name = NULL) {
   cells <- rownames(obs)
   genes <- rownames(var)
   if (is.null(X.name)) {
-    sce_uns <- .py_get(adata$uns, "sce")
-    X.name <- if (!is.null(sce_uns)) as.character(reticulate::py_to_r(sce_uns)$X_name) else "counts"
+    X.name <- if (!is.null(parts$uns$sce$X_name)) as.character(parts$uns$sce$X_name) else "counts"
   }
   assays <- list()
   assays[[X.name]] <- .matrix_from_parts(parts$x, genes, cells)

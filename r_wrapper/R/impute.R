@@ -13,9 +13,14 @@
 #' \code{depth_weight} (0 to 1; 1 is \code{output = "at_depth"}) is that value's share;
 #' pass \code{output = "expression"} in \code{...} for values free of the depth.
 #' The chosen setting is in the self-check summary's \code{selected}. The samples' standard
-#' deviation (an uncertainty estimate) is kept as well: for Seurat in \code{Misc(object[[new.assay.name]],
-#' "std")} (a genes x cells matrix with the assay's dimnames), for SingleCellExperiment as the
-#' assay \code{"std"} of the alternative experiment, for matrices as \code{attr(x, "std")}.
+#' deviation (an uncertainty estimate) is kept as well: for Seurat in its own assay
+#' \code{paste0(new.assay.name, ".std")} (\code{"SpaLSTF.std"} by default; the same genes and
+#' cells, \code{data} slot), for SingleCellExperiment as the assay \code{"std"} of the
+#' alternative experiment, for matrices as \code{attr(x, "std")}. Being assays of the object,
+#' values and uncertainty stay aligned through \code{subset()}, \code{merge()} and
+#' \code{[}, and Seurat's plots read them by the assays' keys: \code{"spalstf_CD3E"} and
+#' \code{"spalstfstd_CD3E"} (e.g. \code{Seurat::ImageFeaturePlot()} on an object with an
+#' image or field of view, \code{Seurat::FeaturePlot()} with a reduction).
 #'
 #' Gene and cell names come back exactly as given. Seurat does not allow \code{_} in feature
 #' names (it writes \code{-}): requested genes are matched against the reference's original
@@ -57,7 +62,9 @@
 #' st <- readRDS("st_seurat.rds")
 #' sc <- readRDS("sc_seurat.rds")
 #' st <- Impute(st, sc, genes = c("CD3E", "MS4A1"))
-#' Seurat::GetAssayData(st, assay = "SpaLSTF", slot = "data")
+#' Seurat::GetAssayData(st, assay = "SpaLSTF", slot = "data")      # imputed values
+#' Seurat::GetAssayData(st, assay = "SpaLSTF.std", slot = "data")  # their uncertainty
+#' Seurat::ImageFeaturePlot(st, features = c("spalstf_CD3E", "spalstfstd_CD3E"))
 #' }
 #' @export
 Impute <- function(object, reference, genes = NULL, ...) {
@@ -277,9 +284,9 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
          call. = FALSE)
   }
   cells <- colnames(x) %||% as.character(seq_len(ncol(x)))
-  .py_try(.bridge()$make_anndata(
-    .matrix_parts(x, arg), .frame_to_py(data.frame(row.names = cells), cells),
-    .frame_to_py(data.frame(row.names = rownames(x)), rownames(x))
+  .anndata_from_parts(list(
+    x = .matrix_parts(x, arg), obs = .frame_parts(data.frame(row.names = cells), cells),
+    var = .frame_parts(data.frame(row.names = rownames(x)), rownames(x))
   ))
 }
 
@@ -341,17 +348,20 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 
 # ----------------------------------------------------------------------------- methods
 #' @describeIn Impute For Seurat objects: adds the assay \code{new.assay.name} whose \code{data}
-#'   slot holds the imputations (its \code{counts} slot stays empty), the uncertainty in
-#'   \code{Misc(object[[new.assay.name]], "std")} and the Python provenance in
-#'   \code{Misc(object[[new.assay.name]], "spalstf")}; parameters and the self-check summary
-#'   in \code{Tool(object, "Impute")} and the command in \code{object@commands}. The default assay is unchanged unless
-#'   \code{set.default = TRUE}.
+#'   slot holds the imputations (its \code{counts} slot stays empty) and the assay
+#'   \code{paste0(new.assay.name, ".std")} whose \code{data} slot holds their standard
+#'   deviation over the samples (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}); the
+#'   Python provenance in \code{Misc(object[[new.assay.name]], "spalstf")}, parameters and the
+#'   self-check summary in \code{Tool(object, "Impute")} and the command in
+#'   \code{object@commands}. Assays of these names are replaced (with a warning). The default
+#'   assay is unchanged unless \code{set.default = TRUE}.
 #' @param assay Assay of \code{object} to read (default: its default assay).
 #' @param reference.assay Assay of the reference (Seurat; default: its default assay) or assay
 #'   name (SingleCellExperiment; default \code{"counts"}).
 #' @param slot Slot read from both objects: \code{"counts"} (raw counts, default) or
 #'   \code{"data"} (log-normalised values, used as given).
-#' @param new.assay.name Name of the assay (Seurat) or alternative experiment (SCE) to add.
+#' @param new.assay.name Name of the assay (Seurat) or alternative experiment (SCE) to add;
+#'   for Seurat, the standard deviation goes to the assay \code{paste0(new.assay.name, ".std")}.
 #' @param set.default Make the new assay the default assay.
 #' @param n.samples Samples per cell (their mean is the imputation; default 4).
 #' @param n.steps Reverse-diffusion steps (default 20).
@@ -394,9 +404,10 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   .check_string(new.assay.name, "new.assay.name")
   set.default <- .check_flag(set.default, "set.default")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
-  if (assay == new.assay.name) {
-    stop(sprintf("`new.assay.name` (\"%s\") must differ from `assay`, the input.", assay),
-         call. = FALSE)
+  if (assay %in% c(new.assay.name, .std_assay_name(new.assay.name))) {
+    stop(sprintf("`new.assay.name` (\"%s\", and \"%s\" for the standard deviation) must ",
+                 new.assay.name, .std_assay_name(new.assay.name)),
+         sprintf("differ from `assay`, the input (\"%s\").", assay), call. = FALSE)
   }
   opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
   check <- .self_check_options(self.check, self.check.folds, select)
@@ -410,30 +421,65 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
     stop("Internal error: the cells returned by Python differ from the object's.", call. = FALSE)
   }
   requested <- rownames(res$mean)
-  safe <- .seurat_safe_names(requested)
-  mean <- res$mean
-  rownames(mean) <- safe
-  a <- SeuratObject::CreateAssayObject(data = mean)
-  a@meta.features[[.feature_name_col]] <- requested
-  std <- res$std
-  if (!is.null(std)) rownames(std) <- safe
-  SeuratObject::Misc(a, slot = "std") <- std
-  SeuratObject::Misc(a, slot = "spalstf") <- res$provenance
-  if (new.assay.name %in% SeuratObject::Assays(object)) {
-    warning(sprintf("Assay \"%s\" replaced.", new.assay.name), call. = FALSE)
-    object[[new.assay.name]] <- NULL
-  }
-  SeuratObject::Key(a) <- paste0(tolower(gsub("[^A-Za-z0-9]", "", new.assay.name)), "_")
-  object[[new.assay.name]] <- a
+  object <- .add_imputation(object, res$mean, res$std, new.assay.name, res$provenance)
   if (set.default) SeuratObject::DefaultAssay(object) <- new.assay.name
   params <- c(list(genes = requested, assay = assay, slot = slot,
                    new.assay.name = new.assay.name,
+                   std.assay.name = .std_assay_name(new.assay.name),
                    reference = if (inherits(ref, "SpaLSTFModel")) "SpaLSTFModel" else "fit",
                    spalstf.version = .spalstf_py_version()), opts)
   params$self_check <- res$self_check
   object <- .set_tool(object, params)
   object <- SeuratObject::LogSeuratCommand(object = object)
   object
+}
+
+# The assay that holds the standard deviation of the imputations in `new.assay.name`.
+.std_assay_name <- function(new.assay.name) paste0(new.assay.name, ".std")
+
+# Adds the imputations to a Seurat object: the assay `new.assay.name` (data slot = `mean`,
+# provenance in Misc(, "spalstf")) and the assay .std_assay_name(new.assay.name) (data slot =
+# `std`), so that subset(), merge() and the plots keep the two aligned. `mean` and `std`:
+# genes x cells, the requested gene names as row names (kept in the feature meta data column
+# feature_name; Seurat spells `_` as `-`), the cells of `object` as column names. Shared by
+# Impute() and spalstf.io.write_rds(base = ) (R/rds.R), so both write the same object.
+.add_imputation <- function(object, mean, std, new.assay.name, provenance = NULL) {
+  if (!identical(colnames(mean), colnames(object)) ||
+      (!is.null(std) && !identical(dimnames(std), dimnames(mean)))) {
+    stop("Internal error: the imputed values and their standard deviation must have the ",
+         "cells of the object, in its order.", call. = FALSE)
+  }
+  std.name <- .std_assay_name(new.assay.name)
+  present <- intersect(c(new.assay.name, std.name), SeuratObject::Assays(object))
+  if (length(present)) {
+    warning(sprintf("Assay%s %s replaced.", if (length(present) > 1L) "s" else "",
+                    paste0("\"", present, "\"", collapse = " and ")), call. = FALSE)
+  }
+  a <- .data_assay(mean, new.assay.name)
+  if (!is.null(provenance)) SeuratObject::Misc(a, slot = "spalstf") <- provenance
+  # Assigning over an assay of the same name replaces it (the default assay too).
+  object[[new.assay.name]] <- a
+  if (!is.null(std)) {
+    object[[std.name]] <- .data_assay(std, std.name)
+  } else if (std.name %in% present) {
+    # a previous run's uncertainty would no longer match the new values
+    if (identical(SeuratObject::DefaultAssay(object), std.name)) {
+      SeuratObject::DefaultAssay(object) <- new.assay.name
+    }
+    object[[std.name]] <- NULL
+  }
+  object
+}
+
+# An assay named `name` whose data slot holds `values` (genes x cells, any gene names: Seurat
+# spells `_` as `-`, the names as given stay in the feature meta data column feature_name).
+.data_assay <- function(values, name) {
+  requested <- rownames(values)
+  rownames(values) <- .seurat_safe_names(requested)
+  a <- SeuratObject::CreateAssayObject(data = values)
+  a@meta.features[[.feature_name_col]] <- requested
+  SeuratObject::Key(a) <- .assay_key(name)
+  a
 }
 
 .set_tool <- function(object, params) {

@@ -94,8 +94,9 @@ print.SpaLSTFModel <- function(x, ...) {
 #' @param n.samples,n.steps,seed,device,verbose As in \code{\link{Impute}}.
 #' @param ... Further options of \code{Model.impute} under their Python names.
 #' @return A genes x cells matrix of log-normalised imputations (the model's target genes),
-#'   with \code{attr(, "std")} the standard deviation over samples. To add an assay to a
-#'   Seurat object instead, call \code{\link{Impute}(object, model)}.
+#'   with \code{attr(, "std")} the standard deviation over samples. To add the assays of
+#'   the values and of their standard deviation to a Seurat object instead, call
+#'   \code{\link{Impute}(object, model)}.
 #' @importFrom stats predict
 #' @export
 predict.SpaLSTFModel <- function(object, newdata, assay = NULL, slot = "counts",

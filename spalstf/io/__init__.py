@@ -1,6 +1,7 @@
 """Files: .h5ad read and written atomically, and R's .rds through rpy2 (optional extra `r`).
 
-`read_rds` / `write_rds` import rpy2 only when called, so the package works without R.
+`read_rds` / `write_rds` import rpy2 only when called, so the package works without R; they
+run the converters of the R package SpaLSTF (`r_wrapper/`) in R embedded through rpy2.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Any:
 def read_rds(path: str | os.PathLike, **kwargs: Any) -> Any:
     """An AnnData from an .rds file (Seurat, SingleCellExperiment, matrix, RCTD objects).
 
-    See `spalstf.io._rds.read_rds`; needs R and `pip install 'spalstf[r]'`.
+    See `spalstf.io._rds.read_rds`; needs R with the R package SpaLSTF and
+    `pip install 'spalstf[r]'`.
     """
     from spalstf.io._rds import read_rds as _read_rds
 
@@ -59,7 +61,7 @@ def read_rds(path: str | os.PathLike, **kwargs: Any) -> Any:
 
 
 def write_rds(adata: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Write an AnnData as a Seurat object (or add it as an assay to `base=`); see `_rds`."""
+    """Write an AnnData as a Seurat object (or add it as assays to `base=`); see `_rds`."""
     from spalstf.io._rds import write_rds as _write_rds
 
     return _write_rds(adata, path, **kwargs)

@@ -1,4 +1,11 @@
-"""Helpers the SpaLSTF R package calls through reticulate.
+"""Helpers the SpaLSTF R package calls through reticulate, and spalstf.io through rpy2.
+
+The one bridge between R objects and AnnData: the R package builds plain parts of Seurat and
+SingleCellExperiment objects in pure R (R/convert.R) and this module assembles the AnnData
+(``anndata_from_parts``), or takes an AnnData apart for R (``anndata_parts``). The R package
+hands the parts over through reticulate; ``spalstf.io.read_rds`` / ``write_rds`` (Python
+embedding R through rpy2) call the same R functions and import this file from the installed
+R package, so both directions are written once.
 
 R hands over plain parts (vectors, column encodings, the slots of a dgCMatrix) and gets plain
 parts back, so that no conversion depends on reticulate's own handling of pandas, scipy.sparse
@@ -146,6 +153,24 @@ def frame_to_columns(df: pd.DataFrame) -> dict:
 
 
 # ---------------------------------------------------------------------------------- AnnData
+#: ``uns`` entries the R converters read back (Visium images, the Seurat and SCE records).
+R_UNS_KEYS = ("spatial", "seurat", "sce")
+
+
+def anndata_from_parts(parts: dict):
+    """An AnnData (cells x genes) from the parts of an R object (see R/convert.R).
+
+    ``parts``: ``x`` (matrix parts), ``obs`` and ``var`` (frame parts: ``index``, ``names``,
+    ``columns``), and optionally ``layers``, ``obsm``, ``uns``.
+    """
+    obs = frame_from_columns(parts["obs"]["index"], parts["obs"]["names"],
+                             parts["obs"]["columns"])
+    var = frame_from_columns(parts["var"]["index"], parts["var"]["names"],
+                             parts["var"]["columns"])
+    return make_anndata(parts["x"], obs, var, layers=parts.get("layers"),
+                        obsm=parts.get("obsm"), uns=parts.get("uns"))
+
+
 def make_anndata(
     x_parts: dict,
     obs: pd.DataFrame,
@@ -179,21 +204,29 @@ def _copy_tree(value: Any) -> Any:
     return value
 
 
-def anndata_parts(adata, x_dtype: str = "float64") -> dict:
-    """Everything the R converters need from an AnnData, as plain parts."""
-    layers = {str(k): matrix_to_parts(v) for k, v in adata.layers.items()}
+def anndata_parts(adata, x_dtype: str = "float64", layers: list | None = None,
+                  x_layer: str | None = None) -> dict:
+    """Everything the R converters need from an AnnData, as plain parts.
+
+    ``layers``: the names of the layers to include (None: all); ``x_layer``: a layer that
+    takes the place of ``X``.
+    """
+    names = list(adata.layers.keys()) if layers is None else [str(k) for k in layers]
+    layers = {str(k): matrix_to_parts(adata.layers[k]) for k in names}
+    x = adata.layers[x_layer] if x_layer is not None else adata.X
     obsm = {}
     for k, v in adata.obsm.items():
         arr = v.to_numpy() if isinstance(v, pd.DataFrame) else np.asarray(v)
         if arr.ndim == 2 and np.issubdtype(arr.dtype, np.number):
             obsm[str(k)] = np.asfortranarray(arr, dtype=np.float64)
     return {
-        "x": matrix_to_parts(adata.X, dtype=x_dtype) if adata.X is not None else None,
+        "x": matrix_to_parts(x, dtype=x_dtype) if x is not None else None,
         "obs": frame_to_columns(adata.obs),
         "var": frame_to_columns(adata.var),
         "layers": layers,
         "obsm": obsm,
         "uns_keys": [str(k) for k in adata.uns.keys()],
+        "uns": {k: _copy_tree(adata.uns[k]) for k in R_UNS_KEYS if k in adata.uns},
     }
 
 

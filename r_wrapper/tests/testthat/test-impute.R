@@ -19,9 +19,11 @@ test_that("Impute on Seurat adds an assay, keeps names and leaves the rest alone
   expect_identical(a@meta.features$feature_name, genes)
   expect_identical(colnames(vals), colnames(st))
   expect_true(all(is.finite(as.matrix(vals))) && all(as.matrix(vals) >= 0))
-  std <- SeuratObject::Misc(a, "std")
+  std <- SeuratObject::GetAssayData(out, assay = "SpaLSTF.std", slot = "data")
   expect_identical(dimnames(std), dimnames(vals))
-  expect_true(all(std >= 0))
+  expect_true(all(std >= 0) && any(std > 0))
+  expect_identical(out[["SpaLSTF.std"]]@meta.features$feature_name, genes)
+  expect_null(SeuratObject::Misc(a, "std"))  # no second copy that subset() would not follow
   tool <- SeuratObject::Tool(out, "Impute")
   expect_identical(tool$genes, genes)
   expect_identical(tool$seed, 0L)
@@ -31,6 +33,54 @@ test_that("Impute on Seurat adds an assay, keeps names and leaves the rest alone
   again <- do.call(Impute, c(list(st, objs$ref, genes = genes, set.default = TRUE), FAST))
   expect_identical(SeuratObject::GetAssayData(again, assay = "SpaLSTF", slot = "data"), vals)
   expect_identical(SeuratObject::DefaultAssay(again), "SpaLSTF")
+  # a second run replaces both assays (the default one too), saying so
+  expect_warning(twice <- do.call(Impute, c(list(again, objs$ref, genes = "G17",
+                                                assay = "Spatial"), FAST)),
+                 "Assays \"SpaLSTF\" and \"SpaLSTF.std\" replaced")
+  expect_identical(rownames(twice[["SpaLSTF.std"]]), "G17")
+  expect_error(Impute(st, objs$ref, genes = "G17", assay = "Spatial", new.assay.name = "Spatial"),
+               "must differ from `assay`")
+})
+
+test_that("the uncertainty assay follows subset(), merge() and Seurat's plots", {
+  skip_if_no_spalstf()
+  skip_if_no_seurat()
+  d <- tiny_counts()
+  objs <- tiny_seurat(d)
+  st <- objs$st
+  st[["fov"]] <- SeuratObject::CreateFOV(
+    data.frame(x = st$x, y = st$y, cell = colnames(st)), type = "centroids",
+    assay = "Spatial", key = "fov_")
+  genes <- c("G17", "GENE_U1")
+  out <- do.call(Impute, c(list(st, objs$ref, genes = genes), FAST))
+  vals <- as.matrix(SeuratObject::GetAssayData(out, assay = "SpaLSTF", slot = "data"))
+  std <- as.matrix(SeuratObject::GetAssayData(out, assay = "SpaLSTF.std", slot = "data"))
+  # subset(): the kept cells, in both assays, with the full object's values
+  keep <- colnames(out)[c(30, 2, 17, 5)]
+  sub <- subset(out, cells = keep)
+  sub_std <- as.matrix(SeuratObject::GetAssayData(sub, assay = "SpaLSTF.std", slot = "data"))
+  expect_setequal(colnames(sub_std), keep)
+  expect_identical(colnames(sub_std), colnames(sub))
+  expect_identical(sub_std, std[, colnames(sub), drop = FALSE])
+  expect_identical(as.matrix(SeuratObject::GetAssayData(sub, assay = "SpaLSTF", slot = "data")),
+                   vals[, colnames(sub), drop = FALSE])
+  # merge() of two results: both assays, every cell, the values of each part
+  first <- colnames(out)[1:12]
+  rest <- colnames(out)[13:30]
+  merged <- merge(subset(out, cells = first), subset(out, cells = rest))
+  expect_true(all(c("SpaLSTF", "SpaLSTF.std") %in% SeuratObject::Assays(merged)))
+  merged_std <- as.matrix(SeuratObject::GetAssayData(merged, assay = "SpaLSTF.std", slot = "data"))
+  expect_identical(merged_std[rownames(std), colnames(std)], std)
+  # plots read the uncertainty by the assay's key: a spatial map of the field of view, and
+  # FeaturePlot() on a reduction
+  p <- Seurat::ImageFeaturePlot(out, features = c("spalstf_G17", "spalstfstd_G17"))
+  plotted <- p[[2]]$data
+  expect_equal(plotted[["spalstfstd_G17"]],
+               unname(std["G17", sub("^centroids_", "", plotted$cell)]))
+  out[["xy"]] <- SeuratObject::CreateDimReducObject(
+    embeddings = cbind(xy_1 = out$x, xy_2 = out$y), key = "xy_", assay = "Spatial")
+  fp <- Seurat::FeaturePlot(out, features = "spalstfstd_G17", reduction = "xy")
+  expect_equal(as.numeric(fp$data[["spalstfstd_G17"]]), unname(std["G17", rownames(fp$data)]))
 })
 
 test_that("Impute on matrices and SingleCellExperiment gives the Seurat values", {
@@ -64,6 +114,12 @@ test_that("Impute on matrices and SingleCellExperiment gives the Seurat values",
                tolerance = 1e-6)
   expect_identical(S4Vectors::metadata(out)$SpaLSTF$genes, genes)
   expect_identical(SummarizedExperiment::assay(out, "counts"), d$st)
+  # the uncertainty of the alternative experiment follows column subsetting
+  keep <- colnames(sce)[c(9, 3, 20)]
+  alt_std <- SummarizedExperiment::assay(alt, "std")
+  sub <- SingleCellExperiment::altExp(out[, keep], "SpaLSTF")
+  expect_identical(colnames(sub), keep)
+  expect_identical(SummarizedExperiment::assay(sub, "std"), alt_std[, keep, drop = FALSE])
 })
 
 test_that("Impute checks its arguments and reports Python errors as R errors", {
