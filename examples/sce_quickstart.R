@@ -1,19 +1,22 @@
 # Quick start in R with Bioconductor's SingleCellExperiment: impute the genes a Visium data set
 # lacks, then check the method on the genes it measures (leave-genes-out cross-validation).
 #
-#   Rscript examples/sce_quickstart.R [DATA_DIR] [--fast]
+#   Rscript examples/sce_quickstart.R [DATA_DIR] [--fast] [--out=DIR]
 #
 # DATA_DIR holds SpatialRNA/ and Reference/ CSV folders of the RCTD layout (default
 # ../shared/data/visium_brain: Visium mouse hippocampus, 313 spots x 276 genes; DropViz
 # reference 510 cells x 307 genes, 17 cell types; 124 genes shared). --fast: a small network
 # trained briefly, two folds of 20 genes (a smoke run, not for results); without it spalstf uses
-# its defaults (training: up to 2 min) and the cross-validation trains it five more times, for
-# up to 30 s each.
+# its defaults (training: 300 updates, plus the self-check's shorter fits) and the
+# cross-validation trains it five more times, for 150 updates each. Writes a PNG of the map of an imputed gene and its uncertainty to --out
+# (default sce_out/).
 # Python: the one in SPALSTF_PYTHON, else .venv/bin/python of the working directory when it
 # exists, else the one reticulate finds (SpaLSTF::install_spalstf() makes one).
 
 args <- commandArgs(trailingOnly = TRUE)
 fast <- "--fast" %in% args
+out <- sub("^--out=", "", grep("^--out=", args, value = TRUE))
+out <- if (length(out)) out[1] else "sce_out"
 data_dir <- args[!startsWith(args, "--")]
 data_dir <- if (length(data_dir)) data_dir[1] else "../shared/data/visium_brain"
 if (!dir.exists(data_dir)) stop("no folder ", data_dir, ": pass the folder of SpatialRNA/")
@@ -54,6 +57,32 @@ print(alt)
 print(round(as.matrix(assay(alt, "logcounts")[1:4, 1:4]), 2))  # log-normalised imputations
 print(round(as.matrix(assay(alt, "std")[1:4, 1:4]), 2))        # their uncertainty
 cat("parameters in metadata(st)$SpaLSTF; spalstf", metadata(st)$SpaLSTF$spalstf.version, "\n")
+
+# The alternative experiment has the spots as columns: st[, spots] subsets the values and
+# their uncertainty with them. A map of the most variable imputed gene and of its uncertainty,
+# from the coordinates in reducedDim(st, "spatial"), each with its own colour scale (ggplot2).
+values <- assay(alt, "logcounts")
+gene <- rownames(values)[which.max(apply(values, 1, var))]
+xy <- reducedDim(st, "spatial")
+spots <- data.frame(x = xy[, 1], y = xy[, 2], imputed = values[gene, ],
+                    std = assay(alt, "std")[gene, ])
+map <- function(column, title) {
+  ggplot2::ggplot(spots, ggplot2::aes(x, y, colour = .data[[column]])) +
+    ggplot2::geom_point(size = 1.6) + ggplot2::scale_y_reverse() + ggplot2::coord_fixed() +
+    ggplot2::scale_colour_viridis_c(option = if (column == "std") "magma" else "viridis") +
+    ggplot2::labs(title = title, colour = NULL) + ggplot2::theme_void()
+}
+dir.create(out, showWarnings = FALSE, recursive = TRUE)
+png_file <- file.path(out, "sce_quickstart.png")
+png(png_file, width = 1000, height = 450, res = 100)
+grid::grid.newpage()
+grid::pushViewport(grid::viewport(layout = grid::grid.layout(1, 2)))
+print(map("imputed", paste(gene, "imputed (log-normalised)")),
+      vp = grid::viewport(layout.pos.row = 1, layout.pos.col = 1))
+print(map("std", paste(gene, "uncertainty (std over samples)")),
+      vp = grid::viewport(layout.pos.row = 1, layout.pos.col = 2))
+invisible(dev.off())
+cat("wrote", png_file, "\n")
 
 # 2. How good is it here? Hide folds of the measured genes, predict them, score per gene.
 #    spalstf trains once per fold; here each training is capped at 150 updates (max_steps).

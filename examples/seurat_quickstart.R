@@ -5,8 +5,9 @@
 # DATA_DIR holds st_seurat.rds and sc_seurat.rds (default ../shared/data/visium_lymph/seurat:
 # Visium human lymph node, 1000 spots x 2000 genes; reference 330 cells x 10237 genes, 11 cell
 # types). --fast: 200 spots and a short training of a small network (a smoke run, not for
-# results); without it spalstf uses its defaults (training: up to 2 min). Writes a PNG of the
-# maps to --out (default seurat_out/).
+# results); without it spalstf uses its defaults (training: 300 updates, plus the self-check's
+# shorter fits). Writes a PNG of the maps of the imputed genes and their uncertainty to --out
+# (default seurat_out/).
 # Python: the one in SPALSTF_PYTHON, else .venv/bin/python of the working directory when it
 # exists, else the one reticulate finds (SpaLSTF::install_spalstf() makes one).
 
@@ -40,33 +41,27 @@ cat("of these, the Visium panel measures:", if (length(measured)) measured else 
 small <- list(d_model = 32L, depth = 1L, lstm_hidden = 16L, n_neighbors = 4L)
 settings <- if (fast) c(list(epochs = 3L, n.steps = 3L, n.samples = 2L, verbose = FALSE), small) else list()
 st <- do.call(Impute, c(list(st, sc, genes = genes, seed = 0L), settings))
-print(st)  # a new assay "SpaLSTF"; the default assay is still "Spatial"
+print(st)  # new assays "SpaLSTF" and "SpaLSTF.std"; the default assay is still "Spatial"
 
 imputed <- GetAssayData(st, assay = "SpaLSTF", slot = "data")  # log-normalised, genes x spots
-std <- SeuratObject::Misc(st[["SpaLSTF"]], "std")              # uncertainty, same shape
+std <- GetAssayData(st, assay = "SpaLSTF.std", slot = "data")  # uncertainty, same genes and spots
 print(round(as.matrix(imputed[, 1:4]), 2))
+print(round(as.matrix(std[, 1:4]), 2))
 cat("spalstf", Tool(st, "Impute")$spalstf.version, "- parameters in Tool(st, \"Impute\")\n")
 
-# The imputed genes are an assay like any other: Seurat's plots and functions read them.
-# Here base graphics, from the coordinates in the meta data columns x and y.
+# The imputations and their uncertainty are assays like any other: subset() and merge() keep
+# them aligned with the spots, and Seurat's functions and plots read them by the assays' keys,
+# "spalstf_" and "spalstfstd_". These spots come with a field of view (their centroids), so
+# ImageFeaturePlot() maps them; for an object with a Visium image, SpatialFeaturePlot().
+# Each panel has its own colour scale.
 dir.create(out, showWarnings = FALSE, recursive = TRUE)
 png_file <- file.path(out, "seurat_quickstart.png")
-png(png_file, width = 1500, height = 600, res = 110)
-par(mfrow = c(2, length(genes)), mar = c(1, 1, 2, 1))
-palettes <- list(imputed = grDevices::hcl.colors(50, "Viridis"),
-                 std = grDevices::hcl.colors(50, "Inferno"))
-colours <- function(v, pal) {  # one colour of `pal` per value, from min(v) to max(v)
-  breaks <- seq(min(v), max(v) + 1e-9, length.out = length(pal) + 1L)
-  pal[findInterval(v, breaks, all.inside = TRUE)]
-}
-for (what in c("imputed", "std")) {
-  values <- if (what == "imputed") as.matrix(imputed) else std
-  for (g in genes) {
-    v <- values[g, ]
-    col <- colours(v, palettes[[what]])
-    plot(st$x, -st$y, col = col, pch = 16, cex = 0.9, axes = FALSE, asp = 1,
-         main = paste0(g, ": ", what), xlab = "", ylab = "")
-  }
-}
-invisible(dev.off())
+p <- ImageFeaturePlot(st, features = c(paste0("spalstf_", genes), paste0("spalstfstd_", genes)),
+                      size = if (fast) 2.5 else 1.2, dark.background = FALSE,
+                      cols = c("lightgrey", "darkred")) +
+  patchwork::plot_layout(ncol = length(genes)) +
+  patchwork::plot_annotation(
+    title = "Imputed expression (top, log-normalised) and its uncertainty (bottom, std over samples)",
+    subtitle = "Genes the Visium panel did not measure, predicted from the scRNA-seq reference")
+ggplot2::ggsave(png_file, p, width = 3.2 * length(genes), height = 5.5, dpi = 100, bg = "white")
 cat("wrote", png_file, "\n")
