@@ -1,7 +1,7 @@
 """Priors benchmark: what the prior alone reaches, and how well the self-check's choice transfers.
 
 spalstf's imputation is centred on a prior: a ridge map from the known to the target genes
-fitted on the reference (penalty by GCV, `spalstf.train.fit_prior`), optionally blended with
+fitted on the reference (penalty by GCV, `spalstf.prior.fit_prior`), optionally blended with
 the aligned-neighbour estimate (`knn_weight`; mean targets of the 50 most cosine-similar
 reference cells, known genes z-scored within each data set) and read from spatially smoothed
 known genes (`spatial_weight`; 8 nearest cells in space), mixed with those of their 15 nearest
@@ -12,7 +12,7 @@ leave-genes-out protocol of ``benchmarks/accuracy.py``:
 - every fixed setting (spatial weight x knn weight), for these forms of the reference: the
   library's default, its cells plus pseudo-spots ("cells + mixtures": sums of 2, 5, 10 and 20
   random cells, 2000 of each for the ridge and 500 for the estimate,
-  `spalstf.train.pseudo_spots`), with the expression context and without it (the default
+  `spalstf.prior.pseudo_spots`), with the expression context and without it (the default
   before it; every other form has it); its cells alone
   (the default before pseudo-spots); pseudo-spots of 10 alone (as a Visium spot mixes cells);
   metacells (each cell summed with its 14 nearest reference cells in known-gene space); and
@@ -64,8 +64,14 @@ from spalstf.datasets import _loaders as L  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
-from spalstf.infer import unit_rows  # noqa: E402
 from spalstf.preprocess import expected_at_depth  # noqa: E402
+from spalstf.prior import (  # noqa: E402
+    ESTIMATE_MIXTURES_PER_SIZE,
+    MIXTURE_SIZES,
+    MIXTURES_PER_SIZE,
+    fit_ridge,
+    unit_rows,
+)
 from spalstf.selfcheck import (  # noqa: E402
     DEFAULT_SELECT,
     OUTPUT_WIN_SHARE,
@@ -73,18 +79,12 @@ from spalstf.selfcheck import (  # noqa: E402
     win_share,
 )
 from spalstf.spatial import expression_smoothed_reader  # noqa: E402
-from spalstf.train import (  # noqa: E402
-    ESTIMATE_MIXTURES_PER_SIZE,
-    MIXTURE_SIZES,
-    MIXTURES_PER_SIZE,
-    fit_ridge,
-)
 
 DATA = ROOT / ".." / "shared" / "data"
 SPATIAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 KNN_WEIGHTS = (0.0, 0.5)
 #: The library's default form: the ridge fitted on the reference cells and on pseudo-spots of
-#: 2, 5, 10 and 20 cells (`spalstf.train.MIXTURE_SIZES`, `Config.prior_mixtures`); the
+#: 2, 5, 10 and 20 cells (`spalstf.prior.MIXTURE_SIZES`, `Config.prior_mixtures`); the
 #: aligned-neighbour estimate reads the cells and pseudo-spots; the ST's known genes are mixed
 #: with their expression neighbours' (`Config.expression_weight`).
 DEFAULT_FORM = "cells + mixtures"
@@ -164,7 +164,7 @@ def zscore(x: np.ndarray):
 
 def mixtures(sc_counts: np.ndarray, per_size: int = MIXTURES_PER_SIZE, seed: int = 4
              ) -> np.ndarray:
-    """Pseudo-spots like the library's (`spalstf.train.pseudo_spots`): for each size in
+    """Pseudo-spots like the library's (`spalstf.prior.pseudo_spots`): for each size in
     MIXTURE_SIZES, `per_size` sums of the counts of that many random cells."""
     rng = np.random.default_rng(seed)
     return np.concatenate([sc_counts[rng.integers(0, len(sc_counts), (per_size, m))].sum(1)

@@ -33,26 +33,27 @@ sys.path.insert(0, str(ROOT))
 from accuracy import simulated  # noqa: E402
 
 import spalstf  # noqa: E402
-from spalstf import api  # noqa: E402
+from spalstf import selfcheck  # noqa: E402
 from spalstf.cli import format_settings  # noqa: E402
 from spalstf.data import as_expression  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
+from spalstf.model import fit_model  # noqa: E402
 
 
 def run(name: str, real: pd.DataFrame) -> pd.DataFrame:
     st, sc = simulated() if name == "simulated" else spalstf.datasets.load(name)
     shared = [g for g in st.var_names if g in set(sc.var_names)]
     sc_expr = as_expression(sc, arg="sc")
-    cfg = api.Config()
+    cfg = spalstf.Config()
     rows = []
     for fold, hidden in enumerate(gene_folds(shared, 5, 0)):
         known = [g for g in shared if g not in hidden]
         st_expr = as_expression(st[:, known], arg="st")
         start = time.perf_counter()
-        est = api._run_self_check(
+        est = selfcheck.maybe_run(
             st_expr, sc_expr, [(g, g) for g in known], cfg, self_check=True, select="auto",
             n_folds=2, seed=0, log_normalized=False, device=torch.device("cpu"),
-            spatial=None, progress=False)
+            spatial=None, progress=False, fit=fit_model)
         part = real[(real["dataset"] == name) & (real["fold"] == fold)]
         rows.append({"data": name, "fold": fold + 1, "known genes": len(known),
                      "estimate": est.median_pcc, "real": float(np.nanmedian(part["pcc"])),

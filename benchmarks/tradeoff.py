@@ -9,7 +9,7 @@ known genes log-normalised over themselves), across its penalty:
 - "raw, alpha a": scikit-learn's Ridge on the log-normalised values (alpha 10 is the accuracy
   benchmark's ridge baseline);
 - "z-scored, alpha a": known and hidden genes z-scored over the reference, as spalstf's prior
-  (`spalstf.train.fit_ridge`); "GCV" is the penalty spalstf's prior chooses.
+  (`spalstf.prior.fit_ridge`); "GCV" is the penalty spalstf's prior chooses.
 
 Each row: median per-gene PCC and SPCC against the ST's log-normalised truth, and the ARI of
 Leiden clusters of the assembled imputation against those of the truth
@@ -39,7 +39,7 @@ from priors import counts, load, truth_of, zscore  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
-from spalstf.train import fit_ridge  # noqa: E402
+from spalstf.prior import fit_ridge  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: Best peer's clustering ARI in ../shared/data/benchmarks.md: kNN's (osmFISH), gimVI's

@@ -28,14 +28,17 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ]),
     ("Fit once, impute many", "A trained model is an object: save it, load it, reuse it.", [
         ("spalstf.fit", "spalstf.api.fit"),
-        ("spalstf.Model", "spalstf.api.Model"),
-        ("spalstf.Model.impute", "spalstf.api.Model.impute"),
-        ("spalstf.Model.save", "spalstf.api.Model.save"),
-        ("spalstf.load", "spalstf.api.load"),
+        ("spalstf.Model", "spalstf.model.Model"),
+        ("spalstf.Model.impute", "spalstf.model.Model.impute"),
+        ("spalstf.Model.save", "spalstf.model.Model.save"),
+        ("spalstf.load", "spalstf.model.load"),
     ]),
-    ("Settings", "Every option of `impute` and `fit` beyond their own arguments is a field of "
-     "`Config`, passed as a keyword (`spalstf.impute(st, sc, depth=2)`) or as "
-     "`config=spalstf.Config(...)`.", [
+    ("Settings", "Every setting of `impute`, `fit` and `Model.impute` beyond their own "
+     "arguments is a field of `Config`, passed as `config={\"depth\": 2}` (a dict of fields) "
+     "or `config=spalstf.Config(depth=2)`; a field as a keyword (`depth=2`) works too. The "
+     "fields are grouped by stage: those of the model and train stages are fixed at fit, those "
+     "of the sample and readout stages may differ at `Model.impute`; (prior) marks those that "
+     "change the prior's own prediction.", [
         ("spalstf.Config", "spalstf.config.Config"),
     ]),
     ("Evaluation", "Leave-genes-out cross-validation, its metrics and the baseline methods.", [
@@ -241,12 +244,18 @@ def config_md(cls) -> str:
             pending = []
         elif not s.startswith("#"):
             pending = []
-    rows = ["| field | default | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = comments.get(f.name, "").replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{default!r}` | {inline(text)} |")
-    return "\n".join(rows) + "\n"
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = []
+    for stage in dict.fromkeys(f.metadata["stage"] for f in fields.values()):
+        rows = [f"#### Stage `{stage}`\n", "| field | default | meaning |", "|---|---|---|"]
+        for name in cls.fields(stage):
+            f = fields[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            text = comments.get(f.name, "").replace("|", "\\|")
+            mark = " (prior)" if f.metadata["prior"] else ""
+            rows.append(f"| `{f.name}`{mark} | `{default!r}` | {inline(text)} |")
+        out.append("\n".join(rows) + "\n")
+    return "\n".join(out)
 
 
 def render() -> str:

@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"hidden and predicted: {', '.join(hidden)} (from the {len(known)} other genes)")
 
     # Fit once on the reference, save; later sessions load the folder and impute new sections.
-    options = dict(FAST, progress=False) if args.fast else {}
-    model = spalstf.fit(sc, known, hidden, seed=args.seed, **options)
+    model = spalstf.fit(sc, known, hidden, seed=args.seed, progress=not args.fast,
+                        config=FAST if args.fast else None)
     print(model, f"- stopped: {model.info['stop_reason']}")
     model.save(out / "model", overwrite=True)
     model = spalstf.load(out / "model")

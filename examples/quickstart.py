@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Impute: fit the diffusion model on the reference, sample it on the ST. By default
     #    the genes imputed are the reference genes the ST lacks. The inputs are not modified.
-    options = dict(FAST, progress=False) if args.fast else {}
-    imputed = spalstf.impute(st, sc, seed=args.seed, **options)
+    #    Settings beyond impute's own arguments go in `config` (a dict of spalstf.Config
+    #    fields; docs/api.md "Settings" lists them).
+    imputed = spalstf.impute(st, sc, seed=args.seed, progress=not args.fast,
+                             config=FAST if args.fast else None)
     print(f"imputed {imputed.n_vars} genes: X holds log1p-normalised values, "
           "layers['std'] the uncertainty")
     info = imputed.uns["spalstf"]

@@ -13,9 +13,10 @@ import logging
 
 from spalstf import datasets, io, metrics, pl
 from spalstf._version import __version__
-from spalstf.api import Model, fit, impute, load
+from spalstf.api import fit, impute
 from spalstf.config import Config
 from spalstf.evaluate.cv import cross_validate
+from spalstf.model import Model, load
 
 # A library never configures logging; it only makes sure its messages are not lost as "no
 # handler" warnings (the standard NullHandler recipe).

@@ -25,6 +25,7 @@ import torch
 
 from spalstf._atomic import atomic_path
 from spalstf._version import __version__
+from spalstf.config import INFERENCE_STAGES, Config
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,8 @@ FORMAT_VERSION = 1
 #: Options that may change between a checkpoint and the run that resumes it: when to stop and
 #: how to sample (the self-check may choose the sampling-time weights anew). Every other option
 #: shapes the training itself and must be the same.
-FREE_OPTIONS = frozenset({"epochs", "max_steps", "max_time", "patience", "sampler", "n_steps",
-                          "n_samples", "eta", "antithetic", "clip_denoised", "spatial_weight",
-                          "spatial_neighbors", "expression_weight",
-                          "expression_neighbors", "residual_weight", "knn_weight",
-                          "knn_neighbors", "output", "depth_weight"})
+FREE_OPTIONS = frozenset({"epochs", "max_steps", "max_time", "patience",
+                          *Config.fields(*INFERENCE_STAGES)})
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:

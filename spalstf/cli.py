@@ -39,9 +39,13 @@ def _check_output(path: str, force: bool, inputs: list[str]) -> Path:
 
 
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"seed": args.seed, "device": args.device, "epochs": args.epochs,
-               "max_steps": args.max_steps, "max_time": args.max_time,
-               "batch_size": args.batch_size, "progress": not args.quiet}
+    """seed, device, progress, and each field of `Config`'s train stage given by its flag
+    (--epochs, --max-steps, --max-time, --batch-size; --max-cells for fit)."""
+    from spalstf.config import TRAIN, Config
+
+    options = {"seed": args.seed, "device": args.device, "progress": not args.quiet}
+    options.update({name: getattr(args, name) for name in Config.fields(TRAIN)
+                    if getattr(args, name, None) is not None})
     for name in ("checkpoint", "checkpoint_every", "resume"):  # fit and impute only
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
@@ -188,8 +192,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if targets is None:
         targets = [g for g in sc.var_names if g not in set(known)]
     model = spalstf.fit(sc, known, targets, sc_layer=args.sc_layer,
-                        log_normalized=args.log_normalized, max_cells=args.max_cells,
-                        **_training_options(args))
+                        log_normalized=args.log_normalized, **_training_options(args))
     from spalstf import distributed
 
     if distributed.rank() == 0:  # under torchrun every process holds the same model

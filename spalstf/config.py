@@ -1,8 +1,21 @@
 """Every setting of the model, its training and its sampling, with the defaults in one place.
 
-A `Config` is a plain dataclass: `spalstf.fit(..., config=Config(depth=2))` or keyword options
-(`spalstf.fit(..., epochs=50)`) override the defaults. The four parts of the method (DESIGN.md
-"The method") can each be switched off for ablations:
+A `Config` is a plain dataclass: ``spalstf.impute(st, ref, config={"depth": 2})`` (a dict of
+fields, or ``config=spalstf.Config(depth=2)``) overrides the defaults; keyword options
+(``spalstf.fit(..., depth=2)``) still work. Each field belongs to one stage
+(``Config.fields(stage)``):
+
+- ``model``: the representation, the network and the prior; fixed at fit.
+- ``train``: how the network is trained; fixed at fit.
+- ``sample``: how the ST is read (spatial and expression context, the aligned-neighbour
+  estimate) and the diffusion sampled; may differ at imputation (`Model.impute`).
+- ``readout``: what the imputed values are (expression or at the cell's depth, the share of the
+  diffusion's refinement); may differ at imputation.
+
+The sample and readout fields marked ``prior`` (``Config.fields("sample", "readout",
+prior=True)``) change the prior's own prediction: the self-check chooses them on the prior
+alone, before any sampling. The four parts of the method (DESIGN.md "The method") can each be
+switched off for ablations:
 
 - ``diffusion``: the conditional DDPM. Off, the denoiser is trained to regress the target genes
   directly from the known genes (a single deterministic pass, no noise).
@@ -16,27 +29,123 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+#: The stages, in the order a run meets them.
+MODEL, TRAIN, SAMPLE, READOUT = "model", "train", "sample", "readout"
+STAGES = (MODEL, TRAIN, SAMPLE, READOUT)
+#: The stages that may differ between fit and imputation (they act at sampling time only).
+INFERENCE_STAGES = (SAMPLE, READOUT)
+
+
+def _setting(stage: str, default: Any, *, prior: bool = False) -> Any:
+    """A field of `Config` in `stage`; `prior`: it changes the prior's own prediction."""
+    return field(default=default, metadata={"stage": stage, "prior": prior})
 
 
 @dataclass
 class Config:
     """Settings of a SpaLSTF model. All fields have documented defaults."""
 
-    # --- representation -------------------------------------------------------------------
+    # --- model: the representation, the network and the prior, fixed at fit ---------------
     #: Target sum of the per-cell normalisation (over the known genes), before log1p.
-    scale_factor: float = 1e4
+    scale_factor: float = _setting(MODEL, 1e4)
     #: How the known genes of the ST are put on the reference's scale before entering the model:
     #: "reference" standardises both with the reference's per-gene mean and std;
     #: "per_dataset" standardises each data set with its own statistics.
-    align: str = "reference"
+    align: str = _setting(MODEL, "reference")
+    #: Width of a token embedding.
+    d_model: int = _setting(MODEL, 64)
+    #: Number of transformer blocks.
+    depth: int = _setting(MODEL, 3)
+    #: Attention heads of each XCA layer (must divide d_model).
+    n_heads: int = _setting(MODEL, 4)
+    #: Hidden width of the block MLPs relative to d_model.
+    mlp_ratio: float = _setting(MODEL, 2.0)
+    #: Genes are grouped into at most this many tokens per cell (one gene per token when the
+    #: cell has fewer genes); XCA cost is linear in the number of tokens.
+    max_tokens: int = _setting(MODEL, 64)
+    #: Cross-covariance attention in each block (False: the blocks keep their MLPs only).
+    use_xca: bool = _setting(MODEL, True)
+    #: Condition on the BiLSTM context embedding (False: on the timestep only).
+    use_context: bool = _setting(MODEL, True)
+    #: Length of the context sequence: the cell, then its n_neighbors nearest reference cells
+    #: in known-gene space, ordered by distance.
+    n_neighbors: int = _setting(MODEL, 16)
+    #: Hidden size of each direction of the BiLSTM.
+    lstm_hidden: int = _setting(MODEL, 64)
+    #: Stacked BiLSTM layers.
+    lstm_layers: int = _setting(MODEL, 1)
+    #: The prior mean the diffusion refines (CARD-style, Han et al. 2022): what is diffused is the
+    #: residual of the target genes around it, and each target token also reads it.
+    #: "ridge": a ridge regression from known to target genes fitted on the reference;
+    #: "neighbours": the mean over the cell's reference neighbours; "none": no prior.
+    prior: str = _setting(MODEL, "ridge")
+    #: L2 penalty of the ridge prior (on standardised genes). None: chosen on the reference by
+    #: generalised cross-validation, at least the number of rows it is fitted on, cells and
+    #: pseudo-spots (`spalstf.prior.choose_alpha`).
+    prior_alpha: float | None = _setting(MODEL, None)
+    #: Fit the ridge prior on pseudo-spots too (random mixtures of 2 to 20 reference cells,
+    #: their counts summed: `spalstf.prior.pseudo_spots`) as well as on the cells, and let the
+    #: aligned-neighbour estimate read pseudo-spots beside the atlas cells: a map that has seen
+    #: mixtures transfers better to spots, and to single cells of another platform
+    #: (benchmarks/results/priors.md). False: the reference cells alone.
+    prior_mixtures: bool = _setting(MODEL, True)
+    #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
+    #: reference when it is larger); bounds the model file and the neighbour search.
+    atlas_size: int = _setting(MODEL, 20000)
+    #: The conditional DDPM (False: the denoiser regresses the target genes in one pass).
+    diffusion: bool = _setting(MODEL, True)
+    #: Diffusion steps of the forward process at training.
+    num_train_timesteps: int = _setting(MODEL, 1000)
+    #: Noise schedule: "cosine" (improved DDPM) or "linear".
+    beta_schedule: str = _setting(MODEL, "cosine")
 
+    # --- train: how the network is trained, fixed at fit ----------------------------------
+    #: Maximum passes over the reference (early stopping, max_steps and max_time may stop
+    #: sooner).
+    epochs: int = _setting(TRAIN, 60)
+    #: Maximum optimiser updates (None: no limit). A budget of work, not of seconds: it bounds
+    #: the training's cost on large references (an update reads one mini-batch, and genes are
+    #: grouped into at most `max_tokens` tokens) while the same seed still gives the same model
+    #: on a fast or a slow machine. 300 updates take under a minute on 2 CPU cores (54 s
+    #: for the demo's reference).
+    max_steps: int | None = _setting(TRAIN, 300)
+    #: Wall-clock budget for training in seconds (None: no budget). When it stops training
+    #: the model depends on the machine's speed and load: the same seed no longer reproduces.
+    max_time: float | None = _setting(TRAIN, None)
+    #: Cells per mini-batch at training (and per chunk at imputation).
+    batch_size: int = _setting(TRAIN, 256)
+    #: Learning rate of AdamW (reached after a linear warm-up of at most 100 steps).
+    learning_rate: float = _setting(TRAIN, 2e-3)
+    #: AdamW weight decay.
+    weight_decay: float = _setting(TRAIN, 1e-4)
+    #: Fraction of reference cells held out for early stopping.
+    validation_fraction: float = _setting(TRAIN, 0.1)
+    #: Stop after this many epochs without improvement of the validation loss (None: never).
+    patience: int | None = _setting(TRAIN, 10)
+    #: Exponential moving average of the weights used for sampling (0 disables).
+    ema_decay: float = _setting(TRAIN, 0.995)
+    #: Train on a seeded random subsample of at most this many reference cells (None: all).
+    max_cells: int | None = _setting(TRAIN, None)
+    #: Dropout rate inside the block MLPs.
+    dropout: float = _setting(TRAIN, 0.0)
+    #: Weight of the variational-lower-bound term (learned variance, improved-DDPM hybrid loss;
+    #: 0: the variance is fixed, not learned).
+    vlb_weight: float = _setting(TRAIN, 0.001)
+    #: Weight of the KL regulariser between predicted- and true-noise distributions.
+    kl_weight: float = _setting(TRAIN, 0.01)
+    #: bfloat16 autocast of the denoiser on CUDA devices that support it (training and
+    #: sampling); the CPU always computes in float32.
+    mixed_precision: bool = _setting(TRAIN, True)
+
+    # --- sample: how the ST is read and the diffusion sampled; may differ at imputation ---
     #: Spatial context of the ST (spalstf.spatial): the known genes entering the model are
     #: (1 - spatial_weight) x the cell's own + spatial_weight x the mean of its
     #: `spatial_neighbors` nearest cells in space. Used only when the ST has coordinates.
-    spatial_weight: float = 0.0
-    spatial_neighbors: int = 8
+    spatial_weight: float = _setting(SAMPLE, 0.0, prior=True)
+    spatial_neighbors: int = _setting(SAMPLE, 8, prior=True)
     #: Expression context of the ST (spalstf.spatial.expression_smoothed_reader): the known genes
     #: are then (1 - expression_weight) x the cell's own + expression_weight x the mean of its
     #: `expression_neighbors` nearest ST cells in known-gene space (principal components of the
@@ -44,51 +153,8 @@ class Config:
     #: rule, the median PCC of osmFISH / visium_brain / visium_lymph / simulated is 0.292 /
     #: 0.567 / 0.132 / 0.273 with it and 0.266 / 0.532 / 0.122 / 0.281 without
     #: (benchmarks/results/priors.md). 0: off.
-    expression_weight: float = 0.5
-    expression_neighbors: int = 15
-
-    # --- denoiser (XCA-Transformer) -------------------------------------------------------
-    #: Width of a token embedding.
-    d_model: int = 64
-    #: Number of transformer blocks.
-    depth: int = 3
-    #: Attention heads of each XCA layer (must divide d_model).
-    n_heads: int = 4
-    #: Hidden width of the block MLPs relative to d_model.
-    mlp_ratio: float = 2.0
-    #: Genes are grouped into at most this many tokens per cell (one gene per token when the
-    #: cell has fewer genes); XCA cost is linear in the number of tokens.
-    max_tokens: int = 64
-    #: Cross-covariance attention in each block (False: the blocks keep their MLPs only).
-    use_xca: bool = True
-    #: Dropout rate inside the block MLPs.
-    dropout: float = 0.0
-
-    # --- context (BiLSTM) -----------------------------------------------------------------
-    #: Condition on the BiLSTM context embedding (False: on the timestep only).
-    use_context: bool = True
-    #: Length of the context sequence: the cell, then its n_neighbors nearest reference cells
-    #: in known-gene space, ordered by distance.
-    n_neighbors: int = 16
-    #: Hidden size of each direction of the BiLSTM.
-    lstm_hidden: int = 64
-    #: Stacked BiLSTM layers.
-    lstm_layers: int = 1
-    #: The prior mean the diffusion refines (CARD-style, Han et al. 2022): what is diffused is the
-    #: residual of the target genes around it, and each target token also reads it.
-    #: "ridge": a ridge regression from known to target genes fitted on the reference;
-    #: "neighbours": the mean over the cell's reference neighbours; "none": no prior.
-    prior: str = "ridge"
-    #: L2 penalty of the ridge prior (on standardised genes). None: chosen on the reference by
-    #: generalised cross-validation, at least the number of rows it is fitted on, cells and
-    #: pseudo-spots (`spalstf.train.choose_alpha`).
-    prior_alpha: float | None = None
-    #: Fit the ridge prior on pseudo-spots too (random mixtures of 2 to 20 reference cells,
-    #: their counts summed: `spalstf.train.pseudo_spots`) as well as on the cells, and let the
-    #: aligned-neighbour estimate read pseudo-spots beside the atlas cells: a map that has seen
-    #: mixtures transfers better to spots, and to single cells of another platform
-    #: (benchmarks/results/priors.md). False: the reference cells alone.
-    prior_mixtures: bool = True
+    expression_weight: float = _setting(SAMPLE, 0.5, prior=True)
+    expression_neighbors: int = _setting(SAMPLE, 15, prior=True)
     #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
     #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
     #: `knn_neighbors` nearest atlas cells or pseudo-spots by cosine similarity, the ST's known
@@ -97,71 +163,28 @@ class Config:
     #: on visium_brain the ridge alone is better (benchmarks/results/priors.md), so the
     #: self-check chooses between 0 and 0.5 by default (`spalstf.selfcheck.DEFAULT_SELECT`).
     #: Used with the ridge prior only.
-    knn_weight: float = 0.5
-    knn_neighbors: int = 50
-    #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
-    #: reference when it is larger); bounds the model file and the neighbour search.
-    atlas_size: int = 20000
-
-    # --- diffusion ------------------------------------------------------------------------
-    #: The conditional DDPM (False: the denoiser regresses the target genes in one pass).
-    diffusion: bool = True
-    #: Diffusion steps of the forward process at training.
-    num_train_timesteps: int = 1000
-    #: Noise schedule: "cosine" (improved DDPM) or "linear".
-    beta_schedule: str = "cosine"
-    #: Weight of the variational-lower-bound term (learned variance, improved-DDPM hybrid loss).
-    vlb_weight: float = 0.001
-    #: Weight of the KL regulariser between predicted- and true-noise distributions.
-    kl_weight: float = 0.01
-
-    # --- training -------------------------------------------------------------------------
-    #: Maximum passes over the reference (early stopping, max_steps and max_time may stop
-    #: sooner).
-    epochs: int = 60
-    #: Maximum optimiser updates (None: no limit). A budget of work, not of seconds: it bounds
-    #: the training's cost on large references (an update reads one mini-batch, and genes are
-    #: grouped into at most `max_tokens` tokens) while the same seed still gives the same model
-    #: on a fast or a slow machine. 300 updates take under a minute on 2 CPU cores (54 s
-    #: for the demo's reference).
-    max_steps: int | None = 300
-    #: Wall-clock budget for training in seconds (None: no budget). When it stops training
-    #: the model depends on the machine's speed and load: the same seed no longer reproduces.
-    max_time: float | None = None
-    #: Cells per mini-batch at training (and per chunk at imputation).
-    batch_size: int = 256
-    #: Learning rate of AdamW (reached after a linear warm-up of at most 100 steps).
-    learning_rate: float = 2e-3
-    #: AdamW weight decay.
-    weight_decay: float = 1e-4
-    #: Fraction of reference cells held out for early stopping.
-    validation_fraction: float = 0.1
-    #: Stop after this many epochs without improvement of the validation loss (None: never).
-    patience: int | None = 10
-    #: Exponential moving average of the weights used for sampling (0 disables).
-    ema_decay: float = 0.995
-    #: Train on a seeded random subsample of at most this many reference cells (None: all).
-    max_cells: int | None = None
-    #: bfloat16 autocast of the denoiser on CUDA devices that support it (training and
-    #: sampling); the CPU always computes in float32.
-    mixed_precision: bool = True
-
-    # --- sampling -------------------------------------------------------------------------
+    knn_weight: float = _setting(SAMPLE, 0.5, prior=True)
+    knn_neighbors: int = _setting(SAMPLE, 50, prior=True)
     #: "ddim" (few respaced steps, deterministic given the initial noise) or "ddpm" (ancestral).
-    sampler: str = "ddim"
+    sampler: str = _setting(SAMPLE, "ddim")
     #: Reverse steps; ignored by "ddpm" when None (then all num_train_timesteps steps run).
-    n_steps: int = 5
+    n_steps: int = _setting(SAMPLE, 5)
     #: Samples per cell: their mean is the imputation, their std the uncertainty.
-    n_samples: int = 4
+    n_samples: int = _setting(SAMPLE, 4)
     #: DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).
-    eta: float = 0.0
+    eta: float = _setting(SAMPLE, 0.0)
     #: Pair the samples of a cell with negated noise (variance reduction of their mean).
-    antithetic: bool = True
+    antithetic: bool = _setting(SAMPLE, True)
     #: Bound each step's predicted x0 to the range of the reference (clip_denoised).
-    clip_denoised: bool = True
-    #: The imputation is prior + residual_weight x (mean sampled residual): 1 keeps the
-    #: diffusion's refinement whole, 0 returns the prior alone.
-    residual_weight: float = 1.0
+    clip_denoised: bool = _setting(SAMPLE, True)
+
+    # --- readout: what the imputed values are; may differ at imputation -------------------
+    #: Between the two outputs (`output`, below): with output "expression", the imputation is
+    #: (1 - depth_weight) x the expression + depth_weight x the value at the cell's depth (1 is
+    #: "at_depth"). Needs
+    #: counts when above 0. For counts input the self-check chooses it among 0, 0.25, 0.5,
+    #: 0.75 and 1 by default, with the prior's weights (benchmarks/results/priors.md).
+    depth_weight: float = _setting(READOUT, 0.0, prior=True)
     #: What the imputed values are. "expression": log1p(count / known-gene total x
     #: scale_factor) as the reference measures its cells, free of the ST's depth.
     #: "at_depth": the value the ST itself would measure at each cell's depth, on average,
@@ -170,12 +193,32 @@ class Config:
     #: log-normalised input). On sparse spots (Visium lymph node) it is the closer prediction
     #: of what was measured (benchmarks/results/priors.md). Keep "expression" to compare cells
     #: free of their depth.
-    output: str = "expression"
-    #: Between the two: with output "expression", the imputation is (1 - depth_weight) x the
-    #: expression + depth_weight x the value at the cell's depth (1 is "at_depth"). Needs
-    #: counts when above 0. For counts input the self-check chooses it among 0, 0.25, 0.5,
-    #: 0.75 and 1 by default, with the prior's weights (benchmarks/results/priors.md).
-    depth_weight: float = 0.0
+    output: str = _setting(READOUT, "expression", prior=True)
+    #: The imputation is prior + residual_weight x (mean sampled residual): 1 keeps the
+    #: diffusion's refinement whole, 0 returns the prior alone.
+    residual_weight: float = _setting(READOUT, 1.0)
+
+    @classmethod
+    def fields(cls, *stages: str, prior: bool | None = None) -> tuple[str, ...]:
+        """The names of the fields of `stages` (all when none is given), in their order here.
+
+        `prior`: True keeps those that change the prior's own prediction, False the others.
+        """
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if (not stages or f.metadata["stage"] in stages)
+                     and (prior is None or f.metadata["prior"] == prior))
+
+    @classmethod
+    def stage(cls, name: str) -> str:
+        """The stage of the field `name`."""
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return f.metadata["stage"]
+        raise ValueError(f"`{name}` is not a field of Config; the fields are "
+                         f"{sorted(cls.fields())}")
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with `changes` applied, refusing unknown names."""

@@ -16,10 +16,8 @@ from tqdm.auto import tqdm
 
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion
-from spalstf.model import Denoiser, NeighbourIndex
-from spalstf.preprocess import Standardizer
+from spalstf.network import Denoiser, NeighbourIndex, context_of
 from spalstf.runtime import autocast, to_device
-from spalstf.train import context_of
 
 #: Rows (cells x samples) of one denoiser pass on CPU.
 CPU_PASS_ROWS = 128
@@ -58,14 +56,14 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
                  known: np.ndarray, cells: Sequence[str], *, atlas: torch.Tensor | None,
                  index: NeighbourIndex | None, clip, seed: int,
                  device: torch.device, prior_only: bool = False,
-                 knn_estimate: np.ndarray | None = None,
+                 centre: np.ndarray | None = None,
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Samples for one chunk of cells, in the model's space: (residuals, prior).
 
     With `prior_only`, no denoiser pass runs: one residual of zeros (the prior alone).
-    `knn_estimate` (n_cells, n_target), when given, is blended into the prior the samples are
-    centred on, with weight `config.knn_weight`; the network still reads the ridge prior it
-    was trained with.
+    `centre` (n_cells, n_target), when given, is the prior the samples are centred on (the
+    chunk's `spalstf.prior.Blend`); None: the network's own prior (`Config.prior`). The network
+    still reads the prior it was trained with.
 
     residuals: (n_samples, n_cells, n_target), the sampled targets minus the prior; prior:
     (n_cells, n_target), zeros without a prior. A sample is prior + residual.
@@ -84,10 +82,10 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     # n_steps x n_samples per cell, run under autocast.
     ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
     # With a prior the model works on the residual around it (see spalstf.train.batch_loss).
-    offset = torch.zeros(n_cells, n_target, device=device) if prior is None else prior
-    if knn_estimate is not None and prior is not None:
-        w = config.knn_weight
-        offset = (1 - w) * offset + w * to_device(knn_estimate, device)
+    if centre is not None:
+        offset = to_device(centre, device)
+    else:
+        offset = torch.zeros(n_cells, n_target, device=device) if prior is None else prior
     if prior_only:
         return np.zeros((1, n_cells, n_target), dtype=np.float32), offset.float().cpu().numpy()
     if not config.diffusion:
@@ -138,33 +136,13 @@ def _denoise(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
     return x.reshape(n_samples, n_cells, n_target).cpu().numpy()
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero): Euclidean order = cosine order."""
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-
-def knn_estimate(index: NeighbourIndex, known_z: np.ndarray, atlas: torch.Tensor, n_known: int,
-                 k: int) -> np.ndarray:
-    """Mean target genes (model space) of each cell's k most cosine-similar atlas cells.
-
-    `known_z`: the cells' known genes z-scored over their own data set; the atlas's are
-    z-scored over the reference. Aligning the two data sets by their own statistics, then
-    comparing profile shapes (cosine), is what makes SpaGE robust to platform effects.
-    """
-    idx, _ = index.query(unit_rows(known_z), k)
-    nb = torch.as_tensor(idx, device=atlas.device)
-    return atlas[nb][:, :, n_known:].mean(dim=1).cpu().numpy()
-
-
 def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config, n_cells: int,
                  read_known: Callable[[slice], np.ndarray], cells: Sequence[str],
                  to_output: Callable[[np.ndarray, slice], np.ndarray], *, atlas: np.ndarray | None,
-                 mixtures: np.ndarray | None = None,
                  clip: tuple[np.ndarray, np.ndarray] | None, seed: int, device: torch.device,
                  progress: bool, sink: Sink | None = None,
                  residual_weights: Sequence[float] | None = None, prior_only: bool = False,
-                 read_knn: Callable[[slice], np.ndarray] | None = None,
+                 prior: Callable[[slice], np.ndarray] | None = None,
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Mean and std over samples for all cells, on the output scale, chunk by chunk.
 
@@ -181,22 +159,14 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     The std is that of the unshrunk samples: the model's own spread, whatever the weight.
     With `residual_weights` (several weights, one sampling), the mean has a leading axis: one
     imputation per weight. `prior_only`: the prior alone, no sampling (and no std).
-    `read_knn(rows)`: the chunk's known genes z-scored over the ST, for the aligned-neighbour
-    estimate blended into the prior (`config.knn_weight`; see `knn_estimate`), whose
-    neighbours are atlas cells or `mixtures` (pseudo-spots, the same columns as the atlas).
+    `prior(rows)`: the prior of the chunk in model space, which its samples are centred on
+    (`spalstf.prior.Blend.reader`: the base predictors and their weights); None: the network's
+    own prior. `atlas`: the reference cells of the network's context.
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)
     index = None if atlas is None else NeighbourIndex(atlas[:, :network.n_known], device=device)
     clip_t = None if clip is None else tuple(torch.as_tensor(c, device=device) for c in clip)
-    use_knn = read_knn is not None and atlas is not None and config.knn_weight > 0
-    knn_index = knn_atlas = None
-    if use_knn:
-        profiles = atlas if mixtures is None else np.concatenate([atlas, mixtures])
-        knn_atlas = torch.as_tensor(profiles, device=device)
-        # z-scored over its own profiles, as the ST's known genes are over the ST
-        known = profiles[:, :network.n_known]
-        knn_index = NeighbourIndex(unit_rows(Standardizer.fit(known).transform(known)), device)
     with_std = config.diffusion and config.n_samples > 1 and not prior_only
     weights = [config.residual_weight] if residual_weights is None else list(residual_weights)
     if residual_weights is not None and sink is not None:
@@ -210,15 +180,13 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     for start in tqdm(chunks, desc="spalstf impute", unit="chunk", disable=not progress,
                       leave=False):
         rows = slice(start, min(start + batch_size, n_cells))
-        residuals, prior = sample_chunk(network, diffusion, config, read_known(rows),
-                                        cells[rows], atlas=atlas_t, index=index, clip=clip_t,
-                                        seed=seed, device=device, prior_only=prior_only,
-                                        knn_estimate=None if knn_index is None else knn_estimate(
-                                            knn_index, read_knn(rows), knn_atlas, network.n_known,
-                                            config.knn_neighbors))
+        residuals, centre = sample_chunk(network, diffusion, config, read_known(rows),
+                                         cells[rows], atlas=atlas_t, index=index, clip=clip_t,
+                                         seed=seed, device=device, prior_only=prior_only,
+                                         centre=None if prior is None else prior(rows))
         residual = residuals.mean(axis=0)
-        means = [to_output(prior + w * residual, rows) for w in weights]
-        spread = to_output(prior[None] + residuals, rows).std(axis=0) if with_std else None
+        means = [to_output(centre + w * residual, rows) for w in weights]
+        spread = to_output(centre[None] + residuals, rows).std(axis=0) if with_std else None
         if sink is not None:
             sink(rows, means[0], spread)
             continue

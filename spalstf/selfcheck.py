@@ -9,11 +9,12 @@ genes of the main run).
 
 The same inner folds choose among candidate settings (`select=`): each candidate's score is the
 median per-gene PCC over all hidden genes; the best wins, ties go to the earlier candidate.
-Settings that act at sampling time (`spalstf.api.INFERENCE_OPTIONS`: the spatial context, the
-aligned-neighbour estimate's weight, the weight of the diffusion's refinement) are tried on the
-same fitted inner models, so a grid of them costs samplings, not fits; those that shape the
-prior or how it is read out (`PRIOR_OPTIONS`, the depth weight of the output among them) are
-chosen first, on the prior alone, which needs no sampling. The output ("expression" or
+Settings that act at sampling time (the sample and readout stages of `spalstf.Config`: the
+spatial context, the aligned-neighbour estimate's weight, the weight of the diffusion's
+refinement) are tried on the same fitted inner models, so a grid of them costs samplings, not
+fits; those that shape the prior or how it is read out (`PRIOR_OPTIONS`, the fields marked
+``prior``, the depth weight of the output among them) are chosen first, on the prior alone,
+which needs no sampling. The output ("expression" or
 "at_depth"), when you offer both, is a different kind of choice, made gene by gene: see
 `OUTPUT_WIN_SHARE`.
 
@@ -27,29 +28,35 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from spalstf.config import INFERENCE_STAGES, Config
+
+if TYPE_CHECKING:
+    from spalstf.data import Expression
+
 logger = logging.getLogger(__name__)
 
+#: The self-check runs by default ("auto") when the ST has at least this many known genes.
+MIN_GENES = 8
 #: The inner fits together get this share of the main fit's training budget (`max_steps`,
 #: and `max_time` when one is set).
 FIT_BUDGET_SHARE = 0.5
 #: Cells scored (a seeded subsample of the ST when it has more): correlations over 2000 cells
 #: are precise to about +-0.02, and the cost no longer grows with the section's size.
 MAX_CELLS = 2000
-#: Options `select=` may choose among: they act at sampling time, on the same inner fits.
-SELECTABLE = ("spatial_weight", "spatial_neighbors", "expression_weight",
-              "expression_neighbors", "knn_weight", "knn_neighbors", "residual_weight", "output",
-              "depth_weight")
 #: Options that shape the prior or how it is read out (chosen in stage 1, on predictions of
-#: the prior alone).
-PRIOR_OPTIONS = ("spatial_weight", "spatial_neighbors", "expression_weight",
-                 "expression_neighbors", "knn_weight", "knn_neighbors", "depth_weight", "output")
+#: the prior alone): the sample and readout fields of `Config` marked ``prior``.
+PRIOR_OPTIONS = Config.fields(*INFERENCE_STAGES, prior=True)
+#: Options `select=` may choose among: they act at sampling time, on the same inner fits. The
+#: prior's (stage 1) and the weight of the diffusion's refinement (stage 2: one sampling per
+#: inner fold gives every weight).
+SELECTABLE = (*PRIOR_OPTIONS, "residual_weight")
 #: An output other than the first listed ("expression") is chosen only where, at the prior's
 #: chosen settings, it predicts more than this share of the hidden genes better: most of
 #: them (a paired, gene-by-gene comparison, not the medians'). What the depth changes, it
@@ -203,7 +210,7 @@ def reference_predictability(known: Any, target: Any, *, alpha: float | None, se
     by a ridge fitted on the other). Inputs: standardised cells x genes (arrays or row-indexable
     readers). NaN for a gene without variance."""
     from spalstf.evaluate import metrics
-    from spalstf.train import fit_ridge
+    from spalstf.prior import fit_ridge
 
     n = known.shape[0]
     rows = np.sort(np.random.default_rng([seed, 2]).choice(n, min(n, max_cells), replace=False))
@@ -247,19 +254,22 @@ def _nanmedian(values: np.ndarray) -> float:
 
 def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
         select: Mapping[str, Sequence] | None, n_folds: int, seed: int, log_normalized: bool,
-        device, spatial: Any, progress: bool, fit_budget_share: float = FIT_BUDGET_SHARE,
+        device, spatial: Any, progress: bool, fit: Callable[..., Any],
+        fit_budget_share: float = FIT_BUDGET_SHARE,
         max_cells: int = MAX_CELLS) -> SelfCheckResult:
     """The inner leave-genes-out over the ST's known genes (see the module's docstring).
 
     known_pairs: (ST name, reference name) of each known gene of the main run. Candidate
-    settings in `select` must be among `SELECTABLE` (sampling-time options).
+    settings in `select` must be among `SELECTABLE` (sampling-time options). `fit` fits each
+    inner model, as `spalstf.model.fit_model` (reference, known, targets, output names,
+    config, then keywords) and returns it (its `_predict` and `info["reference_pcc"]` are
+    read): handed in, so that the self-check imports neither the model nor the API.
     Each inner fit gets `fit_budget_share / n_folds` of the main run's training budget
     (`max_steps`, and `max_time` when set): the self-check's fits together cost about
     `fit_budget_share` main fits.
     Scores are computed on a seeded subsample of at most `max_cells` ST cells (their spatial
     neighbours are read from all cells).
     """
-    from spalstf import api
     from spalstf.preprocess import depth_blend, log_normalize
 
     start = time.perf_counter()
@@ -293,7 +303,7 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
         inner_known = [g for g in st_names if g not in hidden]
         logger.info("self-check fold %d/%d: hiding %d of %d known genes", i + 1, len(folds),
                     len(hidden), len(st_names))
-        models.append(api._fit_expression(
+        models.append(fit(
             sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
             list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed, device=device,
             progress=progress))
@@ -389,3 +399,51 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg, *,
                 result.median_pcc, result.median_spcc, len(hidden_order),
                 f"; selected {result.selected}" if select else "", result.seconds)
     return result
+
+
+def maybe_run(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: Config, *,
+              self_check, select, n_folds, seed, log_normalized, device, spatial,
+              progress, fit: Callable[..., Any],
+              given: frozenset[str] | set[str] = frozenset()) -> SelfCheckResult | None:
+    """Validate the self-check options and `run` it when asked (or when "auto" says so).
+    `fit`: as `run`'s; `given`: options the user set, which "auto" selection leaves as they
+    are."""
+    from spalstf.spatial import coordinates
+
+    if self_check not in (True, False, "auto"):
+        raise ValueError(f"`self_check` must be True, False or 'auto'; received {self_check!r}")
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"`self_check_folds` must be an integer >= 2; received {n_folds!r}")
+    if select == "auto":
+        has_xy = coordinates(st_expr.source, spatial, st_expr.n_cells) is not None
+        # the depth needs counts; an output you gave is kept whole, not blended
+        select = {k: v for k, v in DEFAULT_SELECT.items()
+                  if (has_xy or k != "spatial_weight") and k not in given
+                  and not (k in ("output", "depth_weight")
+                           and (log_normalized or "output" in given))}
+    elif isinstance(select, str):
+        raise ValueError(f"`select` must be 'auto', None or a dict; received {select!r}")
+    select = check_select(select, SELECTABLE)
+    if log_normalized and "at_depth" in select.get("output", ()):
+        raise ValueError("`select['output']` offers 'at_depth', which needs the ST's counts "
+                         "(each cell's depth); received log-normalised input")
+    if log_normalized and any(w > 0 for w in select.get("depth_weight", ())):
+        raise ValueError("`select['depth_weight']` offers weights above 0, which need the ST's "
+                         "counts (each cell's depth); received log-normalised input")
+    for candidate in candidates(select):
+        cfg.replace(**candidate)  # every candidate value is valid, before any fit
+    n_known = len(known_pairs)
+    if self_check == "auto":
+        self_check = n_known >= MIN_GENES
+        if not self_check:
+            logger.info("self-check skipped: the ST has %d known genes (fewer than %d)",
+                        n_known, MIN_GENES)
+    if not self_check:
+        return None
+    if n_known < max(n_folds, 2):
+        raise ValueError(f"the self-check hides groups of the ST's known genes, so it needs at "
+                         f"least `self_check_folds` ({n_folds}) of them; there are {n_known}. "
+                         "Pass self_check=False")
+    return run(st_expr, sc_expr, known_pairs, cfg, select=select, n_folds=n_folds, seed=seed,
+               log_normalized=log_normalized, device=device, spatial=spatial,
+               progress=progress, fit=fit)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from spalstf.model import NeighbourIndex
+from spalstf.network import NeighbourIndex
 from spalstf.preprocess import Standardizer
 
 

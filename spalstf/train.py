@@ -22,7 +22,14 @@ from spalstf import distributed
 from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
-from spalstf.model import Denoiser, NeighbourIndex, build_sequence, neighbour_mean
+from spalstf.network import (
+    Denoiser,
+    NeighbourIndex,
+    build_network,
+    context_of,
+    needs_neighbours,
+)
+from spalstf.prior import Reference, RidgePrior
 from spalstf.runtime import autocast, to_device
 
 logger = logging.getLogger(__name__)
@@ -59,191 +66,8 @@ class TrainResult:
     best_epoch: int = 0
     seconds: float = 0.0
     prior_alpha: float | None = None  # the ridge prior's penalty (chosen when config's is None)
-
-
-def build_network(n_known: int, n_target: int, config: Config) -> Denoiser:
-    return Denoiser(
-        n_known, n_target, d_model=config.d_model, depth=config.depth, n_heads=config.n_heads,
-        mlp_ratio=config.mlp_ratio, max_tokens=config.max_tokens, use_xca=config.use_xca,
-        dropout=config.dropout, use_context=config.use_context, lstm_hidden=config.lstm_hidden,
-        lstm_layers=config.lstm_layers,
-    )
-
-
-def context_of(network: Denoiser, config: Config, known: torch.Tensor,
-               atlas: torch.Tensor | None, neighbours: torch.Tensor | None,
-               distances: torch.Tensor | None):
-    """(BiLSTM context embedding, prior mean of the targets) of a batch; either may be None."""
-    n_known = network.n_known
-    ctx = prior = None
-    if network.context is not None and atlas is not None:
-        ctx = network.encode_context(build_sequence(known, atlas, neighbours, distances, n_known))
-    if config.prior == "ridge":
-        prior = known @ network.prior_weights + network.prior_bias
-    elif config.prior == "neighbours":
-        prior = neighbour_mean(atlas, neighbours, n_known)
-    return ctx, prior
-
-
-def needs_neighbours(config: Config) -> bool:
-    return config.use_context or config.prior == "neighbours"
-
-
-def _moments(known, target, rows: np.ndarray, block: int, spots=None):
-    """(n, sum of x, sum of y, x'x, x'y, per-target sum of y^2) over the cells `rows` and
-    the (x, y) blocks `spots()` yields. Arrays are read whole; matrices read on demand
-    (`spalstf.data.CellRows`) a block of rows at a time."""
-    n, sum_x, sum_y = 0, np.zeros(known.shape[1]), np.zeros(target.shape[1])
-    gram, cross = np.zeros((known.shape[1],) * 2), np.zeros((known.shape[1], target.shape[1]))
-    squares = np.zeros(target.shape[1])
-
-    def blocks():
-        if isinstance(known, np.ndarray) and isinstance(target, np.ndarray):
-            yield known[rows], target[rows]
-        else:
-            for start in range(0, len(rows), block):
-                part = np.sort(rows[start:start + block])
-                yield known[part], target[part]
-        if spots is not None:
-            yield from spots()
-
-    for x, y in blocks():
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        n += len(x)
-        sum_x += x.sum(0)
-        sum_y += y.sum(0)
-        gram += x.T @ x
-        cross += x.T @ y
-        squares += (y ** 2).sum(0)
-    return n, sum_x, sum_y, gram, cross, squares
-
-
-def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
-              rows: np.ndarray | None = None, block: int = 16384,
-              return_alpha: bool = False):
-    """Ridge weights (n_known, n_target) from standardised known to standardised target genes.
-
-    On the cells `rows` (all when None). Arrays are used whole; matrices read on demand are
-    accumulated a block of rows at a time. `alpha=None` chooses the penalty (see
-    `choose_alpha`); `return_alpha` also returns the penalty used.
-    """
-    rows = np.arange(known.shape[0]) if rows is None else np.asarray(rows)
-    _, _, _, gram, cross, squares = _moments(known, target, rows, block)
-    squares = float(squares.sum())
-    if alpha is None:
-        alpha = choose_alpha(gram, cross, squares, len(rows))
-    weights = np.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross).astype(np.float32)
-    return (weights, float(alpha)) if return_alpha else weights
-
-
-#: The ridge prior is fitted on the reference cells and on pseudo-spots: random mixtures of
-#: this many cells, MIXTURES_PER_SIZE of each size (`Config.prior_mixtures`). A Visium spot
-#: mixes cells, and a map fitted on single cells alone transfers worse to spots; mixtures
-#: of several sizes serve single cells of another platform (osmFISH) too. Measured on the
-#: priors with the self-check's earlier rule (5-fold median PCC, benchmarks/results/priors.md,
-#: cells alone -> with pseudo-spots): osmFISH 0.255 -> 0.287, visium_brain 0.518 -> 0.536,
-#: visium_lymph 0.131 -> 0.127, simulated 0.283 -> 0.284.
-MIXTURE_SIZES = (2, 5, 10, 20)
-MIXTURES_PER_SIZE = 2000
-#: Pseudo-spots of each size the model keeps beside its atlas for the aligned-neighbour
-#: estimate (`spalstf.infer.knn_estimate`): a spot's nearest profiles may then be mixtures.
-ESTIMATE_MIXTURES_PER_SIZE = 500
-
-
-def pseudo_spots(data: TrainingData, rows: np.ndarray, *, seed: int,
-                 per_size: int = MIXTURES_PER_SIZE, block: int = 128):
-    """Blocks of (known, target) standardised profiles of random mixtures of the cells `rows`,
-    `per_size` of each size in MIXTURE_SIZES.
-
-    Each mixture sums the counts of its cells (drawn with replacement; `data.depth` recovers
-    counts from the log-normalised values) and is normalised over its known genes as a cell
-    is, then standardised with the cells' scalers. Seeded: the same mixtures every call.
-    """
-    known_scaler, target_scaler = data.scalers
-    depth = None if data.depth is None else np.asarray(data.depth, np.float64).ravel()
-    pool = np.asarray(rows) if depth is None else np.asarray(rows)[depth[rows] > 0]
-    if len(pool) == 0:
-        return
-    rng = np.random.default_rng([seed, 4])
-
-    def expression(values: np.ndarray, scaler) -> np.ndarray:  # back to count x factor
-        return np.expm1(values.astype(np.float64) * scaler.std + scaler.mean)
-
-    for size in MIXTURE_SIZES:
-        for start in range(0, per_size, block):
-            members = pool[rng.integers(0, len(pool), (min(block, per_size - start), size))]
-            flat = members.ravel()
-            weight = (np.ones(len(flat)) if depth is None else depth[flat])[:, None]
-            out = []
-            for values, scaler in ((data.known[flat], known_scaler),
-                                   (data.target[flat], target_scaler)):
-                mixed = (expression(values, scaler) * weight).reshape(*members.shape, -1).sum(1)
-                mixed /= weight.reshape(members.shape).sum(1, keepdims=True)
-                out.append((np.log1p(mixed) - scaler.mean) / scaler.std)
-            yield out[0], out[1]
-
-
-def fit_prior(known: np.ndarray, target: np.ndarray, rows: np.ndarray, alpha: float | None,
-              *, spots=None, block: int = 16384):
-    """The ridge prior: (weights, bias, penalty), target ~ known @ weights + bias.
-
-    Fitted on the cells `rows` and, when `spots` is given, on the blocks of (known, target)
-    rows it yields (`pseudo_spots`). The rows are centred and scaled to unit variance per
-    gene (their own, so the penalty means the same with and without pseudo-spots); the
-    penalty `alpha` is chosen by `choose_alpha` when None. Everything is accumulated as
-    moments, a block of rows at a time.
-    """
-    n, sum_x, sum_y, gram, cross, squares = _moments(known, target, np.asarray(rows), block,
-                                                     spots)
-    n = max(n, 1)
-    mean_x, mean_y = sum_x / n, sum_y / n
-    gram -= n * np.outer(mean_x, mean_x)
-    cross -= n * np.outer(mean_x, mean_y)
-    squares -= n * mean_y ** 2
-    sd_x = np.sqrt(np.clip(np.diag(gram), 0, None) / n)
-    sd_x = np.where(sd_x > 1e-6, sd_x, 1.0)
-    sd_y = np.sqrt(np.clip(squares, 0, None) / n)
-    sd_y = np.where(sd_y > 1e-6, sd_y, 1.0)
-    gram = gram / np.outer(sd_x, sd_x)
-    cross = cross / np.outer(sd_x, sd_y)
-    if alpha is None:
-        alpha = choose_alpha(gram, cross, float((squares / sd_y ** 2).sum()), n)
-    scaled = np.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross)
-    weights = scaled / sd_x[:, None] * sd_y[None, :]
-    bias = mean_y - mean_x @ weights
-    return weights.astype(np.float32), bias.astype(np.float32), float(alpha)
-
-
-#: Penalties `choose_alpha` compares, in units of the number of cells.
-ALPHA_GRID = tuple(10 ** (k / 4) for k in range(9))  # 1 to 100
-
-
-def choose_alpha(gram: np.ndarray, cross: np.ndarray, squares: float, n: int) -> float:
-    """The ridge penalty: generalised cross-validation on the reference, at least n.
-
-    GCV (Golub, Heath and Wahba 1979) picks, among n x `ALPHA_GRID`, the penalty whose
-    leave-one-out error on the reference cells is smallest, computed exactly from the Gram
-    matrix (no pass over the cells). The floor of n (on z-scored genes: a penalty as large as
-    the data's own diagonal) is for the other platform: the map must transfer to the ST, and a
-    fit tuned to the reference alone under-shrinks. Measured, 5-fold median PCC of the prior:
-    at least as good as a fixed penalty of 10 on every data set here, and far better where
-    the reference has fewer cells than known genes (benchmarks/results/accuracy.md).
-    """
-    if n < 2:
-        return float(max(n, 1))
-    eig, vec = np.linalg.eigh(gram)
-    eig = np.clip(eig, 0.0, None)
-    proj = ((vec.T @ cross) ** 2).sum(axis=1)  # per eigen-direction, summed over targets
-    best, best_alpha = np.inf, float(n)
-    for unit in ALPHA_GRID:
-        alpha = unit * n
-        shrink = 1.0 / (eig + alpha)
-        rss = squares - 2 * (proj * shrink).sum() + (eig * proj * shrink ** 2).sum()
-        dof = (eig * shrink).sum()
-        gcv = n * max(rss, 0.0) / max(n - dof, 1e-9) ** 2
-        if gcv < best:
-            best, best_alpha = gcv, alpha
-    return best_alpha
+    #: the ridge prior the network was trained with (its buffers hold the same map)
+    ridge: RidgePrior | None = None
 
 
 def batch_loss(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
@@ -311,21 +135,13 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     order = rng.permutation(n_cells)
     n_val = int(round(config.validation_fraction * n_cells)) if n_cells >= 20 else 0
     val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
-    prior_alpha = None
-    if config.prior == "ridge":
-        spots = None
-        if config.prior_mixtures and data.scalers is not None and len(train_rows):
-            def spots():
-                return pseudo_spots(data, train_rows, seed=seed)
-        weights, bias, prior_alpha = fit_prior(data.known, data.target, train_rows,
-                                               config.prior_alpha, spots=spots)
-        network.prior_weights.copy_(torch.as_tensor(weights))
-        network.prior_bias.copy_(torch.as_tensor(bias))
-        logger.info("ridge prior: penalty %.4g on %d cells%s%s", prior_alpha, len(train_rows),
-                    "" if spots is None else
-                    f" and {len(MIXTURE_SIZES) * MIXTURES_PER_SIZE} pseudo-spots",
-                    " (chosen by GCV, at least the number of rows)"
-                    if config.prior_alpha is None else "")
+    ridge = None
+    if config.prior == "ridge":  # fitted on the training cells only (validation held out)
+        ridge = RidgePrior(config)
+        ridge.fit(Reference(data.known, data.target, scalers=data.scalers, depth=data.depth,
+                            rows=train_rows), seed=seed)
+        network.prior_weights.copy_(torch.as_tensor(ridge.weights))
+        network.prior_bias.copy_(torch.as_tensor(ridge.bias))
     use_neighbours = needs_neighbours(config)
     if use_neighbours and data.neighbours is None:
         index = NeighbourIndex(data.atlas[:, :n_known], device=device)
@@ -366,7 +182,8 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   lambda s: min(1.0, (s + 1) / warmup))
 
-    result = TrainResult(network=ema, prior_alpha=prior_alpha)
+    result = TrainResult(network=ema, ridge=ridge,
+                         prior_alpha=None if ridge is None else ridge.alpha)
     best_loss, best_state, bad_epochs, step = math.inf, None, 0, 0
     first_epoch, seconds_before = 0, 0.0
     resumed = checkpointer.resume_state if checkpointer is not None else None

@@ -12,6 +12,7 @@ from conftest import FAST, as_counts
 
 import spalstf
 from spalstf.preprocess import expected_at_depth
+from spalstf.prior import AlignedNeighbours
 
 
 def test_impute_returns_a_new_anndata_with_the_documented_slots(tiny_pair):
@@ -132,16 +133,23 @@ def test_the_estimate_reads_the_models_pseudo_spots(tiny_pair, tiny_model, tmp_p
     n_known = len(tiny_model.known_genes)
     assert tiny_model.mixtures.shape == (2000, tiny_model.atlas.shape[1])
     base = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=1.0)
+
+    def with_mixtures(mixtures):  # a copy of the model whose estimate reads other pseudo-spots
+        aligned = tiny_model.predictors["aligned"]
+        other = copy.copy(tiny_model)
+        other.predictors = {**tiny_model.predictors, "aligned": AlignedNeighbours(
+            aligned.config, atlas=aligned.atlas, mixtures=mixtures, n_known=aligned.n_known)}
+        return other
+
     # pseudo-spots whose targets lie far above every atlas cell's pull the estimate up
-    marked = copy.copy(tiny_model)
-    marked.mixtures = tiny_model.mixtures.copy()
-    marked.mixtures[:, n_known:] += 5.0
-    pulled = marked.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=1.0)
+    shifted = tiny_model.mixtures.copy()
+    shifted[:, n_known:] += 5.0
+    pulled = with_mixtures(shifted).impute(st, seed=5, progress=False, residual_weight=0.0,
+                                           knn_weight=1.0)
     assert (pulled.X > base.X + 0.1).mean() > 0.9
     # without them, the cells alone
-    bare = copy.copy(tiny_model)
-    bare.mixtures = None
-    alone = bare.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=1.0)
+    alone = with_mixtures(None).impute(st, seed=5, progress=False, residual_weight=0.0,
+                                       knn_weight=1.0)
     assert np.abs(alone.X - base.X).max() > 1e-3
     tiny_model.save(tmp_path / "m")
     np.testing.assert_array_equal(spalstf.load(tmp_path / "m").mixtures, tiny_model.mixtures)

@@ -6,7 +6,7 @@ import torch
 from conftest import FAST
 
 import spalstf
-from spalstf.model import ContextEncoder, Denoiser, NeighbourIndex, XCABlock, XCAttention
+from spalstf.network import ContextEncoder, Denoiser, NeighbourIndex, XCABlock, XCAttention
 
 
 def test_xca_attends_between_channels_of_one_cell():
@@ -142,7 +142,7 @@ def test_neighbour_queries_keep_only_k_columns_in_memory():
 
 
 def test_ridge_penalty_is_chosen_by_exact_gcv_and_floored_at_the_cell_count():
-    from spalstf.train import ALPHA_GRID, choose_alpha, fit_ridge
+    from spalstf.prior import ALPHA_GRID, choose_alpha, fit_ridge
 
     rng = np.random.default_rng(0)
     n, p, t = 60, 12, 3
@@ -170,7 +170,7 @@ def test_ridge_penalty_is_chosen_by_exact_gcv_and_floored_at_the_cell_count():
 
 
 def test_ridge_prior_has_an_intercept_and_standardises_its_own_rows():
-    from spalstf.train import fit_prior
+    from spalstf.prior import fit_prior
 
     rng = np.random.default_rng(1)
     x = rng.normal(2.0, 3.0, size=(400, 5))  # neither centred nor unit-scaled
@@ -197,15 +197,14 @@ def test_ridge_prior_has_an_intercept_and_standardises_its_own_rows():
 
 def test_pseudo_spots_sum_the_counts_of_their_cells():
     from spalstf.preprocess import Standardizer, log_normalize
-    from spalstf.train import MIXTURES_PER_SIZE, TrainingData, pseudo_spots
+    from spalstf.prior import MIXTURES_PER_SIZE, Reference, pseudo_spots
 
     counts = np.array([[30.0, 10.0, 5.0, 0.0],    # a shallow cell: known genes 0-1, target 2-3
                        [100.0, 300.0, 0.0, 80.0]])  # a deep one
     known_log, target_log = log_normalize(counts[:, :2], counts[:, 2:])
     scalers = Standardizer.fit(known_log), Standardizer.fit(target_log)
-    data = TrainingData(scalers[0].transform(known_log), scalers[1].transform(target_log),
-                        atlas=np.zeros((2, 4)), scalers=scalers,
-                        depth=counts[:, :2].sum(1, keepdims=True))
+    data = Reference(scalers[0].transform(known_log), scalers[1].transform(target_log),
+                     scalers=scalers, depth=counts[:, :2].sum(1, keepdims=True))
 
     def expected(c):  # a spot as the ST measures one: its cells' counts summed, normalised
         total = c[:2].sum()
@@ -232,7 +231,7 @@ def test_pseudo_spots_make_the_prior_transfer_to_spots_that_mix_cells():
     from spalstf.datasets import simulate
     from spalstf.evaluate import metrics
     from spalstf.preprocess import Standardizer, log_normalize
-    from spalstf.train import TrainingData, fit_prior, pseudo_spots
+    from spalstf.prior import Reference, fit_prior, pseudo_spots
 
     _, sc = simulate(n_st=50, n_sc=1500, n_genes=80, n_measured=40, seed=0)
     counts = np.asarray(sc.X, np.float64)
@@ -241,8 +240,8 @@ def test_pseudo_spots_make_the_prior_transfer_to_spots_that_mix_cells():
     spots = other[np.random.default_rng(0).integers(0, len(other), (300, 10))].sum(1)
     known_log, target_log = log_normalize(ref[:, :40], ref[:, 40:])
     scalers = Standardizer.fit(known_log), Standardizer.fit(target_log)
-    data = TrainingData(scalers[0].transform(known_log), scalers[1].transform(target_log),
-                        atlas=np.zeros((1, 1)), scalers=scalers, depth=ref[:, :40].sum(1))
+    data = Reference(scalers[0].transform(known_log), scalers[1].transform(target_log),
+                     scalers=scalers, depth=ref[:, :40].sum(1))
     spot_known, spot_truth = log_normalize(spots[:, :40], spots[:, 40:])
     error, pcc = {}, {}
     for name, extra in (("cells", None),
@@ -258,7 +257,7 @@ def test_pseudo_spots_make_the_prior_transfer_to_spots_that_mix_cells():
 
 def test_a_network_saved_before_the_prior_had_an_intercept_loads_with_a_zero_bias():
     from spalstf.config import Config
-    from spalstf.train import build_network
+    from spalstf.network import build_network
 
     cfg = Config(d_model=16, n_heads=2, depth=1)
     saved = build_network(6, 4, cfg)

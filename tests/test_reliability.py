@@ -487,8 +487,8 @@ def test_damaged_or_foreign_model_folders_give_a_clear_error(tiny_model, tmp_pat
     (path / "model.json").write_text(meta[: len(meta) // 2])
     with pytest.raises(ValueError, match="truncated or corrupted"):
         spalstf.load(path)
-    (path / "model.json").write_text(meta.replace('"format_version": 1', '"format_version": 7'))
-    with pytest.raises(ValueError, match="model format 7.*reads format 1"):
+    (path / "model.json").write_text(meta.replace('"format_version": 2', '"format_version": 7'))
+    with pytest.raises(ValueError, match="model format 7.*reads format 1 and 2"):
         spalstf.load(path)
     (path / "model.json").write_text(meta.replace('"d_model": 16', '"d_model": 32'))
     with pytest.raises(ValueError, match="inconsistent.*incompatible spalstf version"):

@@ -16,7 +16,7 @@ import torch
 from conftest import FAST
 
 import spalstf
-from spalstf import api
+from spalstf import model as model_module
 from spalstf.cli import main
 from spalstf.data import CellRows, as_expression, cell_factors
 from spalstf.preprocess import Standardizer, log_normalize
@@ -112,7 +112,7 @@ def test_a_large_sparse_reference_is_never_densified(tiny_pair, monkeypatch, tmp
     sc_sparse = sc.copy()
     sc_sparse.X = sp.csr_matrix(sc.X)
     sc_sparse.write_h5ad(tmp_path / "sc.h5ad")
-    monkeypatch.setattr(api, "DENSE_TRAINING_BYTES", 0)
+    monkeypatch.setattr(model_module, "DENSE_TRAINING_BYTES", 0)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the reference was densified whole")
@@ -260,7 +260,7 @@ def test_each_st_cell_is_smoothed_at_most_twice_per_imputation(tiny_model, tiny_
     # where the network and the estimate share the same read.
     st, _ = tiny_pair
     reads = []
-    smoothed = api.expression_smoothed_reader
+    smoothed = model_module.expression_smoothed_reader
 
     def counting(*args, **kwargs):
         reader = smoothed(*args, **kwargs)
@@ -270,7 +270,7 @@ def test_each_st_cell_is_smoothed_at_most_twice_per_imputation(tiny_model, tiny_
             return reader(rows)
         return read
 
-    monkeypatch.setattr(api, "expression_smoothed_reader", counting)
+    monkeypatch.setattr(model_module, "expression_smoothed_reader", counting)
     out = tiny_model.impute(st, seed=0, progress=False, knn_weight=0.5, batch_size=16)
     assert out.uns["spalstf"]["params"]["expression_weight"] > 0
     times = np.bincount(np.concatenate(reads), minlength=st.n_obs)

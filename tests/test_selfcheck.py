@@ -165,13 +165,13 @@ def test_selection_is_reproducible_with_a_seed(tiny_pair):
 def test_the_inner_fits_share_half_the_update_budget(tiny_pair, monkeypatch):
     st, sc = tiny_pair
     budgets = []
-    fit = spalstf.api._fit_expression
+    fit = spalstf.api.fit_model
 
     def recording(*args, **kwargs):
         budgets.append((args[4].max_steps, args[4].max_time))
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(spalstf.api, "_fit_expression", recording)
+    monkeypatch.setattr(spalstf.api, "fit_model", recording)
     spalstf.impute(st, sc, list(st.obsm["truth"].columns)[:2], self_check=True,
                    self_check_folds=2, **{**FAST, "max_steps": 40, "max_time": 60})
     # two inner fits of 40 x 0.5 / 2 updates (and seconds), then the main fit

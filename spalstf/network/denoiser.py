@@ -15,8 +15,8 @@ import math
 import torch
 from torch import nn
 
-from spalstf.model.context import ContextEncoder
-from spalstf.model.xca import XCABlock, modulate
+from spalstf.network.context import ContextEncoder
+from spalstf.network.xca import XCABlock, modulate
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

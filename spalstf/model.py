@@ -1,0 +1,829 @@
+"""`Model`: a trained SpaLSTF model; `fit_model` trains one, `load` reads one back.
+
+Below the public functions (`spalstf.api` validates the user's input and calls these): a
+reference already read (`spalstf.data.Expression`) goes to the training loop
+(`spalstf.train`) and the base predictors of the prior (`spalstf.prior`); `Model.impute` hands
+the ST to the sampler (`spalstf.infer`) and packs the result in the type the user gave;
+`Model.save` / `load` keep a model in a folder. The self-check (`spalstf.selfcheck`) is handed
+`fit_model` to fit its inner models, so it imports neither this module nor the API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spalstf import distributed, runtime, selfcheck
+from spalstf._version import __version__
+from spalstf.checkpoint import Checkpointer, data_fingerprint
+from spalstf.config import INFERENCE_STAGES, Config
+from spalstf.data import (
+    CellRows,
+    Expression,
+    as_expression,
+    cell_factors,
+    check_values,
+    match_genes,
+)
+from spalstf.diffusion import GaussianDiffusion
+from spalstf.infer import impute_cells
+from spalstf.network import build_network, needs_neighbours
+from spalstf.preprocess import Standardizer, depth_blend, expected_at_depth, log_normalize
+from spalstf.prior import (
+    EXPRESSION,
+    MODEL,
+    PREDICTORS,
+    AlignedNeighbours,
+    BasePredictor,
+    Blend,
+    Reference,
+    RidgePrior,
+)
+from spalstf.spatial import (
+    coordinates,
+    expression_smoothed_reader,
+    neighbours,
+    smoothed_reader,
+)
+from spalstf.train import TrainingData, train
+
+logger = logging.getLogger(__name__)
+
+#: Cells normalised and read at once when preparing data.
+_BLOCK = 8192
+
+#: Format 2 saves each base predictor's state (`spalstf.prior`) under "prior.<name>."; format 1
+#: (spalstf 0.1) is read too, its predictors rebuilt from the network's ridge and the atlas.
+_FORMAT_VERSION = 2
+_FORMATS_READ = (1, 2)
+
+#: Config fields that may differ between fit and impute: those of the sample and readout stages
+#: (they act at sampling time only).
+INFERENCE_OPTIONS = Config.fields(*INFERENCE_STAGES)
+
+#: References whose standardised training genes take at most this many bytes are held in
+#: memory; larger ones are read a mini-batch at a time from the input (sparse stays sparse).
+DENSE_TRAINING_BYTES = 512 * 2**20
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else must be a usable torch device."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N'; "
+                         f"received {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r} but no CUDA device is available; "
+                         "use device='auto' or 'cpu'")
+    return dev
+
+
+def merge_options(config: Config | Mapping[str, Any] | None, **options: Any) -> Config:
+    """`config` (a `Config`, a dict of its fields over the defaults, or None: the defaults)
+    with every keyword option that is not None applied; validated, unknown names refused."""
+    if config is None:
+        base = Config()
+    elif isinstance(config, Config):
+        base = config
+    elif isinstance(config, Mapping):
+        unknown = sorted(str(k) for k in set(config) - set(Config.fields()))
+        if unknown:
+            raise TypeError(f"`config` has unknown field(s) {unknown}; the fields of "
+                            f"spalstf.Config are {sorted(Config.fields())}")
+        base = Config().replace(**config)
+    else:
+        raise TypeError(f"`config` must be a spalstf.Config or a dict of its fields; received "
+                        f"{type(config).__name__}")
+    return base.replace(**{k: v for k, v in options.items() if v is not None})
+
+
+def given_in(config: Config | Mapping[str, Any] | None) -> set[str]:
+    """The settings `config` sets: a dict's keys, a Config's fields that differ from the
+    defaults (the self-check's "auto" selection leaves them as they are)."""
+    if isinstance(config, Config):
+        default = Config()
+        return {k for k, v in config.to_dict().items() if v != getattr(default, k)}
+    return set(config or ())
+
+
+def check_flag(value: Any, arg: str) -> bool:
+    """`value` as a bool; a TypeError naming `arg` unless it is True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{arg}` must be True or False; received {value!r}")
+    return bool(value)
+
+
+def training_device(device: str) -> torch.device:
+    """The device of this process; joins torchrun's process group when launched by it."""
+    dev = distributed.setup(resolve_device(device))
+    if dev.type == "cpu":
+        runtime.use_all_cores()
+    return dev
+
+
+def check_seed(seed: Any) -> int:
+    """`seed` as an int; a ValueError unless it is a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer; received {seed!r}")
+    return int(seed)
+
+
+class Model:
+    """A trained SpaLSTF model: known genes in, target genes out.
+
+    Created by `spalstf.fit` or `spalstf.load`; impute with `Model.impute`, save with
+    `Model.save`.
+
+    Attributes
+    ----------
+    known_genes
+        Genes the model conditions on (names as in the reference).
+    target_genes
+        Genes the model predicts (names as in the reference).
+    output_names
+        Names of the target genes in results (as the user requested them).
+    config
+        The `Config` it was trained with.
+    history
+        One dict per training epoch (loss components, validation loss).
+    """
+
+    def __init__(self, network, config: Config, known_genes: list[str], target_genes: list[str],
+                 known_scaler: Standardizer, target_scaler: Standardizer,
+                 atlas: np.ndarray | None, *, mixtures: np.ndarray | None = None,
+                 predictors: Mapping[str, BasePredictor] | None = None,
+                 output_names: list[str] | None = None,
+                 log_normalized: bool = False, history: list[dict] | None = None,
+                 info: dict | None = None, device: torch.device | None = None) -> None:
+        self.network = network
+        self.config = config
+        self.known_genes = list(known_genes)
+        self.target_genes = list(target_genes)
+        self.output_names = list(output_names or target_genes)
+        self.known_scaler = known_scaler
+        self.target_scaler = target_scaler
+        #: the reference cells of the network's context (None when it reads none)
+        self.atlas = atlas
+        if predictors is None:  # as a model of format 1 keeps them
+            predictors = _predictors_of(network, config, atlas, mixtures, len(self.known_genes))
+        #: the fitted base predictors of the prior (`spalstf.prior`), by name
+        self.predictors = dict(predictors)
+        self.log_normalized = log_normalized
+        self.history = history or []
+        self.info = info or {}
+        self.device = device or torch.device("cpu")
+        self.diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
+                                           learn_sigma=config.vlb_weight > 0)
+
+    @property
+    def mixtures(self) -> np.ndarray | None:
+        """The pseudo-spots (known + target genes, model space) the aligned-neighbour estimate
+        reads beside the atlas (`Config.prior_mixtures`); None for models without them."""
+        aligned = self.predictors.get(AlignedNeighbours.name)
+        return None if aligned is None else aligned.mixtures
+
+    def __repr__(self) -> str:
+        return (f"spalstf.Model({len(self.known_genes)} known genes -> "
+                f"{len(self.target_genes)} target genes, trained {len(self.history)} epochs)")
+
+    # --- imputation -------------------------------------------------------------------------
+    def impute(self, st: Any, *, st_genes: Sequence[str] | None = None,
+               st_layer: str | None = None, log_normalized: bool | None = None, seed: int = 0,
+               device: str | None = None, spatial: Any = None, n_samples: int | None = None,
+               batch_size: int | None = None, progress: bool = True,
+               out: str | os.PathLike | None = None, overwrite: bool = False,
+               shard: tuple[int, int] | None = None,
+               config: Config | Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Predict the target genes for every cell of `st`.
+
+        Parameters
+        ----------
+        st
+            Cells x genes: AnnData (X or `st_layer`; also opened backed,
+            ``anndata.read_h5ad(path, backed="r")``, then read a chunk at a time), numpy array,
+            scipy sparse matrix or DataFrame; raw counts unless `log_normalized`. It must
+            contain every known gene of the model; its other genes are never read.
+        st_genes
+            Gene names of a bare matrix.
+        log_normalized
+            Whether `st` holds log-normalised values (default: as the reference at fit).
+        seed
+            Seeds each cell's random draws together with its name.
+        device
+            "auto", "cpu", "cuda": where to sample (default: where the model is).
+        spatial
+            Coordinates of the cells for the spatial context (`Config.spatial_weight`):
+            None reads `st.obsm["spatial"]` when present, a string another obsm key, an array
+            (cells x 2 or 3) gives them, False turns the spatial context off.
+        n_samples
+            Samples per cell (default: the model's, 4 unless set at fit): their mean is the
+            imputation, their standard deviation its uncertainty.
+        batch_size
+            Cells per chunk (memory), not a modelling choice: results do not depend on it.
+            Default: the model's batch size on CPU, sized to the free memory on a GPU.
+        progress
+            Show a progress bar.
+        out
+            Write the result to this .h5ad file a chunk at a time instead of returning it:
+            memory does not grow with the number of cells (the file is written beside and
+            renamed when complete). Returns the path.
+        overwrite
+            Replace an existing `out`.
+        shard
+            ``(i, n)``: impute only the i-th of n contiguous shares of the cells (0-based),
+            for example one per process or job; `spalstf.io.merge_h5ad` (``spalstf merge``)
+            joins the parts. Each cell's values are those of an unsharded run.
+        config
+            The other settings of this imputation: a dict of the fields of the sample and
+            readout stages of `spalstf.Config` (`INFERENCE_OPTIONS`: ``{"n_steps": 10,
+            "knn_weight": 0}``), over the model's own; or a `Config`, whose fields of the model
+            and train stages must be the model's (they are fixed at fit; ``batch_size`` aside,
+            which is the argument above). Default: the model's.
+        **options
+            Sample and readout fields as keywords (``n_steps=10``), as earlier versions took
+            them; a keyword given as None keeps the model's value. Prefer `config`.
+
+        Returns
+        -------
+        For AnnData: a new AnnData, cells as in `st` (obs, obsm copied), genes = `output_names`,
+        `X` float32 log1p-normalised imputations, `layers["std"]` the standard deviation over
+        samples (when n_samples > 1) and `uns["spalstf"]` the provenance. For a DataFrame: a
+        DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
+        `out`: the path of the .h5ad written (the same AnnData, on disk).
+        """
+        if log_normalized is not None:
+            log_normalized = check_flag(log_normalized, "log_normalized")
+        progress = check_flag(progress, "progress")
+        expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
+        changes = self._inference_changes(config, {"n_samples": n_samples, **options})
+        return self._impute_expression(expr, log_normalized=log_normalized, seed=seed,
+                                       batch_size=batch_size, device=device, spatial=spatial,
+                                       progress=progress, out=out, overwrite=overwrite,
+                                       shard=shard, **changes)
+
+    def _inference_changes(self, config: Config | Mapping[str, Any] | None,
+                           options: Mapping[str, Any]) -> dict[str, Any]:
+        """The sample and readout settings `config` and the keyword `options` (those not None,
+        which win) change; anything fixed at fit is refused, naming it."""
+        if config is None:
+            changes = {}
+        elif isinstance(config, Config):
+            fixed = [k for k in Config.fields() if k not in INFERENCE_OPTIONS
+                     and k != "batch_size" and getattr(config, k) != getattr(self.config, k)]
+            if fixed:
+                raise ValueError(f"`config` differs from the model's in {fixed}, fixed at fit; "
+                                 "pass a dict of the sampling and readout settings to change "
+                                 "(for example {'n_steps': 10}) or model.config.replace(...)")
+            changes = {k: getattr(config, k) for k in INFERENCE_OPTIONS}
+        elif isinstance(config, Mapping):
+            changes = dict(config)
+        else:
+            raise TypeError(f"`config` must be a spalstf.Config or a dict of its sampling and "
+                            f"readout fields; received {type(config).__name__}")
+        named = set(changes) | set(options)
+        unknown = sorted(str(k) for k in named - set(Config.fields()))
+        if unknown:
+            raise TypeError(f"Model.impute() got unknown option(s) {unknown}; it accepts "
+                            f"{sorted(INFERENCE_OPTIONS)}")
+        fixed = sorted(named - set(INFERENCE_OPTIONS))
+        if fixed:
+            raise TypeError(f"Model.impute() got option(s) {fixed} that are fixed at fit; "
+                            f"it accepts {sorted(INFERENCE_OPTIONS)}")
+        changes.update({k: v for k, v in options.items() if v is not None})
+        return changes
+
+    def _impute_expression(self, expr: Expression, *, log_normalized, seed, batch_size, device,
+                           progress, spatial=None, out=None, overwrite=False, shard=None,
+                           self_check: dict | None = None, **changes) -> Any:
+        """`impute` of a validated `expr`, with the sample and readout settings `changes`."""
+        cfg = merge_options(self.config, batch_size=batch_size, **changes)
+        seed = check_seed(seed)
+        log_norm = self.log_normalized if log_normalized is None else bool(log_normalized)
+        dev = self.device if device is None else resolve_device(device)
+        if dev.type == "cpu":
+            runtime.use_all_cores()
+        elif batch_size is None:
+            cfg = cfg.replace(batch_size=runtime.inference_chunk(
+                dev, cfg.n_samples, 2 * cfg.max_tokens, cfg.d_model,
+                len(self.known_genes) + len(self.target_genes), cfg.n_neighbors,
+                0 if self.atlas is None else len(self.atlas)))
+        first, last = _shard_rows(shard, expr.n_cells)
+        if out is not None:
+            out = Path(out)
+            if out.suffix.lower() != ".h5ad":
+                raise ValueError(f"`out` must be an .h5ad file; received {str(out)!r}")
+            if out.exists() and not overwrite:
+                raise FileExistsError(f"{str(out)!r} exists; pass overwrite=True to replace it")
+        start = time.perf_counter()
+        n_cells = last - first
+        with_std = cfg.diffusion and cfg.n_samples > 1
+        writer = sink = None
+        if out is not None:
+            from spalstf.io import H5adWriter
+
+            head = _pack(expr, None, None, self.output_names, {}, rows=slice(first, last))
+            writer = H5adWriter(out, head, layers=["std"] if with_std else [],
+                                overwrite=overwrite)
+
+            def sink(rows, mean, std):
+                writer.write(rows, mean, {} if std is None else {"std": std})
+        try:
+            mean, std = self._predict(expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
+                                      spatial=spatial, progress=progress, rows=(first, last),
+                                      sink=sink)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        seconds = time.perf_counter() - start
+        logger.info("imputed %d genes in %d cells in %.1f s", len(self.target_genes),
+                    n_cells, seconds)
+        info = {
+            "version": __version__,
+            "params": _plain(cfg.to_dict()),
+            "seed": seed,
+            "known_genes": list(self.known_genes),
+            "target_genes": list(self.target_genes),
+            "log_normalized_input": log_norm,
+            "device": str(dev),
+            "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
+            "training": {k: v for k, v in self.info.items()
+                         if k not in ("timings", "reference_pcc")},
+        }
+        if self_check is not None:
+            info["self_check"] = self_check
+            if self_check.get("calibration") and "reference_pcc" in self.info:
+                # Per-gene confidence: each target's predictability in the reference, mapped
+                # to an expected PCC on this ST by the self-check's calibration.
+                info["gene_confidence"] = {
+                    "genes": list(self.output_names),
+                    "reference_pcc": list(self.info["reference_pcc"]),
+                    "expected_pcc": [float(v) for v in selfcheck.expected_pcc(
+                        self_check["calibration"], self.info["reference_pcc"])]}
+        if shard is not None:
+            info["shard"] = {"index": int(shard[0]), "count": int(shard[1]), "start": first,
+                             "stop": last, "n_obs_total": expr.n_cells}
+        if writer is not None:
+            writer.write_uns({"spalstf": _plain(info)})
+            return writer.close()
+        if shard is not None:
+            return _pack(expr, mean, std, self.output_names, info, rows=slice(first, last))
+        result = _pack(expr, mean, std, self.output_names, info)
+        if "gene_confidence" in info and expr.kind == "anndata":
+            for column in ("expected_pcc", "reference_pcc"):
+                result.var[column] = np.asarray(info["gene_confidence"][column], np.float32)
+        return result
+
+    def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
+                 device: torch.device, spatial: Any, progress: bool,
+                 residual_weights: Sequence[float] | None = None,
+                 rows: tuple[int, int] | np.ndarray | None = None, sink=None,
+                 prior_only: bool = False):
+        """(mean, std) of the target genes on the output scale for the cells `rows` of
+        `expr`: all by default, (first, stop) for a shard, or a sorted array of cell indices
+        (a subsample); see `infer.impute_cells`."""
+        if rows is None:
+            rows = (0, expr.n_cells)
+        cells = np.arange(*rows) if isinstance(rows, tuple) else np.asarray(rows)
+        self.network.to(device)
+        mapping = match_genes(self.known_genes, expr.genes)
+        missing = [g for g in self.known_genes if g not in mapping]
+        if missing:
+            raise ValueError(
+                f"`st` lacks {len(missing)} of the model's {len(self.known_genes)} known genes, "
+                f"for example {missing[:5]} (`st` has for example {expr.genes[:5]}); impute "
+                "data measured on the same genes or fit a new model on the genes this data has")
+        st_known = [mapping[g] for g in self.known_genes]
+        check_values(expr, log_normalized=log_normalized, arg="st")
+        check_output(cfg, log_normalized)
+
+        def normalised(rows) -> np.ndarray:
+            return log_normalize(expr.columns(st_known, _contiguous(rows)),
+                                 scale_factor=cfg.scale_factor, log_normalized=log_normalized)[0]
+
+        scaler = self.known_scaler
+        if cfg.align == "per_dataset":  # statistics of the whole data set, also for a shard
+            scaler = Standardizer.fit_blocks(lambda: (
+                (None, normalised(slice(s, s + _BLOCK))) for s in range(0, expr.n_cells, _BLOCK)))
+
+        read_log = normalised
+        xy = coordinates(expr.source, spatial, expr.n_cells) if cfg.spatial_weight else None
+        if xy is not None:
+            read_log = smoothed_reader(normalised, neighbours(xy, cfg.spatial_neighbors),
+                                       cfg.spatial_weight)
+        # neighbours in known-gene space, found on the cells' own values, among all ST cells
+        # (not only `cells`), so a shard or subsample reads what the whole run reads
+        read_log = expression_smoothed_reader(normalised, read_log, expr.n_cells,
+                                              cfg.expression_neighbors, cfg.expression_weight,
+                                              device)
+        # the network and the prior's predictors ask for each chunk in turn: smooth it (a
+        # neighbour search and reads of its neighbours' rows) once
+        read_log = _remembering_last(read_log)
+
+        def read(scale: str, at: np.ndarray) -> np.ndarray:  # cells of `expr` on a scale
+            values = read_log(at)
+            return values if scale == EXPRESSION else scaler.transform(values)
+
+        prior = None
+        blend = Blend.from_config(self.predictors, cfg)
+        if blend is not None:  # statistics over the whole data set, also for a shard or
+            # subsample (the ST's z-scores, as SpaGE), read a chunk at a time
+            blend.prepare(read, expr.n_cells, block=cfg.batch_size, device=device)
+            prior = blend.reader(read, cells)
+
+        def to_output(samples: np.ndarray, chunk: slice) -> np.ndarray:
+            values = self.target_scaler.inverse(samples).astype(np.float32)
+            share = _depth_share(cfg)
+            if share > 0:  # the cells' own known-gene totals, in counts
+                depth = expr.columns(st_known, _contiguous(cells[chunk])).sum(axis=1)
+                at_depth = expected_at_depth(values, np.asarray(depth).ravel(),
+                                             scale_factor=cfg.scale_factor)
+                values = depth_blend(values, at_depth, share)
+            return values
+
+        def read_known(chunk: slice) -> np.ndarray:  # a chunk of `cells` -> rows of `expr`
+            return read(MODEL, cells[chunk])
+
+        ts = self.target_scaler
+        clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
+        return impute_cells(
+            self.network, self.diffusion, cfg, len(cells), read_known,
+            [expr.cells[i] for i in cells], to_output, atlas=self.atlas, clip=clip, seed=seed,
+            device=device, progress=progress, sink=sink, residual_weights=residual_weights,
+            prior_only=prior_only, prior=prior)
+
+    # --- self-check -------------------------------------------------------------------------
+    def self_check(self, st: Any, sc: Any, *, n_folds: int = 2,
+                   select: Mapping[str, Sequence] | None = None, seed: int = 0,
+                   st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
+                   st_layer: str | None = None, sc_layer: str | None = None,
+                   spatial: Any = None, device: str | None = None,
+                   progress: bool = True) -> selfcheck.SelfCheckResult:
+        """How accurate this model's settings are likely to be on `st`: hide groups of the
+        model's known genes in turn, fit with the model's settings on the reference `sc`,
+        impute them in `st`, and score them against their measured values
+        (`spalstf.selfcheck`). The model itself is not changed; the reference is needed
+        because a model keeps no reference counts. Target genes are never read.
+
+        Returns a `spalstf.selfcheck.SelfCheckResult` (`median_pcc`, `median_spcc`,
+        `per_gene`, `scores`, `selected` when `select` is given, `calibration`).
+        """
+        st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st",
+                                genes_arg="st_genes")
+        sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc",
+                                genes_arg="sc_genes")
+        in_st, in_sc = match_genes(self.known_genes, st_expr.genes), \
+            match_genes(self.known_genes, sc_expr.genes)
+        missing = [g for g in self.known_genes if g not in in_st or g not in in_sc]
+        if missing:
+            raise ValueError(f"`st` and `sc` must hold the model's known genes; "
+                             f"{len(missing)} are missing, for example {missing[:5]}")
+        dev = self.device if device is None else resolve_device(device)
+        check = selfcheck.maybe_run(
+            st_expr, sc_expr, [(in_st[g], in_sc[g]) for g in self.known_genes], self.config,
+            self_check=True, select=select, n_folds=n_folds, seed=check_seed(seed),
+            log_normalized=self.log_normalized, device=dev, spatial=spatial,
+            progress=check_flag(progress, "progress"), fit=fit_model)
+        return check
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the model to the directory `path` (atomically: a temporary folder, renamed).
+
+        Parameters
+        ----------
+        path
+            Folder to create.
+        overwrite
+            Replace an existing folder.
+
+        The folder holds `model.json` (format, versions, config, genes, training history) and
+        `weights.pt` (network weights, normalisation statistics, the context atlas, the state of
+        each base predictor of the prior).
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"`path` {str(path)!r} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": "spalstf-model", "format_version": _FORMAT_VERSION,
+            "spalstf_version": __version__, "torch_version": torch.__version__,
+            "config": _plain(self.config.to_dict(), none_ok=True),
+            "known_genes": self.known_genes, "target_genes": self.target_genes,
+            "output_names": self.output_names, "log_normalized": self.log_normalized,
+            "history": self.history, "info": _plain(self.info, none_ok=True),
+            "prior": list(self.predictors),
+        }
+        tensors = {f"network.{k}": v.detach().cpu() for k, v in self.network.state_dict().items()}
+        for name, scaler in (("known", self.known_scaler), ("target", self.target_scaler)):
+            tensors.update({f"{name}.{k}": torch.as_tensor(v) for k, v in scaler.state().items()})
+        if self.atlas is not None:
+            tensors["atlas"] = torch.as_tensor(self.atlas)
+        for name, predictor in self.predictors.items():
+            tensors.update({f"prior.{name}.{k}": torch.as_tensor(v)
+                            for k, v in predictor.state().items()})
+        tensors = _stored_once(tensors)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            torch.save(tensors, tmp / "weights.pt")
+            (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("saved model to %s", path)
+        return path
+
+
+def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
+    """Load a model saved with `Model.save`.
+
+    Parameters
+    ----------
+    path
+        The model folder.
+    device
+        "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+
+    Returns
+    -------
+    The `spalstf.Model`. Raises ValueError when the folder is not a spalstf model, is truncated
+    or corrupted, or was written by an incompatible format version.
+    """
+    path = Path(path)
+    meta_file, weights_file = path / "model.json", path / "weights.pt"
+    if not meta_file.is_file() or not weights_file.is_file():
+        raise ValueError(f"`path` {str(path)!r} is not a spalstf model folder (expected "
+                         "model.json and weights.pt inside)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decoding failure means a damaged file
+        raise ValueError(f"the model in {str(path)!r} cannot be read ({type(err).__name__}: "
+                         f"{err}); the file may be truncated or corrupted") from err
+    if not isinstance(meta, dict) or meta.get("format") != "spalstf-model":
+        raise ValueError(f"`path` {str(path)!r}: model.json is not a spalstf model description")
+    version = meta.get("format_version")
+    if version not in _FORMATS_READ:
+        raise ValueError(f"`path` {str(path)!r} holds model format {version!r} (written by "
+                         f"spalstf {meta.get('spalstf_version')}); this spalstf "
+                         f"({__version__}) reads format "
+                         f"{' and '.join(str(v) for v in _FORMATS_READ)}; refit the model or "
+                         "use a matching spalstf")
+    dev = resolve_device(device)
+    try:
+        config = Config.from_dict(meta["config"])
+        network = build_network(len(meta["known_genes"]), len(meta["target_genes"]), config)
+        prefix = "network."
+        network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                 if k.startswith(prefix)})
+        predictors = None  # format 1: rebuilt from the network's ridge and the atlas
+        if version >= 2:
+            unknown = [name for name in meta["prior"] if name not in PREDICTORS]
+            if unknown:
+                raise ValueError(f"it holds base predictors {unknown} that this spalstf does "
+                                 f"not know (it knows {sorted(PREDICTORS)})")
+            predictors = {name: PREDICTORS[name].from_state(
+                {k[len(name) + 7:]: v.numpy() for k, v in tensors.items()
+                 if k.startswith(f"prior.{name}.")}, config) for name in meta["prior"]}
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        # A valid file whose parts do not fit together: edited, mixed from two models, or
+        # written by an incompatible development version.
+        raise ValueError(f"the model in {str(path)!r} is inconsistent ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0][:200]}); it may be corrupted or "
+                         "come from an incompatible spalstf version") from err
+    network.to(dev).eval()
+    atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
+    mixtures = tensors["mixtures"].numpy() if "mixtures" in tensors else None
+    scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy() for k, v in tensors.items()
+                                        if k.startswith(name + ".")})
+               for name in ("known", "target")]
+    return Model(network, config, meta["known_genes"], meta["target_genes"], *scalers, atlas,
+                 mixtures=mixtures, predictors=predictors, output_names=meta["output_names"],
+                 log_normalized=meta["log_normalized"],
+                 history=meta["history"], info=meta.get("info", {}), device=dev)
+
+
+def _depth_share(cfg: Config) -> float:
+    """The share of the value at the cell's depth in the output (`Config.depth_weight`)."""
+    return 1.0 if cfg.output == "at_depth" else float(cfg.depth_weight)
+
+
+def check_output(cfg: Config, log_normalized: bool) -> None:
+    if cfg.output == "at_depth" and log_normalized:
+        raise ValueError("`output='at_depth'` needs the ST's counts (each cell's depth); "
+                         "received log-normalised input (log_normalized=True): use "
+                         "output='expression'")
+    if cfg.depth_weight > 0 and log_normalized:
+        raise ValueError(f"`depth_weight` above 0 needs the ST's counts (each cell's depth); "
+                         f"received {cfg.depth_weight!r} with log-normalised input "
+                         "(log_normalized=True): use depth_weight=0")
+
+
+def _remembering_last(read: Callable[[np.ndarray], np.ndarray]
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """`read(rows)` that returns its last result again when asked for the same rows twice in a
+    row, instead of computing it anew. Callers must not modify what it returns."""
+    last: list = [None, None]
+
+    def read_once(rows: np.ndarray) -> np.ndarray:
+        if last[0] is None or not np.array_equal(last[0], rows):
+            last[:] = [np.array(rows), read(rows)]
+        return last[1]
+
+    return read_once
+
+
+def _contiguous(rows: Any) -> Any:
+    """Sorted cell indices without gaps as a slice (a fast block read); others as given."""
+    if isinstance(rows, np.ndarray) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def fit_model(expr: Expression, known: list[str], targets: list[str], out_names: list[str],
+              cfg: Config, *, log_normalized: bool, seed: int, device: torch.device,
+              progress: bool, saving: tuple = (None, 1, None)) -> Model:
+    """Train a model on the reference `expr` (validated; genes under their reference names):
+    `known` -> `targets`, reported as `out_names`, with `cfg`. `saving`: the checkpoint
+    options (path, every, resume) as `spalstf.checkpoint.Checkpointer.check_options` gives
+    them. The training (`spalstf.train`) fits the ridge prior; the other base predictors of
+    the prior (`spalstf.prior`) are fitted here."""
+    check_values(expr, log_normalized=log_normalized, arg="sc")
+    start = time.perf_counter()
+    rows = None
+    if cfg.max_cells is not None and expr.n_cells > cfg.max_cells:
+        rows = np.sort(np.random.default_rng([seed, 1]).choice(expr.n_cells, cfg.max_cells,
+                                                                 replace=False))
+        logger.info("training on a random subsample of %d of the %d reference cells "
+                    "(`max_cells`)", cfg.max_cells, expr.n_cells)
+    factor = cell_factors(expr, known, scale_factor=cfg.scale_factor,
+                          log_normalized=log_normalized, rows=rows, block=_BLOCK)
+    known_rows = CellRows(expr, known, factor, rows=rows)
+    target_rows = CellRows(expr, targets, factor, rows=rows)
+    n = known_rows.shape[0]
+    if 4 * n * (len(known) + len(targets)) <= DENSE_TRAINING_BYTES:
+        known_log, target_log = known_rows.to_array(_BLOCK), target_rows.to_array(_BLOCK)
+        known_scaler, target_scaler = Standardizer.fit(known_log), Standardizer.fit(target_log)
+        known_z = known_scaler.transform(known_log)
+        target_z = target_scaler.transform(target_log)
+        del known_log, target_log
+    else:  # large: mini-batches are read from the (sparse or backed) input as training goes
+        known_scaler = Standardizer.fit_blocks(lambda: known_rows.blocks(_BLOCK))
+        target_scaler = Standardizer.fit_blocks(lambda: target_rows.blocks(_BLOCK))
+        known_z = known_rows.standardized(known_scaler)
+        target_z = target_rows.standardized(target_scaler)
+        logger.info("reading mini-batches from the reference as training goes (%.1f GiB "
+                    "dense)", 4 * n * (len(known) + len(targets)) / 2**30)
+    rng = np.random.default_rng(seed)
+    atlas_rows = np.arange(n) if n <= cfg.atlas_size else np.sort(
+        rng.choice(n, cfg.atlas_size, replace=False))
+    self_index = np.full(n, -1, dtype=np.int64)
+    self_index[atlas_rows] = np.arange(len(atlas_rows))
+    atlas = np.concatenate([known_z[atlas_rows], target_z[atlas_rows]], axis=1)
+    # the known-gene count totals (scale_factor / factor) weigh cells in the prior's pseudo-spots
+    depth = None if factor is None else np.divide(
+        cfg.scale_factor, factor, out=np.zeros_like(factor), where=factor > 0)
+    data = TrainingData(known_z, target_z, atlas, self_index=self_index,
+                        scalers=(known_scaler, target_scaler), depth=depth)
+    predictors: dict[str, BasePredictor] = {}
+    if cfg.prior == "ridge":
+        # With the ridge prior the aligned-neighbour estimate is fitted even at knn_weight 0:
+        # its weight is a sampling-time option (chosen by the self-check or set at
+        # `Model.impute`). The ridge itself is fitted by the training, on its training cells.
+        aligned = AlignedNeighbours(cfg)
+        aligned.fit(Reference(known_z, target_z, scalers=data.scalers, depth=depth,
+                              atlas=atlas), seed=seed)
+        predictors[aligned.name] = aligned
+    logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
+                len(known), len(targets))
+    checkpointer = Checkpointer.create(*saving, meta={
+        "seed": seed, "config": _plain(cfg.to_dict(), none_ok=True), "known_genes": known,
+        "target_genes": targets, "data": data_fingerprint(known_z, target_z)})
+    result = train(data, cfg, seed=seed, device=device, progress=progress,
+                   checkpointer=checkpointer)
+    info = {"timings": {"fit_seconds": time.perf_counter() - start},
+            "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,
+            "n_training_cells": n, "seed": seed, "prior_alpha": result.prior_alpha,
+            # how well the known genes predict each target in the reference (held-out cells):
+            # the feature `spalstf.selfcheck` calibrates into an expected accuracy on the ST
+            "reference_pcc": [float(v) for v in selfcheck.reference_predictability(
+                known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]}
+    if checkpointer is not None and checkpointer.resume_state is not None:
+        info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
+    if result.ridge is not None:  # first: the blend's first part, as the network reads it
+        predictors = {result.ridge.name: result.ridge, **predictors}
+    return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
+                 atlas if needs_neighbours(cfg) else None, predictors=predictors,
+                 output_names=out_names,
+                 log_normalized=log_normalized, history=result.history, info=info,
+                 device=device)
+
+
+def _plain(value: Any, none_ok: bool = False) -> Any:
+    """A copy that .h5ad (no None) or JSON can store: tuples -> lists, None -> 'none'."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v, none_ok) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, none_ok) for v in value]
+    if value is None:
+        return None if none_ok else "none"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _shard_rows(shard: Any, n: int) -> tuple[int, int]:
+    """The cells [first, last) of shard (i, n_shards): contiguous, sizes within one."""
+    if shard is None:
+        return 0, n
+    if (not isinstance(shard, Sequence) or len(shard) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                       for v in shard) or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"`shard` must be (i, n) with 0 <= i < n; received {shard!r}")
+    i, count = int(shard[0]), int(shard[1])
+    return n * i // count, n * (i + 1) // count
+
+
+def _pack(expr: Expression, mean: np.ndarray | None, std: np.ndarray | None, names: list[str],
+          info: dict, rows: slice | None = None) -> Any:
+    """The result in the input's type; `rows` (a shard) keeps those cells' annotations.
+
+    With `mean` None (results written to a file a chunk at a time), an AnnData without X
+    carrying the annotations, whatever the input type.
+    """
+    import anndata
+
+    rows = slice(None) if rows is None else rows
+    if expr.kind == "anndata":
+        src = expr.source
+        obs = src.obs.iloc[rows].copy()
+        obsm = {k: (v.iloc[rows].copy() if isinstance(v, pd.DataFrame) else v[rows].copy())
+                for k, v in src.obsm.items()}
+    else:
+        obs = pd.DataFrame(index=pd.Index(expr.cells[rows], dtype=str))
+        if expr.kind == "dataframe":
+            obs.index = expr.source.index[rows].astype(str)
+        obsm = {}
+    var = pd.DataFrame(index=pd.Index(names, dtype=str))
+    if mean is None or expr.kind == "anndata":
+        out = anndata.AnnData(X=mean, obs=obs, var=var, obsm=obsm)
+        if std is not None:
+            out.layers["std"] = std
+        if info:
+            out.uns["spalstf"] = _plain(info)
+        return out
+    if expr.kind == "dataframe":
+        return pd.DataFrame(mean, index=expr.source.index[rows].copy(), columns=list(names))
+    return mean
+
+
+def _predictors_of(network, config: Config, atlas: np.ndarray | None,
+                   mixtures: np.ndarray | None, n_known: int) -> dict[str, BasePredictor]:
+    """The base predictors of a model that keeps them in its network and atlas (format 1):
+    the ridge the network was trained with, the aligned-neighbour estimate over the atlas."""
+    if config.prior != "ridge":
+        return {}
+    out: dict[str, BasePredictor] = {RidgePrior.name: RidgePrior.from_state(
+        {"weights": network.prior_weights.detach().cpu().numpy(),
+         "bias": network.prior_bias.detach().cpu().numpy()}, config)}
+    if atlas is not None:
+        out[AlignedNeighbours.name] = AlignedNeighbours(config, atlas=atlas, mixtures=mixtures,
+                                                        n_known=n_known)
+    return out
+
+
+def _stored_once(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors, those with equal values made one object, so that `torch.save` writes
+    them once (it keeps shared storage shared): a predictor's state may repeat the atlas or the
+    network's ridge without growing the file."""
+    seen: dict[tuple, list[torch.Tensor]] = {}
+    out = {}
+    for key, value in tensors.items():
+        same = seen.setdefault((value.dtype, tuple(value.shape)), [])
+        match = next((t for t in same if torch.equal(t, value)), None)
+        if match is None:
+            same.append(value)
+        out[key] = value if match is None else match
+    return out

@@ -1,0 +1,133 @@
+"""The interface every base predictor follows, and the reference it is fitted on.
+
+A base predictor is a fast estimate of the target genes from the known genes (a ridge map, an
+aligned-neighbour average, ...). The diffusion refines around their combination (`Blend`):
+what is sampled is the residual of the targets around it. Each predictor has four moments:
+
+1. `fit(reference, seed=...)`: on the reference, once, when the model is fitted;
+2. `prepare(st_blocks)`: on the whole ST data set, once per imputation, before any chunk
+   (statistics such as the ST's own z-scores); a no-op by default;
+3. `predict(known)`: on one chunk of ST cells at a time, to the targets in model space
+   (standardised target genes). A cell's prediction may depend on the cell, the reference
+   and the statistics of `prepare`, never on which other cells share its chunk;
+4. `state()` / `from_state()`: the fitted arrays, saved in the model file (numpy arrays only,
+   so weights.pt stays loadable with ``torch.load(weights_only=True)``).
+
+A predictor declares the scale it reads (`reads`): `MODEL`, the ST's known genes standardised
+as the network reads them (`Config.align`), or `EXPRESSION`, their log-normalised values
+(after the ST's spatial and expression smoothing), for predictors that align the two data sets
+by their own statistics. `fit` always sees the reference standardised (its z-scores, which are
+both the model's space and the reference's own statistics); `Reference.scalers` lead back to
+the expression scale.
+
+A new predictor is one module in this package: a subclass with a unique `name`, registered in
+`spalstf.prior.PREDICTORS` so that saved models find it again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from spalstf.config import Config
+
+#: The scales a predictor may read (see the module's docstring).
+MODEL = "model"
+EXPRESSION = "expression"
+SCALES = (MODEL, EXPRESSION)
+
+#: Blocks of ST cells yielded to `BasePredictor.prepare`: each call of the function starts a
+#: new pass (arrays of cells x known genes on the predictor's scale).
+Blocks = Callable[[], Iterable[np.ndarray]]
+
+
+@dataclass
+class Reference:
+    """The reference as predictors are fitted on it (model space: standardised genes).
+
+    `known` and `target` are arrays, or matrices read a block of rows at a time
+    (`spalstf.data.CellRows`) for references too large to hold densely.
+    """
+
+    known: Any  # (n_cells, n_known)
+    target: Any  # (n_cells, n_target)
+    #: (known, target) `spalstf.preprocess.Standardizer`s that made `known` and `target`
+    #: (None: no way back to the expression scale, so no pseudo-spots)
+    scalers: tuple | None = None
+    #: each cell's count total over the known genes, which weighs it in a pseudo-spot as in a
+    #: real one (None: log-normalised input, where cells weigh equally)
+    depth: np.ndarray | None = None
+    #: (n_atlas, n_known + n_target): the reference cells the model keeps (None: none)
+    atlas: np.ndarray | None = None
+    #: the cells a predictor may fit on (None: all); training holds its validation cells out
+    rows: np.ndarray | None = None
+
+    def fit_rows(self) -> np.ndarray:
+        """The cells to fit on, as an index array."""
+        return np.arange(self.known.shape[0]) if self.rows is None else np.asarray(self.rows)
+
+
+class BasePredictor(ABC):
+    """A base predictor of the target genes (see the module's docstring).
+
+    Parameters
+    ----------
+    config
+        The settings it reads (its own fields of `spalstf.Config`). Those of the sample stage
+        may differ between fit and imputation: `from_state` takes the imputation's.
+    """
+
+    #: Unique name: the key of its state in the model file and of its weight in a `Blend`.
+    name: ClassVar[str]
+    #: The scale of the known genes it reads: `MODEL` or `EXPRESSION`.
+    reads: ClassVar[str] = MODEL
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.device = torch.device("cpu")
+
+    @abstractmethod
+    def fit(self, reference: Reference, *, seed: int) -> None:
+        """Fit on the reference (seeded: the same seed, the same predictor)."""
+
+    def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
+        """Statistics over the whole ST data set, read a block of cells at a time, and where
+        `predict` computes (`device`). Called once per imputation, before `predict`."""
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def predict(self, known: np.ndarray) -> np.ndarray:
+        """(cells, n_target) float32 targets in model space for one chunk of cells (their known
+        genes on the `reads` scale)."""
+
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays (numpy only), enough for `from_state` to rebuild the predictor."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> BasePredictor:
+        """The predictor saved as `state`, reading the settings of `config`."""
+
+
+#: ST cells (evenly spaced) whose known genes give the statistics of `prepare`: they bound its
+#: cost on large data sets.
+STAT_CELLS = 50000
+
+
+def spaced_blocks(read: Callable[[np.ndarray], np.ndarray], n_cells: int, block: int,
+                  max_cells: int = STAT_CELLS) -> Blocks:
+    """`prepare`'s blocks: `read(cells)` of at most `max_cells` evenly spaced cells of
+    `n_cells`, `block` cells at a time."""
+    spaced = np.unique(np.linspace(0, n_cells - 1, min(n_cells, max_cells)).astype(int))
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, len(spaced), block):
+            yield read(spaced[start:start + block])
+
+    return blocks

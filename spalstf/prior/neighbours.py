@@ -1,0 +1,106 @@
+"""The aligned-neighbour estimate: the mean targets of a cell's most similar reference profiles.
+
+Each data set is z-scored over itself (the ST's known genes over the ST, in `prepare`; the
+reference profiles over themselves) and profiles are compared by cosine similarity, as SpaGE
+aligns two platforms; the estimate of a cell is the mean target genes of its
+`Config.knn_neighbors` nearest atlas cells or pseudo-spots. Its errors differ from the ridge's,
+so the two are blended (`spalstf.prior.Blend`, `Config.knn_weight`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from spalstf.config import Config
+from spalstf.network import NeighbourIndex
+from spalstf.preprocess import Standardizer
+from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
+from spalstf.prior.spots import ESTIMATE_MIXTURES_PER_SIZE, pseudo_spots
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): Euclidean order = cosine order."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def knn_estimate(index: NeighbourIndex, known_z: np.ndarray, atlas: torch.Tensor, n_known: int,
+                 k: int) -> np.ndarray:
+    """Mean target genes (model space) of each cell's k most cosine-similar atlas cells.
+
+    `known_z`: the cells' known genes z-scored over their own data set; the atlas's are
+    z-scored over the reference. Aligning the two data sets by their own statistics, then
+    comparing profile shapes (cosine), is what makes SpaGE robust to platform effects.
+    """
+    idx, _ = index.query(unit_rows(known_z), k)
+    nb = torch.as_tensor(idx, device=atlas.device)
+    return atlas[nb][:, :, n_known:].mean(dim=1).cpu().numpy()
+
+
+class AlignedNeighbours(BasePredictor):
+    """The aligned-neighbour estimate over the model's atlas and pseudo-spots.
+
+    `atlas`: (n_atlas, n_known + n_target) reference cells in model space (the model's atlas,
+    the context's too); `mixtures`: pseudo-spots with the same columns, or None; `n_known`:
+    how many of the columns are known genes. Reads `Config.knn_neighbors` and, at fit,
+    `Config.prior_mixtures`.
+    """
+
+    name = "aligned"
+    reads = EXPRESSION
+
+    def __init__(self, config: Config, *, atlas: np.ndarray | None = None,
+                 mixtures: np.ndarray | None = None, n_known: int | None = None) -> None:
+        super().__init__(config)
+        self.atlas, self.mixtures, self.n_known = atlas, mixtures, n_known
+        self._search: tuple | None = None
+
+    def fit(self, reference: Reference, *, seed: int) -> None:
+        if reference.atlas is None:
+            raise ValueError("the aligned-neighbour estimate needs the reference's atlas")
+        self.atlas, self.n_known = reference.atlas, reference.known.shape[1]
+        self.mixtures = None
+        if self.config.prior_mixtures and reference.scalers is not None:
+            # other mixtures than the ridge's (seed + 1), of every reference cell; beside the
+            # atlas, not in the context's (the BiLSTM reads reference cells)
+            self.mixtures = np.concatenate([
+                np.concatenate(block, axis=1).astype(np.float32)
+                for block in pseudo_spots(reference, reference.fit_rows(), seed=seed + 1,
+                                          per_size=ESTIMATE_MIXTURES_PER_SIZE)])
+        self._search = None
+
+    def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
+        """The ST's z-scores (over the blocks: as SpaGE, over the whole data set) and the
+        search over the profiles, z-scored over themselves."""
+        super().prepare(st_blocks, device=device)
+        st_scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
+        profiles = self.atlas if self.mixtures is None else np.concatenate([self.atlas,
+                                                                            self.mixtures])
+        known = profiles[:, :self.n_known]
+        index = NeighbourIndex(unit_rows(Standardizer.fit(known).transform(known)),
+                               self.device)
+        self._search = (st_scaler, index, torch.as_tensor(profiles, device=self.device))
+
+    def predict(self, known: np.ndarray) -> np.ndarray:
+        if self._search is None:
+            raise RuntimeError("AlignedNeighbours.prepare must run before predict (it z-scores "
+                               "the ST over itself)")
+        st_scaler, index, profiles = self._search
+        return knn_estimate(index, st_scaler.transform(known), profiles, self.n_known,
+                            self.config.knn_neighbors)
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"atlas": self.atlas, "n_known": np.asarray(self.n_known, dtype=np.int64)}
+        if self.mixtures is not None:
+            out["mixtures"] = self.mixtures
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> AlignedNeighbours:
+        mixtures = state.get("mixtures")
+        return cls(config, atlas=np.asarray(state["atlas"]),
+                   mixtures=None if mixtures is None else np.asarray(mixtures),
+                   n_known=int(state["n_known"]))
