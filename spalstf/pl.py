@@ -5,7 +5,8 @@ format follows the suffix: ``.png``, ``.pdf``, ``.svg``...). The user's matplotl
 left alone; in a session without a display matplotlib falls back to its non-interactive Agg
 backend by itself.
 
-- :func:`spatial`: measured vs imputed expression in space, side by side, per gene.
+- :func:`spatial`: imputed expression in space, beside a truth (simulated or held-out measured
+  values) and the uncertainty, per gene.
 - :func:`uncertainty`: maps of the per-value uncertainty ``layers["std"]``.
 - :func:`metric_boxplot`: per-gene metrics of cross-validation, one box per method.
 - :func:`loss_curve`: the training and validation loss of a model, per epoch.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,8 @@ DPI = 110
 def _save(fig, path: str | os.PathLike | None):
     """Lay out `fig`, save it to `path` when given (atomically: a temporary file, renamed), and
     return it."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures laid out by constrained layout keep it
+        fig.tight_layout()
     if path is not None:
         from spalstf._atomic import atomic_path
 
@@ -77,25 +79,97 @@ def _check_map_inputs(imputed: Any, genes: Sequence[str], basis: str) -> list[st
 
 
 def _map(fig, ax, xy: np.ndarray, values: np.ndarray, title: str, *, cmap: str,
-         point_size: float, vmin: float | None = None, vmax: float | None = None) -> None:
+         point_size: float, vmin: float | None = None, vmax: float | None = None,
+         label: str | None = None) -> None:
     im = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=point_size, cmap=cmap, linewidths=0,
                     vmin=vmin, vmax=vmax)
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.colorbar(im, ax=ax, shrink=0.7)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    if label:
+        bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
 
 
-def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
-            basis: str = "spatial", show_std: bool = True, point_size: float = 6.0,
+#: Colour scales of `spatial` (see its `scale`).
+SCALES = ("matched", "separate", "both")
+#: Font size of a figure's title (points).
+TITLE_FONTSIZE = 10
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> list[str]:
+    """The lines of `text`, each wrapped to fit `width_in` inches at `fontsize` points.
+
+    A character is taken as 0.6 em wide (DejaVu Sans averages less), so a line fits rather
+    than runs off the figure's edges.
+    """
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    return [part for line in text.splitlines() for part in textwrap.wrap(line, chars) or [""]]
+
+
+def _scale_text(scale_factor: float) -> str:
+    """1e4 for 10000, else the number as written by %g."""
+    exponent = math.log10(scale_factor) if scale_factor > 0 else 0.5
+    return f"1e{int(exponent)}" if exponent.is_integer() else f"{scale_factor:g}"
+
+
+def _value_units(imputed: Any) -> tuple[str | None, str | None]:
+    """The units of the expression scale and of the imputed values, from `uns["spalstf"]`.
+
+    Returns (expression units, imputed units); the second adds the share of the value at the
+    spot's depth when the imputation holds one (`output="at_depth"` or `depth_weight` > 0),
+    since such values sit below the depth-free expression where spots hold few counts.
+    Both are None for data that `spalstf.impute` did not write.
+    """
+    info = imputed.uns.get("spalstf") if hasattr(imputed, "uns") else None
+    params = info.get("params") if isinstance(info, dict) else None
+    if not isinstance(params, dict):
+        return None, None
+    if info.get("log_normalized_input"):
+        return "log-normalised, as the input", "log-normalised, as the input"
+    scale_factor = _scale_text(float(params.get("scale_factor", 1e4)))
+    base = f"log1p(count / known-gene total x {scale_factor})"
+    share = 1.0 if params.get("output") == "at_depth" else float(params.get("depth_weight") or 0)
+    if share >= 1:
+        return base, f"{base}\nexpected at the spot's depth"
+    if share > 0:
+        return base, f"{base}\n{share:.0%} expected at the spot's depth"
+    return base, base
+
+
+def _std_label(imputed: Any, units: str | None) -> str:
+    """Colour-bar label of the uncertainty: over how many samples, and in which units."""
+    info = imputed.uns.get("spalstf") if hasattr(imputed, "uns") else None
+    params = info.get("params") if isinstance(info, dict) else None
+    n = params.get("n_samples") if isinstance(params, dict) else None
+    label = f"std over {n} samples" if n else "std over samples"
+    label += ", same units as the values" if units else ""
+    # The std is the spread of the diffusion's samples whatever share of their refinement the
+    # values keep (spalstf.infer): where they keep less than all, say so.
+    weight = params.get("residual_weight") if isinstance(params, dict) else None
+    if weight is not None and float(weight) == 0:
+        label += "\nunused by the values (the prior alone)"
+    elif weight is not None and float(weight) < 1:
+        label += f"\nthe values keep {float(weight):.0%} of their refinement"
+    return label
+
+
+def spatial(imputed: Any, genes: Sequence[str], *, truth: Any = None,
+            truth_label: str = "truth", scale: str = "matched",
+            labels: Mapping[str, str] | None = None, title: str | None = None,
+            units: str | None = "auto", basis: str = "spatial", show_std: bool = True,
+            point_size: float = 6.0, measured: Any = None,
             path: str | os.PathLike | None = None):
-    """Maps of imputed expression in space, beside the measured truth and the uncertainty.
+    """Maps of imputed expression in space, beside a truth and the uncertainty.
 
-    One row per gene; columns: the measured values (when `measured` is given), the imputed
-    values (titled with their Pearson r against the measured ones) and the uncertainty
-    `layers["std"]` (when `show_std` and present). Measured and imputed share one colour scale
-    (their 1st to 99th percentile), so the two maps compare directly.
+    One row per gene; columns: the truth (when `truth` is given), the imputed values (titled
+    with their Pearson r against the truth; twice with `scale="both"`) and the uncertainty
+    `layers["std"]` (when `show_std` and present). Every map has its colour bar, labelled with
+    the units.
 
     Parameters
     ----------
@@ -103,15 +177,37 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
         The AnnData returned by `spalstf.impute` (coordinates in `obsm[basis]`).
     genes
         Genes to draw, one row each.
-    measured
+    truth
         Optional truth for these genes: an AnnData or DataFrame (cells x genes) with the same
-        cell names, on the same scale (for example `st.obsm["truth"]` of simulated data).
+        cell names, on the same scale (for example `st.obsm["truth"]` of simulated data, or the
+        measured values of genes hidden from the imputation).
+    truth_label
+        What the truth is, in its panels' titles: say "measured" only for values that were
+        measured (for simulated data, for example, "simulated truth").
+    scale
+        Colour scale of the truth and the imputation. "matched": one scale per gene for both
+        (their 1st to 99th percentile together), so a difference of level shows as a
+        difference of colour. "separate": each map its own (its own 1st to 99th percentile),
+        so the pattern of each shows even where their levels differ; compare the colour bars.
+        "both": the imputed values twice, on the matched scale (their level) and on their own
+        (their pattern), when a truth is given.
+    labels
+        Optional text per gene, written at the left of its row (for example its rank among
+        all genes).
+    title
+        Title of the whole figure; its lines are wrapped to the figure's width.
+    units
+        Label of the colour bars of the values. "auto": from `imputed.uns["spalstf"]` (the
+        expression scale, and the share of the value at the spot's depth where the imputation
+        holds one); None: no label.
     basis
         Key of the coordinates in `imputed.obsm`.
     show_std
         Add a column with `imputed.layers["std"]` when present.
     point_size
         Marker size of each cell or spot.
+    measured
+        The older name of `truth`, titled "measured": pass it only for measured values.
     path
         Save the figure there (PNG, PDF... by suffix).
 
@@ -122,34 +218,72 @@ def spatial(imputed: Any, genes: Sequence[str], *, measured: Any = None,
     import matplotlib.pyplot as plt
 
     genes = _check_map_inputs(imputed, genes, basis)
+    if measured is not None:
+        if truth is not None:
+            raise ValueError("pass the truth as `truth` or as `measured`, not both")
+        truth, truth_label = measured, "measured"
+    if scale not in SCALES:
+        raise ValueError(f"`scale` must be one of {', '.join(map(repr, SCALES))}; "
+                         f"received {scale!r}")
+    labels = dict(labels or {})
+    unknown = [g for g in labels if g not in genes]
+    if unknown:
+        raise ValueError(f"`labels` names genes that are not drawn: {unknown[:10]}")
+    if units == "auto":
+        truth_units, imputed_units = _value_units(imputed)
+    else:
+        truth_units = imputed_units = units
     xy = np.asarray(imputed.obsm[basis])[:, :2]
     cells = list(imputed.obs_names)
-    columns = (["measured"] if measured is not None else []) + ["imputed"]
+    # "own": the imputed values on their own colour scale, beside those on the matched one.
+    both = scale == "both" and truth is not None
+    columns = ((["truth"] if truth is not None else []) + ["imputed"]
+               + (["own"] if both else []))
     if show_std and "std" in imputed.layers:
         columns.append("std")
-    fig, axes = plt.subplots(len(genes), len(columns), squeeze=False,
-                             figsize=(3.2 * len(columns), 3.0 * len(genes)))
+    width = 3.4 * len(columns)
+    lines = _wrap(title, width, TITLE_FONTSIZE) if title else []
+    fig, axes = plt.subplots(len(genes), len(columns), squeeze=False, layout="constrained",
+                             figsize=(width, 3.0 * len(genes) + 0.2 * len(lines)))
     names = list(imputed.var_names)
     for row, gene in enumerate(genes):
         j = names.index(gene)
         values = {"imputed": _layer_column(imputed, None, j)}
-        if measured is not None:
-            values["measured"] = _column(measured, gene, cells)
+        if truth is not None:
+            values["truth"] = _column(truth, gene, cells)
         if "std" in columns:
             values["std"] = _layer_column(imputed, "std", j)
-        shared = np.concatenate([values[c] for c in ("measured", "imputed") if c in values])
-        vmin, vmax = np.percentile(shared, [1, 99])
+        limits = {name: np.percentile(values[name], [1, 99])
+                  for name in ("truth", "imputed") if name in values}
+        limits["own"] = limits["imputed"]
+        if scale in ("matched", "both"):
+            shared = np.percentile(np.concatenate([values[n] for n in ("truth", "imputed")
+                                                   if n in values]), [1, 99])
+            limits.update({name: shared for name in ("truth", "imputed")})
+        r_text = ""
+        if "truth" in values:
+            r_text = f" (r = {np.corrcoef(values['truth'], values['imputed'])[0, 1]:.2f})"
         for col, name in enumerate(columns):
-            title = f"{gene}: {name}"
-            if name == "imputed" and "measured" in values:
-                r = np.corrcoef(values["measured"], values["imputed"])[0, 1]
-                title += f" (r = {r:.2f})"
+            ax = axes[row, col]
             if name == "std":
-                _map(fig, axes[row, col], xy, values[name], title, cmap="magma",
-                     point_size=point_size)
-            else:
-                _map(fig, axes[row, col], xy, values[name], title, cmap="viridis",
-                     point_size=point_size, vmin=vmin, vmax=vmax)
+                _map(fig, ax, xy, values[name], f"{gene}: std", cmap="magma",
+                     point_size=point_size, label=_std_label(imputed, imputed_units))
+                continue
+            if name == "truth":
+                title_text, label = f"{gene}: {truth_label}", truth_units
+            elif name == "imputed" and both:
+                title_text, label = f"{gene}: imputed\non the truth's colour scale", imputed_units
+            else:  # the imputed values on their own scale (or the only imputed map)
+                title_text, label = f"{gene}: imputed{r_text}", imputed_units
+                if both:
+                    title_text += "\non their own colour scale"
+            _map(fig, ax, xy, values["imputed" if name == "own" else name], title_text,
+                 cmap="viridis", point_size=point_size, vmin=limits[name][0],
+                 vmax=limits[name][1], label=label)
+        if gene in labels:
+            axes[row, 0].set_ylabel(labels[gene], fontsize=9)
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=TITLE_FONTSIZE)
     return _save(fig, path)
 
 
@@ -202,12 +336,12 @@ def uncertainty(imputed: Any, genes: Sequence[str], *, relative: bool = False,
     for k, gene in enumerate(genes):
         j = names.index(gene)
         std = _layer_column(imputed, "std", j)
-        label = "std"
+        label, bar = "std", _std_label(imputed, _value_units(imputed)[1])
         if relative:
             std = std / (np.clip(_layer_column(imputed, None, j), 0, None) + 0.1)
-            label = "std / (value + 0.1)"
+            label = bar = "std / (value + 0.1)"
         _map(fig, axes[k // ncols, k % ncols], xy, std, f"{gene}: {label}", cmap="magma",
-             point_size=point_size)
+             point_size=point_size, label=bar)
     for k in range(len(genes), nrows * ncols):
         axes[k // ncols, k % ncols].set_axis_off()
     return _save(fig, path)

@@ -63,7 +63,22 @@ def test_fit_saves_a_model_that_loads(files):
                                   if g not in set(st.var_names)]
 
 
-def test_demo_fast_writes_the_h5ad_the_png_and_scores(tmp_path, capsys):
+def test_demo_fast_writes_the_h5ad_the_png_and_scores(tmp_path, capsys, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.text import Text
+
+    from spalstf import pl
+
+    drawn = []  # the figure the demo draws, and what it was given
+    real = pl.spatial
+
+    def spy(imputed, genes, **kwargs):
+        drawn.append((imputed, list(genes), kwargs, real(imputed, genes, **kwargs)))
+        return drawn[-1][-1]
+
+    monkeypatch.setattr(pl, "spatial", spy)
     assert main(["demo", "--fast", "--out", str(tmp_path), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "Pearson r with the simulated truth" in text and "median" in text
@@ -71,6 +86,95 @@ def test_demo_fast_writes_the_h5ad_the_png_and_scores(tmp_path, capsys):
     assert np.all(result.X >= 0)
     png = (tmp_path / "demo_imputed.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # The figure: typical genes (quartiles and median of r), not the best ones.
+    (imputed, genes, kwargs, fig), = drawn
+    truth = kwargs["truth"]
+    r = {g: np.corrcoef(truth[g], imputed[:, g].X.ravel())[0, 1] for g in imputed.var_names}
+    ranked = sorted(r, key=r.get)  # worst to best
+    n = len(ranked)
+    assert genes == [ranked[round(q / 100 * (n - 1))] for q in (75, 50, 25)]
+    assert ranked[-1] not in genes
+    maps = [ax for ax in fig.axes if ax.get_title()]
+    # truth, imputed on the truth's scale, imputed on its own, std per gene
+    assert len(maps) == 4 * len(genes)
+    for row, gene in enumerate(genes):
+        truth_map, level_map, own_map, _ = maps[4 * row:4 * row + 4]
+        assert own_map.get_title() == (f"{gene}: imputed (r = {r[gene]:.2f})\n"
+                                       "on their own colour scale")
+        assert level_map.get_title() == f"{gene}: imputed\non the truth's colour scale"
+        rank = n - ranked.index(gene)
+        assert f"(rank {rank} of {n})" in truth_map.get_ylabel()
+        assert truth_map.get_title().startswith(f"{gene}: simulated truth")
+        # One colour scale for truth and imputation (the level), and the imputation's own
+        # (the pattern, which the shared scale flattens where the imputation sits lower).
+        assert truth_map.collections[0].get_clim() == level_map.collections[0].get_clim()
+        values = imputed[:, gene].X.ravel()
+        np.testing.assert_allclose(own_map.collections[0].get_clim(),
+                                   np.percentile(values, [1, 99]), rtol=1e-6)
+    # Every map has a colour bar with units; only "not measured" may say measured.
+    bars = [ax.collections[0].colorbar for ax in maps]
+    assert all(bar is not None for bar in bars)
+    assert all("log1p(count / known-gene total x 1e4)" in bar.ax.get_ylabel()
+               or "same units" in bar.ax.get_ylabel() for bar in bars)
+    words = " ".join(t.get_text() for t in fig.findobj(Text))
+    assert "not measured" in words
+    assert "measured" not in words.replace("not measured", "")
+    # What the figure is: simulated data, its size, the median r over all genes, the level gap
+    # which r ignores; the title is wrapped to the figure's width, hence the joined words.
+    title = " ".join(fig.get_suptitle().split())
+    assert "SIMULATED data: 300 ST cells" in title
+    assert f"median {np.median(list(r.values())):.2f} over all {n} genes" in title
+    gap = np.median(np.asarray(imputed.X).mean(axis=0) - truth.to_numpy().mean(axis=0))
+    assert f"imputed minus truth, mean per gene: median {gap:+.2f} over all genes" in title
+    assert f"imputed minus truth, mean per gene: median {gap:+.2f}" in text
+
+
+def test_demo_figure_says_what_the_imputed_values_are(tiny_pair, tiny_model, tmp_path,
+                                                      monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spalstf.cli import _demo_figure
+
+    st, _ = tiny_pair
+    imputed = tiny_model.impute(st, progress=False, n_samples=2)
+    truth = st.obsm["truth"].loc[list(imputed.obs_names), list(imputed.var_names)]
+    pcc = np.array([np.corrcoef(truth[g], imputed[:, g].X.ravel())[0, 1]
+                    for g in imputed.var_names])
+    titles = []  # the title of each figure drawn, its words joined (it is wrapped)
+    real = spalstf.pl.spatial
+
+    def spy(*args, **kwargs):
+        titles.append(" ".join(kwargs["title"].split()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spalstf.pl, "spatial", spy)
+
+    def title_of(params, selected, truth=truth):
+        shown = imputed.copy()
+        shown.uns["spalstf"]["params"].update(params)
+        shown.uns["spalstf"]["self_check"] = {"selected": selected}
+        _demo_figure(shown, truth, pcc, n_ref=7, path=tmp_path / "demo.png")
+        return titles[-1]
+
+    # The refined depth-free expression: nothing to add.
+    assert "Imputed values" not in title_of({"residual_weight": 1.0, "depth_weight": 0.0}, {})
+    title = title_of({"residual_weight": 0.0, "depth_weight": 0.25},
+                     {"residual_weight": 0.0, "depth_weight": 0.25})
+    assert ("Imputed values, as the self-check chose: 75% the expression, 25% the value "
+            "expected at the spot's depth") in title
+    assert "the prior's prediction alone (no refinement by the diffusion model)" in title
+    title = title_of({"residual_weight": 0.5, "depth_weight": 0.0}, {})  # the user's setting
+    assert title.endswith("Imputed values: the prior's prediction + 50% of the diffusion "
+                          "model's refinement")
+    assert "7-cell reference" in title and (tmp_path / "demo.png").exists()
+    # Where the imputation sits against the truth is read from the data, not assumed.
+    undo = truth.to_numpy().mean(axis=0) - imputed.X.mean(axis=0)  # truth minus imputed, per gene
+    for gap, words in ((0.05, "at about the truth's level"), (-1.0, "lower"), (1.0, "higher")):
+        title = title_of({}, {}, truth=truth - (undo + gap)[None, :])
+        assert (f"The imputed values sit {words} (imputed minus truth, mean per gene: median "
+                f"{gap:+.2f} over all genes)") in title
 
 
 def test_checkpoint_and_resume_flags_continue_a_fit(files, capsys):

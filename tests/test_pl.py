@@ -62,6 +62,125 @@ def test_spatial_measured_imputed_and_std_side_by_side(tiny_pair, imputed, tmp_p
     assert pdf.read_bytes()[:5] == b"%PDF-"
 
 
+def _maps(fig):
+    """The maps of a figure (colour bars have no title), row by row."""
+    return [ax for ax in fig.axes if ax.get_title()]
+
+
+def _texts(fig):
+    """Every piece of text drawn in the figure: titles, axis and colour-bar labels, ticks."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def test_spatial_names_the_truth_as_told_and_labels_every_colour_bar(tiny_pair, imputed):
+    st, _ = tiny_pair
+    genes = list(imputed.var_names[:2])
+    fig = pl.spatial(imputed, genes, truth=st.obsm["truth"], truth_label="simulated truth",
+                     labels={genes[1]: "median r"}, title="what this is")
+    maps = _maps(fig)
+    assert [ax.get_title().split(" (r = ")[0] for ax in maps] == [
+        f"{g}: {c}" for g in genes for c in ("simulated truth", "imputed", "std")]
+    # The truth is what the caller says it is: no map is called measured.
+    assert not [t for t in _texts(fig) if "measured" in t]
+    assert fig.get_suptitle() == "what this is"
+    assert [ax.get_ylabel() for ax in maps[::3]] == ["", "median r"]
+    # Every map has a colour bar with the units of its values.
+    units = "log1p(count / known-gene total x 1e4)"
+    bars = [ax.collections[0].colorbar for ax in maps]
+    assert all(bar is not None for bar in bars)
+    assert [bar.ax.get_ylabel() for bar in bars[:3]] == [
+        units, units, "std over 2 samples, same units as the values"]
+    # r in the imputed map's title is that of the drawn values.
+    truth = st.obsm["truth"].loc[list(imputed.obs_names), genes[0]].to_numpy()
+    r = np.corrcoef(truth, imputed[:, genes[0]].X.ravel())[0, 1]
+    assert maps[1].get_title() == f"{genes[0]}: imputed (r = {r:.2f})"
+
+
+def test_spatial_units_say_when_values_are_partly_at_the_spots_depth(imputed):
+    gene = imputed.var_names[0]
+    blended = imputed.copy()
+    blended.uns["spalstf"]["params"]["depth_weight"] = 0.5
+    bar = pl.spatial(blended, gene).axes[0].collections[0].colorbar
+    assert bar.ax.get_ylabel().endswith("\n50% expected at the spot's depth")
+    blended.uns["spalstf"]["params"]["output"] = "at_depth"
+    bar = pl.spatial(blended, gene).axes[0].collections[0].colorbar
+    assert bar.ax.get_ylabel().endswith("\nexpected at the spot's depth")
+    bar = pl.spatial(blended, gene, units="my units").axes[0].collections[0].colorbar
+    assert bar.ax.get_ylabel() == "my units"
+    # Values spalstf did not write have no units to claim.
+    foreign = imputed.copy()
+    del foreign.uns["spalstf"]
+    bar = pl.spatial(foreign, gene, show_std=False).axes[0].collections[0].colorbar
+    assert bar.ax.get_ylabel() == ""
+    assert imputed.uns["spalstf"]["params"]["depth_weight"] == 0  # the input is untouched
+
+
+def test_spatial_colour_scale_matched_or_separate(tiny_pair, imputed):
+    st, _ = tiny_pair
+    gene = imputed.var_names[0]
+    truth = st.obsm["truth"].loc[list(imputed.obs_names), gene].to_numpy()
+    values = imputed[:, gene].X.ravel()
+    fig = pl.spatial(imputed, gene, truth=st.obsm["truth"], show_std=False)
+    both = tuple(np.percentile(np.concatenate([truth, values]), [1, 99]))
+    assert [ax.collections[0].get_clim() for ax in _maps(fig)] == [both, both]
+    fig = pl.spatial(imputed, gene, truth=st.obsm["truth"], show_std=False, scale="separate")
+    np.testing.assert_allclose([ax.collections[0].get_clim() for ax in _maps(fig)],
+                               [np.percentile(truth, [1, 99]), np.percentile(values, [1, 99])],
+                               rtol=1e-6)
+
+
+def test_spatial_scale_both_draws_the_imputation_on_the_truths_scale_and_its_own(
+        tiny_pair, imputed):
+    st, _ = tiny_pair
+    gene = imputed.var_names[0]
+    truth = st.obsm["truth"].loc[list(imputed.obs_names), gene].to_numpy()
+    values = imputed[:, gene].X.ravel()
+    fig = pl.spatial(imputed, gene, truth=st.obsm["truth"], scale="both",
+                     truth_label="simulated truth")
+    maps = _maps(fig)
+    r = np.corrcoef(truth, values)[0, 1]
+    assert [ax.get_title() for ax in maps] == [
+        f"{gene}: simulated truth", f"{gene}: imputed\non the truth's colour scale",
+        f"{gene}: imputed (r = {r:.2f})\non their own colour scale", f"{gene}: std"]
+    clims = [ax.collections[0].get_clim() for ax in maps]
+    both = tuple(np.percentile(np.concatenate([truth, values]), [1, 99]))
+    assert clims[0] == clims[1] == both  # the level: one scale with the truth
+    np.testing.assert_allclose(clims[2], np.percentile(values, [1, 99]), rtol=1e-6)
+    for ax in maps[1:3]:  # both maps draw the imputed values
+        np.testing.assert_allclose(ax.collections[0].get_array(), values, rtol=1e-6)
+    # Without a truth there is no level to match: one imputed map.
+    fig = pl.spatial(imputed, gene, scale="both", show_std=False)
+    assert [ax.get_title() for ax in _maps(fig)] == [f"{gene}: imputed"]
+
+
+def test_spatial_wraps_a_long_title_inside_the_figure(imputed):
+    title = "A title longer than the figure is wide, " * 8 + "\nsecond line"
+    fig = pl.spatial(imputed, imputed.var_names[0], title=title, show_std=False)
+    fig.canvas.draw()
+    suptitle, = [t for t in fig.texts if t.get_text() == fig.get_suptitle()]
+    box = suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # not cut at the edges
+    text = fig.get_suptitle()
+    assert " ".join(text.split()) == " ".join(title.split())  # words kept, in order
+    assert text.count("\n") >= 2 and text.endswith("\nsecond line")
+
+
+def test_spatial_std_bar_says_what_the_values_keep_of_the_samples(imputed):
+    gene = imputed.var_names[0]
+    shrunk = imputed.copy()
+    shrunk.uns["spalstf"]["params"]["residual_weight"] = 0.0
+    bar = _maps(pl.spatial(shrunk, gene))[-1].collections[0].colorbar
+    assert bar is not None and bar.ax.get_ylabel() == (
+        "std over 2 samples, same units as the values\n"
+        "unused by the values (the prior alone)")
+    shrunk.uns["spalstf"]["params"]["residual_weight"] = 0.5
+    bar = _maps(pl.spatial(shrunk, gene))[-1].collections[0].colorbar
+    assert bar.ax.get_ylabel().endswith("\nthe values keep 50% of their refinement")
+    assert imputed.uns["spalstf"]["params"]["residual_weight"] == 1  # the input is untouched
+
+
 def test_uncertainty_maps_one_panel_per_gene(imputed, tmp_path):
     genes = list(imputed.var_names[:3])
     path = tmp_path / "std.png"
@@ -71,8 +190,11 @@ def test_uncertainty_maps_one_panel_per_gene(imputed, tmp_path):
     assert [ax.get_title() for ax in drawn] == [f"{g}: std" for g in genes]
     np.testing.assert_allclose(drawn[0].collections[0].get_array(),
                                imputed[:, genes[0]].layers["std"].ravel(), rtol=1e-6)
+    assert drawn[0].collections[0].colorbar.ax.get_ylabel() == (
+        "std over 2 samples, same units as the values")
     fig = pl.uncertainty(imputed, genes[:1], relative=True)
     assert fig.axes[0].get_title() == f"{genes[0]}: std / (value + 0.1)"
+    assert fig.axes[0].collections[0].colorbar.ax.get_ylabel() == "std / (value + 0.1)"
 
 
 def test_metric_boxplot_one_box_per_method(tmp_path):
@@ -131,6 +253,13 @@ def test_plots_reject_bad_input(imputed, tiny_model):
         pl.uncertainty(_without_std(imputed), [gene])
     with pytest.raises(ValueError, match="`genes` is empty"):
         pl.spatial(imputed, [])
+    with pytest.raises(ValueError, match="`scale` must be one of 'matched', 'separate', 'both'; "
+                                         "received 'x'"):
+        pl.spatial(imputed, [gene], scale="x")
+    with pytest.raises(ValueError, match="`truth` or as `measured`, not both"):
+        pl.spatial(imputed, [gene], truth=imputed, measured=imputed)
+    with pytest.raises(ValueError, match="`labels` names genes that are not drawn"):
+        pl.spatial(imputed, [gene], labels={"other": "x"})
     with pytest.raises(TypeError, match="cross_validate"):
         pl.metric_boxplot([1, 2, 3])
     with pytest.raises(ValueError, match="not in the table"):
