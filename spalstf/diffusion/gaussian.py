@@ -121,7 +121,7 @@ class GaussianDiffusion:
     def training_losses(self, eps_pred: torch.Tensor, v_pred: torch.Tensor | None,
                         x0: torch.Tensor, xt: torch.Tensor, noise: torch.Tensor,
                         t: torch.Tensor, vlb_weight: float = 0.0,
-                        kl_weight: float = 0.0) -> LossTerms:
+                        kl_weight: float = 0.0, mask: torch.Tensor | None = None) -> LossTerms:
         """The hybrid objective: MSE on the noise + vlb_weight * T * L_t + kl_weight * KL.
 
         L_t is the variational-bound term at the sampled t, computed on a detached mean so it
@@ -129,27 +129,60 @@ class GaussianDiffusion:
         whole bound, so vlb_weight is improved DDPM's lambda (0.001 in the paper). The KL
         regulariser compares the distribution of a cell's predicted noise over its genes,
         moment-matched to a Gaussian, with the true noise distribution N(0, 1).
+
+        `mask` (batch, genes) of 0/1, when given, restricts every term to the genes it marks
+        (the masked-gene model's PREDICT genes): each term is a per-cell mean over the cell's
+        marked genes, then a mean over the cells that have any, so every cell weighs the same
+        whatever its number of marked genes. Without a mask (or with all ones) the terms are
+        those of the unmasked loss.
         """
-        mse = ((eps_pred - noise) ** 2).mean()
+        weights = count = rows = None
+        if mask is not None:
+            weights = mask.to(eps_pred.dtype)
+            count = weights.sum(dim=1)
+            rows = count > 0
+            if not bool(rows.any()):
+                raise ValueError("`mask` marks no gene in any cell: there is nothing to learn")
+
+        def per_cell(values: torch.Tensor) -> torch.Tensor:
+            """Each cell's mean over its marked genes (all genes without a mask)."""
+            if weights is None:
+                return values.mean(dim=1)
+            return (values * weights).sum(dim=1)[rows] / count[rows]
+
+        squared = (eps_pred - noise) ** 2
+        mse = squared.mean() if weights is None else per_cell(squared).mean()
         zero = mse.new_zeros(())
         vlb = zero
         if vlb_weight > 0 and v_pred is not None and self.learn_sigma:
             t_prev = t - 1
             true_mean, _, true_log_var, _ = self._posterior(x0, xt, t, t_prev)
             mean, log_var, _ = self.p_mean_logvar(eps_pred.detach(), v_pred, xt, t, t_prev)
-            kl = normal_kl(true_mean, true_log_var, mean, log_var).mean(dim=1) / math.log(2.0)
-            nll = gaussian_nll(x0, mean, log_var).mean(dim=1) / math.log(2.0)
-            vlb = torch.where(t == 0, nll, kl).mean() * self.num_train_timesteps
+            kl = per_cell(normal_kl(true_mean, true_log_var, mean, log_var)) / math.log(2.0)
+            nll = per_cell(gaussian_nll(x0, mean, log_var)) / math.log(2.0)
+            first = t == 0 if weights is None else (t == 0)[rows]
+            vlb = torch.where(first, nll, kl).mean() * self.num_train_timesteps
         kl_reg = zero
         if kl_weight > 0:
-            mu = eps_pred.mean(dim=1)
-            if eps_pred.shape[1] > 1:
+            mu = per_cell(eps_pred)
+            if weights is None:
+                n_genes = torch.full_like(mu, float(eps_pred.shape[1]))
                 var = eps_pred.var(dim=1, unbiased=False) + 1e-6
-                kl_reg = (0.5 * (var + mu ** 2 - 1 - torch.log(var))).mean()
             else:
-                kl_reg = (0.5 * mu ** 2).mean()
+                n_genes = count[rows]
+                var = per_cell((eps_pred - self._scatter(mu, rows)[:, None]) ** 2) + 1e-6
+            # A cell with one gene has no spread to match: only its mean is pulled to 0.
+            kl_reg = torch.where(n_genes > 1, 0.5 * (var + mu ** 2 - 1 - torch.log(var)),
+                                 0.5 * mu ** 2).mean()
         total = mse + vlb_weight * vlb + kl_weight * kl_reg
         return LossTerms(total=total, mse=mse, vlb=vlb, kl=kl_reg)
+
+    @staticmethod
+    def _scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Per-cell `values` of the cells `rows` (a boolean mask) back on every cell (0 else)."""
+        out = values.new_zeros(rows.shape[0])
+        out[rows] = values
+        return out
 
     # --- sampling ---------------------------------------------------------------------------
     def set_timesteps(self, n_steps: int | None, sampler: str = "ddim") -> np.ndarray:
