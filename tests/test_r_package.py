@@ -10,6 +10,7 @@ The testthat suite itself runs with scripts/r_test.sh.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,3 +122,40 @@ def test_read_rds_is_the_r_packages_converter(tmp_path):
     np.testing.assert_array_equal(from_py.obsm["spatial"], from_r.obsm["spatial"])
     assert from_py.uns["seurat"]["assay"] == from_r.uns["seurat"]["assay"] == "Spatial"
     assert set(from_py.uns) == set(from_r.uns) | {"rds"}
+
+
+def _readme_r_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```r\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_readme_has_the_r_quick_start_and_seurat_next_steps():
+    blocks = _readme_r_blocks()
+    assert len(blocks) >= 2
+    assert "Impute(" in blocks[0] and "SpaLSTF.std" in blocks[0]
+    assert any("ImageFeaturePlot" in b and "subset(" in b for b in blocks[1:])
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/visium_lymph absent")
+@pytest.mark.skipif(not _r_spalstf_installed(), reason="R package SpaLSTF not installed")
+def test_readme_r_quick_start_and_seurat_next_steps_run_as_written(tmp_path):
+    """The README's R blocks, in order, in one R session started in the project root, as the
+    README says (its paths are relative to it); then the objects they made are checked.
+
+    Rscript prints a plot left at top level (the README's ImageFeaturePlot) to ./Rplots.pdf:
+    the session's default device is pointed at its temporary folder first, so that the run
+    leaves nothing in the project root."""
+    stray = ROOT / "Rplots.pdf"
+    before = stray.stat().st_mtime_ns if stray.exists() else None
+    script = 'grDevices::pdf(file.path(tempdir(), "Rplots.pdf"))\n'
+    script += "\n".join(_readme_r_blocks()) + """
+      stopifnot(identical(SeuratObject::DefaultAssay(st), "Spatial"),
+                all(c("SpaLSTF", "SpaLSTF.std") %in% SeuratObject::Assays(st)),
+                identical(colnames(b_rich[["SpaLSTF.std"]]), colnames(b_rich)),
+                file.exists(file.path(tempdir(), "CD3E.png")))
+      cat("README R blocks ran\n")
+    """
+    out = _rscript(script, ROOT)
+    assert "README R blocks ran" in out
+    assert "SpaLSTF.std" in out  # the object printed with its two new assays
+    assert (stray.stat().st_mtime_ns if stray.exists() else None) == before
