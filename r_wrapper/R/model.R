@@ -163,7 +163,10 @@ LoadSpaLSTF <- function(path, device = "auto") {
 #' @param genes Restrict the evaluation to these shared genes.
 #' @param method.options Named list of named lists: options per method, e.g.
 #'   \code{list(spalstf = list(epochs = 5L))}.
-#' @param clustering Also compare clusterings (needs the Python package leidenalg).
+#' @param clustering Also compare Leiden clusters of the measured values and of each
+#'   method's assembled prediction (scanpy's PCA, neighbour graph and Leiden, seeded by
+#'   \code{seed}): columns \code{ari}, \code{ami}, \code{nmi} and \code{homogeneity} of
+#'   the summary.
 #' @return A data.frame of per-gene metrics (one row per truth, method, fold and gene: PCC,
 #'   SSIM, RMSE, JS, ...) with \code{attr(, "summary")} the per-method summary data.frame.
 #' @examples
