@@ -79,6 +79,12 @@ class MaskedOptions:
         scale, as given; measured on one fold, the alignment lowered the network's median PCC
         on osmFISH (0.139 -> 0.061 with diffusion, 0.283 -> 0.195 without and no ST rows).
         Neighbours are searched with the ST z-scored over itself either way.
+    st_withheld
+        Known genes (indices) whose ST values never enter training: ABSENT in every ST row,
+        learnt from the reference alone, as the targets are. Predicting them on the ST (an
+        inner fold of the self-check) is then an honest estimate of how the network does on
+        targets; on genes the ST rows did teach, the estimate is optimistic (the network has
+        seen those genes on the ST's own cells and platform).
     prior
         What each gene's residual is taken around: "gaussian", the reference's conditional
         mean given the row's GIVEN genes (`ConditionalGaussian`, a ridge for that split), or
@@ -99,6 +105,7 @@ class MaskedOptions:
     atlas_size: int = 3000
     use_source: bool = False
     align_st: bool = False
+    st_withheld: tuple[int, ...] = ()
     prior: str = "gaussian"
     mask_group: int = 8
     final_lr: float = 0.1
@@ -233,6 +240,15 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
         raise ValueError("the ST rows need at least 2 known genes (one given, one hidden); "
                          f"received {n_known}: pass options=MaskedOptions(use_st=False)")
     use_st = options.use_st and len(st) > 0
+    withheld = np.asarray(options.st_withheld, dtype=np.int64).reshape(-1)
+    if len(withheld) and (withheld.min() < 0 or withheld.max() >= n_known
+                          or len(np.unique(withheld)) != len(withheld)):
+        raise ValueError(f"`st_withheld` must hold distinct known-gene indices in [0, {n_known})"
+                         f"; received {withheld.tolist()}")
+    free = np.setdiff1d(np.arange(n_known), withheld)
+    if use_st and len(free) < 2:
+        raise ValueError(f"the ST rows need at least 2 known genes that are not withheld; "
+                         f"`st_withheld` leaves {len(free)} of {n_known}")
     rng = np.random.default_rng([seed, 7])
 
     # Reference rows: cells, then pseudo-spots; the atlas is a subset of the cells.
@@ -256,12 +272,13 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
     st_sd = st.std(axis=0) if len(st) else np.ones(n_known, np.float32)
     st_sd = np.where(st_sd > 1e-6, st_sd, 1.0).astype(np.float32)
     st_aligned = (st - st_mean) / st_sd
-    st_own = st_aligned if options.align_st else st
+    st_own = (st_aligned if options.align_st else st).copy()
+    st_own[:, withheld] = 0.0  # never read: ABSENT in every ST row
     # The data range of each gene bounds the predicted x0 at sampling (clip_denoised).
     low, high = ref_rows.min(axis=0), ref_rows.max(axis=0)
     if use_st:
-        low[:n_known] = np.minimum(low[:n_known], st_own.min(axis=0))
-        high[:n_known] = np.maximum(high[:n_known], st_own.max(axis=0))
+        low[free] = np.minimum(low[free], st_own[:, free].min(axis=0))
+        high[free] = np.maximum(high[free], st_own[:, free].max(axis=0))
 
     # The Gaussian prior's penalty: the ridge's (GCV on the reference, known -> targets), on
     # the correlation scale; without targets, the ridge's floor (1).
@@ -324,18 +341,25 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
         values, aligned = [ref_t[ref_idx]], [ref_t[ref_idx, :n_known]]
         hidden, groups = hide_known(rng, n_ref_batch, n_known, options.reference_hidden, False,
                                     options.mask_group)
+        absent = np.zeros_like(hidden)
         own = [self_t[ref_idx]]
         if n_st_batch:
             st_idx = to_device(st_order.take(n_st_batch), device)
             values.append(st_t[st_idx])
             aligned.append(st_aligned[st_idx])
-            st_hidden, st_groups = hide_known(rng, n_st_batch, n_known, options.st_hidden, True,
-                                              options.mask_group)
+            st_free, st_groups = hide_known(rng, n_st_batch, len(free), options.st_hidden, True,
+                                            options.mask_group)
+            st_hidden = np.zeros((len(st_free), n_known), dtype=bool)
+            st_hidden[:, free] = st_free
+            st_absent = np.zeros_like(st_hidden)
+            st_absent[:, withheld] = True
             groups = np.concatenate([groups, st_groups + len(hidden)])
             hidden = np.concatenate([hidden, st_hidden])
+            absent = np.concatenate([absent, st_absent])
             own.append(torch.full((n_st_batch,), -1, dtype=torch.long, device=device))
         state = np.full((batch_size, n_known + n_target), PREDICT, dtype=np.int64)
-        state[:, :n_known] = np.where(hidden[groups], PREDICT, GIVEN)
+        state[:, :n_known] = np.where(hidden[groups], PREDICT,
+                                      np.where(absent[groups], ABSENT, GIVEN))
         state[n_ref_batch:, n_known:] = ABSENT
         source = torch.as_tensor(np.repeat([0, 1], [n_ref_batch, n_st_batch]), device=device)
         t = torch.randint(0, config.num_train_timesteps, (batch_size,), generator=generator)
@@ -345,7 +369,7 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
         given = (state_t == GIVEN).to(values.dtype)
         with torch.no_grad():  # the conditioning: no parameter of the network in it
             prior, knn, idx, dist = conditioning(
-                gauss, values, torch.cat(aligned), given, to_device(~hidden, device),
+                gauss, values, torch.cat(aligned), given, to_device(~hidden & ~absent, device),
                 to_device(groups, device), atlas_t, k, torch.cat(own), options.prior)
         terms = batch_loss(network, diffusion, config, values, state_t, prior, knn, atlas_t,
                            idx, dist, t.to(device), noise.to(device), source)
@@ -377,7 +401,8 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
     info = {"architecture": arch, "fit_seconds": seconds, "updates": max_steps,
             "reference_rows": len(ref_rows), "st_rows": len(st) if use_st else 0,
             "rows_per_batch": {"reference": n_ref_batch, "st": n_st_batch},
-            "atlas_cells": len(atlas), "prior": options.prior, "prior_penalty": penalty,
+            "atlas_cells": len(atlas), "st_withheld": withheld.tolist(),
+            "prior": options.prior, "prior_penalty": penalty,
             "history": history, "seed": seed}
     logger.info("masked network: %d updates in %.1f s (%d reference rows, %d ST rows, "
                 "%d per batch from the ST)", max_steps, seconds, len(ref_rows),
@@ -422,9 +447,7 @@ def conditioning(gauss: ConditionalGaussian, values: torch.Tensor, aligned: torc
     knn = atlas[idx].mean(dim=1)
     if prior == "neighbours":
         return knn, knn, idx, dist
-    weights = gauss.weights(masks.to(values.dtype))
-    return gauss.predict(values[:, :n_known] * given[:, :n_known], weights, groups), knn, \
-        idx, dist
+    return gauss.predict_masked(values[:, :n_known], masks, groups), knn, idx, dist
 
 
 def batch_loss(network: MaskedDenoiser, diffusion: GaussianDiffusion, config: Config,

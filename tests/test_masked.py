@@ -180,6 +180,18 @@ def test_the_gaussian_prior_is_the_ridge_of_the_split():
                         gauss.weights(mask)).numpy()
     w, b, _ = fit_prior(rows[:, given], rows[:, [1, 4, 5, 6]], np.arange(300), 0.7 * 300)
     np.testing.assert_allclose(out[:, [1, 4, 5, 6]], rows[:, given] @ w + b, atol=1e-3)
+    # Training's path (a solve per mask, many masks in a batch) gives the same means, and a
+    # hidden gene's value does not enter them.
+    masks = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
+    groups = torch.as_tensor(np.arange(300) % 2)
+    known = torch.as_tensor(rows[:, :5], dtype=torch.float32)
+    both = gauss.predict_masked(known, masks, groups).numpy()
+    np.testing.assert_allclose(both[::2], out[::2], atol=1e-4)
+    second = gauss.predict(known * masks[1], gauss.weights(masks[1:])).numpy()
+    np.testing.assert_allclose(both[1::2], second[1::2], atol=1e-4)
+    moved = known.clone()
+    moved[:, 4] += 100.0
+    np.testing.assert_array_equal(gauss.predict_masked(moved, masks, groups).numpy(), both)
 
 
 def test_each_rows_hidden_genes_follow_the_rules():
@@ -279,3 +291,23 @@ def test_each_option_is_kept_by_the_state(data, option):
         known_out = shifted.predict(st + 5.0, GIVEN, PREDICT, cells(len(st)))[0][:, :2]
         np.testing.assert_allclose(known_out.mean(axis=0), st[:, 6:8].mean(axis=0) + 5.0,
                                    atol=1.0)
+
+
+def test_withheld_genes_of_the_st_never_enter_training(data):
+    ref_known, ref_target, st = data
+    options = MaskedOptions(st_withheld=(6, 7))
+    base = fit_masked(ref_known, ref_target, st, config=TINY, seed=0, options=options)
+    moved = st.copy()
+    moved[:, 6:8] += 7.0
+    same = fit_masked(ref_known, ref_target, moved, config=TINY, seed=0, options=options)
+    for key, value in base.state().items():
+        if key not in ("st_mean", "st_sd"):  # statistics, read only where a gene is given
+            np.testing.assert_array_equal(value, same.state()[key], err_msg=key)
+    moved[:, 5] += 7.0  # a gene the ST rows do teach
+    other = fit_masked(ref_known, ref_target, moved, config=TINY, seed=0, options=options)
+    assert not np.array_equal(base.state()["network.known_embed.weight"],
+                              other.state()["network.known_embed.weight"])
+    with pytest.raises(ValueError, match="`st_withheld` must hold distinct known-gene"):
+        fit_masked(*data, config=TINY, options=MaskedOptions(st_withheld=(8,)))
+    with pytest.raises(ValueError, match="leaves 1 of 8"):
+        fit_masked(*data, config=TINY, options=MaskedOptions(st_withheld=tuple(range(7))))

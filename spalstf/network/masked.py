@@ -265,29 +265,48 @@ class ConditionalGaussian:
     def n_known(self) -> int:
         return self.corr.shape[1]
 
-    def weights(self, given: torch.Tensor) -> torch.Tensor:
-        """(masks, n_genes, n_known) maps from given z-scores to every gene's, one per mask
-        (`given`, (masks, n_known) of 0/1)."""
+    def _gram(self, given: torch.Tensor) -> torch.Tensor:
+        """(masks, n_known, n_known): R[S, S] + penalty I on each mask's given genes S, the
+        other genes decoupled identity rows (so the solve is that of R[S, S] alone)."""
         g = given.to(self.corr.dtype)
         eye = torch.eye(self.n_known, dtype=g.dtype, device=g.device)
-        # Genes not given are decoupled identity rows: the solve is that of R[S, S] alone.
-        gram = self.corr[:self.n_known][None] * g[:, :, None] * g[:, None, :] \
+        return self.corr[:self.n_known][None] * g[:, :, None] * g[:, None, :] \
             + eye * (self.penalty * g + (1 - g))[:, None, :]
-        inverse = torch.linalg.solve(gram.double(), (eye * g[:, None, :]).double()).float()
+
+    def weights(self, given: torch.Tensor) -> torch.Tensor:
+        """(masks, n_genes, n_known) maps from given z-scores to every gene's, one per mask
+        (`given`, (masks, n_known) of 0/1); for sampling, where one mask serves every cell."""
+        g = given.to(self.corr.dtype)
+        eye = torch.eye(self.n_known, dtype=g.dtype, device=g.device)
+        inverse = torch.linalg.solve(self._gram(g).double(),
+                                     (eye * g[:, None, :]).double()).float()
         return self.corr[None] @ (inverse * g[:, :, None])
 
-    def predict(self, known: torch.Tensor, weights: torch.Tensor,
-                groups: torch.Tensor | None = None) -> torch.Tensor:
-        """(rows, n_genes) conditional means; row i uses `weights[groups[i]]` (all the first
-        mask when `groups` is None)."""
-        z = (known - self.mean[:self.n_known]) / self.sd[:self.n_known]
-        if groups is None:
-            out = z @ weights[0].T
-        else:  # a product per mask: gathering a map per row would not fit in memory
-            out = z.new_empty(len(z), self.corr.shape[0])
-            for g in torch.unique(groups).tolist():
-                rows = (groups == g).nonzero()[:, 0]
-                out[rows] = z[rows] @ weights[g].T
+    def _z(self, known: torch.Tensor) -> torch.Tensor:
+        return (known - self.mean[:self.n_known]) / self.sd[:self.n_known]
+
+    def predict(self, known: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(rows, n_genes) conditional means of the rows `known` (n_known columns, read only
+        where the mask of `weights` (the first) gives them)."""
+        return self.mean + self.sd * (self._z(known) @ weights[0].T)
+
+    def predict_masked(self, known: torch.Tensor, given: torch.Tensor,
+                       groups: torch.Tensor) -> torch.Tensor:
+        """(rows, n_genes) conditional means, row i given the genes of `given[groups[i]]`.
+
+        For training, where each mini-batch holds many masks: a Cholesky solve per mask on its
+        rows only, never a (genes x known genes) map per mask, which with thousands of genes
+        would cost more than the network's update. The penalty (at least 1 on the correlation
+        scale: `spalstf.prior.choose_alpha`'s floor) keeps the solve well conditioned.
+        """
+        g = given.to(self.corr.dtype)
+        z = self._z(known) * g[groups]
+        chol = torch.linalg.cholesky(self._gram(g))
+        out = z.new_empty(len(z), self.corr.shape[0])
+        for mask in torch.unique(groups).tolist():
+            rows = (groups == mask).nonzero()[:, 0]
+            solved = torch.cholesky_solve(z[rows].T, chol[mask])  # (n_known, rows)
+            out[rows] = (self.corr @ (solved * g[mask][:, None])).T
         return self.mean + self.sd * out
 
     def state(self) -> dict[str, torch.Tensor]:
