@@ -47,7 +47,8 @@ cat(sprintf("ST: %d genes x %d spots; reference: %d genes x %d cells; %d genes s
             nrow(st), ncol(st), nrow(ref), ncol(ref), length(intersect(rownames(st), rownames(ref)))))
 
 # 1. Impute: genes = NULL imputes every reference gene the ST lacks. The result is an
-#    alternative experiment "SpaLSTF" (assays logcounts and std); the counts are untouched.
+#    alternative experiment "SpaLSTF" (assays logcounts, std, and lower / upper: the 90%
+#    interval the self-check calibrated on the ST's own genes); the counts are untouched.
 # --fast: a small network trained briefly; other spalstf options go by their Python names.
 small <- list(d_model = 32L, depth = 1L, lstm_hidden = 16L, n_neighbors = 4L)
 settings <- if (fast) c(list(epochs = 3L, n.steps = 3L, n.samples = 2L, verbose = FALSE), small) else list()
@@ -56,7 +57,9 @@ alt <- altExp(st, "SpaLSTF")
 print(alt)
 print(round(as.matrix(assay(alt, "logcounts")[1:4, 1:4]), 2))  # log-normalised imputations
 print(round(as.matrix(assay(alt, "std")[1:4, 1:4]), 2))        # their uncertainty
+print(round(as.matrix(assay(alt, "upper")[1:4, 1:4]), 2))      # upper bound of the interval
 cat("parameters in metadata(st)$SpaLSTF; spalstf", metadata(st)$SpaLSTF$spalstf.version, "\n")
+print(round(metadata(st)$SpaLSTF$self_check$weights, 2))  # the base predictions' weights
 
 # The alternative experiment has the spots as columns: st[, spots] subsets the values and
 # their uncertainty with them. A map of the most variable imputed gene and of its uncertainty,
@@ -79,7 +82,7 @@ grid::grid.newpage()
 grid::pushViewport(grid::viewport(layout = grid::grid.layout(1, 2)))
 print(map("imputed", paste(gene, "imputed (log-normalised)")),
       vp = grid::viewport(layout.pos.row = 1, layout.pos.col = 1))
-print(map("std", paste(gene, "uncertainty (std over samples)")),
+print(map("std", paste(gene, "uncertainty (std: interval half-width / z)")),
       vp = grid::viewport(layout.pos.row = 1, layout.pos.col = 2))
 invisible(dev.off())
 cat("wrote", png_file, "\n")

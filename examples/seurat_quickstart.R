@@ -41,13 +41,16 @@ cat("of these, the Visium panel measures:", if (length(measured)) measured else 
 small <- list(d_model = 32L, depth = 1L, lstm_hidden = 16L, n_neighbors = 4L)
 settings <- if (fast) c(list(epochs = 3L, n.steps = 3L, n.samples = 2L, verbose = FALSE), small) else list()
 st <- do.call(Impute, c(list(st, sc, genes = genes, seed = 0L), settings))
-print(st)  # new assays "SpaLSTF" and "SpaLSTF.std"; the default assay is still "Spatial"
+# new assays "SpaLSTF" (values), "SpaLSTF.std" (uncertainty), "SpaLSTF.lower" and
+# "SpaLSTF.upper" (the 90% interval); the default assay is still "Spatial"
+print(st)
 
 imputed <- GetAssayData(st, assay = "SpaLSTF", slot = "data")  # log-normalised, genes x spots
 std <- GetAssayData(st, assay = "SpaLSTF.std", slot = "data")  # uncertainty, same genes and spots
 print(round(as.matrix(imputed[, 1:4]), 2))
 print(round(as.matrix(std[, 1:4]), 2))
 cat("spalstf", Tool(st, "Impute")$spalstf.version, "- parameters in Tool(st, \"Impute\")\n")
+print(round(Tool(st, "Impute")$self_check$weights, 2))  # the base predictions' weights
 
 # The imputations and their uncertainty are assays like any other: subset() and merge() keep
 # them aligned with the spots, and Seurat's functions and plots read them by the assays' keys,
@@ -61,7 +64,7 @@ p <- ImageFeaturePlot(st, features = c(paste0("spalstf_", genes), paste0("spalst
                       cols = c("lightgrey", "darkred")) +
   patchwork::plot_layout(ncol = length(genes)) +
   patchwork::plot_annotation(
-    title = "Imputed expression (top, log-normalised) and its uncertainty (bottom, std over samples)",
+    title = "Imputed expression (top, log-normalised) and its uncertainty (bottom, std)",
     subtitle = "Genes the Visium panel did not measure, predicted from the scRNA-seq reference")
 ggplot2::ggsave(png_file, p, width = 3.2 * length(genes), height = 5.5, dpi = 100, bg = "white")
 cat("wrote", png_file, "\n")

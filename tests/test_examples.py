@@ -115,8 +115,8 @@ R_MISSING = _r_ready()
 def test_seurat_quickstart(tmp_path):
     out = _run(["Rscript", str(EXAMPLES / "seurat_quickstart.R"),
                 str(DATA / "visium_lymph" / "seurat"), "--fast", "--out=o"], tmp_path)
-    # the values and their uncertainty are two assays; the default assay stays the measured one
-    assert "2 other assays present: SpaLSTF, SpaLSTF.std" in out
+    # the values, their uncertainty and interval are assays; the default stays the measured one
+    assert "4 other assays present: SpaLSTF, SpaLSTF.std, SpaLSTF.lower, SpaLSTF.upper" in out
     assert "Active assay: Spatial" in out
     assert f"Python used: {sys.executable}" in out
     assert "wrote o/seurat_quickstart.png" in out  # Seurat's ImageFeaturePlot of both assays
@@ -129,7 +129,7 @@ def test_seurat_quickstart(tmp_path):
 def test_sce_quickstart(tmp_path):
     out = _run(["Rscript", str(EXAMPLES / "sce_quickstart.R"), str(DATA / "visium_brain"),
                 "--fast", "--out=o"], tmp_path)
-    assert "assays(2): logcounts std" in out
+    assert "assays(4): logcounts std lower upper" in out
     assert "wrote o/sce_quickstart.png" in out  # the map of a gene and of its uncertainty
     assert _is_png(tmp_path / "o" / "sce_quickstart.png")
     assert "spalstf" in out.split("method")[-1]  # the cross-validation table

@@ -6,21 +6,36 @@
 #' the expression of \code{genes} in every cell (spot) of \code{object}, by calling
 #' \code{spalstf.impute()} (or \code{Model.impute()}) of the Python package.
 #'
-#' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}:
-#' the mean over \code{n.samples} reverse-diffusion samples. With counts, the self-check may
-#' blend them with the value each spot would measure at its own depth, on average, zeros
-#' included (shallow spots read most genes as 0, as their measured genes do):
-#' \code{depth_weight} (0 to 1; 1 is \code{output = "at_depth"}) is that value's share;
-#' pass \code{output = "expression"} in \code{...} for values free of the depth.
-#' The chosen setting is in the self-check summary's \code{selected}. The samples' standard
-#' deviation (an uncertainty estimate) is kept as well: for Seurat in its own assay
-#' \code{paste0(new.assay.name, ".std")} (\code{"SpaLSTF.std"} by default; the same genes and
-#' cells, \code{data} slot), for SingleCellExperiment as the assay \code{"std"} of the
-#' alternative experiment, for matrices as \code{attr(x, "std")}. Being assays of the object,
-#' values and uncertainty stay aligned through \code{subset()}, \code{merge()} and
-#' \code{[}, and Seurat's plots read them by the assays' keys: \code{"spalstf_CD3E"} and
-#' \code{"spalstfstd_CD3E"} (e.g. \code{Seurat::ImageFeaturePlot()} on an object with an
-#' image or field of view, \code{Seurat::FeaturePlot()} with a reduction).
+#' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}.
+#' When it fits on a reference, \code{Impute()} fits several base predictors (\code{predictors}
+#' in \code{...}: the ridge prior, the aligned-neighbour estimate, plain kNN, a SpaGE-style
+#' projection, a Tangram-style optimal-transport mapping and the SpaLSTF diffusion), each read
+#' with and without the spatial or expression context and, with counts, as the expression or
+#' as the value each spot would measure at its own depth (zeros included; \code{output}).
+#' The self-check (below) learns non-negative weights of these columns on the object's own
+#' hidden known genes: the imputation is their weighted combination (a \emph{stack};
+#' \code{combine = "stack"}, the default). Without a self-check, with a
+#' \code{\link{FitSpaLSTF}} model that holds no learnt weights, or with
+#' \code{combine = "blend"}, it is the fixed blend of the ridge prior and the aligned
+#' neighbours refined by the diffusion (settings \code{knn_weight}, \code{residual_weight},
+#' \code{depth_weight}, ... in \code{...}).
+#'
+#' Each value comes with an uncertainty. With the stack: an interval calibrated on the hidden
+#' known genes (conformal; nominal coverage \code{interval_level} in \code{...}, 0.9 by
+#' default) of what the object would measure, and \code{std}, its half-width divided by the
+#' normal quantile of that level (upper bound = value + z * std; the lower bound is the same
+#' distance below, cut at 0). With the fixed blend: the standard deviation over the
+#' \code{n.samples} reverse-diffusion samples, and no interval. For Seurat the uncertainty is
+#' the assay \code{paste0(new.assay.name, ".std")} (\code{"SpaLSTF.std"} by default; the same
+#' genes and cells, \code{data} slot) and the interval the assays \code{"SpaLSTF.lower"} and
+#' \code{"SpaLSTF.upper"}; for SingleCellExperiment the assays \code{"std"}, \code{"lower"}
+#' and \code{"upper"} of the alternative experiment; for matrices \code{attr(x, "std")},
+#' \code{attr(x, "lower")} and \code{attr(x, "upper")}. Being assays of the object, values,
+#' uncertainty and interval stay aligned through \code{subset()}, \code{merge()} and
+#' \code{[}, and Seurat's plots read them by the assays' keys: \code{"spalstf_CD3E"},
+#' \code{"spalstfstd_CD3E"}, \code{"spalstflower_CD3E"} and \code{"spalstfupper_CD3E"}
+#' (e.g. \code{Seurat::ImageFeaturePlot()} on an object with an image or field of view,
+#' \code{Seurat::FeaturePlot()} with a reduction).
 #'
 #' Gene and cell names come back exactly as given. Seurat does not allow \code{_} in feature
 #' names (it writes \code{-}): requested genes are matched against the reference's original
@@ -30,18 +45,26 @@
 #'
 #' When it fits on a reference, \code{Impute()} also estimates how accurate the imputation is
 #' on this data (the self-check of \code{spalstf.impute}): it hides groups of the known genes
-#' of \code{object} in turn (\code{self.check.folds} groups), imputes them from the others
-#' with the same settings and scores them against their measured values (Pearson and Spearman
-#' correlation per gene, log-normalised scale). The same folds choose among the candidate
-#' settings in \code{select}. The summary is a list with \code{median_pcc},
-#' \code{median_spcc}, \code{n_genes}, \code{selected} (the settings chosen),
-#' \code{per_gene} (a data.frame with columns \code{gene}, \code{fold}, \code{pcc},
-#' \code{spcc}), \code{candidates} (a data.frame, one row per candidate setting) and
+#' of \code{object} in turn (\code{self.check.folds} groups), predicts them from the others
+#' with every base predictor and scores them against their measured values (Pearson and
+#' Spearman correlation per gene, log-normalised scale). The same hidden genes learn the
+#' stack's weights and calibrate its interval; the scores are those of the stack, cross-fitted
+#' (each fold's genes combined by weights learnt on the other folds). The summary is a list
+#' with \code{median_pcc}, \code{median_spcc}, \code{n_genes}, \code{weights} (a named
+#' numeric vector, largest first: the weight of each column of the stack, named
+#' \code{"predictor|view|readout"}, e.g. \code{"knn|spatial|expression"}; columns with no
+#' weight are left out), \code{interval} (a list: its nominal \code{level}, the conformal
+#' \code{quantile} and \code{offset} of the scale, and \code{n_calibration}, the values it
+#' was calibrated on), \code{per_gene} (a data.frame with columns \code{gene}, \code{fold},
+#' \code{pcc}, \code{spcc}), \code{candidates} (a data.frame, one row per column of the
+#' stack: \code{column}, \code{predictor}, \code{view}, \code{readout}, its own
+#' \code{median_pcc} and \code{median_spcc}, and its \code{weight}), \code{calibration}
+#' (the line from each gene's predictability in the reference to its expected PCC here) and
 #' \code{seconds}; it goes to \code{Tool(object, "Impute")$self_check} (Seurat),
 #' \code{metadata(object)$SpaLSTF$self_check} (SingleCellExperiment) or
-#' \code{attr(x, "self_check")} (matrices), and the median PCC is printed when
-#' \code{verbose}. Hidden known genes were chosen for the panel, so genes it never measured may
-#' be harder than the estimate says.
+#' \code{attr(x, "self_check")} (matrices), and the median PCC and the largest weights are
+#' printed when \code{verbose}. Hidden known genes were chosen for the panel, so genes it
+#' never measured may be harder than the estimate says.
 #'
 #' @param object Spatial data: a Seurat object, a SingleCellExperiment, a genes x cells matrix
 #'   (dense or a \code{dgCMatrix}; raw counts unless \code{log.normalized = TRUE}), or a Python
@@ -64,6 +87,8 @@
 #' st <- Impute(st, sc, genes = c("CD3E", "MS4A1"))
 #' Seurat::GetAssayData(st, assay = "SpaLSTF", slot = "data")      # imputed values
 #' Seurat::GetAssayData(st, assay = "SpaLSTF.std", slot = "data")  # their uncertainty
+#' Seurat::GetAssayData(st, assay = "SpaLSTF.upper", slot = "data")  # upper bound (90%)
+#' Seurat::Tool(st, "Impute")$self_check$weights  # what the stack learnt
 #' Seurat::ImageFeaturePlot(st, features = c("spalstf_CD3E", "spalstfstd_CD3E"))
 #' }
 #' @export
@@ -140,6 +165,8 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 }
 
 # The self-check options (spalstf.impute's self_check, self_check_folds, select) for Python.
+# `select` mirrors Python: "auto" or NULL. It no longer takes candidate settings (a named
+# list): the self-check learns the weights of a stack of base predictions instead.
 .self_check_options <- function(self.check, self.check.folds, select) {
   if (!(identical(self.check, "auto") || (is.logical(self.check) && length(self.check) == 1L &&
                                            !is.na(self.check)))) {
@@ -148,24 +175,11 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   }
   folds <- .check_count(self.check.folds, "self.check.folds", null.ok = FALSE, min = 2L)
   if (!is.null(select) && !identical(select, "auto")) {
-    if (!is.list(select) || !length(select) || is.null(names(select)) ||
-        any(!nzchar(names(select))) ||
-        !all(mapply(function(name, v) {
-          # `output` takes names ("expression", "at_depth"); the other options numbers
-          (if (name == "output") is.character(v) else is.numeric(v)) &&
-            length(v) > 0L && !anyNA(v)
-        }, names(select), select))) {
-      stop("`select` must be \"auto\", NULL or a named list of candidate values, e.g. ",
-           "list(spatial_weight = c(0, 0.5), output = c(\"expression\", \"at_depth\")); ",
-           "received: ",
-           paste(deparse(select), collapse = " "), call. = FALSE)
-    }
-    # Each option's values go as a Python list; whole numbers (e.g. spatial_neighbors) as
-    # integers when all of them are whole.
-    select <- lapply(select, function(v) {
-      if (is.numeric(v) && all(v == round(v)) && all(abs(v) < 2^31)) v <- as.integer(v)
-      as.list(v)
-    })
+    stop("`select` must be \"auto\" or NULL: the self-check no longer chooses among ",
+         "candidate settings, it learns the weights of a stack of base predictions on the ",
+         "object's own known genes (for the fixed blend pass combine = \"blend\" and its ",
+         "settings in `...`); received: ",
+         paste(deparse(select), collapse = " "), call. = FALSE)
   }
   list(self_check = self.check, self_check_folds = folds, select = select)
 }
@@ -201,41 +215,52 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
        paste(utils::capture.output(utils::str(spatial)), collapse = " "), call. = FALSE)
 }
 
-# The Python self-check record (uns["spalstf"]["self_check"]) as an R list with a per-gene
-# data.frame; NULL when no self-check ran.
+# The Python self-check record (uns["spalstf"]["self_check"]) as an R list: the per-gene
+# scores as a data.frame, the stack's weights as a named numeric vector (largest first), its
+# candidate columns as a data.frame and its interval as a list; NULL when no self-check ran.
 .self_check_summary <- function(check) {
   if (is.null(check) || !length(check)) return(NULL)
   num <- function(v) as.numeric(unlist(v))
+  # a list from Python, NULL (None) entries as NA, so that columns keep their length
+  column <- function(v) {
+    v <- lapply(v, function(x) if (is.null(x)) NA else x)
+    if (length(v)) unlist(v) else logical()
+  }
   per_gene <- data.frame(gene = as.character(unlist(check$genes)),
                          fold = as.integer(unlist(check$fold)),
                          pcc = num(check$pcc), spcc = num(check$spcc),
                          stringsAsFactors = FALSE)
+  w <- check$weights
+  weights <- stats::setNames(num(w), names(w) %||% character())
+  weights <- weights[order(-weights, names(weights))]
   cand <- check$candidates
-  candidates <- if (length(cand) && !is.null(names(cand))) {
-    as.data.frame(lapply(cand, unlist), stringsAsFactors = FALSE, optional = TRUE)
-  } else if (length(cand)) {
-    do.call(rbind, lapply(cand, as.data.frame, stringsAsFactors = FALSE, optional = TRUE))
+  candidates <- if (length(cand)) {
+    as.data.frame(lapply(cand, column), stringsAsFactors = FALSE, optional = TRUE)
   } else {
     NULL
   }
+  scalars <- function(x) lapply(x, function(v) if (is.null(v)) NA else unlist(v))
   list(median_pcc = num(check$median_pcc), median_spcc = num(check$median_spcc),
        n_genes = as.integer(unlist(check$n_genes)),
-       selected = as.list(check$selected %||% list()),
+       weights = weights, interval = scalars(check$interval %||% list()),
        per_gene = per_gene, candidates = candidates,
+       calibration = scalars(check$calibration %||% list()),
        seconds = num(check$seconds))
 }
 
-.self_check_message <- function(check) {
-  sel <- check$selected
-  chosen <- if (length(sel)) {
-    sprintf(" (selected %s)", paste(sprintf("%s=%s", names(sel),
-                                            vapply(sel, function(v) format(v), "")),
-                                    collapse = ", "))
+# "SpaLSTF self-check: median PCC ..., SPCC ... over n hidden known genes (weights: the three
+# largest)".
+.self_check_message <- function(check, n = 3L) {
+  w <- check$weights[check$weights > 0]
+  top <- if (length(w)) {
+    shown <- utils::head(w, n)
+    sprintf(" (weights: %s%s)", paste(sprintf("%s %.2f", names(shown), shown), collapse = ", "),
+            if (length(w) > n) sprintf(", %d more", length(w) - n) else "")
   } else {
     ""
   }
   message(sprintf("SpaLSTF self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes%s",
-                  check$median_pcc, check$median_spcc, check$n_genes, chosen))
+                  check$median_pcc, check$median_spcc, check$n_genes, top))
 }
 
 # Map requested genes onto the reference's gene names. Returns list(requested, reference).
@@ -304,8 +329,8 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   matched <- .match_genes(genes, .ref_genes(ref))
   if (!is.null(spatial)) opts$spatial <- spatial
   if (inherits(ref, "SpaLSTFModel")) {
-    if (isTRUE(check$self_check) || is.list(check$select)) {
-      stop("The self-check (`self.check`, `select`) runs when Impute() fits on a reference; ",
+    if (isTRUE(check$self_check)) {
+      stop("The self-check (`self.check`) runs when Impute() fits on a reference; ",
            "a SpaLSTFModel is not refitted.", call. = FALSE)
     }
     if (!is.null(matched)) {
@@ -335,35 +360,41 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   keep <- if (!is.null(matched)) match(matched$requested, out_names) else seq_along(out_names)
   keep <- keep[!is.na(keep)]
   mean <- .matrix_from_parts(parts$x, out_names, cells)[keep, , drop = FALSE]
-  std <- if (!is.null(parts$std)) {
-    .matrix_from_parts(parts$std, out_names, cells)[keep, , drop = FALSE]
-  } else {
-    NULL
+  layer <- function(p) {
+    if (is.null(p)) return(NULL)
+    .matrix_from_parts(p, out_names, cells)[keep, , drop = FALSE]
   }
   self_check <- .self_check_summary(parts$provenance$self_check)
   if (verbose && !is.null(self_check)) .self_check_message(self_check)
-  list(mean = mean, std = std, provenance = parts$provenance, self_check = self_check,
+  # lower / upper: the interval, present where the learnt stack combined the predictions
+  list(mean = mean, std = layer(parts$std), lower = layer(parts$lower),
+       upper = layer(parts$upper), provenance = parts$provenance, self_check = self_check,
        python = res)
 }
 
 # ----------------------------------------------------------------------------- methods
 #' @describeIn Impute For Seurat objects: adds the assay \code{new.assay.name} whose \code{data}
-#'   slot holds the imputations (its \code{counts} slot stays empty) and the assay
-#'   \code{paste0(new.assay.name, ".std")} whose \code{data} slot holds their standard
-#'   deviation over the samples (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}); the
+#'   slot holds the imputations (its \code{counts} slot stays empty), the assay
+#'   \code{paste0(new.assay.name, ".std")} whose \code{data} slot holds their uncertainty
+#'   (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}) and, with the stack, the assays
+#'   \code{paste0(new.assay.name, ".lower")} and \code{paste0(new.assay.name, ".upper")}
+#'   holding the interval (keys \code{"spalstflower_"}, \code{"spalstfupper_"}); the
 #'   Python provenance in \code{Misc(object[[new.assay.name]], "spalstf")}, parameters and the
 #'   self-check summary in \code{Tool(object, "Impute")} and the command in
-#'   \code{object@commands}. Assays of these names are replaced (with a warning). The default
-#'   assay is unchanged unless \code{set.default = TRUE}.
+#'   \code{object@commands}. Assays of these names are replaced (with a warning); one this run
+#'   does not make (e.g. the interval, with the fixed blend) is removed. The default assay is
+#'   unchanged unless \code{set.default = TRUE}.
 #' @param assay Assay of \code{object} to read (default: its default assay).
 #' @param reference.assay Assay of the reference (Seurat; default: its default assay) or assay
 #'   name (SingleCellExperiment; default \code{"counts"}).
 #' @param slot Slot read from both objects: \code{"counts"} (raw counts, default) or
 #'   \code{"data"} (log-normalised values, used as given).
 #' @param new.assay.name Name of the assay (Seurat) or alternative experiment (SCE) to add;
-#'   for Seurat, the standard deviation goes to the assay \code{paste0(new.assay.name, ".std")}.
+#'   for Seurat, the uncertainty goes to the assay \code{paste0(new.assay.name, ".std")} and
+#'   the interval to \code{paste0(new.assay.name, c(".lower", ".upper"))}.
 #' @param set.default Make the new assay the default assay.
-#' @param n.samples Samples per cell (their mean is the imputation; default 4).
+#' @param n.samples Reverse-diffusion samples per cell (default 4): their mean is the
+#'   diffusion's prediction.
 #' @param n.steps Reverse-diffusion steps (default 20).
 #' @param epochs Training epochs (default: the Python default with early stopping).
 #' @param seed Random seed: the same seed gives the same values as Python's
@@ -375,17 +406,11 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   reference, not with a \code{SpaLSTFModel}.
 #' @param self.check.folds Number of groups of known genes the self-check hides in turn
 #'   (default 2).
-#' @param select Candidate settings the self-check chooses among: \code{"auto"} (the weight
-#'   of the spatial context, when \code{object} has coordinates, the weight of the
-#'   aligned-neighbour estimate in the prior, the share of the value at each spot's
-#'   depth in the output, \code{depth_weight} (counts only; see Details), and the weight
-#'   of the diffusion's refinement, less any of these you set yourself in \code{...}),
-#'   \code{NULL} (use
-#'   the settings as given), or a named list of candidate values of the options
-#'   \code{spatial_weight}, \code{spatial_neighbors}, \code{expression_weight},
-#'   \code{expression_neighbors}, \code{knn_weight}, \code{knn_neighbors},
-#'   \code{output}, \code{depth_weight} and \code{residual_weight}, e.g.
-#'   \code{list(spatial_weight = c(0, 0.5))}.
+#' @param select \code{"auto"} (default) or \code{NULL}, as in Python (both pass to
+#'   \code{spalstf.impute} as they are). Earlier versions took candidate settings here
+#'   (e.g. \code{list(residual_weight = c(0.5, 1))}); the self-check now learns the weights
+#'   of the stack instead, and anything else is an error. For the fixed blend, pass
+#'   \code{combine = "blend"} and its settings in \code{...}.
 #' @param spatial The cells' coordinates for the spatial context: \code{NULL} (default) those
 #'   of \code{object} (a Seurat image, a SpatialExperiment's \code{spatialCoords()}, a reduced
 #'   dimension \code{"spatial"}, or meta data columns \code{x}/\code{y} and the like, as in
@@ -404,9 +429,12 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   .check_string(new.assay.name, "new.assay.name")
   set.default <- .check_flag(set.default, "set.default")
   assay <- assay %||% SeuratObject::DefaultAssay(object)
-  if (assay %in% c(new.assay.name, .std_assay_name(new.assay.name))) {
-    stop(sprintf("`new.assay.name` (\"%s\", and \"%s\" for the standard deviation) must ",
-                 new.assay.name, .std_assay_name(new.assay.name)),
+  companions <- .companion_assay_names(new.assay.name)
+  if (assay %in% c(new.assay.name, companions)) {
+    stop(sprintf(paste0("`new.assay.name` (\"%s\", and \"%s\", \"%s\", \"%s\" for the ",
+                        "standard deviation and the interval) must "),
+                 new.assay.name, companions[["std"]], companions[["lower"]],
+                 companions[["upper"]]),
          sprintf("differ from `assay`, the input (\"%s\").", assay), call. = FALSE)
   }
   opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
@@ -421,13 +449,15 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
     stop("Internal error: the cells returned by Python differ from the object's.", call. = FALSE)
   }
   requested <- rownames(res$mean)
-  object <- .add_imputation(object, res$mean, res$std, new.assay.name, res$provenance)
+  object <- .add_imputation(object, res$mean, res$std, new.assay.name, res$provenance,
+                            lower = res$lower, upper = res$upper)
   if (set.default) SeuratObject::DefaultAssay(object) <- new.assay.name
   params <- c(list(genes = requested, assay = assay, slot = slot,
                    new.assay.name = new.assay.name,
                    std.assay.name = .std_assay_name(new.assay.name),
                    reference = if (inherits(ref, "SpaLSTFModel")) "SpaLSTFModel" else "fit",
                    spalstf.version = .spalstf_py_version()), opts)
+  if (!is.null(res$lower)) params$interval.assay.names <- unname(companions[c("lower", "upper")])
   params$self_check <- res$self_check
   object <- .set_tool(object, params)
   object <- SeuratObject::LogSeuratCommand(object = object)
@@ -437,36 +467,58 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 # The assay that holds the standard deviation of the imputations in `new.assay.name`.
 .std_assay_name <- function(new.assay.name) paste0(new.assay.name, ".std")
 
+# The assays beside `new.assay.name` that describe its values: the standard deviation and the
+# interval's bounds, named by what they hold.
+.companion_assay_names <- function(new.assay.name) {
+  c(std = .std_assay_name(new.assay.name), lower = paste0(new.assay.name, ".lower"),
+    upper = paste0(new.assay.name, ".upper"))
+}
+
+# "a", "a" and "b", "a", "b" and "c".
+.and_list <- function(x) {
+  if (length(x) < 2L) return(x)
+  paste(paste(utils::head(x, -1L), collapse = ", "), "and", x[length(x)])
+}
+
 # Adds the imputations to a Seurat object: the assay `new.assay.name` (data slot = `mean`,
-# provenance in Misc(, "spalstf")) and the assay .std_assay_name(new.assay.name) (data slot =
-# `std`), so that subset(), merge() and the plots keep the two aligned. `mean` and `std`:
-# genes x cells, the requested gene names as row names (kept in the feature meta data column
-# feature_name; Seurat spells `_` as `-`), the cells of `object` as column names. Shared by
-# Impute() and spalstf.io.write_rds(base = ) (R/rds.R), so both write the same object.
-.add_imputation <- function(object, mean, std, new.assay.name, provenance = NULL) {
+# provenance in Misc(, "spalstf")) and, beside it, the assays .companion_assay_names():
+# paste0(new.assay.name, ".std") (data slot = `std`) and, where given, ".lower" and ".upper"
+# (the interval), so that subset(), merge() and the plots keep them aligned. `mean`, `std`,
+# `lower`, `upper`: genes x cells, the requested gene names as row names (kept in the feature
+# meta data column feature_name; Seurat spells `_` as `-`), the cells of `object` as column
+# names. A companion assay left from an earlier run that this one does not give is removed:
+# it would no longer match the new values. Shared by Impute() and spalstf.io.write_rds(base =)
+# (R/rds.R), so both write the same object.
+.add_imputation <- function(object, mean, std, new.assay.name, provenance = NULL,
+                            lower = NULL, upper = NULL) {
+  extra <- list(std = std, lower = lower, upper = upper)
   if (!identical(colnames(mean), colnames(object)) ||
-      (!is.null(std) && !identical(dimnames(std), dimnames(mean)))) {
-    stop("Internal error: the imputed values and their standard deviation must have the ",
-         "cells of the object, in its order.", call. = FALSE)
+      any(vapply(extra, function(m) !is.null(m) && !identical(dimnames(m), dimnames(mean)),
+                 TRUE))) {
+    stop("Internal error: the imputed values, their standard deviation and interval must ",
+         "have the cells of the object, in its order.", call. = FALSE)
   }
-  std.name <- .std_assay_name(new.assay.name)
-  present <- intersect(c(new.assay.name, std.name), SeuratObject::Assays(object))
+  names.extra <- .companion_assay_names(new.assay.name)
+  present <- intersect(c(new.assay.name, names.extra), SeuratObject::Assays(object))
   if (length(present)) {
     warning(sprintf("Assay%s %s replaced.", if (length(present) > 1L) "s" else "",
-                    paste0("\"", present, "\"", collapse = " and ")), call. = FALSE)
+                    .and_list(paste0("\"", present, "\""))), call. = FALSE)
   }
   a <- .data_assay(mean, new.assay.name)
   if (!is.null(provenance)) SeuratObject::Misc(a, slot = "spalstf") <- provenance
   # Assigning over an assay of the same name replaces it (the default assay too).
   object[[new.assay.name]] <- a
-  if (!is.null(std)) {
-    object[[std.name]] <- .data_assay(std, std.name)
-  } else if (std.name %in% present) {
-    # a previous run's uncertainty would no longer match the new values
-    if (identical(SeuratObject::DefaultAssay(object), std.name)) {
-      SeuratObject::DefaultAssay(object) <- new.assay.name
+  for (what in names(names.extra)) {
+    name <- names.extra[[what]]
+    if (!is.null(extra[[what]])) {
+      object[[name]] <- .data_assay(extra[[what]], name)
+    } else if (name %in% present) {
+      # a previous run's uncertainty would no longer match the new values
+      if (identical(SeuratObject::DefaultAssay(object), name)) {
+        SeuratObject::DefaultAssay(object) <- new.assay.name
+      }
+      object[[name]] <- NULL
     }
-    object[[std.name]] <- NULL
   }
   object
 }
@@ -488,7 +540,8 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 }
 
 #' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
-#'   \code{new.assay.name} with assays \code{logcounts} (the imputations) and \code{std}; the
+#'   \code{new.assay.name} with assays \code{logcounts} (the imputations), \code{std} and,
+#'   with the stack, \code{lower} and \code{upper} (the interval); the
 #'   parameters and the self-check summary (\code{$self_check}) go to
 #'   \code{metadata(object)[["SpaLSTF"]]}.
 #' @export
@@ -512,7 +565,9 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
   res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts, check, where$py,
                       verbose = opts$progress)
   assays <- list(logcounts = res$mean)
-  if (!is.null(res$std)) assays$std <- res$std
+  for (what in c("std", "lower", "upper")) {
+    if (!is.null(res[[what]])) assays[[what]] <- res[[what]]
+  }
   alt <- SingleCellExperiment::SingleCellExperiment(assays = assays)
   SingleCellExperiment::altExp(object, new.assay.name) <- alt
   md <- S4Vectors::metadata(object)
@@ -527,7 +582,8 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
 
 #' @describeIn Impute For genes x cells matrices (\code{matrix} or any \code{Matrix}, e.g.
 #'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
-#'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "spalstf")} the
+#'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "lower")} and
+#'   \code{attr(, "upper")} the interval (with the stack), \code{attr(, "spalstf")} the
 #'   provenance and \code{attr(, "self_check")} the self-check summary.
 #' @param log.normalized Matrices only: both inputs hold log-normalised values.
 #' @export
@@ -549,6 +605,8 @@ Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALS
   out <- res$mean
   if (is.null(colnames(object))) colnames(out) <- NULL
   attr(out, "std") <- res$std
+  attr(out, "lower") <- res$lower
+  attr(out, "upper") <- res$upper
   attr(out, "spalstf") <- res$provenance
   attr(out, "self_check") <- res$self_check
   out

@@ -94,9 +94,10 @@ print.SpaLSTFModel <- function(x, ...) {
 #' @param n.samples,n.steps,seed,device,verbose As in \code{\link{Impute}}.
 #' @param ... Further options of \code{Model.impute} under their Python names.
 #' @return A genes x cells matrix of log-normalised imputations (the model's target genes),
-#'   with \code{attr(, "std")} the standard deviation over samples. To add the assays of
-#'   the values and of their standard deviation to a Seurat object instead, call
-#'   \code{\link{Impute}(object, model)}.
+#'   with \code{attr(, "std")} their uncertainty and, when the model holds a learnt stack
+#'   (see \code{\link{Impute}}), \code{attr(, "lower")} and \code{attr(, "upper")} the
+#'   interval. To add the assays of the values and of their uncertainty to a Seurat object
+#'   instead, call \code{\link{Impute}(object, model)}.
 #' @importFrom stats predict
 #' @export
 predict.SpaLSTFModel <- function(object, newdata, assay = NULL, slot = "counts",
@@ -109,6 +110,8 @@ predict.SpaLSTFModel <- function(object, newdata, assay = NULL, slot = "counts",
   res <- .impute_core(st_ad, object, NULL, identical(slot, "data"), opts)
   out <- res$mean
   attr(out, "std") <- res$std
+  attr(out, "lower") <- res$lower
+  attr(out, "upper") <- res$upper
   attr(out, "spalstf") <- res$provenance
   out
 }

@@ -90,12 +90,14 @@
 
 # Writes the AnnData whose parts are `parts` to `path` as a Seurat object.
 # `base` (a path or NULL): add the values as the imputation assays `new.assay.name` and
-# paste0(new.assay.name, ".std") (from `std`, matrix parts or NULL) to the Seurat object in
-# `base`, as Impute() does. Otherwise a new object with the assay `assay`: X in the `slot`
+# paste0(new.assay.name, ".std") (from `std`, matrix parts or NULL), and ".lower" / ".upper"
+# (from `lower` / `upper`, the interval, when given) to the Seurat object in `base`, as
+# Impute() does. Otherwise a new object with the assay `assay`: X in the `slot`
 # ("counts", with the layer "data" or "logcounts" as data slot when there is one; or "data"),
 # and `std` in the assay paste0(assay, ".std").
 .rds_write <- function(path, parts, base = NULL, assay = "RNA", new.assay.name = "SpaLSTF",
-                       slot = "counts", std = NULL, provenance = NULL) {
+                       slot = "counts", std = NULL, provenance = NULL, lower = NULL,
+                       upper = NULL) {
   .need(c("SeuratObject", "Seurat"), "Writing a Seurat object")
   cells <- as.character(parts$obs$index)
   genes <- as.character(parts$var$index)
@@ -117,8 +119,9 @@
     }
     ord <- match(colnames(obj), cells)
     mean <- values(parts$x)[, ord, drop = FALSE]
-    sd <- if (!is.null(std)) values(std)[, ord, drop = FALSE] else NULL
-    obj <- .add_imputation(obj, mean, sd, new.assay.name, provenance)
+    ordered <- function(p) if (!is.null(p)) values(p)[, ord, drop = FALSE] else NULL
+    obj <- .add_imputation(obj, mean, ordered(std), new.assay.name, provenance,
+                           lower = ordered(lower), upper = ordered(upper))
   } else {
     slot <- match.arg(slot, c("counts", "data"))
     obj <- .seurat_from_parts(parts, assay = assay,

@@ -256,12 +256,14 @@ def plain(value: Any) -> Any:
 
 
 def result_parts(result) -> dict:
-    """Parts of an imputation result (AnnData from spalstf) for R."""
-    std = result.layers["std"] if "std" in result.layers else None
+    """Parts of an imputation result (AnnData from spalstf) for R: the values, and the layers
+    "std" and, where the learnt stack made them, "lower" and "upper" (the interval)."""
+    layers = {name: matrix_to_parts(np.asarray(result.layers[name])) if name in result.layers
+              else None for name in ("std", "lower", "upper")}
     return {
         "obs_names": np.asarray([str(v) for v in result.obs_names], dtype=str),
         "var_names": np.asarray([str(v) for v in result.var_names], dtype=str),
         "x": matrix_to_parts(np.asarray(result.X)),
-        "std": matrix_to_parts(np.asarray(std)) if std is not None else None,
+        **layers,
         "provenance": plain(result.uns.get("spalstf", {})),
     }

@@ -33,13 +33,20 @@ test_that("Impute on Seurat adds an assay, keeps names and leaves the rest alone
   again <- do.call(Impute, c(list(st, objs$ref, genes = genes, set.default = TRUE), FAST))
   expect_identical(SeuratObject::GetAssayData(again, assay = "SpaLSTF", slot = "data"), vals)
   expect_identical(SeuratObject::DefaultAssay(again), "SpaLSTF")
-  # a second run replaces both assays (the default one too), saying so
+  # a second run replaces the assays (the default one too), saying so
   expect_warning(twice <- do.call(Impute, c(list(again, objs$ref, genes = "G17",
                                                 assay = "Spatial"), FAST)),
-                 "Assays \"SpaLSTF\" and \"SpaLSTF.std\" replaced")
+                 paste0("Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\" and ",
+                        "\"SpaLSTF.upper\" replaced"))
   expect_identical(rownames(twice[["SpaLSTF.std"]]), "G17")
+  expect_identical(rownames(twice[["SpaLSTF.upper"]]), "G17")
   expect_error(Impute(st, objs$ref, genes = "G17", assay = "Spatial", new.assay.name = "Spatial"),
                "must differ from `assay`")
+  # nor may the interval's assays overwrite the input
+  odd <- SeuratObject::CreateSeuratObject(Matrix::Matrix(d$st, sparse = TRUE),
+                                          assay = "SpaLSTF.lower")
+  expect_error(Impute(odd, objs$ref, genes = "G17"),
+               "\"SpaLSTF.lower\", \"SpaLSTF.upper\" for the standard deviation and the interval")
 })
 
 test_that("the uncertainty assay follows subset(), merge() and Seurat's plots", {
@@ -161,8 +168,14 @@ test_that("FitSpaLSTF, predict, SaveSpaLSTF and LoadSpaLSTF agree", {
   expect_error(SaveSpaLSTF(model, path), class = "spalstf_python_error")
   loaded <- LoadSpaLSTF(path, device = "cpu")
   expect_identical(loaded$known.genes, model$known.genes)
-  p2 <- predict(loaded, d$st, n.steps = 2L, n.samples = 2L, verbose = FALSE)
+  p2 <- predict(loaded, objs$st, n.steps = 2L, n.samples = 2L, verbose = FALSE)
   expect_equal(unname(p2[, ]), unname(p[, ]), tolerance = 1e-6)
+  # a bare matrix has no coordinates (the Seurat object has x/y): the values of the object
+  # without its spatial context
+  pm <- predict(loaded, d$st, n.steps = 2L, n.samples = 2L, verbose = FALSE)
+  flat <- predict(model, objs$st, n.steps = 2L, n.samples = 2L, verbose = FALSE,
+                  spatial = FALSE)
+  expect_equal(unname(pm[, ]), unname(flat[, ]), tolerance = 1e-6)
   # a model as the reference of Impute
   out <- Impute(objs$st, model, n.steps = 2L, n.samples = 2L, verbose = FALSE)
   expect_equal(unname(as.matrix(SeuratObject::GetAssayData(out, assay = "SpaLSTF"))),

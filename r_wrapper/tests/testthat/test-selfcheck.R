@@ -1,4 +1,5 @@
-# The self-check from R: options passed to Python, summary stored on the object.
+# The self-check from R: options passed to Python, summary stored on the object, the learnt
+# stack's interval kept beside the values.
 
 check_summary <- function(check, n_known) {
   expect_type(check, "list")
@@ -10,38 +11,83 @@ check_summary <- function(check, n_known) {
   expect_identical(nrow(check$per_gene), as.integer(n_known))
   expect_type(check$per_gene$gene, "character")
   expect_equal(check$median_pcc, stats::median(check$per_gene$pcc, na.rm = TRUE))
-  expect_type(check$selected, "list")
-  expect_s3_class(check$candidates, "data.frame")
-  expect_identical(sum(check$candidates$selected), 1L)
+  # no grid any more: the weights of the stack's columns, largest first
+  expect_null(check$selected)
+  w <- check$weights
+  expect_type(w, "double")
+  expect_true(length(w) >= 1L && all(w > 0) && !is.unsorted(rev(w)))
+  cand <- check$candidates
+  expect_s3_class(cand, "data.frame")
+  expect_identical(names(cand), c("column", "predictor", "view", "readout", "median_pcc",
+                                  "median_spcc", "weight"))
+  expect_identical(cand$column, paste(cand$predictor, cand$view, cand$readout, sep = "|"))
+  expect_true(all(names(w) %in% cand$column))
+  expect_equal(cand$weight[match(names(w), cand$column)], unname(w))
+  expect_true(all(cand$weight[!cand$column %in% names(w)] == 0))
+  expect_type(check$interval, "list")
+  expect_true(check$interval$level > 0 && check$interval$level < 1)
+  expect_true(is.finite(check$interval$quantile) && check$interval$n_calibration > 0)
 }
 
-test_that("Impute on Seurat stores the self-check in Tool() and messages the median PCC", {
+# lower <= values <= upper, and std is the half-width over the normal quantile of the level
+check_interval <- function(vals, std, lower, upper, level) {
+  vals <- as.matrix(vals)
+  std <- as.matrix(std)
+  lower <- as.matrix(lower)
+  upper <- as.matrix(upper)
+  expect_identical(dimnames(lower), dimnames(vals))
+  expect_identical(dimnames(upper), dimnames(vals))
+  expect_true(all(lower <= vals) && all(vals <= upper) && any(upper > lower))
+  z <- stats::qnorm((1 + level) / 2)
+  expect_equal(upper, vals + z * std, tolerance = 1e-5)
+  expect_equal(lower, pmax(vals - z * std, 0), tolerance = 1e-5)
+}
+
+test_that("Impute on Seurat stores the stack's weights and interval, and messages them", {
   skip_if_no_spalstf()
   skip_if_no_seurat()
   d <- tiny_counts()
   objs <- tiny_seurat(d)
   args <- c(list(objs$st, objs$ref, genes = c("G17", "GENE_U1"), self.check = TRUE,
-                 self.check.folds = 2L, select = list(residual_weight = c(0.5, 1))), FAST)
+                 self.check.folds = 2L), FAST)
   args$verbose <- TRUE
   msgs <- character()
   out <- withCallingHandlers(do.call(Impute, args), message = function(m) {
     msgs <<- c(msgs, conditionMessage(m))
     invokeRestart("muffleMessage")
   })
-  check <- SeuratObject::Tool(out, "Impute")$self_check
+  tool <- SeuratObject::Tool(out, "Impute")
+  check <- tool$self_check
   check_summary(check, length(d$known))
   expect_setequal(check$per_gene$gene, d$known)
   expect_setequal(unique(check$per_gene$fold), c(0L, 1L))
-  expect_identical(names(check$selected), "residual_weight")
-  expect_true(check$selected$residual_weight %in% c(0.5, 1))
-  expect_identical(nrow(check$candidates), 2L)
+  expect_identical(check$interval$level, 0.9)
   line <- grep("SpaLSTF self-check: median PCC", msgs, value = TRUE)
   expect_length(line, 1L)
-  expect_match(line, sprintf("median PCC %.3f, SPCC %.3f over %d hidden known genes \\(selected residual_weight=",
-                             check$median_pcc, check$median_spcc, length(d$known)))
-  # Off: no summary; quiet: no message.
-  off <- do.call(Impute, c(list(objs$st, objs$ref, genes = "G17", self.check = FALSE), FAST))
+  w <- check$weights
+  expect_true(startsWith(line, sprintf(
+    "SpaLSTF self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes (weights: %s %.2f",
+    check$median_pcc, check$median_spcc, length(d$known), names(w)[1], w[[1]])))
+  # the interval: two assays beside the values and their uncertainty
+  expect_identical(tool$interval.assay.names, c("SpaLSTF.lower", "SpaLSTF.upper"))
+  get <- function(obj, a) SeuratObject::GetAssayData(obj, assay = a, slot = "data")
+  check_interval(get(out, "SpaLSTF"), get(out, "SpaLSTF.std"), get(out, "SpaLSTF.lower"),
+                 get(out, "SpaLSTF.upper"), check$interval$level)
+  expect_identical(out[["SpaLSTF.upper"]]@meta.features$feature_name, c("G17", "GENE_U1"))
+  expect_identical(SeuratObject::Key(out[["SpaLSTF.lower"]]), "spalstflower_")
+  keep <- colnames(out)[c(4, 1, 22)]
+  sub <- subset(out, cells = keep)
+  expect_identical(as.matrix(get(sub, "SpaLSTF.lower")),
+                   as.matrix(get(out, "SpaLSTF.lower"))[, colnames(sub), drop = FALSE])
+  # Off: no summary, the fixed blend, no interval; the earlier run's interval would not
+  # match the new values, so its assays go (with the warning naming them)
+  expect_warning(
+    off <- do.call(Impute, c(list(out, objs$ref, genes = "G17", self.check = FALSE), FAST)),
+    "Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\" and \"SpaLSTF.upper\" replaced")
   expect_null(SeuratObject::Tool(off, "Impute")$self_check)
+  expect_null(SeuratObject::Tool(off, "Impute")$interval.assay.names)
+  expect_identical(SeuratObject::Misc(off[["SpaLSTF"]], "spalstf")$combination$kind, "blend")
+  expect_setequal(SeuratObject::Assays(off), c("Spatial", "SpaLSTF", "SpaLSTF.std"))
   expect_silent(do.call(Impute, c(list(objs$st, objs$ref, genes = "G17",
                                        self.check.folds = 2L, select = NULL), FAST)))
 })
@@ -54,20 +100,15 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   SingleCellExperiment::reducedDim(sce, "spatial") <- d$coords
   ref_sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = d$ref))
   out <- do.call(Impute, c(list(sce, ref_sce, genes = "G17", self.check.folds = 2L,
-                                select = list(spatial_weight = c(0, 0.5),
-                                              output = c("expression", "at_depth"))), FAST))
+                                interval_level = 0.8), FAST))
   check <- S4Vectors::metadata(out)$SpaLSTF$self_check
   check_summary(check, length(d$known))
-  expect_identical(names(check$selected), c("spatial_weight", "output"))
-  expect_true(check$selected$output %in% c("expression", "at_depth"))
-  # stage 1 scores each spatial weight on the prior alone, then the other output at the
-  # chosen weight; stage 2 samples the chosen setting
-  cand <- check$candidates
-  prior <- cand[cand$stage == "prior", ]
-  expect_identical(prior$output, c("expression", "expression", "at_depth"))
-  expect_identical(prior$spatial_weight[1:2], c(0, 0.5))
-  expect_identical(prior$spatial_weight[3], check$selected$spatial_weight)
-  expect_true(all(cand$spatial_weight[cand$stage == "model"] == check$selected$spatial_weight))
+  expect_identical(check$interval$level, 0.8)
+  alt <- SingleCellExperiment::altExp(out, "SpaLSTF")
+  expect_identical(SummarizedExperiment::assayNames(alt),
+                   c("logcounts", "std", "lower", "upper"))
+  a <- function(n) SummarizedExperiment::assay(alt, n)
+  check_interval(a("logcounts"), a("std"), a("lower"), a("upper"), 0.8)
   # The spatial context: given as a matrix (rows in another order, matched by name) it
   # gives the values of the object's own coordinates; FALSE turns it off.
   xy <- d$coords
@@ -80,10 +121,15 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   flat <- do.call(Impute, c(list(d$st, d$ref, spatial = FALSE), opts))
   expect_false(isTRUE(all.equal(unname(m[, ]), unname(flat[, ]))))
   expect_null(attr(flat, "self_check"))
-  mc <- do.call(Impute, c(list(d$st, d$ref, genes = "G17", self.check.folds = 2L,
-                               select = NULL), FAST))
-  check_summary(attr(mc, "self_check"), length(d$known))
-  expect_length(attr(mc, "self_check")$selected, 0L)
+  expect_null(attr(flat, "lower"))
+  # without a self-check, the SCE has no interval assays either
+  expect_identical(SummarizedExperiment::assayNames(
+    SingleCellExperiment::altExp(from_obj, "SpaLSTF")), c("logcounts", "std"))
+  mc <- do.call(Impute, c(list(d$st, d$ref, genes = "G17", self.check.folds = 2L), FAST))
+  check <- attr(mc, "self_check")
+  check_summary(check, length(d$known))
+  check_interval(mc[, , drop = FALSE], attr(mc, "std"), attr(mc, "lower"), attr(mc, "upper"),
+                 check$interval$level)
 })
 
 test_that("the self-check and spatial options are checked in R", {
@@ -93,22 +139,24 @@ test_that("the self-check and spatial options are checked in R", {
   objs <- tiny_seurat(d)
   expect_error(Impute(d$st, d$ref, genes = "G17", self.check = "yes"), "`self.check` must be")
   expect_error(Impute(d$st, d$ref, genes = "G17", self.check.folds = 1), "`self.check.folds`")
-  expect_error(Impute(d$st, d$ref, genes = "G17", select = list(0.5)), "`select` must be")
-  expect_error(Impute(d$st, d$ref, genes = "G17", select = list(spatial_weight = "a")),
-               "`select` must be")
-  expect_error(Impute(d$st, d$ref, genes = "G17", select = list(output = c(0, 1))),
-               "`select` must be")
+  # the grid of earlier versions is refused, saying what replaced it
+  expect_error(Impute(d$st, d$ref, genes = "G17", select = list(residual_weight = c(0.5, 1))),
+               "`select` must be \"auto\" or NULL: .*stack.*combine = \"blend\".*received: list")
+  expect_error(Impute(objs$st, objs$ref, genes = "G17", select = "grid"),
+               "`select` must be \"auto\" or NULL")
+  expect_error(Impute(d$st, d$ref, genes = "G17", select = c("auto", "auto")),
+               "`select` must be \"auto\" or NULL")
   expect_error(Impute(d$st, d$ref, genes = "G17", spatial = d$coords[-1, ]),
                "`spatial` must be a cells x dimensions matrix with 30 rows")
   expect_error(Impute(d$st, d$ref, genes = "G17", spatial = c("x", "y")), "`spatial` must be")
   expect_error(Impute(objs$st, objs$ref, genes = "G17", spatial = c("x", "nope")),
                "`coords` must name two numeric meta data columns")
   # Python's own checks reach R as R errors.
-  err <- tryCatch(do.call(Impute, c(list(d$st, d$ref, genes = "G17",
-                                         select = list(nope = c(1, 2))), FAST)),
+  err <- tryCatch(do.call(Impute, c(list(d$st, d$ref, genes = "G17", interval_level = 2),
+                                    FAST)),
                   error = identity)
   expect_s3_class(err, "spalstf_python_error")
-  expect_match(conditionMessage(err), "`select` can choose among")
+  expect_match(conditionMessage(err), "`interval_level` must be in \\(0, 1\\)")
   model <- FitSpaLSTF(objs$ref, known.genes = d$known, target.genes = "G17", epochs = 1L,
                       verbose = FALSE)
   expect_error(Impute(objs$st, model, self.check = TRUE, verbose = FALSE),
