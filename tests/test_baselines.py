@@ -163,13 +163,13 @@ def test_tangram_contract_and_mode(
     real = tg.map_cells_to_space
 
     def spy(*args, **kwargs):
-        modes.append(kwargs["mode"])
+        modes.append((kwargs["mode"], kwargs["cluster_label"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tg, "map_cells_to_space", spy)
     out = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200)
-    # clusters mode needs the reference's cell types; without them, cells mode
-    assert modes == ["clusters" if with_types else "cells"]
+    # clusters mode maps the reference's cell types; without them, its Leiden clusters
+    assert modes == [("clusters", "cell_type" if with_types else "leiden")]
     assert out.shape == (st_known.n_obs, len(TARGETS))
     assert np.isfinite(out).all() and (out >= 0).all()
     np.testing.assert_array_equal(st_known.X, st0.X)

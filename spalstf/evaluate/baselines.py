@@ -29,6 +29,7 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
@@ -247,9 +248,15 @@ def tangram(
     num_epochs: int = 1000,
 ) -> np.ndarray:
     """Tangram (``tangram-sc``), called as its documentation shows: ``pp_adatas`` on the known
-    genes, ``map_cells_to_space`` (``mode="clusters"`` on ``sc.obs["cell_type"]`` when present,
-    else ``"cells"``), ``project_genes``. Inputs log-normalised as above. Needs the
-    ``benchmark`` extra."""
+    genes, ``map_cells_to_space``, ``project_genes``. Inputs log-normalised as above. Needs the
+    ``benchmark`` extra.
+
+    ``mode="clusters"`` maps the reference's clusters: ``sc.obs["cell_type"]`` when present,
+    else Leiden clusters of the reference's log-normalised known genes
+    (`spalstf.evaluate.metrics.leiden_clusters`, seeded), since mapping every cell
+    (``mode="cells"``, a cells x spots map trained for ``num_epochs``) takes hours on a CPU for
+    the references of ../shared/data (osmFISH: more than 25 minutes for one fold of five).
+    """
     import torch
 
     root = logging.getLogger()
@@ -275,9 +282,13 @@ def tangram(
     key = _cell_type_key(sc)
     if key is not None:
         ad_sc.obs[key] = sc.obs[key].to_numpy()[keep]
-    if key is None and mode == "clusters":
-        logger.info("Tangram in cells mode: the reference has no obs['cell_type'] for clusters")
-        mode = "cells"
+    elif mode == "clusters":
+        from spalstf.evaluate.metrics import leiden_clusters
+
+        logger.info("Tangram in clusters mode on Leiden clusters of the reference's known "
+                    "genes: it has no obs['cell_type']")
+        key = "leiden"
+        ad_sc.obs[key] = pd.Categorical(leiden_clusters(sc_x, seed=seed).astype(str))
     tg.pp_adatas(ad_sc, ad_sp, genes=known)
     # Tangram draws its starting map from numpy's global generator and seeds it (and torch's)
     # only when `random_state` is truthy, so seed 0 gave a different map on every call. Seed

@@ -4,33 +4,55 @@
 - `ridge`: the ridge map from known to target genes (`RidgePrior`), its penalty by GCV.
 - `spots`: pseudo-spots, mixtures of reference cells, which the ridge and the estimate read.
 - `neighbours`: the aligned-neighbour estimate (`AlignedNeighbours`).
-- `blend`: their combination, the prior a chunk's samples are centred on (`Blend`).
+- `blend`: their fixed combination, the prior a chunk's samples are centred on (`Blend`).
+- `spage`: the SpaGE-style projection (`SpageProjection`).
+- `transport`: the Tangram-style optimal-transport mapping (`TransportMapping`).
+- `stack`: the combination learnt on the ST's own known genes (`Stack`).
 
 A new predictor is one module here, registered in `PREDICTORS`.
 """
 
-from spalstf.prior.base import EXPRESSION, MODEL, STAT_CELLS, BasePredictor, Reference
+from spalstf.prior.base import (
+    EXPRESSION,
+    MODEL,
+    STAT_CELLS,
+    BasePredictor,
+    Reference,
+    spaced_blocks,
+)
 from spalstf.prior.blend import Blend
-from spalstf.prior.neighbours import AlignedNeighbours, knn_estimate, unit_rows
+from spalstf.prior.neighbours import (
+    AlignedNeighbours,
+    ReferenceNeighbours,
+    knn_estimate,
+    unit_rows,
+)
 from spalstf.prior.ridge import (
     ALPHA_GRID,
+    AlignedRidge,
     RidgePrior,
     choose_alpha,
     fit_prior,
     fit_ridge,
 )
+from spalstf.prior.spage import SpageProjection
 from spalstf.prior.spots import (
     ESTIMATE_MIXTURES_PER_SIZE,
     MIXTURE_SIZES,
     MIXTURES_PER_SIZE,
     pseudo_spots,
 )
+from spalstf.prior.stack import Stack
+from spalstf.prior.transport import TransportMapping
 
 #: Every predictor by name: how a saved model finds the class of each state it holds.
 PREDICTORS: dict[str, type[BasePredictor]] = {
-    cls.name: cls for cls in (RidgePrior, AlignedNeighbours)}
+    cls.name: cls for cls in (RidgePrior, AlignedRidge, AlignedNeighbours, ReferenceNeighbours,
+                               SpageProjection, TransportMapping)}
 
 __all__ = ["ALPHA_GRID", "ESTIMATE_MIXTURES_PER_SIZE", "EXPRESSION", "MIXTURES_PER_SIZE",
            "MIXTURE_SIZES", "MODEL", "PREDICTORS", "STAT_CELLS", "AlignedNeighbours",
-           "BasePredictor", "Blend", "Reference", "RidgePrior", "choose_alpha", "fit_prior",
-           "fit_ridge", "knn_estimate", "pseudo_spots", "unit_rows"]
+           "AlignedRidge", "BasePredictor", "Blend", "Reference", "ReferenceNeighbours",
+           "RidgePrior", "SpageProjection", "Stack", "TransportMapping", "choose_alpha",
+           "fit_prior", "fit_ridge", "knn_estimate", "pseudo_spots", "spaced_blocks",
+           "unit_rows"]

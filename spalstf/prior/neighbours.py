@@ -21,13 +21,52 @@ from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
 from spalstf.prior.spots import ESTIMATE_MIXTURES_PER_SIZE, pseudo_spots
 
 
+class ProfileIndex:
+    """The k nearest profiles of each query row by Euclidean distance, for the base predictors.
+
+    Squared distances are computed in float64 by matrix products, a block of queries at a
+    time, and ranked by (distance, profile row): float64 rounding (about 1e-16 of the squared
+    norms) is far below any difference between real profiles, so a cell's neighbours do not
+    depend on the other cells of its chunk. Much faster than the network's certified
+    `spalstf.network.NeighbourIndex` (which guarantees the exact order of float32 distances
+    whatever the rounding), which made the predictors' searches the bulk of an imputation.
+    Memory: at most `max_elements` distances at once.
+    """
+
+    max_elements = 2**24
+
+    def __init__(self, profiles: np.ndarray, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.profiles = torch.as_tensor(np.asarray(profiles, np.float64), device=self.device)
+        self.squares = (self.profiles ** 2).sum(dim=1)
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, distances) of each query's k nearest profiles, nearest first."""
+        k = min(k, self.profiles.shape[0])
+        step = max(1, self.max_elements // max(self.profiles.shape[0], 1))
+        out_idx, out_dist = [], []
+        for start in range(0, len(queries), step):
+            q = torch.as_tensor(np.asarray(queries[start:start + step], np.float64),
+                                device=self.device)
+            d2 = (q ** 2).sum(dim=1, keepdim=True) + self.squares[None] - 2 * q @ self.profiles.T
+            values, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+            values, idx = values.cpu().numpy(), idx.cpu().numpy()
+            # ties (duplicate profiles) by profile row, whatever order topk returned them in
+            order = np.lexsort((idx, values), axis=1)
+            out_idx.append(np.take_along_axis(idx, order, axis=1))
+            out_dist.append(np.sqrt(np.clip(np.take_along_axis(values, order, axis=1), 0, None)))
+        if not out_idx:
+            return np.zeros((0, k), np.int64), np.zeros((0, k))
+        return np.concatenate(out_idx).astype(np.int64), np.concatenate(out_dist)
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero): Euclidean order = cosine order."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def knn_estimate(index: NeighbourIndex, known_z: np.ndarray, atlas: torch.Tensor, n_known: int,
+def knn_estimate(index: ProfileIndex | NeighbourIndex, known_z: np.ndarray, atlas: torch.Tensor, n_known: int,
                  k: int) -> np.ndarray:
     """Mean target genes (model space) of each cell's k most cosine-similar atlas cells.
 
@@ -80,8 +119,7 @@ class AlignedNeighbours(BasePredictor):
         profiles = self.atlas if self.mixtures is None else np.concatenate([self.atlas,
                                                                             self.mixtures])
         known = profiles[:, :self.n_known]
-        index = NeighbourIndex(unit_rows(Standardizer.fit(known).transform(known)),
-                               self.device)
+        index = ProfileIndex(unit_rows(Standardizer.fit(known).transform(known)), self.device)
         self._search = (st_scaler, index, torch.as_tensor(profiles, device=self.device))
 
     def predict(self, known: np.ndarray) -> np.ndarray:
@@ -104,3 +142,49 @@ class AlignedNeighbours(BasePredictor):
         return cls(config, atlas=np.asarray(state["atlas"]),
                    mixtures=None if mixtures is None else np.asarray(mixtures),
                    n_known=int(state["n_known"]))
+
+
+class ReferenceNeighbours(BasePredictor):
+    """The plain neighbour average: the mean targets of each cell's `Config.knn_neighbors`
+    nearest reference cells by Euclidean distance between log-normalised known genes, with no
+    alignment of the two data sets (the kNN baseline of the benchmarks). Where the platforms
+    measure alike it keeps the reference's absolute levels, which the aligned estimate drops."""
+
+    name = "knn"
+    reads = EXPRESSION
+
+    def __init__(self, config: Config, *, known_log: np.ndarray | None = None,
+                 targets: np.ndarray | None = None) -> None:
+        super().__init__(config)
+        #: (n_cells, n_known) log-normalised known genes and (n_cells, n_target) model-space
+        #: targets of the reference cells of the atlas
+        self.known_log, self.targets = known_log, targets
+        self._index: ProfileIndex | None = None
+
+    def fit(self, reference: Reference, *, seed: int) -> None:
+        if reference.atlas is None or reference.scalers is None:
+            raise ValueError("the neighbour average needs the reference's atlas and scalers")
+        n_known = reference.known.shape[1]
+        known_scaler = reference.scalers[0]
+        self.known_log = reference.atlas[:, :n_known] * known_scaler.std + known_scaler.mean
+        self.known_log = self.known_log.astype(np.float32)
+        self.targets = reference.atlas[:, n_known:].astype(np.float32)
+        self._index = None
+
+    def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
+        super().prepare(st_blocks, device=device)
+        self._index = ProfileIndex(self.known_log, self.device)
+
+    def predict(self, known: np.ndarray) -> np.ndarray:
+        if self._index is None:
+            self.prepare(lambda: iter(()), device=self.device)
+        idx, _ = self._index.query(known, min(self.config.knn_neighbors, len(self.targets)))
+        return self.targets[idx].mean(axis=1).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"known_log": self.known_log, "targets": self.targets}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> ReferenceNeighbours:
+        return cls(config, known_log=np.asarray(state["known_log"]),
+                   targets=np.asarray(state["targets"]))

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from spalstf.config import Config
-from spalstf.prior.base import MODEL, BasePredictor, Reference
+from spalstf.preprocess import Standardizer
+from spalstf.prior.base import EXPRESSION, MODEL, BasePredictor, Reference
 from spalstf.prior.spots import MIXTURE_SIZES, MIXTURES_PER_SIZE, pseudo_spots
 from spalstf.runtime import to_device
 
@@ -182,5 +183,49 @@ class RidgePrior(BasePredictor):
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> RidgePrior:
+        return cls(config, weights=np.asarray(state["weights"], np.float32),
+                   bias=np.asarray(state["bias"], np.float32))
+
+
+class AlignedRidge(BasePredictor):
+    """The same ridge map read from the ST's known genes z-scored over the ST itself instead
+    of with the reference's statistics: each data set aligned by its own (as SpaGE aligns
+    two platforms), so a gene the ST measures at another level or spread than the reference
+    enters the map on the reference's footing. Shares `RidgePrior`'s weights."""
+
+    name = "ridge_aligned"
+    reads = EXPRESSION
+
+    def __init__(self, config: Config, *, weights: np.ndarray | None = None,
+                 bias: np.ndarray | None = None) -> None:
+        super().__init__(config)
+        self.weights, self.bias = weights, bias
+        self._scaler = None
+
+    @classmethod
+    def of(cls, ridge: RidgePrior) -> AlignedRidge:
+        """The aligned reading of a fitted `RidgePrior` (the same arrays)."""
+        return cls(ridge.config, weights=ridge.weights, bias=ridge.bias)
+
+    def fit(self, reference: Reference, *, seed: int) -> None:
+        ridge = RidgePrior(self.config)
+        ridge.fit(reference, seed=seed)
+        self.weights, self.bias = ridge.weights, ridge.bias
+
+    def prepare(self, st_blocks, *, device: torch.device | str = "cpu") -> None:
+        super().prepare(st_blocks, device=device)
+        self._scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
+
+    def predict(self, known: np.ndarray) -> np.ndarray:
+        if self._scaler is None:
+            raise RuntimeError("AlignedRidge.prepare must run before predict (it z-scores the "
+                               "ST over itself)")
+        return (self._scaler.transform(known) @ self.weights + self.bias).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights, "bias": self.bias}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> AlignedRidge:
         return cls(config, weights=np.asarray(state["weights"], np.float32),
                    bias=np.asarray(state["bias"], np.float32))

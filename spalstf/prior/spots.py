@@ -17,7 +17,8 @@ from spalstf.prior.base import Reference
 #: this many cells, MIXTURES_PER_SIZE of each size (`Config.prior_mixtures`). A Visium spot
 #: mixes cells, and a map fitted on single cells alone transfers worse to spots; mixtures
 #: of several sizes serve single cells of another platform (osmFISH) too. Measured on the
-#: priors with the self-check's earlier rule (5-fold median PCC, benchmarks/results/priors.md,
+#: priors with the self-check's earlier rule (5-fold median PCC, `git show
+#: 91fdd2f:benchmarks/results/priors.md`,
 #: cells alone -> with pseudo-spots): osmFISH 0.255 -> 0.287, visium_brain 0.518 -> 0.536,
 #: visium_lymph 0.131 -> 0.127, simulated 0.283 -> 0.284.
 MIXTURE_SIZES = (2, 5, 10, 20)

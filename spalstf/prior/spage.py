@@ -1,0 +1,117 @@
+"""A SpaGE-style projection: the two data sets aligned by principal vectors, then neighbours.
+
+SpaGE (Abdelaal et al. 2020) z-scores the known genes within each data set, takes the
+principal components of each, aligns them with PRECISE (Mourragui et al. 2019: the principal
+vectors between the two spans), keeps the reference's vectors whose cosine to the ST's exceeds
+`MIN_COSINE`, and predicts a cell from the targets of its `Config.knn_neighbors` nearest
+reference cells in that shared space (cosine distance, SpaGE's weights). The ST's z-scores and
+components come from the whole ST data set (`prepare`, a block of cells at a time), so a cell's
+prediction does not depend on the other cells of its chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from spalstf.config import Config
+from spalstf.preprocess import Standardizer
+from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
+from spalstf.prior.neighbours import ProfileIndex, unit_rows
+
+#: Principal vectors whose cosine between the two data sets is at most this are dropped (the
+#: value SpaGE uses).
+MIN_COSINE = 0.3
+
+
+def principal_axes(covariance: np.ndarray, n: int) -> np.ndarray:
+    """The first `n` principal axes (rows, unit length) of a covariance matrix, with a sign
+    fixed by the largest coordinate (deterministic, unlike an SVD's)."""
+    _, vectors = np.linalg.eigh(covariance)
+    axes = vectors[:, ::-1][:, :n].T
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    return axes * np.where(signs == 0, 1.0, signs)[:, None]
+
+
+def spage_weights(distance: np.ndarray) -> np.ndarray:
+    """SpaGE's neighbour weights from cosine distances (cells x k): 1 - d / sum(d) over the
+    neighbours with d < 1, normalised; a cell with one such neighbour (or none) takes its
+    nearest."""
+    ok = distance < 1
+    d = np.where(ok, distance, 0.0)
+    count = ok.sum(axis=1, keepdims=True)
+    total = d.sum(axis=1, keepdims=True)
+    w = np.where(ok, (1 - d / np.maximum(total, 1e-12)) / np.maximum(count - 1, 1), 0.0)
+    single = (count[:, 0] <= 1) | (total[:, 0] == 0)
+    w[single] = 0.0
+    w[single, 0] = 1.0
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class SpageProjection(BasePredictor):
+    """SpaGE-style prediction over the reference cells of the model's atlas."""
+
+    name = "spage"
+    reads = EXPRESSION
+
+    def __init__(self, config: Config, *, profiles: np.ndarray | None = None,
+                 n_known: int | None = None) -> None:
+        super().__init__(config)
+        #: (n_cells, n_known + n_target) reference cells, z-scored over the reference
+        self.profiles, self.n_known = profiles, n_known
+        self._search: tuple | None = None
+
+    def fit(self, reference: Reference, *, seed: int) -> None:
+        if reference.atlas is None:
+            raise ValueError("the SpaGE-style projection needs the reference's atlas")
+        self.profiles, self.n_known = reference.atlas, reference.known.shape[1]
+        self._search = None
+
+    def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
+        """The ST's z-scores and principal axes (over the whole data set), the principal
+        vectors shared with the reference, and the search in that space."""
+        super().prepare(st_blocks, device=device)
+        st_scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
+        n_st, covariance = 0, np.zeros((self.n_known, self.n_known))
+        for block in st_blocks():
+            z = st_scaler.transform(block).astype(np.float64)
+            covariance += z.T @ z
+            n_st += len(z)
+        known = self.profiles[:, :self.n_known].astype(np.float64)
+        ref_z = Standardizer.fit(known).transform(known).astype(np.float64)
+        n = max(1, min(self.n_known // 2, len(ref_z), n_st))
+        source = principal_axes(ref_z.T @ ref_z / len(ref_z), n)
+        target = principal_axes(covariance / max(n_st, 1), n)
+        u, _, vt = np.linalg.svd(source @ target.T)
+        source_pv = (u.T @ source)[:n]
+        target_pv = (vt @ target)[:n]
+        source_pv /= np.linalg.norm(source_pv, axis=1, keepdims=True)
+        target_pv /= np.linalg.norm(target_pv, axis=1, keepdims=True)
+        cosine = np.einsum("ij,ij->i", source_pv, target_pv)
+        keep = max(1, int((cosine > MIN_COSINE).sum()))
+        projection = source_pv[:keep].T.astype(np.float32)
+        ref_unit = unit_rows(ref_z.astype(np.float32) @ projection)
+        self._search = (st_scaler, projection, ref_unit, ProfileIndex(ref_unit, self.device))
+
+    def predict(self, known: np.ndarray) -> np.ndarray:
+        if self._search is None:
+            raise RuntimeError("SpageProjection.prepare must run before predict (it aligns the "
+                               "ST with the reference over the whole data set)")
+        st_scaler, projection, ref_unit, index = self._search
+        query = unit_rows(st_scaler.transform(known) @ projection)
+        k = min(self.config.knn_neighbors, len(ref_unit))
+        idx, _ = index.query(query, k)
+        # cosine distances of unit vectors, from the neighbours' own rows (exact)
+        distance = 1.0 - np.einsum("ckd,cd->ck", ref_unit[idx], query)
+        weights = spage_weights(distance)
+        targets = self.profiles[:, self.n_known:]
+        return np.einsum("ck,ckg->cg", weights, targets[idx]).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"profiles": self.profiles, "n_known": np.asarray(self.n_known, dtype=np.int64)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> SpageProjection:
+        return cls(config, profiles=np.asarray(state["profiles"]), n_known=int(state["n_known"]))
