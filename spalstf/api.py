@@ -27,7 +27,6 @@ from spalstf.model import (
     check_output,
     check_seed,
     fit_model,
-    given_in,
     load,
     merge_options,
     training_device,
@@ -216,13 +215,9 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         `uns["spalstf"]["self_check"]` and the log. "auto" (default): run when the ST has at
         least `SELF_CHECK_MIN_GENES` known genes. Its fits share one main fit's time budget.
     select
-        Candidate settings the self-check chooses among, {option: [values]}, from
-        `spalstf.selfcheck.SELECTABLE` (sampling-time options, tried on the same inner fits).
-        "auto" (default): `spalstf.selfcheck.DEFAULT_SELECT` (the spatial context's weight,
-        where `st` has coordinates, the aligned-neighbour estimate's weight in the prior, the
-        output, "expression" or "at_depth", for counts input (`Config.output`), and the weight
-        of the diffusion's refinement), less any of them you set yourself (as a keyword, or in
-        `config` where it differs from the default); None: use the settings as given.
+        Kept for compatibility: "auto" (default) learns the combination (`Config.combine`
+        "stack"); None uses the settings as given, the fixed blend (`combine="blend"`), with no
+        self-check. The hand-set grid of settings it once chose among is gone.
     self_check_folds
         Number of inner groups of known genes hidden in turn.
     progress
@@ -246,11 +241,15 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     AnnData `st`: a new AnnData with `st`'s obs_names (same order) and obs/obsm copied,
     var_names = the imputed genes in the requested order, `X` float32 log1p-normalised
     imputations (log1p(count / total of the known genes * 1e4); with `output="at_depth"`
-    its expected value at each cell's depth, see `Config.output`), `layers["std"]` the standard
-    deviation over samples (n_samples > 1), `uns["spalstf"]` the version, parameters, seed, known
-    genes, targets and timings. With a self-check: `uns["spalstf"]["self_check"]` (median and
-    per-gene PCC/SPCC of the hidden known genes, the settings chosen, every candidate's score,
-    the calibration) and, per imputed gene, `var["expected_pcc"]`: the gene's predictability
+    its expected value at each cell's depth, see `Config.output`), `uns["spalstf"]` the
+    version, parameters, seed, known genes, targets, timings and the combination used
+    (`uns["spalstf"]["combination"]`: "stack" with its weights, or "blend"). With the learnt
+    combination: `layers["lower"]`, `layers["upper"]` the interval at `Config.interval_level`
+    calibrated on the hidden known genes (conformal) and `layers["std"]` its half-width over
+    the normal quantile; with the fixed blend, `layers["std"]` the standard deviation over
+    samples (n_samples > 1). With a self-check: `uns["spalstf"]["self_check"]` (median and
+    per-gene PCC/SPCC of the hidden known genes, the weights learnt, every candidate column's
+    score, the interval's coverage, the calibration) and, per imputed gene, `var["expected_pcc"]`: the gene's predictability
     in the reference (`var["reference_pcc"]`) mapped to an expected PCC on this ST by the
     line fitted over the self-check's genes (trust it as far as `calibration["r"]` says).
     numpy / scipy `st`: a numpy array (cells x genes). DataFrame `st`: a DataFrame (index of
@@ -297,18 +296,24 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     check_values(st_expr, log_normalized=log_normalized, arg="st")
     check_output(cfg, log_normalized)
     st_name = {ref: st_g for st_g, ref in shared.items()}
-    # Settings the user gave are kept: "auto" selection chooses only among the others.
-    given = {k for k, v in options.items() if v is not None} | given_in(config)
-    check = selfcheck.maybe_run(st_expr, sc_expr, [(st_name[g], g) for g in known_ref], cfg,
-                                self_check=self_check, select=select,
-                                n_folds=self_check_folds, seed=seed,
-                                log_normalized=log_normalized, device=dev, spatial=spatial,
-                                progress=progress, fit=fit_model, given=given)
-    if check is not None and check.selected:
-        cfg = cfg.replace(**check.selected)
+    if select not in ("auto", None):
+        raise ValueError("`select` chose among settings of the fixed blend, which the "
+                         "self-check now replaces by a combination it learns on the ST's own "
+                         "genes (`combine='stack'`); pass select='auto' or None (or "
+                         f"combine='blend' with the settings you want); received {select!r}")
+    if select is None:
+        cfg = cfg.replace(combine="blend")
+    check = None
+    if cfg.combine == "stack":
+        check = selfcheck.maybe_run(st_expr, sc_expr, [(st_name[g], g) for g in known_ref],
+                                    cfg, self_check=self_check, n_folds=self_check_folds,
+                                    seed=seed, log_normalized=log_normalized, device=dev,
+                                    spatial=spatial, progress=progress, fit=fit_model)
     model = fit_model(sc_expr, known_ref, target_ref, out_names, cfg,
                       log_normalized=log_normalized, seed=seed, device=dev, progress=progress,
                       saving=saving)
+    if check is not None:
+        model.stack = check.stack
     return model._impute_expression(st_expr, log_normalized=log_normalized, seed=seed,
                                     batch_size=None, device=None, spatial=spatial,
                                     progress=progress, out=out, overwrite=overwrite,

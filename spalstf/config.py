@@ -37,6 +37,9 @@ MODEL, TRAIN, SAMPLE, READOUT = "model", "train", "sample", "readout"
 STAGES = (MODEL, TRAIN, SAMPLE, READOUT)
 #: The stages that may differ between fit and imputation (they act at sampling time only).
 INFERENCE_STAGES = (SAMPLE, READOUT)
+#: The base predictors a model may fit (`Config.predictors`; `spalstf.prior.PREDICTORS` and the
+#: network).
+PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "network")
 
 
 def _setting(stage: str, default: Any, *, prior: bool = False) -> Any:
@@ -90,8 +93,16 @@ class Config:
     #: their counts summed: `spalstf.prior.pseudo_spots`) as well as on the cells, and let the
     #: aligned-neighbour estimate read pseudo-spots beside the atlas cells: a map that has seen
     #: mixtures transfers better to spots, and to single cells of another platform
-    #: (benchmarks/results/priors.md). False: the reference cells alone.
+    #: (the fixed blend's priors benchmark, `git show
+    #: 91fdd2f:benchmarks/results/priors.md`). False: the reference cells alone.
     prior_mixtures: bool = _setting(MODEL, True)
+    #: The base predictions a model fits, each a column of the stacked combination
+    #: (`spalstf.prior.stack`, `combine="stack"`): "ridge" (the ridge prior), "ridge_aligned"
+    #: (the same map read from the ST z-scored over itself), "aligned" (the aligned-neighbour
+    #: estimate), "knn" (plain neighbours in log-normalised known-gene space), "spage" (the
+    #: SpaGE-style projection), "transport" (the Tangram-style optimal-transport mapping) and
+    #: "network" (the SpaLSTF diffusion). Leave some out for ablations.
+    predictors: tuple = _setting(MODEL, PREDICTOR_NAMES)
     #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
     #: reference when it is larger); bounds the model file and the neighbour search.
     atlas_size: int = _setting(MODEL, 20000)
@@ -144,25 +155,24 @@ class Config:
     #: Spatial context of the ST (spalstf.spatial): the known genes entering the model are
     #: (1 - spatial_weight) x the cell's own + spatial_weight x the mean of its
     #: `spatial_neighbors` nearest cells in space. Used only when the ST has coordinates.
-    spatial_weight: float = _setting(SAMPLE, 0.0, prior=True)
+    spatial_weight: float = _setting(SAMPLE, 0.5, prior=True)
     spatial_neighbors: int = _setting(SAMPLE, 8, prior=True)
     #: Expression context of the ST (spalstf.spatial.expression_smoothed_reader): the known genes
     #: are then (1 - expression_weight) x the cell's own + expression_weight x the mean of its
     #: `expression_neighbors` nearest ST cells in known-gene space (principal components of the
     #: z-scored genes). It averages out measurement noise: on the priors, with the self-check's
     #: rule, the median PCC of osmFISH / visium_brain / visium_lymph / simulated is 0.292 /
-    #: 0.567 / 0.132 / 0.273 with it and 0.266 / 0.532 / 0.122 / 0.281 without
-    #: (benchmarks/results/priors.md). 0: off.
+    #: 0.567 / 0.132 / 0.273 with it and 0.266 / 0.532 / 0.122 / 0.281 without (the fixed
+    #: blend's priors benchmark, `git show 91fdd2f:benchmarks/results/priors.md`). The stack
+    #: reads the ST both with and without it (its "expression" and "raw" views). 0: off.
     expression_weight: float = _setting(SAMPLE, 0.5, prior=True)
     expression_neighbors: int = _setting(SAMPLE, 15, prior=True)
-    #: At imputation, the ridge prior is blended with an aligned-neighbour estimate:
-    #: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
+    #: The fixed blend (`combine="blend"`) mixes the ridge prior with an aligned-neighbour
+    #: estimate: (1 - knn_weight) x ridge + knn_weight x the mean target genes of the cell's
     #: `knn_neighbors` nearest atlas cells or pseudo-spots by cosine similarity, the ST's known
     #: genes z-scored over the ST itself and the reference profiles over themselves (as SpaGE
-    #: aligns the two data sets). The two err differently: on osmFISH their mean beats either,
-    #: on visium_brain the ridge alone is better (benchmarks/results/priors.md), so the
-    #: self-check chooses between 0 and 0.5 by default (`spalstf.selfcheck.DEFAULT_SELECT`).
-    #: Used with the ridge prior only.
+    #: aligns the two data sets). The stack learns its weights instead and ignores knn_weight;
+    #: `knn_neighbors` serves both. Used with the ridge prior only.
     knn_weight: float = _setting(SAMPLE, 0.5, prior=True)
     knn_neighbors: int = _setting(SAMPLE, 50, prior=True)
     #: "ddim" (few respaced steps, deterministic given the initial noise) or "ddpm" (ancestral).
@@ -182,8 +192,7 @@ class Config:
     #: Between the two outputs (`output`, below): with output "expression", the imputation is
     #: (1 - depth_weight) x the expression + depth_weight x the value at the cell's depth (1 is
     #: "at_depth"). Needs
-    #: counts when above 0. For counts input the self-check chooses it among 0, 0.25, 0.5,
-    #: 0.75 and 1 by default, with the prior's weights (benchmarks/results/priors.md).
+    #: counts when above 0. The fixed blend's only; the stack weighs the two readouts itself.
     depth_weight: float = _setting(READOUT, 0.0, prior=True)
     #: What the imputed values are. "expression": log1p(count / known-gene total x
     #: scale_factor) as the reference measures its cells, free of the ST's depth.
@@ -191,12 +200,28 @@ class Config:
     #: zeros included (`spalstf.preprocess.expected_at_depth`): far below the expression where
     #: a spot holds only a few counts of a gene, as its measured genes are. Needs counts (not
     #: log-normalised input). On sparse spots (Visium lymph node) it is the closer prediction
-    #: of what was measured (benchmarks/results/priors.md). Keep "expression" to compare cells
+    #: of what was measured (`git show 91fdd2f:benchmarks/results/priors.md`). Keep
+    #: "expression" to compare cells
     #: free of their depth.
-    output: str = _setting(READOUT, "expression", prior=True)
+    #: "auto": the stack weighs both readouts (counts input; log-normalised input: the
+    #: expression), and the fixed blend reads the expression (with `depth_weight`).
+    output: str = _setting(READOUT, "auto", prior=True)
+    #: How the base predictions become the imputation. "stack": the weights learnt by the
+    #: self-check on the ST's own known genes (`spalstf.prior.stack`), with a calibrated
+    #: interval; without a self-check (or for a model that holds no learnt weights) the fixed
+    #: blend is used. "blend": the fixed blend, (1 - knn_weight) x ridge + knn_weight x
+    #: aligned neighbours, refined by the diffusion (`residual_weight`).
+    combine: str = _setting(READOUT, "stack")
+    #: Nominal coverage of the interval of each value (`layers["lower"]`, `layers["upper"]`),
+    #: calibrated on the self-check's hidden genes.
+    interval_level: float = _setting(READOUT, 0.9)
     #: The imputation is prior + residual_weight x (mean sampled residual): 1 keeps the
     #: diffusion's refinement whole, 0 returns the prior alone.
     residual_weight: float = _setting(READOUT, 1.0)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.predictors, list):  # JSON and R give lists; a Config holds tuples
+            self.predictors = tuple(self.predictors)
 
     @classmethod
     def fields(cls, *stages: str, prior: bool | None = None) -> tuple[str, ...]:
@@ -269,7 +294,8 @@ class Config:
             )
         choices = {"align": ("reference", "per_dataset"), "sampler": ("ddim", "ddpm"),
                    "prior": ("ridge", "neighbours", "none"),
-                   "beta_schedule": ("cosine", "linear"), "output": ("expression", "at_depth")}
+                   "beta_schedule": ("cosine", "linear"),
+                   "output": ("auto", "expression", "at_depth"), "combine": ("stack", "blend")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}; received {getattr(self, name)!r}")
@@ -306,6 +332,15 @@ class Config:
             raise ValueError(
                 f"`validation_fraction` must be in [0, 1); received {self.validation_fraction!r}"
             )
+        if (isinstance(self.predictors, str) or not isinstance(self.predictors, (tuple, list))
+                or not self.predictors or len(set(self.predictors)) != len(self.predictors)
+                or not set(self.predictors) <= set(PREDICTOR_NAMES)):
+            raise ValueError(f"`predictors` must be a non-empty list of distinct names among "
+                             f"{list(PREDICTOR_NAMES)}; received {self.predictors!r}")
+        if not (isinstance(self.interval_level, (int, float)) and not isinstance(
+                self.interval_level, bool) and 0 < self.interval_level < 1):
+            raise ValueError(f"`interval_level` must be in (0, 1); received "
+                             f"{self.interval_level!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1); received {self.ema_decay!r}")
 

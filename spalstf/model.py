@@ -23,10 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import norm
+from tqdm.auto import tqdm
 
 from spalstf import distributed, runtime, selfcheck
 from spalstf._version import __version__
 from spalstf.checkpoint import Checkpointer, data_fingerprint
+from spalstf.columns import NETWORK, ColumnSource
 from spalstf.config import INFERENCE_STAGES, Config
 from spalstf.data import (
     CellRows,
@@ -39,26 +42,29 @@ from spalstf.data import (
 from spalstf.diffusion import GaussianDiffusion
 from spalstf.infer import impute_cells
 from spalstf.network import build_network, needs_neighbours
-from spalstf.preprocess import Standardizer, depth_blend, expected_at_depth, log_normalize
+from spalstf.preprocess import Standardizer, depth_blend, expected_at_depth
 from spalstf.prior import (
-    EXPRESSION,
     MODEL,
     PREDICTORS,
     AlignedNeighbours,
+    AlignedRidge,
     BasePredictor,
     Blend,
     Reference,
     RidgePrior,
+    Stack,
 )
 from spalstf.spatial import (
     coordinates,
-    expression_smoothed_reader,
-    neighbours,
-    smoothed_reader,
 )
 from spalstf.train import TrainingData, train
 
 logger = logging.getLogger(__name__)
+
+#: Landmark cells (evenly spaced over the ST) whose predictions give each stack column's
+#: statistics, and the memory they may take (their predictions are held at once).
+STACK_LANDMARKS = 5000
+STACK_STAT_BYTES = 256 * 2**20
 
 #: Cells normalised and read at once when preparing data.
 _BLOCK = 8192
@@ -168,7 +174,9 @@ class Model:
                  predictors: Mapping[str, BasePredictor] | None = None,
                  output_names: list[str] | None = None,
                  log_normalized: bool = False, history: list[dict] | None = None,
-                 info: dict | None = None, device: torch.device | None = None) -> None:
+                 info: dict | None = None, device: torch.device | None = None,
+                 stack: Stack | None = None) -> None:
+        #: the SpaLSTF denoiser (None when `Config.predictors` leaves the network out)
         self.network = network
         self.config = config
         self.known_genes = list(known_genes)
@@ -188,6 +196,9 @@ class Model:
         self.device = device or torch.device("cpu")
         self.diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
                                            learn_sigma=config.vlb_weight > 0)
+        #: the combination of the base predictions learnt on an ST by the self-check
+        #: (`spalstf.prior.Stack`; `Model.self_check`), None before: the fixed blend is used
+        self.stack: Stack | None = stack
 
     @property
     def mixtures(self) -> np.ndarray | None:
@@ -197,8 +208,12 @@ class Model:
         return None if aligned is None else aligned.mixtures
 
     def __repr__(self) -> str:
+        network = (f"network trained {len(self.history)} epochs" if self.network is not None
+                   else "no network")
+        combination = ("a stack of " + str(len(self.stack.weights)) + " columns"
+                       if self.stack is not None else "the fixed blend")
         return (f"spalstf.Model({len(self.known_genes)} known genes -> "
-                f"{len(self.target_genes)} target genes, trained {len(self.history)} epochs)")
+                f"{len(self.target_genes)} target genes; {network}; {combination})")
 
     # --- imputation -------------------------------------------------------------------------
     def impute(self, st: Any, *, st_genes: Sequence[str] | None = None,
@@ -330,21 +345,22 @@ class Model:
                 raise FileExistsError(f"{str(out)!r} exists; pass overwrite=True to replace it")
         start = time.perf_counter()
         n_cells = last - first
-        with_std = cfg.diffusion and cfg.n_samples > 1
+        stacked = self._uses_stack(cfg)
+        layers = self._layers(cfg, stacked)
         writer = sink = None
         if out is not None:
             from spalstf.io import H5adWriter
 
-            head = _pack(expr, None, None, self.output_names, {}, rows=slice(first, last))
-            writer = H5adWriter(out, head, layers=["std"] if with_std else [],
-                                overwrite=overwrite)
+            head = _pack(expr, None, {}, self.output_names, {}, rows=slice(first, last))
+            writer = H5adWriter(out, head, layers=layers, overwrite=overwrite)
 
-            def sink(rows, mean, std):
-                writer.write(rows, mean, {} if std is None else {"std": std})
+            def sink(rows, mean, extra):
+                writer.write(rows, mean, extra)
         try:
-            mean, std = self._predict(expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
-                                      spatial=spatial, progress=progress, rows=(first, last),
-                                      sink=sink)
+            predict = self._predict_stack if stacked else self._predict
+            mean, extra = predict(expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
+                                  spatial=spatial, progress=progress, rows=(first, last),
+                                  sink=sink)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -360,6 +376,8 @@ class Model:
             "target_genes": list(self.target_genes),
             "log_normalized_input": log_norm,
             "device": str(dev),
+            "combination": ({"kind": "stack", **self.stack.to_dict()} if stacked
+                            else {"kind": "blend"}),
             "timings": {**self.info.get("timings", {}), "impute_seconds": seconds},
             "training": {k: v for k, v in self.info.items()
                          if k not in ("timings", "reference_pcc")},
@@ -381,25 +399,26 @@ class Model:
             writer.write_uns({"spalstf": _plain(info)})
             return writer.close()
         if shard is not None:
-            return _pack(expr, mean, std, self.output_names, info, rows=slice(first, last))
-        result = _pack(expr, mean, std, self.output_names, info)
+            return _pack(expr, mean, extra, self.output_names, info, rows=slice(first, last))
+        result = _pack(expr, mean, extra, self.output_names, info)
         if "gene_confidence" in info and expr.kind == "anndata":
             for column in ("expected_pcc", "reference_pcc"):
                 result.var[column] = np.asarray(info["gene_confidence"][column], np.float32)
         return result
 
-    def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
-                 device: torch.device, spatial: Any, progress: bool,
-                 residual_weights: Sequence[float] | None = None,
-                 rows: tuple[int, int] | np.ndarray | None = None, sink=None,
-                 prior_only: bool = False):
-        """(mean, std) of the target genes on the output scale for the cells `rows` of
-        `expr`: all by default, (first, stop) for a shard, or a sorted array of cell indices
-        (a subsample); see `infer.impute_cells`."""
-        if rows is None:
-            rows = (0, expr.n_cells)
-        cells = np.arange(*rows) if isinstance(rows, tuple) else np.asarray(rows)
-        self.network.to(device)
+    def _uses_stack(self, cfg: Config) -> bool:
+        """Whether an imputation with `cfg` combines by the learnt stack (else: the blend)."""
+        return cfg.combine == "stack" and self.stack is not None
+
+    def _layers(self, cfg: Config, stacked: bool) -> list[str]:
+        """The layers an imputation with `cfg` writes beside X."""
+        if stacked:
+            return ["std", "lower", "upper"] if np.isfinite(self.stack.quantile) else []
+        with_std = self.network is not None and cfg.diffusion and cfg.n_samples > 1
+        return ["std"] if with_std else []
+
+    def _st_known(self, expr: Expression) -> list[str]:
+        """The ST's names of the model's known genes (a ValueError naming those it lacks)."""
         mapping = match_genes(self.known_genes, expr.genes)
         missing = [g for g in self.known_genes if g not in mapping]
         if missing:
@@ -407,39 +426,90 @@ class Model:
                 f"`st` lacks {len(missing)} of the model's {len(self.known_genes)} known genes, "
                 f"for example {missing[:5]} (`st` has for example {expr.genes[:5]}); impute "
                 "data measured on the same genes or fit a new model on the genes this data has")
-        st_known = [mapping[g] for g in self.known_genes]
+        return [mapping[g] for g in self.known_genes]
+
+    def columns(self, expr: Expression, cfg: Config, columns: Sequence[str], *,
+                log_normalized: bool, seed: int, device: torch.device, spatial: Any
+                ) -> ColumnSource:
+        """A `spalstf.columns.ColumnSource` of `columns` on the ST `expr` (prepared)."""
+        st_known = self._st_known(expr)
+        check_values(expr, log_normalized=log_normalized, arg="st")
+        return ColumnSource(self, expr, st_known, cfg, columns, log_normalized=log_normalized,
+                            spatial=spatial, seed=seed, device=device)
+
+    def _predict_stack(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
+                       device: torch.device, spatial: Any, progress: bool,
+                       rows: tuple[int, int] = None, sink=None):
+        """(values, layers) of the cells [rows) by the learnt stack: its columns are
+        predicted on evenly spaced landmark cells of the whole ST for their statistics, then
+        chunk by chunk (see `spalstf.prior.stack`)."""
+        stack = self.stack
+        first, last = (0, expr.n_cells) if rows is None else rows
+        source = self.columns(expr, cfg, stack.columns, log_normalized=log_normalized,
+                              seed=seed, device=device, spatial=spatial)
+        cap = max(1, STACK_STAT_BYTES // (4 * len(self.target_genes) * len(stack.columns)))
+        landmarks = np.unique(np.linspace(0, expr.n_cells - 1,
+                                          min(expr.n_cells, STACK_LANDMARKS, cap)).astype(int))
+        everything = len(landmarks) == expr.n_cells
+        at_landmarks = source.predict(landmarks, progress=progress)
+        stats = stack.statistics(at_landmarks)
+        z = float(norm.ppf((1 + stack.level) / 2))
+        values = extra = None
+        if sink is None:
+            values = np.empty((last - first, len(self.target_genes)), dtype=np.float32)
+            extra = {name: np.empty_like(values) for name in self._layers(cfg, True)}
+        step = max(cfg.batch_size, 1024)
+        for start in tqdm(range(first, last, step), desc="spalstf impute", unit="chunk",
+                          disable=not progress, leave=False):
+            cells = np.arange(start, min(start + step, last))
+            preds = ({n: v[cells] for n, v in at_landmarks.items()} if everything
+                     else source.predict(cells))
+            mean = stack.combine(preds, stats)
+            layers = {}
+            bounds = stack.interval(mean, stack.spread(preds))
+            if bounds is not None:
+                layers = {"std": ((bounds[1] - mean) / z).astype(np.float32),
+                          "lower": bounds[0], "upper": bounds[1]}
+            if sink is not None:
+                sink(slice(start - first, cells[-1] + 1 - first), mean, layers)
+                continue
+            part = slice(start - first, cells[-1] + 1 - first)
+            values[part] = mean
+            for name, layer in layers.items():
+                extra[name][part] = layer
+        return values, extra
+
+    def _predict(self, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
+                 device: torch.device, spatial: Any, progress: bool,
+                 residual_weights: Sequence[float] | None = None,
+                 rows: tuple[int, int] | np.ndarray | None = None, sink=None,
+                 prior_only: bool = False):
+        """(mean, layers) of the target genes on the output scale for the cells `rows` of
+        `expr` by the fixed blend: all by default, (first, stop) for a shard, or a sorted array
+        of cell indices (a subsample); see `infer.impute_cells`. `layers` holds "std" (the
+        spread of the samples) when there is one."""
+        if rows is None:
+            rows = (0, expr.n_cells)
+        cells = np.arange(*rows) if isinstance(rows, tuple) else np.asarray(rows)
+        if self.network is None:
+            prior_only = True  # a model without a network: the blend of its predictors
+        st_known = self._st_known(expr)
         check_values(expr, log_normalized=log_normalized, arg="st")
         check_output(cfg, log_normalized)
-
-        def normalised(rows) -> np.ndarray:
-            return log_normalize(expr.columns(st_known, _contiguous(rows)),
-                                 scale_factor=cfg.scale_factor, log_normalized=log_normalized)[0]
-
-        scaler = self.known_scaler
-        if cfg.align == "per_dataset":  # statistics of the whole data set, also for a shard
-            scaler = Standardizer.fit_blocks(lambda: (
-                (None, normalised(slice(s, s + _BLOCK))) for s in range(0, expr.n_cells, _BLOCK)))
-
-        read_log = normalised
-        xy = coordinates(expr.source, spatial, expr.n_cells) if cfg.spatial_weight else None
-        if xy is not None:
-            read_log = smoothed_reader(normalised, neighbours(xy, cfg.spatial_neighbors),
-                                       cfg.spatial_weight)
-        # neighbours in known-gene space, found on the cells' own values, among all ST cells
-        # (not only `cells`), so a shard or subsample reads what the whole run reads
-        read_log = expression_smoothed_reader(normalised, read_log, expr.n_cells,
-                                              cfg.expression_neighbors, cfg.expression_weight,
-                                              device)
-        # the network and the prior's predictors ask for each chunk in turn: smooth it (a
-        # neighbour search and reads of its neighbours' rows) once
-        read_log = _remembering_last(read_log)
+        blend = Blend.from_config(self.predictors, cfg)
+        if blend is None and self.network is None:
+            raise ValueError("this model has neither a network nor a ridge prior to predict "
+                             "with")
+        view = "spatial" if cfg.spatial_weight > 0 and coordinates(
+            expr.source, spatial, expr.n_cells) is not None else (
+            "expression" if cfg.expression_weight > 0 else "raw")
+        source = ColumnSource(self, expr, st_known, cfg, [], log_normalized=log_normalized,
+                              spatial=spatial, seed=seed, device=device, views=[view])
 
         def read(scale: str, at: np.ndarray) -> np.ndarray:  # cells of `expr` on a scale
-            values = read_log(at)
-            return values if scale == EXPRESSION else scaler.transform(values)
+            return source.read(view, scale, at)
 
         prior = None
-        blend = Blend.from_config(self.predictors, cfg)
         if blend is not None:  # statistics over the whole data set, also for a shard or
             # subsample (the ST's z-scores, as SpaGE), read a chunk at a time
             blend.prepare(read, expr.n_cells, block=cfg.batch_size, device=device)
@@ -449,8 +519,7 @@ class Model:
             values = self.target_scaler.inverse(samples).astype(np.float32)
             share = _depth_share(cfg)
             if share > 0:  # the cells' own known-gene totals, in counts
-                depth = expr.columns(st_known, _contiguous(cells[chunk])).sum(axis=1)
-                at_depth = expected_at_depth(values, np.asarray(depth).ravel(),
+                at_depth = expected_at_depth(values, source.depth(cells[chunk]),
                                              scale_factor=cfg.scale_factor)
                 values = depth_blend(values, at_depth, share)
             return values
@@ -458,30 +527,46 @@ class Model:
         def read_known(chunk: slice) -> np.ndarray:  # a chunk of `cells` -> rows of `expr`
             return read(MODEL, cells[chunk])
 
+        if self.network is None:
+            mean = [to_output(np.concatenate([prior(slice(s, s + cfg.batch_size))
+                                              for s in range(0, len(cells), cfg.batch_size)]),
+                              slice(None))]
+            if sink is not None:
+                sink(slice(0, len(cells)), mean[0], {})
+                return None, {}
+            return (np.stack(mean) if residual_weights is not None else mean[0]), {}
+        self.network.to(device)
         ts = self.target_scaler
         clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
-        return impute_cells(
+        network_sink = None if sink is None else (
+            lambda rows_, mean_, std_: sink(rows_, mean_, {} if std_ is None else {"std": std_}))
+        mean, std = impute_cells(
             self.network, self.diffusion, cfg, len(cells), read_known,
             [expr.cells[i] for i in cells], to_output, atlas=self.atlas, clip=clip, seed=seed,
-            device=device, progress=progress, sink=sink, residual_weights=residual_weights,
-            prior_only=prior_only, prior=prior)
+            device=device, progress=progress, sink=network_sink,
+            residual_weights=residual_weights, prior_only=prior_only, prior=prior)
+        return mean, ({} if std is None else {"std": std})
 
     # --- self-check -------------------------------------------------------------------------
-    def self_check(self, st: Any, sc: Any, *, n_folds: int = 2,
-                   select: Mapping[str, Sequence] | None = None, seed: int = 0,
+    def self_check(self, st: Any, sc: Any, *, n_folds: int = 2, seed: int = 0,
                    st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
                    st_layer: str | None = None, sc_layer: str | None = None,
-                   spatial: Any = None, device: str | None = None,
-                   progress: bool = True) -> selfcheck.SelfCheckResult:
-        """How accurate this model's settings are likely to be on `st`: hide groups of the
-        model's known genes in turn, fit with the model's settings on the reference `sc`,
-        impute them in `st`, and score them against their measured values
-        (`spalstf.selfcheck`). The model itself is not changed; the reference is needed
-        because a model keeps no reference counts. Target genes are never read.
+                   spatial: Any = None, device: str | None = None, progress: bool = True,
+                   adopt: bool = True) -> selfcheck.SelfCheckResult:
+        """How accurate this model is likely to be on `st`, and the combination of its base
+        predictions learnt there: hide groups of the model's known genes in turn, fit with the
+        model's settings on the reference `sc`, predict them in `st` with every base
+        prediction, and score them against their measured values (`spalstf.selfcheck`). The
+        reference is needed because a model keeps no reference counts. Target genes are never
+        read.
+
+        With `adopt` (default), the model keeps the combination learnt (`Model.stack`, saved
+        with it): its imputations of `st` and of data like it then use it, with intervals.
 
         Returns a `spalstf.selfcheck.SelfCheckResult` (`median_pcc`, `median_spcc`,
-        `per_gene`, `scores`, `selected` when `select` is given, `calibration`).
+        `per_gene`, `scores`, `weights`, `stack`, `calibration`).
         """
+        adopt = check_flag(adopt, "adopt")
         st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st",
                                 genes_arg="st_genes")
         sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc",
@@ -495,9 +580,11 @@ class Model:
         dev = self.device if device is None else resolve_device(device)
         check = selfcheck.maybe_run(
             st_expr, sc_expr, [(in_st[g], in_sc[g]) for g in self.known_genes], self.config,
-            self_check=True, select=select, n_folds=n_folds, seed=check_seed(seed),
+            self_check=True, n_folds=n_folds, seed=check_seed(seed),
             log_normalized=self.log_normalized, device=dev, spatial=spatial,
             progress=check_flag(progress, "progress"), fit=fit_model)
+        if adopt:
+            self.stack = check.stack
         return check
 
     # --- persistence ------------------------------------------------------------------------
@@ -527,8 +614,11 @@ class Model:
             "output_names": self.output_names, "log_normalized": self.log_normalized,
             "history": self.history, "info": _plain(self.info, none_ok=True),
             "prior": list(self.predictors),
+            "network": self.network is not None,
+            "stack": None if self.stack is None else _plain(self.stack.to_dict(), none_ok=True),
         }
-        tensors = {f"network.{k}": v.detach().cpu() for k, v in self.network.state_dict().items()}
+        tensors = {} if self.network is None else {
+            f"network.{k}": v.detach().cpu() for k, v in self.network.state_dict().items()}
         for name, scaler in (("known", self.known_scaler), ("target", self.target_scaler)):
             tensors.update({f"{name}.{k}": torch.as_tensor(v) for k, v in scaler.state().items()})
         if self.atlas is not None:
@@ -593,10 +683,14 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
     dev = resolve_device(device)
     try:
         config = Config.from_dict(meta["config"])
-        network = build_network(len(meta["known_genes"]), len(meta["target_genes"]), config)
-        prefix = "network."
-        network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                                 if k.startswith(prefix)})
+        network = None
+        if meta.get("network", True):
+            network = build_network(len(meta["known_genes"]), len(meta["target_genes"]),
+                                    config)
+            prefix = "network."
+            network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                     if k.startswith(prefix)})
+        stack = None if meta.get("stack") is None else Stack.from_dict(meta["stack"])
         predictors = None  # format 1: rebuilt from the network's ridge and the atlas
         if version >= 2:
             unknown = [name for name in meta["prior"] if name not in PREDICTORS]
@@ -612,7 +706,8 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
         raise ValueError(f"the model in {str(path)!r} is inconsistent ({type(err).__name__}: "
                          f"{str(err).strip().splitlines()[0][:200]}); it may be corrupted or "
                          "come from an incompatible spalstf version") from err
-    network.to(dev).eval()
+    if network is not None:
+        network.to(dev).eval()
     atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
     mixtures = tensors["mixtures"].numpy() if "mixtures" in tensors else None
     scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy() for k, v in tensors.items()
@@ -621,7 +716,7 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
     return Model(network, config, meta["known_genes"], meta["target_genes"], *scalers, atlas,
                  mixtures=mixtures, predictors=predictors, output_names=meta["output_names"],
                  log_normalized=meta["log_normalized"],
-                 history=meta["history"], info=meta.get("info", {}), device=dev)
+                 history=meta["history"], info=meta.get("info", {}), device=dev, stack=stack)
 
 
 def _depth_share(cfg: Config) -> float:
@@ -706,39 +801,54 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
         cfg.scale_factor, factor, out=np.zeros_like(factor), where=factor > 0)
     data = TrainingData(known_z, target_z, atlas, self_index=self_index,
                         scalers=(known_scaler, target_scaler), depth=depth)
-    predictors: dict[str, BasePredictor] = {}
-    if cfg.prior == "ridge":
-        # With the ridge prior the aligned-neighbour estimate is fitted even at knn_weight 0:
-        # its weight is a sampling-time option (chosen by the self-check or set at
-        # `Model.impute`). The ridge itself is fitted by the training, on its training cells.
-        aligned = AlignedNeighbours(cfg)
-        aligned.fit(Reference(known_z, target_z, scalers=data.scalers, depth=depth,
-                              atlas=atlas), seed=seed)
-        predictors[aligned.name] = aligned
+    reference = Reference(known_z, target_z, scalers=data.scalers, depth=depth, atlas=atlas)
     logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
                 len(known), len(targets))
-    checkpointer = Checkpointer.create(*saving, meta={
-        "seed": seed, "config": _plain(cfg.to_dict(), none_ok=True), "known_genes": known,
-        "target_genes": targets, "data": data_fingerprint(known_z, target_z)})
-    result = train(data, cfg, seed=seed, device=device, progress=progress,
-                   checkpointer=checkpointer)
-    info = {"timings": {"fit_seconds": time.perf_counter() - start},
-            "epochs_trained": len(result.history), "best_epoch": result.best_epoch,
-            "stop_reason": result.stop_reason, "n_reference_cells": expr.n_cells,
-            "n_training_cells": n, "seed": seed, "prior_alpha": result.prior_alpha,
-            # how well the known genes predict each target in the reference (held-out cells):
-            # the feature `spalstf.selfcheck` calibrates into an expected accuracy on the ST
-            "reference_pcc": [float(v) for v in selfcheck.reference_predictability(
-                known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]}
-    if checkpointer is not None and checkpointer.resume_state is not None:
-        info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
-    if result.ridge is not None:  # first: the blend's first part, as the network reads it
-        predictors = {result.ridge.name: result.ridge, **predictors}
-    return Model(result.network, cfg, known, targets, known_scaler, target_scaler,
-                 atlas if needs_neighbours(cfg) else None, predictors=predictors,
-                 output_names=out_names,
-                 log_normalized=log_normalized, history=result.history, info=info,
-                 device=device)
+    history: list[dict] = []
+    info = {"n_reference_cells": expr.n_cells, "n_training_cells": n, "seed": seed}
+    network = ridge = None
+    if NETWORK in cfg.predictors:
+        checkpointer = Checkpointer.create(*saving, meta={
+            "seed": seed, "config": _plain(cfg.to_dict(), none_ok=True), "known_genes": known,
+            "target_genes": targets, "data": data_fingerprint(known_z, target_z)})
+        result = train(data, cfg, seed=seed, device=device, progress=progress,
+                       checkpointer=checkpointer)
+        network, ridge, history = result.network, result.ridge, result.history
+        info.update({"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
+                     "stop_reason": result.stop_reason, "prior_alpha": result.prior_alpha})
+        if checkpointer is not None and checkpointer.resume_state is not None:
+            info["resumed_after_epoch"] = int(checkpointer.resume_state["epoch"])
+    elif saving[0] is not None or saving[2] is not None:
+        raise ValueError("`checkpoint` and `resume` checkpoint the network's training, and "
+                         "`predictors` leaves the network out")
+    if ridge is None:  # no network, or a network without the ridge prior: fitted here
+        ridge = RidgePrior(cfg)
+        ridge.fit(reference, seed=seed)
+        info["prior_alpha"] = ridge.alpha
+    # the ridge first: the fixed blend's first part, as the network reads it
+    predictors: dict[str, BasePredictor] = {ridge.name: ridge}
+    for name in cfg.predictors:
+        if name in (NETWORK, RidgePrior.name):
+            continue
+        if name == AlignedRidge.name:
+            predictors[name] = AlignedRidge.of(ridge)
+            continue
+        predictor = PREDICTORS[name](cfg)
+        predictor.fit(reference, seed=seed)
+        predictors[name] = predictor
+    if AlignedNeighbours.name not in predictors and cfg.combine == "blend" \
+            and cfg.knn_weight > 0:  # the fixed blend reads it
+        predictors[AlignedNeighbours.name] = AlignedNeighbours(cfg)
+        predictors[AlignedNeighbours.name].fit(reference, seed=seed)
+    info["timings"] = {"fit_seconds": time.perf_counter() - start}
+    # how well the known genes predict each target in the reference (held-out cells): the
+    # feature `spalstf.selfcheck` calibrates into an expected accuracy on the ST
+    info["reference_pcc"] = [float(v) for v in selfcheck.reference_predictability(
+        known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]
+    return Model(network, cfg, known, targets, known_scaler, target_scaler,
+                 atlas if network is not None and needs_neighbours(cfg) else None,
+                 predictors=predictors, output_names=out_names,
+                 log_normalized=log_normalized, history=history, info=info, device=device)
 
 
 def _plain(value: Any, none_ok: bool = False) -> Any:
@@ -766,8 +876,8 @@ def _shard_rows(shard: Any, n: int) -> tuple[int, int]:
     return n * i // count, n * (i + 1) // count
 
 
-def _pack(expr: Expression, mean: np.ndarray | None, std: np.ndarray | None, names: list[str],
-          info: dict, rows: slice | None = None) -> Any:
+def _pack(expr: Expression, mean: np.ndarray | None, layers: Mapping[str, np.ndarray] | None,
+          names: list[str], info: dict, rows: slice | None = None) -> Any:
     """The result in the input's type; `rows` (a shard) keeps those cells' annotations.
 
     With `mean` None (results written to a file a chunk at a time), an AnnData without X
@@ -789,8 +899,8 @@ def _pack(expr: Expression, mean: np.ndarray | None, std: np.ndarray | None, nam
     var = pd.DataFrame(index=pd.Index(names, dtype=str))
     if mean is None or expr.kind == "anndata":
         out = anndata.AnnData(X=mean, obs=obs, var=var, obsm=obsm)
-        if std is not None:
-            out.layers["std"] = std
+        for name, layer in (layers or {}).items():
+            out.layers[name] = layer
         if info:
             out.uns["spalstf"] = _plain(info)
         return out

@@ -50,7 +50,8 @@ def test_every_input_type_gives_the_same_values(tiny_pair, tiny_model, kind):
     st, _ = tiny_pair
     st = st.copy()
     st.obs_names = [f"cell_{i}" for i in range(st.n_obs)]  # the names bare matrices get
-    expected = tiny_model.impute(st, progress=False).X
+    # bare matrices carry no coordinates: the AnnData's are left out to compare like with like
+    expected = tiny_model.impute(st, progress=False, spatial=False).X
     genes = list(st.var_names)
     if kind == "numpy":
         got = tiny_model.impute(st.X.copy(), st_genes=genes, progress=False)
@@ -67,7 +68,7 @@ def test_every_input_type_gives_the_same_values(tiny_pair, tiny_model, kind):
     else:
         layered = ad.AnnData(np.zeros_like(st.X), obs=st.obs, var=st.var,
                              layers={"counts": st.X.copy()})
-        got = tiny_model.impute(layered, st_layer="counts", progress=False).X
+        got = tiny_model.impute(layered, st_layer="counts", progress=False, spatial=False).X
     assert isinstance(got, np.ndarray)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -88,10 +89,12 @@ def test_a_cell_does_not_depend_on_its_batch_or_order(tiny_pair, tiny_model, mon
     np.testing.assert_allclose(shuffled.X, base.X[order], atol=1e-5)
     np.testing.assert_allclose(shuffled.layers["std"], base.layers["std"][order], atol=1e-5)
     # Alone, a cell gets what it got among the others, once what it reads from them is left
-    # out: the aligned-neighbour estimate's z-scores over the ST, and its expression neighbours.
+    # out: the aligned-neighbour estimate's z-scores over the ST, its expression neighbours
+    # and its spatial neighbours
     alone = tiny_model.impute(st[[10]], seed=5, progress=False, knn_weight=0.0,
-                              expression_weight=0.0)
-    among = tiny_model.impute(st, seed=5, progress=False, knn_weight=0.0, expression_weight=0.0)
+                              expression_weight=0.0, spatial_weight=0.0)
+    among = tiny_model.impute(st, seed=5, progress=False, knn_weight=0.0, expression_weight=0.0,
+                              spatial_weight=0.0)
     np.testing.assert_allclose(alone.X[0], among.X[10], atol=1e-5)
     assert not np.allclose(among.X, base.X, atol=1e-3)  # the default blends it in
 
@@ -101,16 +104,16 @@ def test_the_aligned_neighbour_estimate_reads_only_data_set_statistics(tiny_pair
     st, _ = tiny_pair
     twice = ad.concat([st, st], index_unique="-")
     # different cell names draw different noise: compare the prior (residual weight 0);
-    # each cell's twin would be its nearest expression neighbour: leave those out
+    # each cell's twin would be its nearest expression and spatial neighbour: leave those out
     base = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0,
-                             expression_weight=0.0)
+                             expression_weight=0.0, spatial_weight=0.0)
     doubled = tiny_model.impute(twice, seed=5, progress=False, residual_weight=0.0,
-                                expression_weight=0.0)
+                                expression_weight=0.0, spatial_weight=0.0)
     np.testing.assert_allclose(doubled.X[:st.n_obs], base.X, atol=1e-5)
     np.testing.assert_allclose(doubled.X[st.n_obs:], base.X, atol=1e-5)
     # and the estimate matters: without it the imputation differs
     plain = tiny_model.impute(st, seed=5, progress=False, residual_weight=0.0, knn_weight=0.0,
-                              expression_weight=0.0)
+                              expression_weight=0.0, spatial_weight=0.0)
     assert np.abs(plain.X - base.X).max() > 1e-3
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from spalstf import checkpoint, model, selfcheck
+from spalstf import checkpoint, model
 from spalstf.config import INFERENCE_STAGES, STAGES, Config
 
 
@@ -29,12 +29,12 @@ def test_the_option_lists_are_the_stages():
     assert model.INFERENCE_OPTIONS == inference
     assert {"n_steps", "n_samples", "knn_weight", "output", "residual_weight"} <= set(inference)
     assert not {"depth", "epochs", "batch_size", "prior"} & set(inference)
-    # the self-check chooses the prior's settings on the prior alone, then the refinement
-    assert selfcheck.PRIOR_OPTIONS == Config.fields(*INFERENCE_STAGES, prior=True)
-    assert selfcheck.PRIOR_OPTIONS == ("spatial_weight", "spatial_neighbors",
-                                       "expression_weight", "expression_neighbors",
-                                       "knn_weight", "knn_neighbors", "depth_weight", "output")
-    assert set(selfcheck.SELECTABLE) == {*selfcheck.PRIOR_OPTIONS, "residual_weight"}
+    # the fields that change the fixed blend's own prediction
+    assert Config.fields(*INFERENCE_STAGES, prior=True) == (
+        "spatial_weight", "spatial_neighbors", "expression_weight", "expression_neighbors",
+        "knn_weight", "knn_neighbors", "depth_weight", "output")
+    # how the predictions combine is an imputation's choice; what is fitted is the model's
+    assert {"combine", "interval_level"} <= set(inference) and "predictors" not in inference
     # a resumed fit may change when to stop and how to sample, nothing that shapes training
     assert checkpoint.FREE_OPTIONS == {"epochs", "max_steps", "max_time", "patience",
                                        *inference}
@@ -118,14 +118,11 @@ def test_config_as_a_dict_is_the_same_as_keywords(tiny_pair):
         spalstf.impute(st, sc, genes, config=[("depth", 2)])
 
 
-def test_a_setting_in_a_config_dict_is_kept_by_the_self_checks_selection(tiny_pair):
-    import spalstf
+def test_the_predictor_names_are_those_the_prior_knows_and_the_network():
+    from spalstf.config import PREDICTOR_NAMES
+    from spalstf.prior import PREDICTORS
 
-    st, sc = tiny_pair
-    genes = list(st.obsm["truth"].columns)[:2]
-    out = spalstf.impute(st, sc, genes, self_check=True, progress=False,
-                         config={**_settings(), "knn_weight": 0.0})
-    check = out.uns["spalstf"]["self_check"]
-    assert "knn_weight" not in check["selected"]
-    assert out.uns["spalstf"]["params"]["knn_weight"] == 0.0
-    assert "residual_weight" in check["selected"]  # the others are still chosen
+    assert set(PREDICTOR_NAMES) == {*PREDICTORS, "network"}
+    assert Config().predictors == PREDICTOR_NAMES
+    # a model.json holds lists, and a list given by a user works too
+    assert Config.from_dict({"predictors": ["ridge", "knn"]}).predictors == ("ridge", "knn")

@@ -127,7 +127,8 @@ def test_the_model_file_keeps_each_predictors_state_once(tiny_model, tiny_pair, 
     st, _ = tiny_pair
     path = tiny_model.save(tmp_path / "m")
     meta = json.loads((path / "model.json").read_text())
-    assert meta["format_version"] == 2 and meta["prior"] == ["ridge", "aligned"]
+    fitted = [name for name in tiny_model.config.predictors if name != "network"]
+    assert meta["format_version"] == 2 and meta["prior"] == fitted
     tensors = torch.load(path / "weights.pt", weights_only=True)
 
     def storage(key):
@@ -137,7 +138,7 @@ def test_the_model_file_keeps_each_predictors_state_once(tiny_model, tiny_pair, 
     assert storage("prior.aligned.atlas") == storage("atlas")
     assert storage("prior.ridge.weights") == storage("network.prior_weights")
     loaded = spalstf.load(path, device="cpu")
-    assert set(loaded.predictors) == set(PREDICTORS) == {"ridge", "aligned"}
+    assert set(loaded.predictors) == set(fitted) <= set(PREDICTORS)
     for name, predictor in tiny_model.predictors.items():
         for key, value in predictor.state().items():
             np.testing.assert_array_equal(loaded.predictors[name].state()[key], value)
@@ -166,9 +167,12 @@ def test_a_model_of_format_1_loads_and_imputes_as_before(tiny_model, tiny_pair, 
             tiny_model.impute(st, seed=2, progress=False, knn_weight=knn).X)
 
 
-def test_a_fit_without_the_ridge_prior_keeps_no_predictors(tiny_pair):
+def test_a_fit_keeps_the_predictors_asked_for_and_the_ridge_always(tiny_pair):
     st, sc = tiny_pair
     genes = list(st.obsm["truth"].columns)[:3]
     model = spalstf.fit(sc, list(st.var_names), genes, seed=0,
-                        **{**FAST, "prior": "neighbours"})
-    assert model.predictors == {} and model.mixtures is None
+                        **{**FAST, "predictors": ["knn", "spage"]})
+    # the ridge anchors the stack's scale and the network's prior: fitted even when not named
+    assert list(model.predictors) == ["ridge", "knn", "spage"] and model.network is None
+    out = model.impute(st, seed=0, progress=False)
+    assert out.shape == (st.n_obs, 3) and np.isfinite(out.X).all()

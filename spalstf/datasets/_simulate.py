@@ -40,7 +40,7 @@ class SimulationModel:
 
     For benchmarks only: a method that knew them could compute each cell's posterior over
     type and state from its measured counts, which bounds what any imputation can reach
-    (benchmarks/ceilings.py).
+    (the ceilings benchmark, `git show 91fdd2f:benchmarks/ceilings.py`).
     """
 
     genes: list[str]

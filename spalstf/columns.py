@@ -1,0 +1,242 @@
+"""The stack's columns of a fitted model on an ST data set: every base prediction, on the output
+scale, for any cells, a chunk at a time.
+
+`ColumnSource` reads the ST's known genes in each view (``raw``; ``expression``: mixed with
+their expression neighbours'; ``spatial``: with their spatial neighbours' too, where the ST has
+coordinates; `spalstf.spatial`), prepares a copy of each base predictor of the model per view
+on the whole ST (its statistics over the data set), and then predicts any cells: the values of
+a cell depend on the cell, the model and those statistics only, never on the other cells asked
+with it. The network's column is its diffusion sampled around the ridge it was trained with,
+from one view. Readouts: the expression, and the value at the cell's depth (counts only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from spalstf.config import Config
+from spalstf.data import Expression
+from spalstf.infer import impute_cells
+from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
+from spalstf.prior import EXPRESSION, MODEL, BasePredictor, spaced_blocks
+from spalstf.prior.stack import READOUTS, VIEWS, column, parse
+from spalstf.spatial import coordinates, expression_smoothed_reader, neighbours, smoothed_reader
+
+#: The column name of the network's predictions.
+NETWORK = "network"
+#: Cells normalised and read at once when preparing statistics.
+BLOCK = 8192
+#: Views of the ST whose values take at most this many bytes are computed once and held (the
+#: smoothing reads neighbours; every predictor reads every view); larger ones are read, and
+#: smoothed, a chunk at a time.
+HELD_VIEW_BYTES = 512 * 2**20
+
+
+def remembering_last(read: Callable[[np.ndarray], np.ndarray]
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """`read(rows)` that returns its last result again when asked for the same rows twice in a
+    row, instead of computing it anew. Callers must not modify what it returns."""
+    last: list = [None, None]
+
+    def read_once(rows: np.ndarray) -> np.ndarray:
+        if last[0] is None or not np.array_equal(last[0], rows):
+            last[:] = [np.array(rows), read(rows)]
+        return last[1]
+
+    return read_once
+
+
+def contiguous(rows: Any) -> Any:
+    """Sorted cell indices without gaps as a slice (a fast block read); others as given."""
+    if isinstance(rows, np.ndarray) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def available_views(config: Config, has_coordinates: bool) -> list[str]:
+    """The views a stack may read: raw always; expression where `expression_weight` > 0;
+    spatial where the ST has coordinates and `spatial_weight` > 0."""
+    out = ["raw"]
+    if config.expression_weight > 0:
+        out.append("expression")
+    if has_coordinates and config.spatial_weight > 0:
+        out.append("spatial")
+    return out
+
+
+def available_readouts(config: Config, log_normalized: bool) -> list[str]:
+    """The readouts a stack may use: the expression, and the value at the cell's depth for
+    counts input, as `Config.output` allows ("auto": both)."""
+    if config.output == "auto":
+        return ["expression"] if log_normalized else list(READOUTS)
+    return [config.output]
+
+
+def network_view(views: Sequence[str]) -> str:
+    """The view the network reads: the richest available."""
+    return next(v for v in ("spatial", "expression", "raw") if v in views)
+
+
+def candidate_columns(model: Any, config: Config, views: Sequence[str],
+                      readouts: Sequence[str]) -> list[str]:
+    """Every column the model can give for `config.predictors`, in a fixed order."""
+    out = []
+    for name in config.predictors:
+        if name == NETWORK:
+            if model.network is not None:
+                out += [column(NETWORK, network_view(views), r) for r in readouts]
+        elif name in model.predictors:
+            out += [column(name, v, r) for v in views for r in readouts]
+    return out
+
+
+class ColumnSource:
+    """Predictions of a model's columns on one ST data set (see the module's docstring).
+
+    Parameters
+    ----------
+    model
+        The fitted `spalstf.Model` (not imported here: the model imports this module).
+    expr
+        The ST (validated; it holds the model's known genes).
+    st_known
+        The ST's names of the model's known genes, in the model's order.
+    config
+        The imputation's settings (context weights, sampling).
+    columns
+        The columns to predict (names ``predictor|view|readout``).
+    views
+        Views to read besides those of the columns (`read`).
+    log_normalized, spatial, seed, device
+        As `Model.impute`'s.
+    """
+
+    def __init__(self, model: Any, expr: Expression, st_known: list[str], config: Config,
+                 columns: Sequence[str], *, log_normalized: bool, spatial: Any, seed: int,
+                 device: torch.device, views: Sequence[str] = ()) -> None:
+        self.model, self.expr, self.st_known = model, expr, st_known
+        self.config, self.seed, self.device = config, seed, device
+        self.log_normalized = log_normalized
+        self.columns = list(columns)
+        parsed = [parse(c) for c in self.columns]
+        needed_views = sorted({v for _, v, _ in parsed} | set(views), key=VIEWS.index)
+        if any(r == "at_depth" for _, _, r in parsed) and log_normalized:
+            raise ValueError("columns read out at the cell's depth need the ST's counts; "
+                             "received log-normalised input")
+        xy = None
+        if "spatial" in needed_views:
+            xy = coordinates(expr.source, spatial, expr.n_cells)
+            if xy is None:
+                raise ValueError("a column reads the spatial view, but the ST has no "
+                                 "coordinates (`spatial`)")
+        self.readers = {v: self._view(v, xy) for v in needed_views}
+        if expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES:
+            for view, reader in self.readers.items():
+                held = np.concatenate([reader(np.arange(s, min(s + BLOCK, expr.n_cells)))
+                                       for s in range(0, expr.n_cells, BLOCK)])
+                self.readers[view] = lambda cells, held=held: held[cells]
+        scaler = model.known_scaler
+        if config.align == "per_dataset":
+            scaler = Standardizer.fit_blocks(lambda: (
+                (None, self._normalised(np.arange(s, min(s + BLOCK, expr.n_cells))))
+                for s in range(0, expr.n_cells, BLOCK)))
+        self.scaler = scaler
+        # a fresh copy of each base predictor per view, prepared on that view of the whole ST
+        self.prepared: dict[tuple[str, str], BasePredictor] = {}
+        for name, view, _ in parsed:
+            if name == NETWORK or (name, view) in self.prepared:
+                continue
+            original = model.predictors[name]
+            predictor = type(original).from_state(original.state(), config)
+            predictor.prepare(spaced_blocks(
+                lambda cells, v=view, s=predictor.reads: self.read(v, s, cells),
+                expr.n_cells, config.batch_size), device=device)
+            self.prepared[name, view] = predictor
+
+    def _normalised(self, rows: np.ndarray) -> np.ndarray:
+        return log_normalize(self.expr.columns(self.st_known, contiguous(rows)),
+                             scale_factor=self.config.scale_factor,
+                             log_normalized=self.log_normalized)[0]
+
+    def _view(self, view: str, xy: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
+        cfg, n = self.config, self.expr.n_cells
+        values = self._normalised
+        if view == "spatial":
+            values = smoothed_reader(self._normalised, neighbours(xy, cfg.spatial_neighbors),
+                                     cfg.spatial_weight)
+        if view in ("expression", "spatial"):
+            # neighbours in known-gene space, found on the cells' own values, among all ST
+            # cells, so a chunk or subsample reads what the whole run reads
+            values = expression_smoothed_reader(self._normalised, values, n,
+                                                cfg.expression_neighbors,
+                                                cfg.expression_weight, self.device)
+        return remembering_last(values)
+
+    def read(self, view: str, scale: str, cells: np.ndarray) -> np.ndarray:
+        """The known genes of `cells` in `view` on `scale` (`EXPRESSION` or `MODEL`)."""
+        values = self.readers[view](cells)
+        return values if scale == EXPRESSION else self.scaler.transform(values)
+
+    def depth(self, cells: np.ndarray) -> np.ndarray:
+        """The cells' known-gene totals, in counts."""
+        return np.asarray(self.expr.columns(self.st_known, contiguous(cells)).sum(axis=1),
+                          dtype=np.float64).ravel()
+
+    def predict(self, cells: np.ndarray, *, progress: bool = False) -> dict[str, np.ndarray]:
+        """Column -> (len(cells), n_target) values on the output scale, for sorted `cells`."""
+        cells = np.asarray(cells)
+        model, cfg = self.model, self.config
+        out: dict[str, np.ndarray] = {}
+        expression: dict[tuple[str, str], np.ndarray] = {}
+        for name, view, _ in (parse(c) for c in self.columns):
+            if (name, view) in expression:
+                continue
+            if name == NETWORK:
+                model_space = self._network(view, cells, progress)
+            else:
+                predictor = self.prepared[name, view]
+                step = max(1, cfg.batch_size)
+                model_space = np.concatenate([
+                    predictor.predict(self.read(view, predictor.reads, cells[s:s + step]))
+                    for s in range(0, len(cells), step)]) if len(cells) else np.zeros(
+                        (0, len(model.target_genes)), np.float32)
+            expression[name, view] = model.target_scaler.inverse(model_space).astype(np.float32)
+        depth = None
+        for name_ in self.columns:
+            name, view, readout = parse(name_)
+            values = expression[name, view]
+            if readout == "at_depth":
+                if depth is None:
+                    depth = self.depth(cells)
+                values = expected_at_depth(values, depth, scale_factor=cfg.scale_factor)
+            out[name_] = values
+        return out
+
+    def _network(self, view: str, cells: np.ndarray, progress: bool) -> np.ndarray:
+        """The network's mean sample (model space) of `cells`: its diffusion sampled around the
+        ridge it was trained with (the whole refinement kept)."""
+        model, cfg = self.model, self.config.replace(residual_weight=1.0)
+        ridge = self.prepared.get(("ridge", view))
+        if ridge is None and "ridge" in model.predictors:
+            original = model.predictors["ridge"]
+            ridge = type(original).from_state(original.state(), cfg)
+            ridge.prepare(lambda: iter(()), device=self.device)
+            self.prepared["ridge", view] = ridge
+        prior = None
+        if ridge is not None and cfg.prior == "ridge":
+            def prior(chunk: slice) -> np.ndarray:
+                return ridge.predict(self.read(view, MODEL, cells[chunk]))
+        ts = model.target_scaler
+        clip = (ts.low, ts.high) if cfg.clip_denoised and ts.low is not None else None
+        model.network.to(self.device)
+        mean, _ = impute_cells(
+            model.network, model.diffusion, cfg, len(cells),
+            lambda chunk: self.read(view, MODEL, cells[chunk]),
+            [self.expr.cells[i] for i in cells], lambda values, chunk: values,
+            atlas=model.atlas, clip=clip, seed=self.seed, device=self.device,
+            progress=progress, prior=prior)
+        return mean
