@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import spalstf  # noqa: E402
-from spalstf.cli import format_settings  # noqa: E402
+from spalstf.cli import format_weights  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 
@@ -49,9 +49,11 @@ WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0, expressi
              knn_weight=0.0)
 #: name -> (description, options of spalstf.impute)
 ROWS = {
-    "default": ("defaults (self-check selects spatial, knn and refinement weights)", {}),
-    "no-knn": ("defaults without the aligned-neighbour estimate (knn_weight 0)",
-               {"knn_weight": 0.0}),
+    "default": ("defaults (the self-check learns the stack's weights)", {}),
+    "no-network": ("defaults without the network's column", {"predictors": [
+        "ridge", "ridge_aligned", "aligned", "knn", "spage", "transport"]}),
+    "no-knn": ("defaults without the neighbour columns (aligned, knn)",
+               {"predictors": ["ridge", "ridge_aligned", "spage", "transport", "network"]}),
     "no-expression": ("defaults without the expression context (expression_weight 0)",
                       {"expression_weight": 0.0}),
     "whole": ("diffusion whole: no self-check, residual_weight 1, no spatial or expression "
@@ -100,10 +102,10 @@ def run(name: str, rows: list[str]) -> pd.DataFrame:
         check = res.uns["spalstf"].get("self_check", {})
         out.append({"data": name, "row": row, "configuration": label,
                     "pcc": float(np.nanmedian(pcc)), "spcc": float(np.nanmedian(spcc)),
-                    "selected": format_settings(check.get("selected", {})),
+                    "weights": format_weights(check.get("weights", {}), top=3),
                     "seconds": seconds})
         print(f"{name:13s} {row:13s} PCC {out[-1]['pcc']:.3f} SPCC {out[-1]['spcc']:.3f} "
-              f"{seconds:6.0f} s {out[-1]['selected']}", flush=True)
+              f"{seconds:6.0f} s {out[-1]['weights']}", flush=True)
     return pd.DataFrame(out)
 
 
@@ -146,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
              f" on {platform.machine()}, {os.cpu_count()} CPU cores, "
              f"{torch.get_num_threads()} torch thread(s).", ""]
     for name, part in table.groupby("data", sort=False):
-        lines += [f"## {name}", "", "| configuration | median PCC | median SPCC | selected | "
+        lines += [f"## {name}", "", "| configuration | median PCC | median SPCC | largest weights | "
                   "seconds |", "|---|---|---|---|---|"]
-        lines += [f"| {r.configuration} | {r.pcc:.3f} | {r.spcc:.3f} | {r.selected} | "
+        lines += [f"| {r.configuration} | {r.pcc:.3f} | {r.spcc:.3f} | {r.weights} | "
                   f"{r.seconds:.0f} |" for r in part.itertuples()]
         lines.append("")
     (out / f"{args.name}.md").write_text("\n".join(lines))

@@ -82,11 +82,11 @@ def _spatial(args: argparse.Namespace) -> Any:
 
 
 def _self_check_summary(result: Any, out: Path, stream: bool) -> dict[str, Any] | None:
-    """median_pcc, median_spcc, n_genes, selected of the result's self-check, or None.
+    """median_pcc, median_spcc, n_genes, weights of the result's self-check, or None.
 
     A streamed result is on disk: only these few entries of its uns are read back.
     """
-    keys = ("median_pcc", "median_spcc", "n_genes", "selected")
+    keys = ("median_pcc", "median_spcc", "n_genes", "weights")
     if stream:
         import h5py
         from anndata.io import read_elem
@@ -108,11 +108,22 @@ def format_settings(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={value(v)}" for k, v in settings.items())
 
 
+def format_weights(weights: dict[str, Any], top: int = 4) -> str:
+    """The largest weights of a stack, "knn|spatial|expression 0.41, ridge|raw|expression 0.30,
+    ... (7 columns)"; "" for none."""
+    ranked = sorted(((str(k), float(v)) for k, v in (weights or {}).items()),
+                    key=lambda kv: -kv[1])
+    if not ranked:
+        return ""
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in ranked[:top])
+    return shown + (f", ... ({len(ranked)} columns)" if len(ranked) > top else "")
+
+
 def _format_self_check(check: dict[str, Any]) -> str:
-    chosen = format_settings(check.get("selected") or {})
+    weights = format_weights(check.get("weights") or {})
     return (f"self-check: median PCC {float(check['median_pcc']):.3f}, SPCC "
             f"{float(check['median_spcc']):.3f} over {int(check['n_genes'])} hidden known genes"
-            + (f" (selected {chosen})" if chosen else ""))
+            + (f"; combination learnt: {weights}" if weights else ""))
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
@@ -281,22 +292,24 @@ def _demo_figure(imputed, truth, pcc, *, n_ref: int, path: Path) -> Path:
              f"(imputed minus truth, mean per gene: median {level_gap:+.2f} over all genes); "
              "r, which measures the pattern, ignores the level: each imputed map is drawn on "
              "the truth's colour scale (the level) and on its own (the pattern)")
-    # What the imputed values are, where they are not the depth-free expression refined by the
-    # diffusion: the self-check's choices change them, and the level gap above comes with them.
-    parts = []
-    if depth > 0:
-        parts.append(f"{1 - depth:.0%} the expression, {depth:.0%} the value expected at the "
-                     "spot's depth (its count total: lower where it holds few counts)")
-    if weight == 0:
-        parts.append("the prior's prediction alone (no refinement by the diffusion model)")
-    elif weight < 1:
-        parts.append(f"the prior's prediction + {weight:.0%} of the diffusion model's "
-                     "refinement")
-    check = imputed.uns["spalstf"].get("self_check") or {}
-    chosen = {"depth_weight", "output", "residual_weight"} & set(check.get("selected") or {})
-    if parts:
-        title += ("\nImputed values" + (", as the self-check chose" if chosen else "")
-                  + ": " + "; ".join(parts))
+    # What the imputed values are: a learnt combination, or the fixed blend's settings.
+    combination = imputed.uns["spalstf"].get("combination") or {}
+    if combination.get("kind") == "stack":
+        title += ("\nImputed values: a combination of base predictions with weights learnt on "
+                  "the ST's own known genes, hidden in turn (largest: "
+                  + format_weights(combination.get("weights") or {}, top=3) + ")")
+    else:
+        parts = []
+        if depth > 0:
+            parts.append(f"{1 - depth:.0%} the expression, {depth:.0%} the value expected at "
+                         "the spot's depth (its count total: lower where it holds few counts)")
+        if weight == 0:
+            parts.append("the prior's prediction alone (no refinement by the diffusion model)")
+        elif weight < 1:
+            parts.append(f"the prior's prediction + {weight:.0%} of the diffusion model's "
+                         "refinement")
+        if parts:
+            title += "\nImputed values: " + "; ".join(parts)
     pl.spatial(imputed, genes, truth=truth,
                truth_label="simulated truth\n(noise-free, not measured by the ST)",
                scale=DEMO_SCALE, labels=labels, title=title, path=path)
@@ -340,9 +353,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"self-check (no truth used): median r {check['median_pcc']:.3f} over "
               f"{check['n_genes']} hidden measured genes, against their noisy measured counts "
               "(the simulated truth above is noise-free, hence higher)"
-              # a self-check that chooses no settings has none to report
-              + ("; chose " + format_settings(check["selected"]) if check.get("selected")
-                 else ""))
+              + ("; combination learnt: " + format_weights(check["weights"])
+                 if check.get("weights") else ""))
         expected = imputed.var["expected_pcc"].to_numpy()
         ok = np.isfinite(pcc)
         if ok.sum() > 2 and np.std(expected[ok]) > 0:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import spalstf
-from spalstf.cli import main
+from spalstf.cli import format_weights, main
 
 FAST_ARGS = ["--epochs", "2", "--quiet", "--max-time", "30"]
 
@@ -151,21 +151,27 @@ def test_demo_figure_says_what_the_imputed_values_are(tiny_pair, tiny_model, tmp
 
     monkeypatch.setattr(spalstf.pl, "spatial", spy)
 
-    def title_of(params, selected, truth=truth):
+    def title_of(params, combination, truth=truth):
         shown = imputed.copy()
         shown.uns["spalstf"]["params"].update(params)
-        shown.uns["spalstf"]["self_check"] = {"selected": selected}
+        shown.uns["spalstf"]["combination"] = combination
         _demo_figure(shown, truth, pcc, n_ref=7, path=tmp_path / "demo.png")
         return titles[-1]
 
     # The refined depth-free expression: nothing to add.
     assert "Imputed values" not in title_of({"residual_weight": 1.0, "depth_weight": 0.0}, {})
-    title = title_of({"residual_weight": 0.0, "depth_weight": 0.25},
-                     {"residual_weight": 0.0, "depth_weight": 0.25})
-    assert ("Imputed values, as the self-check chose: 75% the expression, 25% the value "
-            "expected at the spot's depth") in title
+    # A learnt combination: said so, with its largest weights.
+    title = title_of({}, {"kind": "stack", "weights": {"knn|spatial|expression": 0.6,
+                                                        "ridge|raw|at_depth": 0.4}})
+    assert title.endswith("Imputed values: a combination of base predictions with weights "
+                          "learnt on the ST's own known genes, hidden in turn (largest: "
+                          "knn|spatial|expression 0.60, ridge|raw|at_depth 0.40)")
+    # The fixed blend: its settings in words.
+    title = title_of({"residual_weight": 0.0, "depth_weight": 0.25}, {"kind": "blend"})
+    assert ("Imputed values: 75% the expression, 25% the value expected at the spot's "
+            "depth") in title
     assert "the prior's prediction alone (no refinement by the diffusion model)" in title
-    title = title_of({"residual_weight": 0.5, "depth_weight": 0.0}, {})  # the user's setting
+    title = title_of({"residual_weight": 0.5, "depth_weight": 0.0}, {})
     assert title.endswith("Imputed values: the prior's prediction + 50% of the diffusion "
                           "model's refinement")
     assert "7-cell reference" in title and (tmp_path / "demo.png").exists()
@@ -279,15 +285,13 @@ def test_self_check_summary_is_printed_and_stored(files, capsys):
     check = ad.read_h5ad(out).uns["spalstf"]["self_check"]
     n_known = ad.read_h5ad(st_path).n_vars
     assert check["n_genes"] == n_known and sorted(set(check["fold"])) == [0, 1]
-    selected = ", ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}"
-                         for k, v in check["selected"].items())
-    assert "spatial_weight" in check["selected"]  # the tiny ST has obsm["spatial"]
+    assert any("|spatial|" in c for c in check["candidates"]["column"])  # the tiny ST has coordinates
     assert line == (f"self-check: median PCC {check['median_pcc']:.3f}, SPCC "
-                    f"{check['median_spcc']:.3f} over {n_known} hidden known genes "
-                    f"(selected {selected})")
+                    f"{check['median_spcc']:.3f} over {n_known} hidden known genes; "
+                    f"combination learnt: {format_weights(check['weights'])}")
     assert re.fullmatch(r"self-check: median PCC -?\d\.\d{3}, SPCC -?\d\.\d{3} over \d+ "
-                        r"hidden known genes \(selected .+\)", line)
-    # --self-check off: no self-check, nothing printed; --no-spatial: no spatial candidates.
+                        r"hidden known genes; combination learnt: .+", line)
+    # --self-check off: no self-check, nothing printed; --no-spatial: no spatial columns.
     assert main([*base, "--out", str(tmp / "off.h5ad"), "--self-check", "off"]) == 0
     assert _self_check_line(capsys.readouterr().err) is None
     with h5py.File(tmp / "off.h5ad", "r") as f:
@@ -295,17 +299,16 @@ def test_self_check_summary_is_printed_and_stored(files, capsys):
     assert main([*base, "--out", str(tmp / "flat.h5ad"), "--self-check-folds", "2",
                  "--no-spatial"]) == 0
     line = _self_check_line(capsys.readouterr().err)
-    selected = ad.read_h5ad(tmp / "flat.h5ad").uns["spalstf"]["self_check"]["selected"]
-    assert line is not None and "spatial_weight" not in line and "spatial_weight" not in selected
-    # counts: the share of the value at the cell's depth is chosen
-    assert "residual_weight=" in line and "depth_weight=" in line
-    # --values: the output given is kept, not chosen, nor blended
+    flat = ad.read_h5ad(tmp / "flat.h5ad").uns["spalstf"]["self_check"]
+    assert line is not None and "|spatial|" not in line
+    assert not any("|spatial|" in c for c in flat["candidates"]["column"])
+    # counts: both readouts are candidates; --values: only the readout given
+    assert set(flat["candidates"]["readout"]) == {"expression", "at_depth"}
     assert main([*base, "--out", str(tmp / "depth.h5ad"), "--self-check-folds", "2",
                  "--values", "at_depth"]) == 0
-    line = _self_check_line(capsys.readouterr().err)
+    capsys.readouterr()
     given = ad.read_h5ad(tmp / "depth.h5ad").uns["spalstf"]
-    assert "output=" not in line and "output" not in given["self_check"]["selected"]
-    assert "depth_weight" not in given["self_check"]["selected"]
+    assert set(given["self_check"]["candidates"]["readout"]) == {"at_depth"}
     assert given["params"]["output"] == "at_depth"
 
 
@@ -315,12 +318,15 @@ def test_self_check_summary_of_an_in_memory_result():
     result = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
     assert _self_check_summary(result, None, stream=False) is None
     result.uns["spalstf"] = {"self_check": {"median_pcc": 0.2134, "median_spcc": 0.2009,
-                                            "n_genes": 26, "pcc": [0.1], "selected": {}}}
+                                            "n_genes": 26, "pcc": [0.1], "weights": {}}}
     check = _self_check_summary(result, None, stream=False)
     assert _format_self_check(check) == ("self-check: median PCC 0.213, SPCC 0.201 over 26 "
                                          "hidden known genes")
-    check["selected"] = {"spatial_weight": 0.5, "residual_weight": 1.0}
-    assert _format_self_check(check).endswith("(selected spatial_weight=0.5, residual_weight=1)")
+    check["weights"] = {"a|raw|expression": 0.1, "b|raw|expression": 0.5, "c|raw|at_depth": 0.2,
+                        "d|spatial|expression": 0.15, "e|raw|expression": 0.05}
+    assert _format_self_check(check).endswith(
+        "; combination learnt: b|raw|expression 0.50, c|raw|at_depth 0.20, "
+        "d|spatial|expression 0.15, a|raw|expression 0.10, ... (5 columns)")
 
 
 def test_spatial_and_self_check_flags_are_checked(files, capsys):
