@@ -123,7 +123,23 @@ def test_readme_python_quick_start_runs(tmp_path, monkeypatch):
     for name in ("impute", "fit"):
         monkeypatch.setattr(spalstf, name, functools.partial(getattr(spalstf, name), **FAST))
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - our own README
+    import matplotlib.pyplot as plt
+
+    names: dict = {}
+    try:
+        exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - our own README
+    finally:
+        plt.close("all")
+    # what the block says it made: the interval beside the values, the self-check's estimate,
+    # and scanpy's next steps on the result (the reference is not named `sc`, scanpy is)
+    imputed = names["imputed"]
+    assert {"std", "lower", "upper"} <= set(imputed.layers)
+    assert (imputed.layers["lower"] <= imputed.X + 1e-6).all()
+    assert (imputed.X <= imputed.layers["upper"] + 1e-6).all()
+    assert "median_pcc" in imputed.uns["spalstf"]["self_check"]
+    if "sc.pp." in block:
+        assert names["sc"].__name__ == "scanpy"
+        assert "X_umap" in imputed.obsm and "spatial" in imputed.obsm
 
 
 def test_docs_links_and_paths_exist():
