@@ -14,6 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def user_mode(*, directory: bool = False) -> int:
+    """The permissions a plain `open` (or `mkdir`) would give a new file (folder): 0o666
+    (0o777) less the process's umask. `tempfile` creates its files 0600 and folders 0700,
+    which a result renamed into place would otherwise keep: unreadable by the user's group."""
+    umask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to `path`, on error removed."""
@@ -28,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # name pointing at an empty file (the classic ext4 delayed-allocation case).
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, user_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from spalstf import selfcheck
+from spalstf._logging import shows_progress
 from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.data import Expression, as_expression, check_values, match_genes
@@ -32,6 +33,7 @@ from spalstf.model import (
     training_device,
 )
 from spalstf.preprocess import log_normalize
+from spalstf.spatial import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ MAX_DEFAULT_GENES = 1000
 SELF_CHECK_MIN_GENES = selfcheck.MIN_GENES
 
 
+@shows_progress
 def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         sc_genes: Sequence[str] | None = None, sc_layer: str | None = None,
         log_normalized: bool = False, seed: int = 0, device: str = "auto",
@@ -159,6 +162,7 @@ def _resolve_fit_genes(expr: Expression, known_genes, target_genes,
     return known_ref, target_ref, kept
 
 
+@shows_progress
 def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
            st_layer: str | None = None, sc_layer: str | None = None,
@@ -200,8 +204,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         "auto" (CUDA when present, else CPU), "cpu" or "cuda".
     spatial
         Coordinates of the ST cells for the spatial context: None reads
-        `st.obsm["spatial"]` when present, a string another obsm key, an array gives them,
-        False turns the spatial context off.
+        `st.obsm["spatial"]` when present, else obs columns "x"/"y" (or those of
+        `spalstf.spatial.OBS_COORDINATES`: "imagecol"/"imagerow", "array_col"/"array_row",
+        ...; a log line says which); a string another obsm key or obs columns ("x,y"); an
+        array gives them; False turns the spatial context off.
     max_steps
         The training budget in optimiser updates (default 300, about a minute on 2 CPU cores;
         the self-check's inner fits share half of it again). None: the config's.
@@ -265,6 +271,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
     st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
     sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
+    spatial = resolve(st_expr.source, spatial)
     shared = match_genes(st_expr.genes, sc_expr.genes)  # st name -> reference name
     if not shared:
         raise ValueError(
@@ -286,8 +293,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     requested = _gene_list(genes, "genes")
     measured = [g for g in requested if g in match_genes(requested, st_expr.genes)]
     if measured:
-        logger.info("%d requested genes are measured in `st` (for example %s): they are "
-                    "predicted from the other genes, their measured values unused",
+        logger.info("%d requested genes are measured by the ST (for example %s); they are "
+                    "predicted as if hidden (their measured values are not read)",
                     len(measured), measured[:5])
     known_candidates = [shared[g] for g in st_expr.genes if g in shared]
     known_ref, target_ref, out_names = _resolve_fit_genes(sc_expr, known_candidates, requested,

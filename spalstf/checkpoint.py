@@ -145,7 +145,7 @@ class Checkpointer:
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
         self.last_saved_epoch = int(state["epoch"])
-        logger.info("checkpoint after epoch %d written to %s", state["epoch"], self.path)
+        logger.debug("checkpoint after epoch %d written to %s", state["epoch"], self.path)
 
 
 def _check_compatible(saved: dict[str, Any], current: dict[str, Any], source: Path) -> None:

@@ -52,6 +52,10 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+#: The formats `spalstf impute --out` writes, by suffix.
+RESULT_SUFFIXES = (".h5ad", ".rds")
+
+
 def _write_result(result: Any, out: Path, st_path: str, force: bool) -> None:
     from spalstf import io
 
@@ -75,7 +79,8 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _spatial(args: argparse.Namespace) -> Any:
-    """--spatial-key KEY -> "KEY", --no-spatial -> False, neither -> None (obsm["spatial"])."""
+    """--spatial-key KEY -> "KEY" (an obsm key, or obs columns "x,y"), --no-spatial -> False,
+    neither -> None (obsm["spatial"], else obs columns such as x and y)."""
     if args.no_spatial:
         return False
     return args.spatial_key
@@ -132,6 +137,9 @@ def cmd_impute(args: argparse.Namespace) -> int:
     from spalstf import io
 
     shard = _shard(args.shard)
+    if Path(args.out).suffix.lower() not in RESULT_SUFFIXES:
+        raise ValueError(f"--out must name an .h5ad or .rds file (the suffix says the format); "
+                         f"received {args.out!r}")
     if args.model is None and args.sc is None:
         raise ValueError("give --sc REF.h5ad (to fit a model) or --model DIR (a saved model)")
     if args.model is not None and (args.self_check == "on" or args.self_check_folds is not None):
@@ -376,7 +384,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="training budget in seconds (default none; results then depend on "
                         "the machine's speed)")
     p.add_argument("--batch-size", type=int, default=None, help="cells per batch (256)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no phase lines (warnings are still shown)")
 
 
 def _add_checkpoints(p: argparse.ArgumentParser) -> None:
@@ -408,8 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Impute unmeasured genes of spatial transcriptomics from a scRNA-seq reference "
         "(SpaLSTF diffusion model)."))
     parser.add_argument("--version", action="version", version=f"spalstf {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    _add_output_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("impute", help="fit on the reference and impute genes in the ST data")
@@ -436,8 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "two (depth_weight, with --sc), else expression (default auto)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--spatial-key", default=None, metavar="KEY",
-                       help="obsm key of the ST's cell coordinates for the spatial context "
-                            "(default: obsm['spatial'] when present)")
+                       help="the ST's cell coordinates for the spatial context: an obsm key, "
+                            "or obs columns named with a comma (x,y) (default: "
+                            "obsm['spatial'], else obs columns x,y, imagecol,imagerow or "
+                            "array_col,array_row)")
     where.add_argument("--no-spatial", action="store_true",
                        help="no spatial context, even when the ST has coordinates")
     _add_common(p)
@@ -470,17 +480,74 @@ def build_parser() -> argparse.ArgumentParser:
     from spalstf.evaluate import _cli as benchmark_cli
 
     benchmark_cli.add_parser(sub)
+    for command in sub.choices.values():  # also after the sub-command: `spalstf impute -v`
+        _add_output_flags(command, default=argparse.SUPPRESS)
+        command.set_defaults(flag_of=_flags_of(command))
     return parser
+
+
+def _add_output_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """--debug and -v, on the main parser (`default` False) and on each sub-command (`default`
+    SUPPRESS: given there, they set the same value; absent, they leave the main parser's)."""
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="more detail in the log: each fit's own lines, the penalties chosen, "
+                        "checkpoints (DEBUG); the phases are shown without it")
+
+
+def _flags_of(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Python keyword -> the flag that sets it ("max_steps" -> "--max-steps") for the options
+    of the sub-command `p`, and the keywords the command passes under another name."""
+    flags = {action.dest: next(o for o in action.option_strings if o.startswith("--"))
+             for action in p._actions
+             if any(o.startswith("--") for o in action.option_strings)}
+    if "spatial_key" in flags:
+        flags["spatial"] = flags["spatial_key"]
+    if "force" in flags:
+        flags["overwrite"] = flags["force"]
+    return flags
+
+
+def _named_by_flags(message: str, flag_of: dict[str, str]) -> str:
+    """A library message with the keywords of the command's options named by their flags:
+    "`max_steps` must be ..." -> "--max-steps must be ...", "pass overwrite=True" ->
+    "pass --force", "pass resume='f'" -> "pass --resume 'f'"."""
+    import re
+
+    def backticked(match: re.Match) -> str:
+        return flag_of.get(match.group(1), match.group(0))
+
+    def assigned(match: re.Match) -> str:
+        flag = flag_of.get(match.group(1))
+        if flag is None:
+            return match.group(0)
+        return flag if match.group(2).startswith("True") else f"{flag} {match.group(2)}"
+
+    message = re.sub(r"`(\w+)`", backticked, message)
+    message = re.sub(r"\b([a-z_]+)=(True\b(?: \(--\w[\w-]*\))?|'[^']*'|\S+)", assigned,
+                     message)
+    return message
+
+
+def _log_handler(args: argparse.Namespace) -> logging.Handler:
+    """The command's log on stderr: the phases (INFO) by default, DEBUG with -v, warnings
+    only with --quiet."""
+    from spalstf._logging import stream_handler
+
+    if args.verbose:
+        return stream_handler(logging.DEBUG)
+    return stream_handler(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose and not logger.handlers[1:]:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    # On the "spalstf" logger only, for this command: the library's own default (see
+    # spalstf._logging) then stands aside, and nothing outlives the call.
+    handler = _log_handler(args)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(handler.level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -492,8 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = _named_by_flags(message, getattr(args, "flag_of", {}))
         print(f"spalstf {args.command}: error: {message}", file=sys.stderr)
         return 1 if isinstance(err, FloatingPointError) else 2
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover

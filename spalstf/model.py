@@ -10,6 +10,7 @@ the ST to the sampler (`spalstf.infer`) and packs the result in the type the use
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from spalstf import distributed, runtime, selfcheck
+from spalstf._atomic import user_mode
+from spalstf._logging import phase_level, shows_progress
 from spalstf._version import __version__
 from spalstf.checkpoint import Checkpointer, data_fingerprint
 from spalstf.columns import NETWORK, ColumnSource
@@ -54,9 +57,7 @@ from spalstf.prior import (
     RidgePrior,
     Stack,
 )
-from spalstf.spatial import (
-    coordinates,
-)
+from spalstf.spatial import coordinates, resolve
 from spalstf.train import TrainingData, train
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ class Model:
                 f"{len(self.target_genes)} target genes; {network}; {combination})")
 
     # --- imputation -------------------------------------------------------------------------
+    @shows_progress
     def impute(self, st: Any, *, st_genes: Sequence[str] | None = None,
                st_layer: str | None = None, log_normalized: bool | None = None, seed: int = 0,
                device: str | None = None, spatial: Any = None, n_samples: int | None = None,
@@ -242,8 +244,10 @@ class Model:
             "auto", "cpu", "cuda": where to sample (default: where the model is).
         spatial
             Coordinates of the cells for the spatial context (`Config.spatial_weight`):
-            None reads `st.obsm["spatial"]` when present, a string another obsm key, an array
-            (cells x 2 or 3) gives them, False turns the spatial context off.
+            None reads `st.obsm["spatial"]` when present, else obs columns "x"/"y" (or
+            those of `spalstf.spatial.OBS_COORDINATES`, logged); a string another obsm key or
+            obs columns ("x,y"); an array (cells x 2 or 3) gives them; False turns the spatial
+            context off.
         n_samples
             Samples per cell (default: the model's, 4 unless set at fit): their mean is the
             imputation, their standard deviation its uncertainty.
@@ -286,7 +290,8 @@ class Model:
         expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
         changes = self._inference_changes(config, {"n_samples": n_samples, **options})
         return self._impute_expression(expr, log_normalized=log_normalized, seed=seed,
-                                       batch_size=batch_size, device=device, spatial=spatial,
+                                       batch_size=batch_size, device=device,
+                                       spatial=resolve(expr.source, spatial),
                                        progress=progress, out=out, overwrite=overwrite,
                                        shard=shard, **changes)
 
@@ -347,11 +352,13 @@ class Model:
         n_cells = last - first
         stacked = self._uses_stack(cfg)
         layers = self._layers(cfg, stacked)
+        confidence = self._gene_confidence(self_check)
         writer = sink = None
         if out is not None:
             from spalstf.io import H5adWriter
 
             head = _pack(expr, None, {}, self.output_names, {}, rows=slice(first, last))
+            _add_confidence(head, confidence)
             writer = H5adWriter(out, head, layers=layers, overwrite=overwrite)
 
             def sink(rows, mean, extra):
@@ -384,14 +391,8 @@ class Model:
         }
         if self_check is not None:
             info["self_check"] = self_check
-            if self_check.get("calibration") and "reference_pcc" in self.info:
-                # Per-gene confidence: each target's predictability in the reference, mapped
-                # to an expected PCC on this ST by the self-check's calibration.
-                info["gene_confidence"] = {
-                    "genes": list(self.output_names),
-                    "reference_pcc": list(self.info["reference_pcc"]),
-                    "expected_pcc": [float(v) for v in selfcheck.expected_pcc(
-                        self_check["calibration"], self.info["reference_pcc"])]}
+        if confidence is not None:
+            info["gene_confidence"] = confidence
         if shard is not None:
             info["shard"] = {"index": int(shard[0]), "count": int(shard[1]), "start": first,
                              "stop": last, "n_obs_total": expr.n_cells}
@@ -401,10 +402,20 @@ class Model:
         if shard is not None:
             return _pack(expr, mean, extra, self.output_names, info, rows=slice(first, last))
         result = _pack(expr, mean, extra, self.output_names, info)
-        if "gene_confidence" in info and expr.kind == "anndata":
-            for column in ("expected_pcc", "reference_pcc"):
-                result.var[column] = np.asarray(info["gene_confidence"][column], np.float32)
+        if expr.kind == "anndata":
+            _add_confidence(result, confidence)
         return result
+
+    def _gene_confidence(self, self_check: dict | None) -> dict | None:
+        """Per-gene confidence: each target's predictability in the reference, mapped to an
+        expected PCC on this ST by the self-check's calibration (None without them)."""
+        if self_check is None or not self_check.get("calibration") \
+                or "reference_pcc" not in self.info:
+            return None
+        return {"genes": list(self.output_names),
+                "reference_pcc": list(self.info["reference_pcc"]),
+                "expected_pcc": [float(v) for v in selfcheck.expected_pcc(
+                    self_check["calibration"], self.info["reference_pcc"])]}
 
     def _uses_stack(self, cfg: Config) -> bool:
         """Whether an imputation with `cfg` combines by the learnt stack (else: the blend)."""
@@ -548,6 +559,7 @@ class Model:
         return mean, ({} if std is None else {"std": std})
 
     # --- self-check -------------------------------------------------------------------------
+    @shows_progress
     def self_check(self, st: Any, sc: Any, *, n_folds: int = 2, seed: int = 0,
                    st_genes: Sequence[str] | None = None, sc_genes: Sequence[str] | None = None,
                    st_layer: str | None = None, sc_layer: str | None = None,
@@ -581,7 +593,8 @@ class Model:
         check = selfcheck.maybe_run(
             st_expr, sc_expr, [(in_st[g], in_sc[g]) for g in self.known_genes], self.config,
             self_check=True, n_folds=n_folds, seed=check_seed(seed),
-            log_normalized=self.log_normalized, device=dev, spatial=spatial,
+            log_normalized=self.log_normalized, device=dev,
+            spatial=resolve(st_expr.source, spatial),
             progress=check_flag(progress, "progress"), fit=fit_model)
         if adopt:
             self.stack = check.stack
@@ -631,6 +644,7 @@ class Model:
         try:
             torch.save(tensors, tmp / "weights.pt")
             (tmp / "model.json").write_text(json.dumps(meta, indent=1))
+            os.chmod(tmp, user_mode(directory=True))  # mkdtemp made it 0700
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
@@ -770,8 +784,8 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
     if cfg.max_cells is not None and expr.n_cells > cfg.max_cells:
         rows = np.sort(np.random.default_rng([seed, 1]).choice(expr.n_cells, cfg.max_cells,
                                                                  replace=False))
-        logger.info("training on a random subsample of %d of the %d reference cells "
-                    "(`max_cells`)", cfg.max_cells, expr.n_cells)
+        logger.log(phase_level(), "training on a random subsample of %d of the %d reference "
+                   "cells (`max_cells`)", cfg.max_cells, expr.n_cells)
     factor = cell_factors(expr, known, scale_factor=cfg.scale_factor,
                           log_normalized=log_normalized, rows=rows, block=_BLOCK)
     known_rows = CellRows(expr, known, factor, rows=rows)
@@ -788,8 +802,8 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
         target_scaler = Standardizer.fit_blocks(lambda: target_rows.blocks(_BLOCK))
         known_z = known_rows.standardized(known_scaler)
         target_z = target_rows.standardized(target_scaler)
-        logger.info("reading mini-batches from the reference as training goes (%.1f GiB "
-                    "dense)", 4 * n * (len(known) + len(targets)) / 2**30)
+        logger.log(phase_level(), "reading mini-batches from the reference as training goes "
+                   "(%.1f GiB dense)", 4 * n * (len(known) + len(targets)) / 2**30)
     rng = np.random.default_rng(seed)
     atlas_rows = np.arange(n) if n <= cfg.atlas_size else np.sort(
         rng.choice(n, cfg.atlas_size, replace=False))
@@ -802,8 +816,8 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
     data = TrainingData(known_z, target_z, atlas, self_index=self_index,
                         scalers=(known_scaler, target_scaler), depth=depth)
     reference = Reference(known_z, target_z, scalers=data.scalers, depth=depth, atlas=atlas)
-    logger.info("fitting on %d reference cells: %d known genes -> %d target genes", n,
-                len(known), len(targets))
+    logger.log(phase_level(), "fitting on %d reference cells: %d known genes -> %d target "
+               "genes", n, len(known), len(targets))
     history: list[dict] = []
     info = {"n_reference_cells": expr.n_cells, "n_training_cells": n, "seed": seed}
     network = ridge = None
@@ -903,10 +917,24 @@ def _pack(expr: Expression, mean: np.ndarray | None, layers: Mapping[str, np.nda
             out.layers[name] = layer
         if info:
             out.uns["spalstf"] = _plain(info)
+        # X is log1p-normalised (natural log): scanpy's marker, so that `sc.pp.log1p` on the
+        # result warns instead of taking the log twice.
+        out.uns["log1p"] = {"base": None}
+        if expr.kind == "anndata" and "spatial" in expr.source.uns:
+            # the tissue images and scale factors: `sc.pl.spatial` draws the result on them
+            out.uns["spatial"] = copy.deepcopy(dict(expr.source.uns["spatial"]))
         return out
     if expr.kind == "dataframe":
         return pd.DataFrame(mean, index=expr.source.index[rows].copy(), columns=list(names))
     return mean
+
+
+def _add_confidence(result: Any, confidence: dict | None) -> None:
+    """var["expected_pcc"] and var["reference_pcc"] of an AnnData result (see
+    `Model._gene_confidence`), in memory or the annotations of a streamed file alike."""
+    if confidence is not None:
+        for column in ("expected_pcc", "reference_pcc"):
+            result.var[column] = np.asarray(confidence[column], np.float32)
 
 
 def _predictors_of(network, config: Config, atlas: np.ndarray | None,

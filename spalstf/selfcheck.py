@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from spalstf._logging import inner_steps
 from spalstf.config import Config
 
 if TYPE_CHECKING:
@@ -274,9 +275,12 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
         inner_known = [g for g in st_names if g not in hidden]
         logger.info("self-check fold %d/%d: hiding %d of %d known genes", i + 1, len(folds),
                     len(hidden), len(st_names))
-        model = fit(sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
-                    list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed,
-                    device=device, progress=progress)
+        # The fold's line above stands for its fit: no bar and no lines of its own, so that
+        # a user sees one line per fold, not a bar flashing by for each inner fit.
+        with inner_steps():
+            model = fit(sc_expr, [ref_of[g] for g in inner_known], [ref_of[g] for g in hidden],
+                        list(hidden), inner_cfg, log_normalized=log_normalized, seed=seed,
+                        device=device, progress=False)
         columns = candidate_columns(model, cfg, views, readouts)
         source = model.columns(st_expr, cfg, columns, log_normalized=log_normalized,
                                seed=seed, device=device, spatial=spatial)

@@ -11,33 +11,94 @@ in the same way with the mean of its nearest ST cells in known-gene space
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from spalstf.network import NeighbourIndex
 from spalstf.preprocess import Standardizer
+
+logger = logging.getLogger(__name__)
+
+
+#: obs columns that hold cell coordinates, looked for in this order when an AnnData has no
+#: ``obsm["spatial"]``: plain x/y, Seurat's image positions (pixels), Visium's array grid,
+#: Xenium's and MERFISH's centroids.
+OBS_COORDINATES = (("x", "y"), ("imagecol", "imagerow"), ("array_col", "array_row"),
+                   ("x_centroid", "y_centroid"), ("center_x", "center_y"))
+
+
+def obs_coordinates(source: Any) -> list[str] | None:
+    """The first pair of `OBS_COORDINATES` that `source`'s obs holds as numbers, or None."""
+    obs = getattr(source, "obs", None)
+    if obs is None:
+        return None
+    for pair in OBS_COORDINATES:
+        if all(c in obs.columns and pd.api.types.is_numeric_dtype(obs[c]) for c in pair):
+            return list(pair)
+    return None
+
+
+def resolve(source: Any, spatial: Any) -> Any:
+    """`spatial` as given, or, when it is None and `source` has no ``obsm["spatial"]``, the
+    obs columns holding the coordinates (`obs_coordinates`), said in a log line once here
+    rather than at each of the several places that read them."""
+    if spatial is not None or "spatial" in (getattr(source, "obsm", None) or {}):
+        return spatial
+    columns = obs_coordinates(source)
+    if columns is not None:
+        logger.info("spatial context: coordinates from obs columns %s (the ST has no "
+                    "obsm['spatial'])", columns)
+    return columns
+
+
+def _obs_columns(spatial: Any) -> list[str] | None:
+    """The obs column names `spatial` gives ("x,y" or a list of names), else None."""
+    if isinstance(spatial, str):
+        return [c.strip() for c in spatial.split(",")] if "," in spatial else None
+    if isinstance(spatial, (list, tuple)) and spatial and all(isinstance(c, str) for c in spatial):
+        return list(spatial)
+    return None
 
 
 def coordinates(source: Any, spatial: Any, n_cells: int) -> np.ndarray | None:
     """The (n_cells, d) coordinates to use, or None when there are none.
 
-    `spatial`: None reads ``obsm["spatial"]`` of an AnnData `source` when present; False turns
-    the spatial context off; an obsm key (str) or an array gives them explicitly.
+    `spatial`: None reads ``obsm["spatial"]`` of an AnnData `source` when present, else the
+    obs columns of `OBS_COORDINATES`; False turns the spatial context off; an obsm key (str),
+    obs columns ("x,y" or ["x", "y"]) or an array gives them explicitly.
     """
     if spatial is False:
         return None
-    if spatial is None or isinstance(spatial, str):
+    columns = _obs_columns(spatial)
+    if columns is not None:
+        obs = getattr(source, "obs", None)
+        missing = [c for c in columns if obs is None or c not in obs.columns]
+        if missing:
+            raise ValueError(f"`spatial` names obs columns {missing}, which `st` does not "
+                             f"have; its obs columns are {[] if obs is None else list(obs)}")
+        spatial = obs[columns].to_numpy()
+    elif spatial is None or isinstance(spatial, str):
         key = spatial or "spatial"
         obsm = getattr(source, "obsm", None)
         if obsm is None or key not in obsm:
             if spatial is not None:
                 raise ValueError(f"`spatial` names obsm[{key!r}], which `st` does not have; "
-                                 f"its obsm keys are {sorted(obsm.keys()) if obsm else []}")
-            return None
-        spatial = obsm[key]
-    xy = np.array(spatial, dtype=np.float64)  # a copy: never the caller's array
+                                 f"its obsm keys are {sorted(obsm.keys()) if obsm else []} "
+                                 "(obs columns are named with a comma: 'x,y')")
+            columns = obs_coordinates(source)
+            if columns is None:
+                return None
+            spatial = source.obs[columns].to_numpy()
+        else:
+            spatial = obsm[key]
+    try:
+        xy = np.array(spatial, dtype=np.float64)  # a copy: never the caller's array
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`spatial` coordinates must be numbers; {err}") from None
     if xy.ndim != 2 or xy.shape[0] != n_cells or xy.shape[1] < 1:
         raise ValueError(f"`spatial` must be cells x dimensions with {n_cells} rows (one per "
                          f"cell of `st`); received shape {xy.shape}")

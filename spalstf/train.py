@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spalstf import distributed
+from spalstf._logging import phase_level
 from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
@@ -214,10 +215,15 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
 
     # The time budget counts the seconds spent before a resume too.
     start = time.perf_counter() - seconds_before
-    bar = tqdm(range(first_epoch, config.epochs), desc="spalstf fit", unit="epoch",
-               disable=not progress, leave=False, initial=first_epoch, total=config.epochs)
+    # The bar counts updates up to the real budget: `max_steps` usually ends training long
+    # before `epochs` passes would.
+    budget = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        budget = min(budget, config.max_steps)
+    bar = tqdm(desc="spalstf fit", unit="update", disable=not progress, leave=False,
+               initial=min(step, budget), total=budget)
     try:
-        for epoch in bar:
+        for epoch in range(first_epoch, config.epochs):
             if config.patience is not None and bad_epochs >= config.patience:
                 result.stop_reason = f"no improvement for {config.patience} epochs"
                 break  # only after resuming a run that had stopped early
@@ -267,6 +273,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                bar.update()
                 out_of_steps = config.max_steps is not None and step >= config.max_steps
                 if ema is not network:
                     decay = min(config.ema_decay, (1 + step) / (10 + step))
@@ -336,6 +343,6 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                                  "gradient); try a lower `learning_rate`")
     result.network = ema
     result.seconds = time.perf_counter() - start
-    logger.info("trained %d epochs in %.1f s (%s); best epoch %d", len(result.history),
-                result.seconds, result.stop_reason, result.best_epoch)
+    logger.log(phase_level(), "trained %d epochs (%d updates) in %.1f s (%s); best epoch %d",
+               len(result.history), step, result.seconds, result.stop_reason, result.best_epoch)
     return result

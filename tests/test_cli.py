@@ -193,14 +193,14 @@ def test_checkpoint_and_resume_flags_continue_a_fit(files, capsys):
     # The checkpoint is never silently replaced...
     assert main([*base, "--model-out", str(tmp / "m2"), "--epochs", "2",
                  "--checkpoint", str(ckpt)]) == 2
-    assert "exists; pass resume=" in capsys.readouterr().err
+    assert "exists; pass --resume " in capsys.readouterr().err
     # ...but continued from.
     assert main([*base, "--model-out", str(tmp / "m2"), "--epochs", "2",
                  "--checkpoint", str(ckpt), "--resume", str(ckpt)]) == 0
     model = spalstf.load(tmp / "m2")
     assert model.info["resumed_after_epoch"] == 1 and len(model.history) == 2
     assert main([*base, "--model-out", str(tmp / "m3"), "--resume", str(tmp / "nope")]) == 2
-    assert "`resume`" in capsys.readouterr().err
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_fit_refuses_an_existing_model_folder_without_force(files, capsys):
@@ -259,7 +259,7 @@ def test_bad_inputs_on_the_command_line_are_one_line_errors(files, tmp_path, cap
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert main(["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
                  str(tmp / "o.h5ad"), "--epochs", "0", "--quiet"]) == 2
-    assert "`epochs` must be a positive integer; received 0" in capsys.readouterr().err
+    assert "--epochs must be a positive integer; received 0" in capsys.readouterr().err
 
 
 def _self_check_line(err):
@@ -337,10 +337,84 @@ def test_spatial_and_self_check_flags_are_checked(files, capsys):
     assert "obsm['nope']" in err and len(err.strip().splitlines()) == 1
     assert main([*base, "--sc", str(sc_path), "--self-check", "on",
                  "--self-check-folds", "1"]) == 2
-    assert "`self_check_folds` must be an integer >= 2" in capsys.readouterr().err
+    assert "--self-check-folds must be an integer >= 2" in capsys.readouterr().err
     assert main([*base, "--model", str(tmp / "m"), "--self-check", "on"]) == 2
     assert "--self-check runs when fitting from --sc" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--sc", str(sc_path), "--spatial-key", "spatial", "--no-spatial"])
     with pytest.raises(SystemExit):
         main([*base, "--sc", str(sc_path), "--self-check", "maybe"])
+
+
+def test_an_unknown_output_suffix_is_refused_before_any_work(tmp_path, capsys):
+    # --st does not exist: the refusal comes first, before anything is read
+    for name in ("result.csv", "result.txt", "result"):
+        code = main(["impute", "--st", str(tmp_path / "missing.h5ad"), "--sc",
+                     str(tmp_path / "missing_sc.h5ad"), "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--out" in err and ".h5ad" in err and ".rds" in err and name in err, err
+        assert "missing" not in err.replace(str(tmp_path / name), ""), err
+
+
+def test_error_messages_name_the_flags_not_the_python_keywords(files, capsys):
+    from spalstf.cli import _named_by_flags, build_parser
+
+    st_path, sc_path, tmp = files
+    assert main(["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
+                 str(tmp / "o.h5ad"), "--max-steps", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-steps must be" in err and "max_steps" not in err, err
+    flag_of = build_parser().parse_args(["impute", "--st", "s", "--out", "o.h5ad"]).flag_of
+    assert _named_by_flags("'o.h5ad' exists; pass overwrite=True (--force) to replace it",
+                           flag_of) == "'o.h5ad' exists; pass --force to replace it"
+    assert _named_by_flags("`spatial` names obsm['a']; `knn_weight` x; log_normalized=False",
+                           flag_of) == ("--spatial-key names obsm['a']; `knn_weight` x; "
+                                        "--log-normalized False")
+
+
+def test_the_log_shows_the_phases_by_default_details_with_v_on_either_side(tmp_path):
+    import logging
+
+    from spalstf.cli import _log_handler, build_parser
+
+    parser = build_parser()
+    base = ["impute", "--st", "s.h5ad", "--sc", "r.h5ad", "--out", "o.h5ad"]
+    level = {name: _log_handler(parser.parse_args(args)).level for name, args in (
+        ("default", base), ("quiet", [*base, "--quiet"]), ("v first", ["-v", *base]),
+        ("v after", [*base, "-v"]), ("verbose after", [*base, "--verbose"]))}
+    assert level == {"default": logging.INFO, "quiet": logging.WARNING,
+                     "v first": logging.DEBUG, "v after": logging.DEBUG,
+                     "verbose after": logging.DEBUG}
+    args = parser.parse_args([*base, "--debug"])
+    assert args.debug and not args.verbose
+    for command in (["fit", "--sc", "r.h5ad", "--model-out", "m"], ["merge", "a", "--out", "o"],
+                    ["demo"], ["benchmark", "--st", "s", "--out", "o"]):
+        assert parser.parse_args([*command, "-v"]).verbose, command
+
+
+def test_impute_with_obs_coordinates_v_after_the_command_and_streamed_confidence(files, capsys):
+    import logging
+
+    st_path, sc_path, tmp = files
+    st = ad.read_h5ad(st_path)
+    st.obs["x"], st.obs["y"] = st.obsm["spatial"][:, 0], st.obsm["spatial"][:, 1]
+    del st.obsm["spatial"]
+    st_xy = tmp / "st_xy.h5ad"
+    st.write_h5ad(st_xy)
+    out = tmp / "streamed.h5ad"
+    assert main(["impute", "--st", str(st_xy), "--sc", str(sc_path), "--out", str(out),
+                 "--spatial-key", "x,y", "--epochs", "2", "--max-time", "30", "--n-steps", "2",
+                 "--n-samples", "2", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "spalstf: fitting on" in err and "spalstf: self-check fold 2/2" in err, err
+    assert "spalstf: ridge prior" in err, err  # a detail: shown with -v only
+    result = ad.read_h5ad(out)
+    assert any("|spatial|" in c for c in result.uns["spalstf"]["self_check"]["candidates"][
+        "column"])
+    confidence = result.uns["spalstf"]["gene_confidence"]
+    for column in ("expected_pcc", "reference_pcc"):
+        np.testing.assert_allclose(result.var[column], confidence[column], rtol=1e-6)
+    assert result.uns["log1p"] == {"base": None}
+    # the command's handler is gone once it returns
+    assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger("spalstf").handlers)

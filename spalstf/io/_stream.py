@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from spalstf._atomic import user_mode
+
 #: Target size of one HDF5 chunk (bytes) of X and the layers.
 _CHUNK_BYTES = 1 << 20
 #: Cells copied at once when merging part files.
@@ -83,18 +85,23 @@ class H5adWriter:
             self.layers[name][rows] = np.asarray(values, dtype=np.float32)
 
     def write_uns(self, uns: dict) -> None:
-        """Replace the file's `uns` (provenance known only once the data are written)."""
+        """Write these entries of the file's `uns` (provenance known only once the data are
+        written), replacing those of the same name; the annotations' other entries stay."""
         from anndata.io import write_elem
 
-        if "uns" in self.file:
-            del self.file["uns"]
-        write_elem(self.file, "uns", uns)
+        if "uns" not in self.file:
+            write_elem(self.file, "uns", {})
+        for key, value in uns.items():
+            if key in self.file["uns"]:
+                del self.file["uns"][key]
+            write_elem(self.file["uns"], key, value)
 
     def close(self) -> Path:
         """Finish the file and move it to its destination."""
         self.file.close()
         with open(self.tmp, "rb+") as handle:  # on disk before the rename (see spalstf._atomic)
             os.fsync(handle.fileno())
+        os.chmod(self.tmp, user_mode())  # mkstemp made it 0600
         os.replace(self.tmp, self.path)
         return self.path
 

@@ -159,7 +159,7 @@ class RidgePrior(BasePredictor):
         self.weights, self.bias, self.alpha = fit_prior(
             reference.known, reference.target, rows, self.config.prior_alpha, spots=spots)
         self._tensors = None
-        logger.info("ridge prior: penalty %.4g on %d cells%s%s", self.alpha, len(rows),
+        logger.debug("ridge prior: penalty %.4g on %d cells%s%s", self.alpha, len(rows),
                     "" if spots is None else
                     f" and {len(MIXTURE_SIZES) * MIXTURES_PER_SIZE} pseudo-spots",
                     " (chosen by GCV, at least the number of rows)"
