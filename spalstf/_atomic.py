@@ -23,9 +23,36 @@ def user_mode(*, directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def move_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    """Rename the finished file `tmp` to `path`. Without `overwrite`, a file that appeared at
+    `path` while `tmp` was written (another run, another program) is not replaced: a
+    FileExistsError naming it, checked at the rename itself (a hard link fails on an existing
+    name; where links are not supported, checked just before the rename)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{str(path)!r} appeared while the result was being written; it "
+                              "is kept as it is and the result is not written: pass "
+                              "overwrite=True (--force) to replace it") from None
+    except OSError:  # no hard links on this file system
+        if path.exists():
+            raise FileExistsError(f"{str(path)!r} appeared while the result was being "
+                                  "written; it is kept as it is and the result is not "
+                                  "written: pass overwrite=True (--force) to replace it"
+                                  ) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is renamed to `path`, on error removed."""
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to `path`, on error removed.
+    Without `overwrite`, a file that appeared at `path` in the meantime is kept and a
+    FileExistsError raised (`move_into_place`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -38,7 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, user_mode())
-        os.replace(tmp, path)
+        move_into_place(tmp, path, overwrite=overwrite)
     finally:
         if tmp.exists():
             tmp.unlink()

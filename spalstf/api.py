@@ -20,7 +20,13 @@ from spalstf import selfcheck
 from spalstf._logging import shows_progress
 from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
-from spalstf.data import Expression, as_expression, check_values, match_genes
+from spalstf.data import (
+    Expression,
+    as_expression,
+    check_reference_size,
+    check_values,
+    match_genes,
+)
 from spalstf.model import (
     INFERENCE_OPTIONS,
     Model,
@@ -116,6 +122,7 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
     progress = check_flag(progress, "progress")
     saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
     expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
+    check_reference_size(expr)
     known_ref, target_ref, out_names = _resolve_fit_genes(expr, known_genes, target_genes)
     return fit_model(expr, known_ref, target_ref, out_names, cfg,
                      log_normalized=log_normalized, seed=seed, device=dev, progress=progress,
@@ -301,6 +308,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                                                           target_arg="genes")
     # The ST values are checked before training, not after minutes of it.
     check_values(st_expr, log_normalized=log_normalized, arg="st")
+    check_values(sc_expr, log_normalized=log_normalized, arg="sc")
+    check_reference_size(sc_expr)
     check_output(cfg, log_normalized)
     st_name = {ref: st_g for st_g, ref in shared.items()}
     if select not in ("auto", None):

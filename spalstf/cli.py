@@ -539,6 +539,41 @@ def _log_handler(args: argparse.Namespace) -> logging.Handler:
     return stream_handler(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
 
 
+class _Stopped(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM during a command. Not a KeyboardInterrupt, which training
+    takes for "stop early and keep the best weights so far": a command stopped so must exit
+    with nothing written (the atomic writers remove their temporary files as it unwinds)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignals:
+    """While a command runs, SIGINT and SIGTERM raise `_Stopped`; the previous handlers are
+    restored after (tests and embedding programs call `main` in their own process)."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be set from the main thread
+
+        def stop(signum: int, frame: Any) -> None:
+            raise _Stopped(signum)
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, stop)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -549,7 +584,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(handler.level)
     try:
-        return int(args.func(args) or 0)
+        with _StopOnSignals():
+            return int(args.func(args) or 0)
+    except _Stopped as stop:
+        if args.debug:
+            raise
+        import signal
+
+        name = signal.Signals(stop.signum).name
+        print(f"spalstf {args.command}: stopped by {name}; no output written", file=sys.stderr)
+        return 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
         if args.debug:
             raise

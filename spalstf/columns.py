@@ -129,7 +129,7 @@ class ColumnSource:
                              "received log-normalised input")
         xy = None
         if "spatial" in needed_views:
-            xy = coordinates(expr.source, spatial, expr.n_cells)
+            xy = coordinates(expr.source, spatial, expr.n_cells, expr.named_cells)
             if xy is None:
                 raise ValueError("a column reads the spatial view, but the ST has no "
                                  "coordinates (`spatial`)")

@@ -30,6 +30,8 @@ class Expression:
     kind: str
     source: Any = None
     _gene_pos: dict[str, int] = field(default_factory=dict, repr=False)
+    #: (arg, log_normalized) of the `check_values` passed: not read again
+    checked: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self._gene_pos = {g: i for i, g in enumerate(self.genes)}
@@ -37,6 +39,12 @@ class Expression:
     @property
     def n_cells(self) -> int:
         return len(self.cells)
+
+    @property
+    def named_cells(self) -> list[str] | None:
+        """The cell names the input carries (an AnnData's obs_names, a DataFrame's index);
+        None for a bare matrix, whose names are made up (by which nothing can be matched)."""
+        return self.cells if self.kind in ("anndata", "dataframe") else None
 
     def gene_positions(self, genes: Sequence[str]) -> np.ndarray:
         return np.asarray([self._gene_pos[g] for g in genes], dtype=np.int64)
@@ -151,20 +159,27 @@ def _first_entry(part: Any, bad: np.ndarray) -> tuple[int, int]:
 
 
 #: Integer-valued data whose maximum exceeds this are taken for raw counts, not log values
-#: (log1p of 1e4-normalised data stays below about 12).
-_COUNTS_LOOK_LIKE = 100
+#: (log1p of 1e4-normalised data stays below about 10, log2(CPM + 1) below 20).
+_COUNTS_LOOK_LIKE = 20
 
 
 def check_values(expr: Expression, *, log_normalized: bool, arg: str,
                  block: int = 8192) -> None:
-    """Refuse NaN, Inf and negative values, and non-integer values where counts are declared.
+    """Refuse NaN, Inf and negative values, non-integer values where counts are declared, and
+    data that are all 0.
 
     Read block by block, so that inputs are never copied whole. Errors name the first offending
-    cell and gene. Integer data declared log-normalised but looking like raw counts warn.
+    cell and gene. Integer data declared log-normalised but looking like raw counts warn, and
+    so do cells whose values are all 0 (they carry nothing of their own to predict from). A
+    second check of the same data with the same declaration is skipped (its warnings are not
+    repeated).
     """
+    if (arg, log_normalized) in expr.checked:
+        return
     m = expr.matrix
     scale = "log-normalised values" if log_normalized else "counts"
     all_integer, largest = True, 0.0
+    empty_cells: list[int] = []
 
     def where(start: int, part: Any, bad: np.ndarray) -> str:
         row, col = _first_entry(part, bad)
@@ -175,6 +190,8 @@ def check_values(expr: Expression, *, log_normalized: bool, arg: str,
         values = part.data if sp.issparse(part) else np.asarray(part)
         if values.dtype.kind not in "biuf":
             raise TypeError(f"`{arg}` must hold numbers; received dtype {values.dtype}")
+        totals = np.asarray(abs(part).sum(axis=1)).ravel()
+        empty_cells.extend((start + np.flatnonzero(totals == 0)).tolist())
         if not values.size:
             continue
         finite = np.isfinite(values)
@@ -200,9 +217,36 @@ def check_values(expr: Expression, *, log_normalized: bool, arg: str,
                         f"{value:g} at {where(start, part, fractional)}); pass "
                         "log_normalized=True if it holds log-normalised values, or round "
                         "corrected counts to integers (numpy.rint) first")
+    if largest == 0:
+        raise ValueError(f"`{arg}` holds only zeros ({expr.n_cells} cells x {len(expr.genes)} "
+                         f"genes): there is nothing to learn or predict from; check that the "
+                         "right matrix or layer was passed")
     if log_normalized and all_integer and largest > _COUNTS_LOOK_LIKE:
-        logger.warning("`%s` is declared log-normalised but holds integers up to %g, which "
-                       "look like raw counts; pass log_normalized=False for counts", arg, largest)
+        logger.warning("`%s` is declared log-normalised (log_normalized=True) but holds only "
+                       "integers, up to %g, which look like raw counts; pass "
+                       "log_normalized=False for counts", arg, largest)
+    if empty_cells:
+        logger.warning("`%s` has %d of %d cells whose values are all 0, for example %s: they "
+                       "carry no measurement of their own, so their results rest on the "
+                       "reference (and on their neighbours) alone; empty cells are usually "
+                       "filtered out first", arg, len(empty_cells), expr.n_cells,
+                       [expr.cells[i] for i in empty_cells[:5]])
+    expr.checked.add((arg, log_normalized))
+
+
+#: References with fewer cells are warned about: too few to learn a map from, and to hold
+#: cells out for the training's validation.
+FEW_REFERENCE_CELLS = 20
+
+
+def check_reference_size(expr: Expression, arg: str = "sc") -> None:
+    """Warn when the reference has too few cells to learn from (`FEW_REFERENCE_CELLS`)."""
+    if expr.n_cells < FEW_REFERENCE_CELLS:
+        logger.warning("`%s` has only %d cell%s: the model learns from %s alone, with no cells "
+                       "to hold out, and its predictions will be poor; use a reference of "
+                       "hundreds of cells or more", arg, expr.n_cells,
+                       "" if expr.n_cells == 1 else "s",
+                       "it" if expr.n_cells == 1 else "them")
 
 
 def match_genes(wanted: Sequence[str], available: Sequence[str]) -> dict[str, str]:

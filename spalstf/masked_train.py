@@ -39,7 +39,7 @@ from spalstf.network.masked import (
     masked_neighbours,
 )
 from spalstf.prior import fit_prior
-from spalstf.runtime import to_device
+from spalstf.runtime import seeded_global_rng, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,7 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
             "max_tokens": config.max_tokens, "use_xca": config.use_xca,
             "use_context": config.use_context, "lstm_hidden": config.lstm_hidden,
             "lstm_layers": config.lstm_layers, "use_source": options.use_source}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):  # the initial weights; see there
         network = build_masked_network(arch, dropout=config.dropout)
     network.to(device)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -11,6 +11,7 @@ the ST to the sampler (`spalstf.infer`) and packs the result in the type the use
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -72,8 +73,18 @@ _BLOCK = 8192
 
 #: Format 2 saves each base predictor's state (`spalstf.prior`) under "prior.<name>."; format 1
 #: (spalstf 0.1) is read too, its predictors rebuilt from the network's ridge and the atlas.
-_FORMAT_VERSION = 2
-_FORMATS_READ = (1, 2)
+#: Format 3 is format 2 with `CHECKSUMS`, required from it on; folders of formats 1 and 2 were
+#: saved before checksums and load unverified (said in a log line).
+_FORMAT_VERSION = 3
+_FORMATS_READ = (1, 2, 3)
+_FIRST_CHECKSUMMED = 3
+
+#: The file of a model folder holding the sha256 of every other file, in ``sha256sum``'s format
+#: (``sha256sum -c checksums.sha256`` checks a folder by hand). Written last: its presence marks
+#: a complete folder.
+CHECKSUMS = "checksums.sha256"
+#: The files a model folder holds (besides CHECKSUMS).
+_MODEL_FILES = ("model.json", "weights.pt")
 
 #: Config fields that may differ between fit and impute: those of the sample and readout stages
 #: (they act at sampling time only).
@@ -142,10 +153,16 @@ def training_device(device: str) -> torch.device:
     return dev
 
 
+#: The largest seed: torch's generators take 64-bit seeds, and a fit also seeds one with
+#: seed + a small offset; 2**63 - 1 (int64) keeps every such seed in range.
+MAX_SEED = 2**63 - 1
+
+
 def check_seed(seed: Any) -> int:
-    """`seed` as an int; a ValueError unless it is a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer; received {seed!r}")
+    """`seed` as an int; a ValueError unless it is an integer from 0 to `MAX_SEED`."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"`seed` must be an integer from 0 to 2**63 - 1; received {seed!r}")
     return int(seed)
 
 
@@ -512,7 +529,7 @@ class Model:
             raise ValueError("this model has neither a network nor a ridge prior to predict "
                              "with")
         view = "spatial" if cfg.spatial_weight > 0 and coordinates(
-            expr.source, spatial, expr.n_cells) is not None else (
+            expr.source, spatial, expr.n_cells, expr.named_cells) is not None else (
             "expression" if cfg.expression_weight > 0 else "raw")
         source = ColumnSource(self, expr, st_known, cfg, [], log_normalized=log_normalized,
                               spatial=spatial, seed=seed, device=device, views=[view])
@@ -609,15 +626,21 @@ class Model:
         path
             Folder to create.
         overwrite
-            Replace an existing folder.
+            Replace an existing model folder (an empty folder too). Any other existing path (a
+        file, a folder that does not hold a spalstf model) is refused with a ValueError, so
+        that a wrong path never deletes other files.
 
-        The folder holds `model.json` (format, versions, config, genes, training history) and
+        The folder holds `model.json` (format, versions, config, genes, training history),
         `weights.pt` (network weights, normalisation statistics, the context atlas, the state of
-        each base predictor of the prior).
+        each base predictor of the prior) and `checksums.sha256` (the sha256 of both, checked
+        by `spalstf.load`; ``sha256sum -c checksums.sha256`` checks them by hand).
         """
         path = Path(path)
+        overwrite = check_flag(overwrite, "overwrite")
         if path.exists() and not overwrite:
             raise FileExistsError(f"`path` {str(path)!r} exists; pass overwrite=True to replace it")
+        if path.exists():
+            _check_overwrite(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": "spalstf-model", "format_version": _FORMAT_VERSION,
@@ -645,6 +668,7 @@ class Model:
             torch.save(tensors, tmp / "weights.pt")
             (tmp / "model.json").write_text(json.dumps(meta, indent=1))
             os.chmod(tmp, user_mode(directory=True))  # mkdtemp made it 0700
+            seal(tmp)
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
@@ -659,6 +683,91 @@ class Model:
         return path
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(folder: str | os.PathLike) -> None:
+    """Write `CHECKSUMS` (the sha256 of each model file) into the model folder `folder`."""
+    folder = Path(folder)
+    lines = [f"{_sha256(folder / name)}  {name}\n" for name in _MODEL_FILES]
+    (folder / CHECKSUMS).write_text("".join(lines))
+
+
+def _is_model_folder(path: Path) -> bool:
+    """Whether `path` holds a spalstf model (possibly damaged): what `save(overwrite=True)` may
+    replace. A folder with a model.json of format "spalstf-model", or with the model's files
+    and nothing else (a damaged model)."""
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if names and names <= {*_MODEL_FILES, CHECKSUMS}:
+        return True
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == "spalstf-model"
+
+
+def _check_overwrite(path: Path) -> None:
+    """Refuse to replace anything but an empty folder or a spalstf model folder, naming why."""
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    if not path.is_dir():
+        raise ValueError(f"`path` {str(path)!r} exists and is a file, not a model folder; "
+                         "overwrite=True replaces only a spalstf model folder: remove the file "
+                         "or choose another path")
+    if not _is_model_folder(path):
+        found = sorted(p.name for p in path.iterdir())
+        raise ValueError(
+            f"`path` {str(path)!r} exists and is not a spalstf model folder (no model.json of "
+            f"format 'spalstf-model'; it holds {found[:5]}{' ...' if len(found) > 5 else ''}); "
+            "overwrite=True replaces only a model folder, so as not to delete other files: "
+            "remove it yourself or choose another path")
+
+
+def _verify_checksums(path: Path) -> bool:
+    """Check every file listed in `CHECKSUMS` (a ValueError naming the file that differs);
+    False when the folder has no `CHECKSUMS`."""
+    sums_file = path / CHECKSUMS
+    if not sums_file.is_file():
+        return False
+    listed: dict[str, str] = {}
+    try:
+        text = sums_file.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"`path` {str(path)!r}: {CHECKSUMS} cannot be read ({err}); the "
+                         "folder may be damaged") from err
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"`path` {str(path)!r}: line {number} of {CHECKSUMS} is not "
+                             f"'<sha256>  <file>'; received {line[:80]!r}; the file is damaged")
+        listed[name] = digest
+    unlisted = [name for name in _MODEL_FILES if name not in listed]
+    if unlisted:
+        raise ValueError(f"`path` {str(path)!r}: {CHECKSUMS} lists no checksum for "
+                         f"{unlisted}; the file is damaged or was edited")
+    for name, digest in listed.items():
+        if Path(name).name != name:
+            raise ValueError(f"`path` {str(path)!r}: {CHECKSUMS} names {name!r}, which is not "
+                             "a file of the folder")
+        if not (path / name).is_file():
+            raise ValueError(f"`path` {str(path)!r}: {name} is missing (listed in {CHECKSUMS})")
+        if _sha256(path / name) != digest:
+            raise ValueError(
+                f"`path` {str(path)!r}: {name} does not match its checksum in {CHECKSUMS}: the "
+                "file was edited, truncated or corrupted after the model was saved (a copy cut "
+                "short, a disk error); it is refused rather than loaded with changed values: "
+                "restore the folder from a good copy or fit the model again")
+    return True
+
+
 def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
     """Load a model saved with `Model.save`.
 
@@ -671,39 +780,69 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
 
     Returns
     -------
-    The `spalstf.Model`. Raises ValueError when the folder is not a spalstf model, is truncated
-    or corrupted, or was written by an incompatible format version.
+    The `spalstf.Model`. Raises ValueError, naming the file (and the field) at fault, when the
+    folder is not a spalstf model, is truncated or corrupted, lacks a file or a field, holds a
+    field of the wrong type or an array of the wrong shape or with NaN, or was written by an
+    incompatible format version. Every file is checked against the checksums saved with it
+    (`checksums.sha256`), so a changed byte is refused, never loaded as changed values. Folders
+    saved before checksums (model formats 1 and 2) load unverified, as a log line says.
     """
+    if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
+        raise TypeError(f"`path` must be a folder path (str or os.PathLike); received "
+                        f"{type(path).__name__}")
     path = Path(path)
-    meta_file, weights_file = path / "model.json", path / "weights.pt"
-    if not meta_file.is_file() or not weights_file.is_file():
-        raise ValueError(f"`path` {str(path)!r} is not a spalstf model folder (expected "
-                         "model.json and weights.pt inside)")
+    where = f"`path` {str(path)!r}"
+    if not path.is_dir():
+        raise ValueError(f"{where} is not a spalstf model folder (no such folder); expected a "
+                         "folder written by Model.save")
+    missing = [name for name in _MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"{where} is not a spalstf model folder: {' and '.join(missing)} "
+                         f"missing (expected {' and '.join(_MODEL_FILES)} inside)")
+    verified = _verify_checksums(path)
     try:
-        meta = json.loads(meta_file.read_text())
-        tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any decoding failure means a damaged file
-        raise ValueError(f"the model in {str(path)!r} cannot be read ({type(err).__name__}: "
-                         f"{err}); the file may be truncated or corrupted") from err
+        meta = json.loads((path / "model.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where}: model.json cannot be read ({type(err).__name__}: {err}); "
+                         "the file may be truncated or corrupted") from err
     if not isinstance(meta, dict) or meta.get("format") != "spalstf-model":
-        raise ValueError(f"`path` {str(path)!r}: model.json is not a spalstf model description")
+        raise ValueError(f"{where}: model.json is not a spalstf model description")
     version = meta.get("format_version")
-    if version not in _FORMATS_READ:
-        raise ValueError(f"`path` {str(path)!r} holds model format {version!r} (written by "
-                         f"spalstf {meta.get('spalstf_version')}); this spalstf "
+    if isinstance(version, bool) or version not in _FORMATS_READ:
+        raise ValueError(f"{where} holds model format {version!r} (model.json field "
+                         f"'format_version'; written by spalstf "
+                         f"{meta.get('spalstf_version')}); this spalstf "
                          f"({__version__}) reads format "
-                         f"{' and '.join(str(v) for v in _FORMATS_READ)}; refit the model or "
-                         "use a matching spalstf")
+                         f"{', '.join(str(v) for v in _FORMATS_READ[:-1])} and "
+                         f"{_FORMATS_READ[-1]}; refit the model or use a matching spalstf")
+    if not verified:
+        if version >= _FIRST_CHECKSUMMED:
+            raise ValueError(f"{where}: {CHECKSUMS} is missing (model format {version} keeps "
+                             "the checksums of its files there); the folder is incomplete: "
+                             "restore it from a good copy or fit the model again")
+        logger.info("%s: model format %d was saved before model folders kept checksums: its "
+                    "files are loaded unverified; save it again to add them", path, version)
+    _check_fields(meta, version, where)
+    try:
+        tensors = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any decoding failure means a damaged file
+        raise ValueError(f"{where}: weights.pt cannot be read ({type(err).__name__}: "
+                         f"{str(err).strip()[:200]}); the file may be truncated or corrupted"
+                         ) from err
+    known, target = meta["known_genes"], meta["target_genes"]
+    _check_tensors(tensors, len(known), len(target), where)
     dev = resolve_device(device)
+    part = "config"
     try:
         config = Config.from_dict(meta["config"])
+        part = "weights.pt: network (as model.json field 'config' builds it)"
         network = None
         if meta.get("network", True):
-            network = build_network(len(meta["known_genes"]), len(meta["target_genes"]),
-                                    config)
+            network = build_network(len(known), len(target), config)
             prefix = "network."
             network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
                                      if k.startswith(prefix)})
+        part = "stack"
         stack = None if meta.get("stack") is None else Stack.from_dict(meta["stack"])
         predictors = None  # format 1: rebuilt from the network's ridge and the atlas
         if version >= 2:
@@ -711,26 +850,103 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
             if unknown:
                 raise ValueError(f"it holds base predictors {unknown} that this spalstf does "
                                  f"not know (it knows {sorted(PREDICTORS)})")
-            predictors = {name: PREDICTORS[name].from_state(
-                {k[len(name) + 7:]: v.numpy() for k, v in tensors.items()
-                 if k.startswith(f"prior.{name}.")}, config) for name in meta["prior"]}
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        # A valid file whose parts do not fit together: edited, mixed from two models, or
-        # written by an incompatible development version.
-        raise ValueError(f"the model in {str(path)!r} is inconsistent ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0][:200]}); it may be corrupted or "
-                         "come from an incompatible spalstf version") from err
-    if network is not None:
-        network.to(dev).eval()
-    atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
-    mixtures = tensors["mixtures"].numpy() if "mixtures" in tensors else None
-    scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy() for k, v in tensors.items()
-                                        if k.startswith(name + ".")})
-               for name in ("known", "target")]
-    return Model(network, config, meta["known_genes"], meta["target_genes"], *scalers, atlas,
-                 mixtures=mixtures, predictors=predictors, output_names=meta["output_names"],
-                 log_normalized=meta["log_normalized"],
-                 history=meta["history"], info=meta.get("info", {}), device=dev, stack=stack)
+            predictors = {}
+            for name in meta["prior"]:
+                part = f"weights.pt: prior.{name}"
+                predictors[name] = PREDICTORS[name].from_state(
+                    {k[len(name) + 7:]: v.numpy() for k, v in tensors.items()
+                     if k.startswith(f"prior.{name}.")}, config)
+        part = "weights.pt"
+        if network is not None:
+            network.to(dev).eval()
+        atlas = tensors["atlas"].numpy() if "atlas" in tensors else None
+        mixtures = tensors["mixtures"].numpy() if "mixtures" in tensors else None
+        scalers = [Standardizer.from_state({k[len(name) + 1:]: v.numpy()
+                                            for k, v in tensors.items()
+                                            if k.startswith(name + ".")})
+                   for name in ("known", "target")]
+        return Model(network, config, known, target, *scalers, atlas, mixtures=mixtures,
+                     predictors=predictors, output_names=meta["output_names"],
+                     log_normalized=meta["log_normalized"], history=meta["history"],
+                     info=meta.get("info") or {}, device=dev, stack=stack)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        # Files whose parts do not fit together: edited, mixed from two models, or written by
+        # an incompatible development version.
+        field = part if part.startswith("weights.pt") else f"model.json field {part!r}"
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise ValueError(f"{where} is inconsistent in {field} ({type(err).__name__}: "
+                         f"{detail[:300]}); it may be corrupted or come from an incompatible "
+                         "spalstf version") from err
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+#: The fields of model.json: (what they must be, a test of it); "prior" from format 2 on.
+_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "config": ("a JSON object of settings", lambda v: isinstance(v, dict)),
+    "known_genes": ("a non-empty list of gene names", lambda v: _is_str_list(v) and v),
+    "target_genes": ("a non-empty list of gene names", lambda v: _is_str_list(v) and v),
+    "output_names": ("a list of gene names", _is_str_list),
+    "log_normalized": ("true or false", lambda v: isinstance(v, bool)),
+    "history": ("a list of per-epoch records",
+                lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+    # a model always keeps the ridge (`fit_model`): an empty list is a damaged file
+    "prior": ("a non-empty list of base predictor names", lambda v: _is_str_list(v) and v),
+}
+#: Fields that may be absent (older formats), with what they must be when present.
+_OPTIONAL_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "info": ("a JSON object", lambda v: isinstance(v, dict)),
+    "network": ("true or false", lambda v: isinstance(v, bool)),
+    "stack": ("a JSON object or null", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def _check_fields(meta: dict, version: int, where: str) -> None:
+    """A ValueError naming model.json's first missing or ill-typed field."""
+    for name, (expected, valid) in _FIELDS.items():
+        if name == "prior" and version < 2:
+            continue
+        if name not in meta:
+            raise ValueError(f"{where}: model.json lacks the field {name!r} ({expected}); the "
+                             "file is damaged or was edited")
+        if not valid(meta[name]):
+            raise ValueError(f"{where}: model.json field {name!r} must be {expected}; received "
+                             f"{type(meta[name]).__name__} {str(meta[name])[:60]!r}")
+    for name, (expected, valid) in _OPTIONAL_FIELDS.items():
+        if name in meta and not valid(meta[name]):
+            raise ValueError(f"{where}: model.json field {name!r} must be {expected}; received "
+                             f"{type(meta[name]).__name__} {str(meta[name])[:60]!r}")
+    if len(meta["output_names"]) != len(meta["target_genes"]):
+        raise ValueError(f"{where}: model.json field 'output_names' must name each of the "
+                         f"{len(meta['target_genes'])} target genes; received "
+                         f"{len(meta['output_names'])} names")
+
+
+def _check_tensors(tensors: Any, n_known: int, n_target: int, where: str) -> None:
+    """A ValueError naming weights.pt's first entry that is not a finite tensor, or whose shape
+    does not fit the genes of model.json (the scalers and the atlas; the network's shapes are
+    checked as it loads)."""
+    if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise ValueError(f"{where}: weights.pt is not a spalstf weights file (expected a dict "
+                         "of named tensors)")
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{where}: weights.pt entry {key!r} holds NaN or infinite "
+                             "values; the file is damaged")
+    expected = {f"{name}.{stat}": (n,) for name, n in (("known", n_known), ("target", n_target))
+                for stat in ("mean", "std")}
+    if "atlas" in tensors:
+        expected["atlas"] = (tensors["atlas"].shape[0], n_known + n_target)
+    for key, shape in expected.items():
+        if key not in tensors:
+            raise ValueError(f"{where}: weights.pt lacks the entry {key!r}; the file is damaged "
+                             "or comes from another model")
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(f"{where}: weights.pt entry {key!r} has shape "
+                             f"{tuple(tensors[key].shape)}; model.json's genes need {shape}")
 
 
 def _depth_share(cfg: Config) -> float:

@@ -11,11 +11,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+#: Held while torch's global generator is seeded and drawn from (`seeded_global_rng`).
+_GLOBAL_RNG = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int):
+    """torch's global generator seeded with `seed` for the block, and restored after, one
+    thread at a time. Building a network draws its initial weights from the global generator
+    (torch's initialisers take no generator object); without the lock, two fits in two threads
+    would draw from each other's seeding, and a seed would no longer fix the model. Everything
+    else in fit and impute draws from generator objects of its own."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 #: Host memory (bytes) that one inference chunk may use on CPU, activations included.
 CPU_CHUNK_BYTES = 256 * 2**20

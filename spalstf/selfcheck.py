@@ -266,8 +266,8 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
     fold_of = np.array([i for i, fold in enumerate(folds) for _ in fold])
     truth = truth_all[:, [st_names.index(g) for g in hidden_order]]
     own_truth = np.empty_like(truth)
-    views = available_views(cfg, coordinates(st_expr.source, spatial, st_expr.n_cells)
-                            is not None)
+    views = available_views(cfg, coordinates(st_expr.source, spatial, st_expr.n_cells,
+                                             st_expr.named_cells) is not None)
     readouts = available_readouts(cfg, log_normalized)
     predictions: dict[str, list[np.ndarray]] = {}
     reference_pcc: dict[str, float] = {}

@@ -12,7 +12,7 @@ in the same way with the mean of its nearest ST cells in known-gene space
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,8 +64,34 @@ def _obs_columns(spatial: Any) -> list[str] | None:
     return None
 
 
-def coordinates(source: Any, spatial: Any, n_cells: int) -> np.ndarray | None:
+def _aligned(frame: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
+    """The rows of `frame` in the order of `cells`, matched by its index; a ValueError naming
+    cells it lacks (or its repeated names). Rows for other cells are left out."""
+    index = frame.index.astype(str)
+    if list(index) == list(cells):
+        return frame
+    if index.has_duplicates:
+        repeated = sorted(set(index[index.duplicated()]))[:5]
+        raise ValueError(f"`spatial` (a DataFrame, aligned to the cells of `st` by its index) "
+                         f"names some cells more than once, for example {repeated}")
+    present = set(index)
+    missing = [c for c in cells if c not in present]
+    if missing:
+        raise ValueError(
+            f"`spatial` (a DataFrame, aligned to the cells of `st` by its index) lacks "
+            f"{len(missing)} of the {len(cells)} cells of `st`, for example {missing[:5]} (its "
+            f"index has for example {list(index[:3])}); index it by st.obs_names, or pass an "
+            "array (frame.to_numpy()) to take its rows in the order of `st`")
+    return frame.set_axis(index).loc[list(cells)]
+
+
+def coordinates(source: Any, spatial: Any, n_cells: int,
+                cells: Sequence[str] | None = None) -> np.ndarray | None:
     """The (n_cells, d) coordinates to use, or None when there are none.
+
+    A pandas DataFrame (given, or in obsm) is aligned by its index to `cells`, the cell names
+    of an ST that has them (an AnnData's obs_names, a DataFrame's index): its rows may come in
+    any order and hold other cells too; cells it lacks are an error naming them.
 
     `spatial`: None reads ``obsm["spatial"]`` of an AnnData `source` when present, else the
     obs columns of `OBS_COORDINATES`; False turns the spatial context off; an obsm key (str),
@@ -95,6 +121,8 @@ def coordinates(source: Any, spatial: Any, n_cells: int) -> np.ndarray | None:
             spatial = source.obs[columns].to_numpy()
         else:
             spatial = obsm[key]
+    if isinstance(spatial, pd.DataFrame) and cells is not None:
+        spatial = _aligned(spatial, cells)
     try:
         xy = np.array(spatial, dtype=np.float64)  # a copy: never the caller's array
     except (TypeError, ValueError) as err:

@@ -31,7 +31,7 @@ from spalstf.network import (
     needs_neighbours,
 )
 from spalstf.prior import Reference, RidgePrior
-from spalstf.runtime import autocast, to_device
+from spalstf.runtime import autocast, seeded_global_rng, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     n_target = data.target.shape[1]
     diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
                                   learn_sigma=config.vlb_weight > 0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):  # the initial weights; see there
         network = build_network(n_known, n_target, config).to(device)
     generator = torch.Generator().manual_seed(seed + 1)
     rng = np.random.default_rng(seed)

@@ -257,7 +257,8 @@ def test_save_load_gives_the_same_output(tiny_pair, tiny_model, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         tiny_model.save(path)
     tiny_model.save(path, overwrite=True)
-    assert sorted(p.name for p in path.iterdir()) == ["model.json", "weights.pt"]
+    assert sorted(p.name for p in path.iterdir()) == ["checksums.sha256", "model.json",
+                                                      "weights.pt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
 

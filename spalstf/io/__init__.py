@@ -22,7 +22,7 @@ def write_h5ad(adata: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (--force) to replace it")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:  # checked again at the rename
         adata.write_h5ad(tmp)
     return path
 

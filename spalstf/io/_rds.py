@@ -313,7 +313,7 @@ def write_rds(adata: Any, path: str | os.PathLike, *, base: str | os.PathLike | 
     provenance = bridge.plain(adata.uns["spalstf"]) if is_result and base is not None else None
     # saveRDS writes in place: write beside the target and rename, so that an interrupted
     # write never leaves a half .rds under the final name.
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         _call("write", str(tmp), _to_r(parts), ri.NULL if base is None else str(base),
               assay, new_assay, slot, _to_r(std), _to_r(provenance))
     return path

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from spalstf._atomic import user_mode
+from spalstf._atomic import move_into_place, user_mode
 
 #: Target size of one HDF5 chunk (bytes) of X and the layers.
 _CHUNK_BYTES = 1 << 20
@@ -38,7 +38,8 @@ class H5adWriter:
     layers
         Names of the dense layers to create besides X.
     overwrite
-        Replace an existing file at `close`.
+        Replace an existing file at `close`. Without it, a file that appeared at `path` while
+        this one was written is kept: `close` raises FileExistsError (and removes its own).
 
     Use as a context manager: ``with H5adWriter(...) as w: w.write(rows, x, {"std": s})``.
     """
@@ -48,6 +49,7 @@ class H5adWriter:
         import h5py
 
         self.path = Path(path)
+        self.overwrite = overwrite
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{str(self.path)!r} exists; pass overwrite=True (--force) "
                                   "to replace it")
@@ -102,7 +104,11 @@ class H5adWriter:
         with open(self.tmp, "rb+") as handle:  # on disk before the rename (see spalstf._atomic)
             os.fsync(handle.fileno())
         os.chmod(self.tmp, user_mode())  # mkstemp made it 0600
-        os.replace(self.tmp, self.path)
+        try:  # a file that appeared meanwhile is replaced only with `overwrite`
+            move_into_place(self.tmp, self.path, overwrite=self.overwrite)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
