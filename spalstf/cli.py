@@ -46,6 +46,8 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {"seed": args.seed, "device": args.device, "progress": not args.quiet}
     options.update({name: getattr(args, name) for name in Config.fields(TRAIN)
                     if getattr(args, name, None) is not None})
+    if getattr(args, "predictors", None):
+        options["predictors"] = tuple(n.strip() for n in args.predictors.split(",") if n.strip())
     for name in ("checkpoint", "checkpoint_every", "resume"):  # fit and impute only
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
@@ -145,6 +147,9 @@ def cmd_impute(args: argparse.Namespace) -> int:
     if args.model is not None and (args.self_check == "on" or args.self_check_folds is not None):
         raise ValueError("--self-check runs when fitting from --sc; a saved --model is not "
                          "refitted (use `--self-check auto` or leave it out)")
+    if args.model is not None and args.predictors:
+        raise ValueError("--predictors chooses what a fit from --sc trains; a saved --model "
+                         "keeps its own")
     if shard is not None and args.model is None:
         raise ValueError("--shard needs --model: fit once with `spalstf fit`, then impute "
                          "each shard with the same model")
@@ -384,6 +389,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="training budget in seconds (default none; results then depend on "
                         "the machine's speed)")
     p.add_argument("--batch-size", type=int, default=None, help="cells per batch (256)")
+    from spalstf.config import PREDICTOR_NAMES
+
+    p.add_argument("--predictors", default=None, metavar="LIST",
+                   help="base predictors to fit, comma-separated, among "
+                        + ",".join(PREDICTOR_NAMES) + " (default: all but network, the "
+                        "diffusion, which costs minutes per fit on a CPU)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no phase lines (warnings are still shown)")
 
@@ -440,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values", choices=("auto", "expression", "at_depth"), default="auto",
                    help="expression: log1p(count / known-gene total x 1e4), free of the ST's "
                         "depth; at_depth: what the ST would measure at each cell's depth, on "
-                        "average (needs counts); auto: the self-check chooses a blend of the "
-                        "two (depth_weight, with --sc), else expression (default auto)")
+                        "average (needs counts); auto: the learnt combination weighs both "
+                        "(counts, with --sc), else expression (default auto)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--spatial-key", default=None, metavar="KEY",
                        help="the ST's cell coordinates for the spatial context: an obsm key, "

@@ -40,6 +40,11 @@ INFERENCE_STAGES = (SAMPLE, READOUT)
 #: The base predictors a model may fit (`Config.predictors`; `spalstf.prior.PREDICTORS` and the
 #: network).
 PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "network")
+#: The default: every base predictor but the network. Training the diffusion for the main fit
+#: and the self-check's inner fits costs minutes per fit on a CPU, beyond the time target of a
+#: 5-fold cross-validation (10 x the SpaGE-style baseline + 60 s), and in the stack it earned
+#: little weight where measured (benchmarks/results/stack_network.md); add "network" to use it.
+DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p != "network")
 
 
 def _setting(stage: str, default: Any, *, prior: bool = False) -> Any:
@@ -101,8 +106,10 @@ class Config:
     #: (the same map read from the ST z-scored over itself), "aligned" (the aligned-neighbour
     #: estimate), "knn" (plain neighbours in log-normalised known-gene space), "spage" (the
     #: SpaGE-style projection), "transport" (the Tangram-style optimal-transport mapping) and
-    #: "network" (the SpaLSTF diffusion). Leave some out for ablations.
-    predictors: tuple = _setting(MODEL, PREDICTOR_NAMES)
+    #: "network" (the SpaLSTF diffusion; not by default, see `DEFAULT_PREDICTORS`). Leave
+    #: some out for ablations. Without "network" no network is trained, and the fixed blend
+    #: (`combine="blend"`, or a run without a self-check) is the ridge and neighbour prior alone.
+    predictors: tuple = _setting(MODEL, DEFAULT_PREDICTORS)
     #: Reference cells kept in the model as the context's atlas (a seeded random subset of the
     #: reference when it is larger); bounds the model file and the neighbour search.
     atlas_size: int = _setting(MODEL, 20000)

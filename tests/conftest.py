@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 
 import spalstf
+from spalstf.config import PREDICTOR_NAMES
 
-#: Training and sampling settings that make a fit take a second or two.
+#: Training and sampling settings that make a fit take a second or two. Every base predictor,
+#: the network too (not a default one: `spalstf.config.DEFAULT_PREDICTORS`), so that the suite
+#: exercises the diffusion wherever it uses these settings.
 FAST = dict(epochs=2, max_time=60, n_steps=3, n_samples=2, progress=False, d_model=16,
-            depth=1, n_heads=2, lstm_hidden=16, n_neighbors=4)
+            depth=1, n_heads=2, lstm_hidden=16, n_neighbors=4, predictors=PREDICTOR_NAMES)
 
 
 @pytest.fixture(scope="session")

@@ -186,7 +186,9 @@ def test_demo_figure_says_what_the_imputed_values_are(tiny_pair, tiny_model, tmp
 def test_checkpoint_and_resume_flags_continue_a_fit(files, capsys):
     st_path, sc_path, tmp = files
     ckpt = tmp / "fit.ckpt"
-    base = ["fit", "--st", str(st_path), "--sc", str(sc_path), "--quiet", "--max-time", "30"]
+    # checkpoints hold the network's training: --predictors names it (not a default one)
+    base = ["fit", "--st", str(st_path), "--sc", str(sc_path), "--quiet", "--max-time", "30",
+            "--predictors", "ridge,network"]
     assert main([*base, "--model-out", str(tmp / "m1"), "--epochs", "1",
                  "--checkpoint", str(ckpt), "--checkpoint-every", "1"]) == 0
     assert ckpt.is_file()
@@ -201,6 +203,16 @@ def test_checkpoint_and_resume_flags_continue_a_fit(files, capsys):
     assert model.info["resumed_after_epoch"] == 1 and len(model.history) == 2
     assert main([*base, "--model-out", str(tmp / "m3"), "--resume", str(tmp / "nope")]) == 2
     assert "--resume" in capsys.readouterr().err
+    # the default predictors train no network: nothing to checkpoint, said before any work
+    default = [a for a in base if a not in ("--predictors", "ridge,network")]
+    assert main([*default, "--model-out", str(tmp / "m4"), "--checkpoint",
+                 str(tmp / "other.ckpt")]) == 2
+    assert "leaves the network out" in capsys.readouterr().err
+    assert not (tmp / "m4").exists()
+    # a saved model keeps its own predictors
+    assert main(["impute", "--st", str(st_path), "--model", str(tmp / "m2"), "--out",
+                 str(tmp / "o.h5ad"), "--predictors", "ridge"]) == 2
+    assert "--predictors" in capsys.readouterr().err
 
 
 def test_fit_refuses_an_existing_model_folder_without_force(files, capsys):
@@ -219,7 +231,7 @@ def test_training_faults_exit_non_zero_with_one_line(files, capsys, monkeypatch)
 
     st_path, sc_path, tmp = files
     args = ["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
-            str(tmp / "o.h5ad"), *FAST_ARGS]
+            str(tmp / "o.h5ad"), *FAST_ARGS, "--predictors", "ridge,knn,network"]
 
     def nan_loss(*a, **k):
         raise FloatingPointError("training loss became nan at epoch 1, step 1")
