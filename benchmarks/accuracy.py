@@ -57,8 +57,9 @@ def simulated():
 
 
 def tangram_mode(sc) -> str:
-    """The mode :func:`spalstf.evaluate.baselines.tangram` uses on this reference."""
-    return "clusters" if "cell_type" in sc.obs else "cells"
+    """What :func:`spalstf.evaluate.baselines.tangram` maps on this reference (clusters mode
+    always: cells mode takes hours per set on a CPU)."""
+    return "clusters" if "cell_type" in sc.obs else "Leiden clusters"
 
 
 def overview(summaries: dict[str, pd.DataFrame]) -> tuple[str, pd.DataFrame]:
@@ -180,9 +181,9 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool) -> dict
     n_shared = len(sum(res.folds, []))
     mode = ""
     if "tangram" in methods.split(","):
-        why = ("reference cell types" if tangram_mode(sc) == "clusters"
-               else "the reference has no cell types")
-        mode = f" Tangram in {tangram_mode(sc)} mode ({why})."
+        why = ("on the reference's cell types" if tangram_mode(sc) == "clusters"
+               else "on Leiden clusters of the reference's known genes: it has no cell types")
+        mode = f" Tangram in clusters mode ({why})."
     head = (
         f"## {name}\n\nST {st.n_obs} cells x {st.n_vars} genes, reference {sc.n_obs} x "
         f"{sc.n_vars}, {n_shared} shared genes; run took {time.perf_counter() - t0:.0f} s."

@@ -315,9 +315,14 @@ def tangram(
         adata_map=ad_map, adata_sc=ad_sc, cluster_label=key if mode == "clusters" else None
     )
     names = [g.lower() for g in targets]  # Tangram lower-cases gene names
-    x = ad_ge[:, names].X
+    # project_genes leaves out genes its clusters' profiles hold none of (zero in every kept
+    # reference cell): Tangram's projection of them is 0
+    present = [n for n in names if n in ad_ge.var_names]
+    x = ad_ge[:, present].X
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    return np.clip(x.astype(np.float64), 0.0, None)
+    out = np.zeros((ad_ge.n_obs, len(names)), np.float64)
+    out[:, [names.index(n) for n in present]] = x
+    return np.clip(out, 0.0, None)
 
 
 def gimvi(
