@@ -9,7 +9,8 @@
 #' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}.
 #' When it fits on a reference, \code{Impute()} fits several base predictors (\code{predictors}
 #' in \code{...}: the ridge prior, the aligned-neighbour estimate, plain kNN, a SpaGE-style
-#' projection, a Tangram-style optimal-transport mapping and the SpaLSTF diffusion), each read
+#' projection, a Tangram-style optimal-transport mapping; the SpaLSTF diffusion only when
+#' \code{predictors} lists \code{"network"}: it costs minutes per fit on a CPU), each read
 #' with and without the spatial or expression context and, with counts, as the expression or
 #' as the value each spot would measure at its own depth (zeros included; \code{output}).
 #' The self-check (below) learns non-negative weights of these columns on the object's own

@@ -60,14 +60,17 @@ test_that("a model refuses data without its genes, and checkpoints work from R",
   skip_if_no_spalstf()
   d <- tiny_counts()
   ckpt <- tempfile(fileext = ".ckpt")
+  # checkpoints hold the network's training: it is asked for (not a default predictor)
   model <- FitSpaLSTF(d$ref, known.genes = d$known, target.genes = d$targets, epochs = 2L,
-                      verbose = FALSE, checkpoint = ckpt, checkpoint_every = 1L)
+                      verbose = FALSE, checkpoint = ckpt, checkpoint_every = 1L,
+                      predictors = ALL_PREDICTORS)
   expect_true(file.exists(ckpt))
   err <- r_error(FitSpaLSTF(d$ref, known.genes = d$known, target.genes = d$targets,
-                            epochs = 2L, verbose = FALSE, checkpoint = ckpt))
+                            epochs = 2L, verbose = FALSE, checkpoint = ckpt,
+                            predictors = ALL_PREDICTORS))
   expect_s3_class(err, "FileExistsError")
   resumed <- FitSpaLSTF(d$ref, known.genes = d$known, target.genes = d$targets, epochs = 3L,
-                        verbose = FALSE, resume = ckpt)
+                        verbose = FALSE, resume = ckpt, predictors = ALL_PREDICTORS)
   expect_identical(resumed$known.genes, model$known.genes)
   st <- d$st
   before <- st
