@@ -145,6 +145,15 @@ def _std_label(imputed: Any, units: str | None) -> str:
     """Colour-bar label of the uncertainty: over how many samples, and in which units."""
     info = imputed.uns.get("spalstf") if hasattr(imputed, "uns") else None
     params = info.get("params") if isinstance(info, dict) else None
+    combination = info.get("combination") if isinstance(info, dict) else None
+    if isinstance(combination, dict) and combination.get("kind") == "stack":
+        # the learnt combination's std is its calibrated interval, not a spread of samples
+        from scipy.stats import norm
+
+        level = params.get("interval_level", 0.9) if isinstance(params, dict) else 0.9
+        label = (f"half-width of the {float(level):.0%} interval / "
+                 f"{float(norm.ppf(0.5 + float(level) / 2)):.2f}")
+        return label + (",\nsame units as the values" if units else "")
     n = params.get("n_samples") if isinstance(params, dict) else None
     label = f"std over {n} samples" if n else "std over samples"
     label += ", same units as the values" if units else ""

@@ -181,6 +181,16 @@ def test_spatial_std_bar_says_what_the_values_keep_of_the_samples(imputed):
     assert imputed.uns["spalstf"]["params"]["residual_weight"] == 1  # the input is untouched
 
 
+def test_spatial_std_bar_of_the_learnt_combination_names_its_interval(imputed):
+    stacked = imputed.copy()
+    stacked.uns["spalstf"]["combination"] = {"kind": "stack"}
+    stacked.uns["spalstf"]["params"]["interval_level"] = 0.8
+    bar = _maps(pl.spatial(stacked, stacked.var_names[0]))[-1].collections[0].colorbar
+    # std = half-width / z of the level (1.28 at 80%): not a spread of samples
+    assert bar.ax.get_ylabel() == ("half-width of the 80% interval / 1.28,\n"
+                                   "same units as the values")
+
+
 def test_uncertainty_maps_one_panel_per_gene(imputed, tmp_path):
     genes = list(imputed.var_names[:3])
     path = tmp_path / "std.png"
