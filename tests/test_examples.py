@@ -69,11 +69,17 @@ def test_quickstart(tmp_path):
 
 @pytest.mark.skipif(DATA is None or not (DATA / "osmfish").is_dir(),
                     reason="../shared/data/osmfish absent (set SPALSTF_DATA)")
-def test_osmfish(tmp_path):
-    out = _python("osmfish.py", str(DATA / "osmfish"), "--fast", "--out", "o", cwd=tmp_path)
+@pytest.mark.parametrize("network", [False, True], ids=["defaults", "network"])
+def test_osmfish(tmp_path, network):
+    flags = ["--network"] if network else []
+    out = _python("osmfish.py", str(DATA / "osmfish"), "--fast", "--out", "o", *flags,
+                  cwd=tmp_path)
     assert "hidden and predicted: " in out and "median Pearson r: " in out
-    for name in ("loss.png", "spatial.png", "uncertainty.png"):
+    for name in ("spatial.png", "uncertainty.png"):
         assert _is_png(tmp_path / "o" / name)
+    # The loss curve belongs to the network: drawn with it, absent without.
+    assert _is_png(tmp_path / "o" / "loss.png") == network
+    assert ("network training stopped: " in out) == network
     assert (tmp_path / "o" / "model" / "model.json").is_file()
 
 
