@@ -74,10 +74,7 @@ def _public_functions():
 
 #: Public functions that break the rule today, and why they are left so (a fix turns the
 #: strict xfail into a failure, so that this list shrinks).
-KNOWN_EXCEPTIONS = {
-    "spalstf.cross_validate": "n_folds, seed and methods are positional "
-                              "(spalstf/evaluate/cv.py, being changed by another engineer)",
-}
+KNOWN_EXCEPTIONS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name,func", _public_functions())

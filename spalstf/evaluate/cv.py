@@ -138,6 +138,7 @@ def _resolve_methods(
 def cross_validate(
     st: ad.AnnData,
     sc: ad.AnnData,
+    *,
     n_folds: int = 5,
     seed: int = 0,
     methods: str | Sequence[str | Callable] | Mapping[str, Callable | str] = (
@@ -145,7 +146,6 @@ def cross_validate(
         "knn",
         "spage",
     ),
-    *,
     st_layer: str | None = None,
     sc_layer: str | None = None,
     genes: Sequence[str] | None = None,
