@@ -308,9 +308,16 @@ def _demo_figure(imputed, truth, pcc, *, n_ref: int, path: Path) -> Path:
     # What the imputed values are: a learnt combination, or the fixed blend's settings.
     combination = imputed.uns["spalstf"].get("combination") or {}
     if combination.get("kind") == "stack":
-        title += ("\nImputed values: a combination of base predictions with weights learnt on "
-                  "the ST's own known genes, hidden in turn (largest: "
-                  + format_weights(combination.get("weights") or {}, top=3) + ")")
+        # per predictor (summed over its views and readouts): "ridge 0.40", not the column
+        # names "ridge|spatial|expression", which a reader of the figure cannot decode
+        by_predictor: dict[str, float] = {}
+        for name, value in (combination.get("weights") or {}).items():
+            predictor = str(name).split("|")[0]
+            by_predictor[predictor] = by_predictor.get(predictor, 0.0) + float(value)
+        shown = sorted(by_predictor.items(), key=lambda kv: -kv[1])[:3]
+        title += ("\nImputed values: a weighted combination of base predictors, the weights "
+                  "learnt on the ST's own known genes, hidden in turn (largest: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in shown) + ")")
     else:
         parts = []
         if depth > 0:

@@ -275,7 +275,7 @@ def spatial(imputed: Any, genes: Sequence[str], *, truth: Any = None,
         for col, name in enumerate(columns):
             ax = axes[row, col]
             if name == "std":
-                _map(fig, ax, xy, values[name], f"{gene}: std", cmap="magma",
+                _map(fig, ax, xy, values[name], f"{gene}: uncertainty", cmap="magma",
                      point_size=point_size, label=_std_label(imputed, imputed_units))
                 continue
             if name == "truth":

@@ -160,12 +160,16 @@ def test_demo_figure_says_what_the_imputed_values_are(tiny_pair, tiny_model, tmp
 
     # The refined depth-free expression: nothing to add.
     assert "Imputed values" not in title_of({"residual_weight": 1.0, "depth_weight": 0.0}, {})
-    # A learnt combination: said so, with its largest weights.
-    title = title_of({}, {"kind": "stack", "weights": {"knn|spatial|expression": 0.6,
-                                                        "ridge|raw|at_depth": 0.4}})
-    assert title.endswith("Imputed values: a combination of base predictions with weights "
-                          "learnt on the ST's own known genes, hidden in turn (largest: "
-                          "knn|spatial|expression 0.60, ridge|raw|at_depth 0.40)")
+    # A learnt combination: said so, with its largest weights per predictor (summed over the
+    # predictor's columns), not column names a reader cannot decode.
+    title = title_of({}, {"kind": "stack", "weights": {"knn|spatial|expression": 0.3,
+                                                        "ridge|raw|at_depth": 0.4,
+                                                        "knn|raw|expression": 0.2,
+                                                        "spage|raw|expression": 0.06,
+                                                        "transport|raw|expression": 0.04}})
+    assert title.endswith("Imputed values: a weighted combination of base predictors, the "
+                          "weights learnt on the ST's own known genes, hidden in turn "
+                          "(largest: knn 0.50, ridge 0.40, spage 0.06)")
     # The fixed blend: its settings in words.
     title = title_of({"residual_weight": 0.0, "depth_weight": 0.25}, {"kind": "blend"})
     assert ("Imputed values: 75% the expression, 25% the value expected at the spot's "

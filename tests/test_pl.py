@@ -49,7 +49,7 @@ def test_spatial_measured_imputed_and_std_side_by_side(tiny_pair, imputed, tmp_p
     assert isinstance(fig, Figure)
     _check_png(path, fig)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles[:3] == [f"{genes[0]}: measured", titles[1], f"{genes[0]}: std"]
+    assert titles[:3] == [f"{genes[0]}: measured", titles[1], f"{genes[0]}: uncertainty"]
     assert titles[1].startswith(f"{genes[0]}: imputed (r = ")
     assert len(titles) == 6  # 2 genes x (measured, imputed, std)
     # measured and imputed share one colour scale
@@ -81,7 +81,7 @@ def test_spatial_names_the_truth_as_told_and_labels_every_colour_bar(tiny_pair, 
                      labels={genes[1]: "median r"}, title="what this is")
     maps = _maps(fig)
     assert [ax.get_title().split(" (r = ")[0] for ax in maps] == [
-        f"{g}: {c}" for g in genes for c in ("simulated truth", "imputed", "std")]
+        f"{g}: {c}" for g in genes for c in ("simulated truth", "imputed", "uncertainty")]
     # The truth is what the caller says it is: no map is called measured.
     assert not [t for t in _texts(fig) if "measured" in t]
     assert fig.get_suptitle() == "what this is"
@@ -143,7 +143,7 @@ def test_spatial_scale_both_draws_the_imputation_on_the_truths_scale_and_its_own
     r = np.corrcoef(truth, values)[0, 1]
     assert [ax.get_title() for ax in maps] == [
         f"{gene}: simulated truth", f"{gene}: imputed\non the truth's colour scale",
-        f"{gene}: imputed (r = {r:.2f})\non their own colour scale", f"{gene}: std"]
+        f"{gene}: imputed (r = {r:.2f})\non their own colour scale", f"{gene}: uncertainty"]
     clims = [ax.collections[0].get_clim() for ax in maps]
     both = tuple(np.percentile(np.concatenate([truth, values]), [1, 99]))
     assert clims[0] == clims[1] == both  # the level: one scale with the truth
