@@ -201,10 +201,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_self_check(args: argparse.Namespace, n_known: int) -> bool:
+    """Whether `spalstf fit --st` learns the combination on the ST (--self-check): "auto" when
+    there are at least `selfcheck.MIN_GENES` known genes; never without --st (nothing to learn
+    on; `cmd_fit` refuses --self-check on without it before any work)."""
+    from spalstf import selfcheck
+
+    if args.self_check == "off" or not args.st:
+        return False
+    if args.self_check == "auto" and n_known < selfcheck.MIN_GENES:
+        print(f"spalstf: no self-check: {n_known} known genes (fewer than "
+              f"{selfcheck.MIN_GENES}); the model combines by the fixed blend", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import spalstf
     from spalstf import io
 
+    if args.self_check == "on" and not args.st:
+        raise ValueError("--self-check on needs --st: the combination is learnt on the ST's "
+                         "own known genes")
     out = _check_output(args.model_out, args.force, [args.sc])
     sc = io.read(args.sc)
     known = [g.strip() for g in args.known.split(",")] if args.known else None
@@ -217,6 +235,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         targets = [g for g in sc.var_names if g not in set(known)]
     model = spalstf.fit(sc, known, targets, sc_layer=args.sc_layer,
                         log_normalized=args.log_normalized, **_training_options(args))
+    if args.st and _fit_self_check(args, len(known)):
+        # Learn the combination on the ST's own known genes, as `spalstf impute --sc` does, so
+        # that `impute --model` combines by it, with intervals. Every process runs it (under
+        # torchrun the inner fits train together); only rank 0 writes.
+        check = model.self_check(io.read(args.st), sc, n_folds=args.self_check_folds or 2,
+                                 seed=args.seed, st_layer=args.st_layer, sc_layer=args.sc_layer,
+                                 spatial=_spatial(args), progress=not args.quiet)
+        print(_format_self_check(check.to_dict()), file=sys.stderr)
     from spalstf import distributed
 
     if distributed.rank() == 0:  # under torchrun every process holds the same model
@@ -428,6 +454,27 @@ def _add_inputs(p: argparse.ArgumentParser, st_required: bool,
     p.add_argument("--force", action="store_true", help="overwrite the output")
 
 
+def _add_self_check(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--self-check", choices=("auto", "on", "off"), default="auto",
+                   help="learn the combination of the base predictions and estimate the "
+                        "accuracy by hiding groups of the ST's known genes and imputing them "
+                        f"({when}); auto: when the ST has at least 8 known genes (default "
+                        "auto); its summary is printed to stderr")
+    p.add_argument("--self-check-folds", type=int, default=None, metavar="N",
+                   help="groups of known genes the self-check hides in turn (default 2)")
+
+
+def _add_spatial(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--spatial-key", default=None, metavar="KEY",
+                       help="the ST's cell coordinates for the spatial context: an obsm key, "
+                            "or obs columns named with a comma (x,y) (default: "
+                            "obsm['spatial'], else obs columns x,y, imagecol,imagerow or "
+                            "array_col,array_row)")
+    where.add_argument("--no-spatial", action="store_true",
+                       help="no spatial context, even when the ST has coordinates")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spalstf import __version__
 
@@ -449,25 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs --model); join the parts with `spalstf merge`")
     p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 5)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 4)")
-    p.add_argument("--self-check", choices=("auto", "on", "off"), default="auto",
-                   help="estimate the accuracy by hiding groups of the ST's known genes and "
-                        "imputing them (with --sc); auto: when the ST has at least 8 known "
-                        "genes (default auto); its summary is printed to stderr")
-    p.add_argument("--self-check-folds", type=int, default=None, metavar="N",
-                   help="groups of known genes the self-check hides in turn (default 2)")
+    _add_self_check(p, "with --sc")
     p.add_argument("--values", choices=("auto", "expression", "at_depth"), default="auto",
                    help="expression: log1p(count / known-gene total x 1e4), free of the ST's "
                         "depth; at_depth: what the ST would measure at each cell's depth, on "
                         "average (needs counts); auto: the learnt combination weighs both "
                         "(counts, with --sc), else expression (default auto)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--spatial-key", default=None, metavar="KEY",
-                       help="the ST's cell coordinates for the spatial context: an obsm key, "
-                            "or obs columns named with a comma (x,y) (default: "
-                            "obsm['spatial'], else obs columns x,y, imagecol,imagerow or "
-                            "array_col,array_row)")
-    where.add_argument("--no-spatial", action="store_true",
-                       help="no spatial context, even when the ST has coordinates")
+    _add_spatial(p)
     _add_common(p)
     _add_checkpoints(p)
     p.set_defaults(func=cmd_impute)
@@ -479,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-out", required=True, help="model folder to write")
     p.add_argument("--max-cells", type=int, default=None,
                    help="train on a seeded random subsample of at most this many cells")
+    _add_self_check(p, "with --st; the model keeps the combination it learns, so that "
+                       "`impute --model` uses it")
+    _add_spatial(p)
     _add_common(p)
     _add_checkpoints(p)
     p.set_defaults(func=cmd_fit)

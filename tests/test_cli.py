@@ -51,7 +51,7 @@ def test_user_errors_exit_2_with_one_line(files, capsys):
               "--out", str(tmp / "o.h5ad"), *FAST_ARGS])
 
 
-def test_fit_saves_a_model_that_loads(files):
+def test_fit_saves_a_model_that_loads(files, capsys):
     st_path, sc_path, tmp = files
     model_dir = tmp / "model"
     assert main(["fit", "--st", str(st_path), "--sc", str(sc_path), "--model-out",
@@ -61,6 +61,24 @@ def test_fit_saves_a_model_that_loads(files):
     assert model.known_genes == list(st.var_names)
     assert model.target_genes == [g for g in ad.read_h5ad(sc_path).var_names
                                   if g not in set(st.var_names)]
+    # With --st, the combination is learnt on the ST's known genes and saved with the model,
+    # so that `impute --model` combines by it and gives the interval.
+    assert "self-check: median PCC" in capsys.readouterr().err
+    assert model.stack is not None and model.stack.weights
+    out = tmp / "o.h5ad"
+    assert main(["impute", "--st", str(st_path), "--model", str(model_dir), "--out", str(out),
+                 "--quiet"]) == 0
+    imputed = ad.read_h5ad(out)
+    assert {"std", "lower", "upper"} <= set(imputed.layers)
+    assert imputed.uns["spalstf"]["combination"]["kind"] == "stack"
+    # --self-check off keeps the fixed blend; asking for it without --st is an error.
+    assert main(["fit", "--st", str(st_path), "--sc", str(sc_path), "--model-out",
+                 str(tmp / "blend"), "--self-check", "off", *FAST_ARGS]) == 0
+    assert spalstf.load(tmp / "blend").stack is None
+    assert main(["fit", "--sc", str(sc_path), "--known", ",".join(st.var_names[:3]),
+                 "--model-out", str(tmp / "x"), "--self-check", "on", *FAST_ARGS]) == 2
+    assert "--self-check on needs --st" in capsys.readouterr().err
+    assert not (tmp / "x").exists()
 
 
 def test_demo_fast_writes_the_h5ad_the_png_and_scores(tmp_path, capsys, monkeypatch):
@@ -192,7 +210,7 @@ def test_checkpoint_and_resume_flags_continue_a_fit(files, capsys):
     ckpt = tmp / "fit.ckpt"
     # checkpoints hold the network's training: --predictors names it (not a default one)
     base = ["fit", "--st", str(st_path), "--sc", str(sc_path), "--quiet", "--max-time", "30",
-            "--predictors", "ridge,network"]
+            "--predictors", "ridge,network", "--self-check", "off"]
     assert main([*base, "--model-out", str(tmp / "m1"), "--epochs", "1",
                  "--checkpoint", str(ckpt), "--checkpoint-every", "1"]) == 0
     assert ckpt.is_file()
