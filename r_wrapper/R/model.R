@@ -36,9 +36,15 @@
 #'
 #' Calls \code{spalstf.fit()}: the model learns to predict \code{target.genes} from
 #' \code{known.genes} (the genes your spatial data measures) on the scRNA-seq reference.
+#' Given the spatial data \code{st}, it then learns the combination of its base predictions on
+#' the ST's own known genes, hidden in turn (\code{Model.self_check}), and keeps it: without
+#' it, \code{predict()} combines them with fixed weights and gives no interval.
 #'
 #' @param reference Seurat object, SingleCellExperiment, genes x cells matrix with gene names,
 #'   or a Python AnnData.
+#' @param st The spatial data the model will impute (or data like it), as \code{reference};
+#'   it must hold the known genes. \code{NULL}: no combination is learnt.
+#' @param st.assay Assay of \code{st} (read in the same \code{slot}).
 #' @param known.genes Genes measured in the spatial data (the condition).
 #' @param target.genes Genes to predict.
 #' @param reference.assay Assay of the reference (default: the default assay, or
@@ -51,13 +57,14 @@
 #'   \code{\link{Impute}(object, model)} and \code{\link{SaveSpaLSTF}}.
 #' @examples
 #' \dontrun{
-#' model <- FitSpaLSTF(sc, known.genes = rownames(st), target.genes = c("CD3E", "MS4A1"))
+#' model <- FitSpaLSTF(sc, known.genes = rownames(st), target.genes = c("CD3E", "MS4A1"),
+#'                     st = st)
 #' imputed <- predict(model, st)
 #' }
 #' @export
 FitSpaLSTF <- function(reference, known.genes, target.genes, reference.assay = NULL,
                        slot = "counts", seed = 0L, device = "auto", epochs = NULL,
-                       verbose = TRUE, ...) {
+                       verbose = TRUE, st = NULL, st.assay = NULL, ...) {
   known.genes <- .check_genes(known.genes, "known.genes")
   target.genes <- .check_genes(target.genes, "target.genes")
   if (is.null(known.genes) || is.null(target.genes)) {
@@ -69,9 +76,13 @@ FitSpaLSTF <- function(reference, known.genes, target.genes, reference.assay = N
   ref_genes <- .ref_genes(ref)
   known <- .match_genes(known.genes, ref_genes)$reference
   target <- .match_genes(target.genes, ref_genes)$reference
+  st_ad <- if (!is.null(st)) .as_input(st, st.assay, slot, arg = "st") else NULL
   py <- .py_try(do.call(.spalstf_module()$fit, c(
     list(ref, as.list(known), as.list(target), log_normalized = identical(slot, "data")), opts
   )))
+  if (!is.null(st_ad)) {  # the model keeps the combination learnt (saved with it)
+    .py_try(py$self_check(st_ad, ref, seed = as.integer(seed), progress = isTRUE(verbose)))
+  }
   .as_model(py)
 }
 

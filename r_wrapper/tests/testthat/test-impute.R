@@ -176,6 +176,14 @@ test_that("FitSpaLSTF, predict, SaveSpaLSTF and LoadSpaLSTF agree", {
   flat <- predict(model, objs$st, n.steps = 2L, n.samples = 2L, verbose = FALSE,
                   spatial = FALSE)
   expect_equal(unname(pm[, ]), unname(flat[, ]), tolerance = 1e-6)
+  # Given the ST, the model learns the combination on its known genes and keeps it: predict()
+  # then gives the interval, which the fixed blend of a model fitted without it lacks.
+  expect_null(attr(p, "lower"))
+  learnt <- FitSpaLSTF(objs$ref, known.genes = d$known, target.genes = d$targets,
+                       epochs = 1L, verbose = FALSE, st = objs$st)
+  pl <- predict(learnt, objs$st, verbose = FALSE)
+  expect_identical(dim(attr(pl, "lower")), dim(pl))
+  expect_true(all(attr(pl, "lower") <= pl + 1e-6 & pl <= attr(pl, "upper") + 1e-6))
   # a model as the reference of Impute
   out <- Impute(objs$st, model, n.steps = 2L, n.samples = 2L, verbose = FALSE)
   expect_equal(unname(as.matrix(SeuratObject::GetAssayData(out, assay = "SpaLSTF"))),
