@@ -112,7 +112,10 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
 
     Returns
     -------
-    A trained `spalstf.Model`. Ctrl-C (KeyboardInterrupt) during training returns the model
+    A trained `spalstf.Model`. It combines its base predictions with fixed weights, and gives
+    no interval, until `Model.self_check(st, sc)` learns the combination on an ST's known
+    genes (`spalstf.impute` does both; `spalstf fit --st` too). Ctrl-C (KeyboardInterrupt)
+    during training returns the model
     with the best weights so far (it re-raises when no epoch had ended). A non-finite loss
     raises FloatingPointError naming the epoch and step.
     """
