@@ -195,6 +195,9 @@ def cmd_impute(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from spalstf import io
 
+    if Path(args.out).suffix.lower() != ".h5ad":
+        raise ValueError(f"--out must name an .h5ad file (the parts are .h5ad); received "
+                         f"{args.out!r}")
     out = _check_output(args.out, args.force, list(args.parts))
     io.merge_h5ad(args.parts, out, overwrite=args.force)
     print(f"merged {len(args.parts)} parts -> {out}")

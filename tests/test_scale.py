@@ -197,6 +197,9 @@ def test_cli_streams_shards_and_merges(tiny_pair, tmp_path, capsys):
                      str(part), "--shard", f"{i}/2", *common]) == 0
     assert "(shard 1/2)" in capsys.readouterr().out
     merged = tmp_path / "merged.h5ad"
+    assert main(["merge", *map(str, parts), "--out", str(tmp_path / "merged.csv")]) == 2
+    assert "--out must name an .h5ad file" in capsys.readouterr().err
+    assert not (tmp_path / "merged.csv").exists()
     assert main(["merge", *map(str, parts), "--out", str(merged)]) == 0
     _assert_same_result(ad.read_h5ad(merged), ad.read_h5ad(whole))
     assert main(["impute", "--sc", str(sc_path), "--st", str(st_path), "--out",
