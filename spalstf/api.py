@@ -115,9 +115,8 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
     A trained `spalstf.Model`. It combines its base predictions with fixed weights, and gives
     no interval, until `Model.self_check(st, sc)` learns the combination on an ST's known
     genes (`spalstf.impute` does both; `spalstf fit --st` too). Ctrl-C (KeyboardInterrupt)
-    during training returns the model
-    with the best weights so far (it re-raises when no epoch had ended). A non-finite loss
-    raises FloatingPointError naming the epoch and step.
+    during training returns the model with the best weights so far (it re-raises when no
+    epoch had ended). A non-finite loss raises FloatingPointError naming the epoch and step.
     """
     cfg = merge_options(config, max_steps=max_steps, **options)
     seed, dev = check_seed(seed), training_device(device)

@@ -238,6 +238,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         targets = [g for g in sc.var_names if g not in set(known)]
     model = spalstf.fit(sc, known, targets, sc_layer=args.sc_layer,
                         log_normalized=args.log_normalized, **_training_options(args))
+    from spalstf import distributed
+
     if args.st and _fit_self_check(args, len(known)):
         # Learn the combination on the ST's own known genes, as `spalstf impute --sc` does, so
         # that `impute --model` combines by it, with intervals. Every process runs it (under
@@ -245,8 +247,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         check = model.self_check(io.read(args.st), sc, n_folds=args.self_check_folds or 2,
                                  seed=args.seed, st_layer=args.st_layer, sc_layer=args.sc_layer,
                                  spatial=_spatial(args), progress=not args.quiet)
-        print(_format_self_check(check.to_dict()), file=sys.stderr)
-    from spalstf import distributed
+        if distributed.rank() == 0:
+            print(_format_self_check(check.to_dict()), file=sys.stderr)
 
     if distributed.rank() == 0:  # under torchrun every process holds the same model
         model.save(out, overwrite=args.force)
