@@ -306,6 +306,12 @@ class Model:
         progress = check_flag(progress, "progress")
         expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
         changes = self._inference_changes(config, {"n_samples": n_samples, **options})
+        targets = list(self.output_names)
+        measured = [g for g in targets if g in match_genes(targets, expr.genes)]
+        if measured:  # as spalstf.impute says it: a user may expect their measured values back
+            logger.info("%d of the model's target genes are measured by the ST (for example "
+                        "%s); they are predicted as if hidden (their measured values are not "
+                        "read)", len(measured), measured[:5])
         return self._impute_expression(expr, log_normalized=log_normalized, seed=seed,
                                        batch_size=batch_size, device=device,
                                        spatial=resolve(expr.source, spatial),

@@ -119,6 +119,23 @@ def test_progress_false_leaves_the_warnings_and_the_users_logging_wins(
     assert not _spalstf_lines(capsys.readouterr().err)
 
 
+def test_model_impute_announces_target_genes_the_st_measures(tiny_pair, caplog):
+    """A saved model reused on an ST that measures some of its targets says so, as
+    spalstf.impute does for a request: the values are predictions, not the measurement."""
+    st, sc = tiny_pair
+    target = str(st.obsm["truth"].columns[0])
+    model = spalstf.fit(sc, list(st.var_names[1:]), [target, str(st.var_names[0])],
+                        **{**FAST, "predictors": ("ridge",)})
+    with caplog.at_level(logging.INFO, logger="spalstf"):
+        model.impute(st, progress=False)
+    assert (f"1 of the model's target genes are measured by the ST (for example "
+            f"['{st.var_names[0]}'])") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="spalstf"):
+        model.impute(st[:, 1:], progress=False)
+    assert "measured by the ST" not in caplog.text
+
+
 def _with_obs(columns, values):
     obs = pd.DataFrame({c: v for c, v in zip(columns, values, strict=True)},
                        index=[f"c{i}" for i in range(len(values[0]))])
