@@ -211,7 +211,8 @@ def score(name: str, masked: list[dict]) -> tuple[pd.Series, pd.DataFrame]:
     columns = [r for r in table.index if r.count("|") == 2]
     best = table[columns].idxmax()
     summary = table[list(RULES)]
-    summary[f"best single base column ({best})"] = table[best]
+    summary["best single base column"] = table[best]
+    summary[f"(it is {best})"] = np.nan
     return summary, pd.DataFrame(weights)
 
 
@@ -262,9 +263,13 @@ def main(argv: list[str] | None = None) -> int:
           f"budget: {Config().max_steps} updates for the outer fit, "
           f"{round(Config().max_steps * selfcheck.FIT_BUDGET_SHARE / 2)} for each inner fit "
           "(the self-check's share).", ""]
-    overview = pd.DataFrame(per_set)
+    overview = pd.DataFrame(per_set).loc[list(RULES) + ["best single base column"]]
+    best_columns = {n: next(r for r in per_set[n].index if r.startswith("(it is "))[7:-1]
+                    for n in names}
     md += ["## Median PCC of the held-out genes", "",
-           markdown_table(overview.rename(index=escaped), index_name="rule"), ""]
+           markdown_table(overview.rename(index=escaped), index_name="rule"), "",
+           "Best single base column (by its pooled score on the held-out genes): " + ", ".join(
+               f"{n}: `{c}`" for n, c in best_columns.items()), ""]
     md += ["## Weights of the masked columns (learnt on the inner folds), per fold", ""]
     for name in names:
         table = weights[name].set_index(["stack", "fold"])
