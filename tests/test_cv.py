@@ -172,3 +172,20 @@ def test_benchmark_cli(pair: tuple[ad.AnnData, ad.AnnData], tmp_path) -> None:
         ]
     )
     assert bad.func(bad) == 2
+
+
+def test_markdown_table_keeps_bars_inside_a_cell() -> None:
+    """The stack's column names hold "|": escaped, every row keeps as many cells as the head."""
+    import re
+
+    import pandas as pd
+
+    from spalstf.evaluate._cli import markdown_table
+
+    table = markdown_table(pd.DataFrame({"weight": [0.5, 0.25]},
+                                        index=["ridge|spatial|expression", "knn|raw|at_depth"]),
+                           index_name="column")
+    rows = table.splitlines()
+    cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
+    assert len(set(cells)) == 1, table
+    assert rows[2] == "| ridge\\|spatial\\|expression | 0.500 |"

@@ -68,7 +68,12 @@ def report_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame, *, digits: int = 3, index_name: str = "method") -> str:
-    """A GitHub Markdown table (no dependency on ``tabulate``)."""
+    """A GitHub Markdown table (no dependency on ``tabulate``). A "|" inside a cell (the
+    stack's column names, ``ridge|spatial|expression``) is escaped, so it does not split the
+    cell."""
+
+    def text(v: object) -> str:
+        return str(v).replace("|", "\\|")
 
     def fmt(v: object, integer: bool) -> str:
         if isinstance(v, (float, np.floating)) and np.isnan(v):
@@ -77,16 +82,16 @@ def markdown_table(df: pd.DataFrame, *, digits: int = 3, index_name: str = "meth
             return str(int(v))
         if isinstance(v, (float, np.floating)):
             return f"{v:.{digits}f}"
-        return str(v)
+        return text(v)
 
     integer = [
         pd.api.types.is_integer_dtype(df[c]) or str(c).startswith("NaN") for c in df.columns
     ]
-    head = [index_name] + [str(c) for c in df.columns]
+    head = [text(index_name)] + [text(c) for c in df.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for idx, row in zip(df.index, df.itertuples(index=False), strict=True):
         cells = [fmt(v, i) for v, i in zip(row, integer, strict=True)]
-        lines.append("| " + " | ".join([str(idx)] + cells) + " |")
+        lines.append("| " + " | ".join([text(idx)] + cells) + " |")
     return "\n".join(lines)
 
 
