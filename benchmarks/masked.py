@@ -36,6 +36,7 @@ ridge,ridge_aligned,aligned,knn,spage,transport,network``. Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -172,37 +173,33 @@ RULES = ("stack as cached (default columns + network)", "stack + masked",
          "masked column alone", "network column alone")
 
 
-def score(name: str, masked: list[dict]) -> tuple[pd.Series, pd.DataFrame]:
-    """(median PCC of each rule, masked weights per fold) of one set."""
+def score(name: str, masked: list[dict]) -> tuple[pd.Series, pd.DataFrame, str]:
+    """(median PCC of each rule, masked weights per fold, the best single column) of one
+    set."""
     pcc: dict[str, list[np.ndarray]] = {}
     weights = []
     folds = cached_folds(name)[:len(masked)]  # the first folds when fewer were run
     for i, (fold, extra) in enumerate(zip(folds, masked, strict=True)):
-        inner = fold["inner"]
-        inner_all = dict(inner.columns, **extra["inner"])
+        cached_names = list(fold["inner"].columns)
+        inner = dataclasses.replace(fold["inner"],
+                                    columns=dict(fold["inner"].columns, **extra["inner"]))
         outer_all = dict(fold["outer"], **extra["outer"])
-        cached_names = list(inner.columns)
         default = [n for n in cached_names if parse(n)[0] != "network"]
-        inner.columns = inner_all  # stack_bench.stacked reads inner.columns and inner.truth
-        try:
-            rules = {
-                RULES[0]: stack_bench.stacked(outer_all, inner, cached_names),
-                RULES[1]: stack_bench.stacked(outer_all, inner,
-                                              cached_names + list(MASKED_COLUMNS)),
-                RULES[2]: stack_bench.stacked(outer_all, inner, default + list(MASKED_COLUMNS)),
-                RULES[3]: stack_bench.stacked(outer_all, inner, default),
-                RULES[4]: outer_all[MASKED_COLUMNS[0]],
-                RULES[5]: outer_all[NETWORK_COLUMN],
-            }
-            for label, names in (("+ masked", cached_names + list(MASKED_COLUMNS)),
-                                 ("without network + masked", default + list(MASKED_COLUMNS))):
-                learnt = stack_bench.learn_weights({n: inner_all[n] for n in names}, inner.truth)
-                weights.append({"stack": label, "fold": i + 1,
-                                **{c: learnt[c] for c in MASKED_COLUMNS},
-                                "network": sum(v for k, v in learnt.items()
-                                               if parse(k)[0] == "network")})
-        finally:
-            inner.columns = {n: inner_all[n] for n in cached_names}
+        rules = {
+            RULES[0]: stack_bench.stacked(outer_all, inner, cached_names),
+            RULES[1]: stack_bench.stacked(outer_all, inner, cached_names + list(MASKED_COLUMNS)),
+            RULES[2]: stack_bench.stacked(outer_all, inner, default + list(MASKED_COLUMNS)),
+            RULES[3]: stack_bench.stacked(outer_all, inner, default),
+            RULES[4]: outer_all[MASKED_COLUMNS[0]],
+            RULES[5]: outer_all[NETWORK_COLUMN],
+        }
+        for label, names in (("+ masked", cached_names + list(MASKED_COLUMNS)),
+                             ("without network + masked", default + list(MASKED_COLUMNS))):
+            learnt = stack_bench.learn_weights({n: inner.columns[n] for n in names}, inner.truth)
+            weights.append({"stack": label, "fold": i + 1,
+                            **{c: learnt[c] for c in MASKED_COLUMNS},
+                            "network": sum(v for k, v in learnt.items()
+                                           if parse(k)[0] == "network")})
         for column in cached_names:
             rules[column] = outer_all[column]
         for rule, values in rules.items():
@@ -212,8 +209,7 @@ def score(name: str, masked: list[dict]) -> tuple[pd.Series, pd.DataFrame]:
     best = table[columns].idxmax()
     summary = table[list(RULES)]
     summary["best single base column"] = table[best]
-    summary[f"(it is {best})"] = np.nan
-    return summary, pd.DataFrame(weights)
+    return summary, pd.DataFrame(weights), best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"steps{config.max_steps}-samples{config.n_samples}" + (
         "-reference_only" if args.reference_only else "")
     start = time.perf_counter()
-    per_set, weights, seconds = {}, {}, {}
+    per_set, weights, best_columns, seconds = {}, {}, {}, {}
     for name in names:
         masked = collect(name, tag, config, options, args.score_only, args.folds)
-        per_set[name], weights[name] = score(name, masked)
+        per_set[name], weights[name], best_columns[name] = score(name, masked)
         seconds[name] = pd.DataFrame([s for fold in masked for s in fold["seconds"]])
     command = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/masked.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
@@ -263,11 +259,9 @@ def main(argv: list[str] | None = None) -> int:
           f"budget: {Config().max_steps} updates for the outer fit, "
           f"{round(Config().max_steps * selfcheck.FIT_BUDGET_SHARE / 2)} for each inner fit "
           "(the self-check's share).", ""]
-    overview = pd.DataFrame(per_set).loc[list(RULES) + ["best single base column"]]
-    best_columns = {n: next(r for r in per_set[n].index if r.startswith("(it is "))[7:-1]
-                    for n in names}
+    overview = pd.DataFrame(per_set)
     md += ["## Median PCC of the held-out genes", "",
-           markdown_table(overview.rename(index=escaped), index_name="rule"), "",
+           markdown_table(overview, index_name="rule"), "",
            "Best single base column (by its pooled score on the held-out genes): " + ", ".join(
                f"{n}: `{c}`" for n, c in best_columns.items()), ""]
     md += ["## Weights of the masked columns (learnt on the inner folds), per fold", ""]
@@ -275,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         table = weights[name].set_index(["stack", "fold"])
         earned = (table[list(MASKED_COLUMNS)].sum(axis=1) > 0).groupby(level=0).sum()
         table = table.reset_index("fold")
-        md += [f"### {name}", "", markdown_table(table.rename(columns=escaped), digits=3,
-                                                 index_name="stack"), "",
+        md += [f"### {name}", "", markdown_table(table, digits=3, index_name="stack"), "",
                "Folds where a masked column earned weight > 0: " + ", ".join(
                    f"{k}: {int(v)} of {table['fold'].nunique()}" for k, v in earned.items()),
                ""]
@@ -313,11 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def escaped(label: str) -> str:
-    """A label with its column-name bars escaped for a markdown table."""
-    return label.replace("|", "\\|")
-
-
 def plot(overview: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -334,10 +322,7 @@ def plot(overview: pd.DataFrame, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("median PCC over held-out genes")
         ax.set_title(name)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    stack_bench.save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# How the base predictions are combined (chosen by leaving data sets out)", "",
           f"Made by `python benchmarks/stack.py {' '.join(argv or sys.argv[1:])}`".strip()
           + f" on {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU "
-          f"cores ({time.perf_counter() - start:.0f} s of scoring; the fits are cached). "
+          f"cores ({time.perf_counter() - start:.0f} s for this run: fits, unless cached, and scoring). "
           "5-fold leave-genes-out, as benchmarks/accuracy.py; median over genes of the "
           "per-gene PCC/SPCC with the ST's log-normalised truth.", ""]
     overview = pd.DataFrame({n: per_set[n]["table"].loc[rules, "pcc"] for n in names})
@@ -385,6 +385,14 @@ def plot(per_set: dict, rules: list[str], path: Path) -> None:
     axes[1].set_title("Interval coverage (default scale)")
     axes[1].tick_params(axis="x", rotation=30)
     axes[1].legend(fontsize=7)
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Lay out `fig`, write it to `path` as PNG atomically (a temporary file, renamed) and
+    close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
