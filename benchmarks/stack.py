@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# How the base predictions are combined (chosen by leaving data sets out)", "",
           f"Made by `python benchmarks/stack.py {' '.join(argv or sys.argv[1:])}`".strip()
           + f" on {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU "
-          f"cores ({time.perf_counter() - start:.0f} s for this run: fits, unless cached, and scoring). "
+          f"cores ({time.perf_counter() - start:.0f} s for this run: fits, unless cached, "
+          "and scoring). "
           "5-fold leave-genes-out, as benchmarks/accuracy.py; median over genes of the "
           "per-gene PCC/SPCC with the ST's log-normalised truth.", ""]
     overview = pd.DataFrame({n: per_set[n]["table"].loc[rules, "pcc"] for n in names})
