@@ -31,18 +31,16 @@ def move_into_place(tmp: Path, path: Path, *, overwrite: bool) -> None:
     if overwrite:
         os.replace(tmp, path)
         return
+    appeared = FileExistsError(f"{str(path)!r} appeared while the result was being written; "
+                               "it is kept as it is and the result is not written: pass "
+                               "overwrite=True (--force) to replace it")
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{str(path)!r} appeared while the result was being written; it "
-                              "is kept as it is and the result is not written: pass "
-                              "overwrite=True (--force) to replace it") from None
+        raise appeared from None
     except OSError:  # no hard links on this file system
         if path.exists():
-            raise FileExistsError(f"{str(path)!r} appeared while the result was being "
-                                  "written; it is kept as it is and the result is not "
-                                  "written: pass overwrite=True (--force) to replace it"
-                                  ) from None
+            raise appeared from None
         os.replace(tmp, path)
         return
     tmp.unlink()

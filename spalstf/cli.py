@@ -54,6 +54,9 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+#: --self-check's choices as the `self_check` argument of spalstf.impute / selfcheck.wanted.
+SELF_CHECK = {"auto": "auto", "on": True, "off": False}
+
 #: The formats `spalstf impute --out` writes, by suffix.
 RESULT_SUFFIXES = (".h5ad", ".rds")
 
@@ -169,7 +172,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
                               out=out if stream else None, overwrite=args.force, **sampling)
     else:
         sc = io.read(args.sc)
-        checking = {"self_check": {"auto": "auto", "on": True, "off": False}[args.self_check]}
+        checking = {"self_check": SELF_CHECK[args.self_check]}
         if args.self_check_folds is not None:
             checking["self_check_folds"] = args.self_check_folds
         result = spalstf.impute(st, sc, _genes(args), sc_layer=args.sc_layer,
@@ -204,24 +207,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_self_check(args: argparse.Namespace, n_known: int) -> bool:
-    """Whether `spalstf fit --st` learns the combination on the ST (--self-check): "auto" when
-    there are at least `selfcheck.MIN_GENES` known genes; never without --st (nothing to learn
-    on; `cmd_fit` refuses --self-check on without it before any work)."""
-    from spalstf import selfcheck
-
-    if args.self_check == "off" or not args.st:
-        return False
-    if args.self_check == "auto" and n_known < selfcheck.MIN_GENES:
-        print(f"spalstf: no self-check: {n_known} known genes (fewer than "
-              f"{selfcheck.MIN_GENES}); the model combines by the fixed blend", file=sys.stderr)
-        return False
-    return True
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     import spalstf
-    from spalstf import io
+    from spalstf import io, selfcheck
 
     if args.self_check == "on" and not args.st:
         raise ValueError("--self-check on needs --st: the combination is learnt on the ST's "
@@ -240,7 +228,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                         log_normalized=args.log_normalized, **_training_options(args))
     from spalstf import distributed
 
-    if args.st and _fit_self_check(args, len(known)):
+    if args.st and selfcheck.wanted(SELF_CHECK[args.self_check], len(known)):
         # Learn the combination on the ST's own known genes, as `spalstf impute --sc` does, so
         # that `impute --model` combines by it, with intervals. Every process runs it (under
         # torchrun the inner fits train together); only rank 0 writes.
@@ -316,6 +304,7 @@ def _demo_figure(imputed, truth, pcc, *, n_ref: int, path: Path) -> Path:
     import numpy as np
 
     from spalstf import pl
+    from spalstf.prior.stack import parse
 
     level_gap = _level_gap(imputed, truth)
     # Typical genes, not the best: those at the quartiles and the median of r.
@@ -343,7 +332,7 @@ def _demo_figure(imputed, truth, pcc, *, n_ref: int, path: Path) -> Path:
         # names "ridge|spatial|expression", which a reader of the figure cannot decode
         by_predictor: dict[str, float] = {}
         for name, value in (combination.get("weights") or {}).items():
-            predictor = str(name).split("|")[0]
+            predictor = parse(str(name))[0]
             by_predictor[predictor] = by_predictor.get(predictor, 0.0) + float(value)
         shown = sorted(by_predictor.items(), key=lambda kv: -kv[1])[:3]
         title += ("\nImputed values: a weighted combination of base predictors, the weights "

@@ -360,6 +360,18 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg: Config, *
     return result
 
 
+def wanted(self_check: bool | str, n_known: int) -> bool:
+    """Whether to run the self-check: as asked, or for "auto" when the ST has at least
+    `MIN_GENES` known genes (a log line says why not)."""
+    if self_check != "auto":
+        return bool(self_check)
+    if n_known < MIN_GENES:
+        logger.info("self-check skipped: the ST has %d known genes (fewer than %d); the "
+                    "fixed blend combines the base predictions", n_known, MIN_GENES)
+        return False
+    return True
+
+
 def maybe_run(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: Config, *,
               self_check, n_folds, seed, log_normalized, device, spatial, progress,
               fit: Callable[..., Any]) -> SelfCheckResult | None:
@@ -370,12 +382,7 @@ def maybe_run(st_expr: Expression, sc_expr: Expression, known_pairs, cfg: Config
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise ValueError(f"`self_check_folds` must be an integer >= 2; received {n_folds!r}")
     n_known = len(known_pairs)
-    if self_check == "auto":
-        self_check = n_known >= MIN_GENES
-        if not self_check:
-            logger.info("self-check skipped: the ST has %d known genes (fewer than %d); the "
-                        "fixed blend combines the base predictions", n_known, MIN_GENES)
-    if not self_check:
+    if not wanted(self_check, n_known):
         return None
     if n_known < max(n_folds, 2):
         raise ValueError(f"the self-check hides groups of the ST's known genes, so it needs at "

@@ -75,6 +75,12 @@ def test_fit_saves_a_model_that_loads(files, capsys):
     assert main(["fit", "--st", str(st_path), "--sc", str(sc_path), "--model-out",
                  str(tmp / "blend"), "--self-check", "off", *FAST_ARGS]) == 0
     assert spalstf.load(tmp / "blend").stack is None
+    # "auto" with fewer known genes than the self-check needs: the fixed blend, said so
+    assert main(["fit", "--st", str(st_path), "--sc", str(sc_path), "--known",
+                 ",".join(st.var_names[:3]), "--model-out", str(tmp / "few"), "--epochs", "2",
+                 "--max-time", "30"]) == 0
+    assert spalstf.load(tmp / "few").stack is None
+    assert "self-check skipped: the ST has 3 known genes" in capsys.readouterr().err
     assert main(["fit", "--sc", str(sc_path), "--known", ",".join(st.var_names[:3]),
                  "--model-out", str(tmp / "x"), "--self-check", "on", *FAST_ARGS]) == 2
     assert "--self-check on needs --st" in capsys.readouterr().err
