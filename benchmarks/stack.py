@@ -8,7 +8,8 @@ of the held-out genes AND of the self-check's inner folds, and then scores, with
 - combination rules: the stacked weights learnt on the inner folds (the default), the single
   column that scores best on the inner folds, the plain mean of all columns, and the fixed
   blend of earlier versions (ridge and aligned neighbours, half each, from one view);
-- ablations of the stack: each predictor, view and readout left out (what each adds);
+- ablations of the stack: each predictor, view and readout left out (what each adds), and
+  the predictors to fit chosen by leaving data sets out (all, or all but one);
 - the interval's scale (`spalstf.prior.stack.SPREAD_OFFSET`): coverage of the held-out genes'
   measured values, log-normalised over the known genes, against the nominal level;
 - the per-gene confidence (`expected_pcc`): the self-check's line against its median alone.
@@ -48,6 +49,7 @@ import spalstf  # noqa: E402
 from spalstf import selfcheck  # noqa: E402
 from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.columns import available_readouts, available_views, candidate_columns  # noqa: E402
+from spalstf.config import DEFAULT_PREDICTORS  # noqa: E402
 from spalstf.data import as_expression  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate._cli import markdown_table  # noqa: E402
@@ -104,9 +106,14 @@ def fold_predictions(st, sc, hidden: list[str], seed: int = 0, config: dict | No
 CONFIG: dict = {}
 
 
+def cache_path(name: str) -> Path:
+    """Where a set's folds are cached: named by the predictors fitted (the defaults spelt
+    out, so that a change of the defaults never reads a stale cache)."""
+    return CACHE / f"{name}.{'-'.join(CONFIG.get('predictors', DEFAULT_PREDICTORS))}.npy"
+
+
 def collect(name: str) -> list[dict]:
-    tag = "-".join(CONFIG.get("predictors", ("default",)))
-    path = CACHE / f"{name}.{tag}.npy"
+    path = cache_path(name)
     if path.exists():
         return list(np.load(path, allow_pickle=True))
     st, sc = pair(name)
@@ -225,9 +232,10 @@ def score(names: list[str]) -> dict:
                                 "lowest fold": float(np.min([c for c, _ in cov])),
                                 "median width": float(np.mean([w for _, w in cov]))}
         confidence = expected(folds)
+        weights = fold_weights(folds)
         per_set[name] = {"table": table, "intervals": pd.DataFrame(intervals).T,
-                         "confidence": confidence,
-                         "weights": mean_weights(folds)}
+                         "confidence": confidence, "weights": mean_weights(weights),
+                         "per_predictor": predictor_weights(weights)}
     return per_set
 
 
@@ -255,13 +263,33 @@ def expected(folds: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out).T
 
 
-def mean_weights(folds: list[dict]) -> pd.Series:
-    weights: dict[str, float] = {}
-    for fold in folds:
-        w = learn_weights(fold["inner"].columns, fold["inner"].truth)
+def fold_weights(folds: list[dict]) -> list[dict[str, float]]:
+    """Each fold's stack weights, learnt on its inner folds."""
+    return [learn_weights(fold["inner"].columns, fold["inner"].truth) for fold in folds]
+
+
+def mean_weights(weights: list[dict[str, float]]) -> pd.Series:
+    out: dict[str, float] = {}
+    for w in weights:
         for k, v in w.items():
-            weights[k] = weights.get(k, 0.0) + v / len(folds)
-    return pd.Series(weights).sort_values(ascending=False)
+            out[k] = out.get(k, 0.0) + v / len(weights)
+    return pd.Series(out).sort_values(ascending=False)
+
+
+#: A predictor "earns a weight" in a fold when its columns' weights sum to more than this.
+EARNS = 0.005
+
+
+def predictor_weights(weights: list[dict[str, float]]) -> pd.Series:
+    """Per predictor: in how many folds its columns' summed weight exceeds `EARNS`, and the
+    range of that sum over the folds ("3 of 5 (0.000-0.120)")."""
+    names = sorted({parse(k)[0] for w in weights for k in w})
+    out = {}
+    for name in names:
+        sums = [sum(v for k, v in w.items() if parse(k)[0] == name) for w in weights]
+        out[name] = (f"{sum(x > EARNS for x in sums)} of {len(sums)} "
+                     f"({min(sums):.3f}-{max(sums):.3f})")
+    return pd.Series(out)
 
 
 def leave_sets_out(per_set: dict, rules: list[str]) -> pd.DataFrame:
@@ -310,16 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default=",".join(accuracy.DATASETS))
     ap.add_argument("--name", default="stack")
     ap.add_argument("--predictors", default=None,
-                    help="comma-separated Config.predictors (default: all, the network too)")
+                    help="comma-separated Config.predictors (default: Config's, without the network)")
     ap.add_argument("--score-only", action="store_true",
                     help="score the cached folds only (fails for a set not cached)")
     args = ap.parse_args(argv)
     names = [n for n in args.datasets.split(",") if n]
     if args.predictors:
         CONFIG["predictors"] = tuple(args.predictors.split(","))
-    tag = "-".join(CONFIG.get("predictors", ("default",)))
     if args.score_only:
-        missing = [n for n in names if not (CACHE / f"{n}.{tag}.npy").exists()]
+        missing = [n for n in names if not cache_path(n).exists()]
         if missing:
             raise SystemExit(f"--score-only: no cached folds for {missing} in {CACHE}")
     start = time.perf_counter()
@@ -339,11 +366,19 @@ def main(argv: list[str] | None = None) -> int:
     ablation = pd.DataFrame({n: per_set[n]["table"]["pcc"] for n in names})
     ablation = ablation.loc[[r for r in ablation.index if r.startswith(("without", "stack"))
                              or "alone" in r]]
+    predictor_sets = [rules[0]] + [r for r in ablation.index if r.startswith("without predictor")]
+    md += ["## Predictors chosen by leaving data sets out (all of them, or all but one)", "",
+           markdown_table(leave_sets_out(per_set, predictor_sets).set_index("left out"),
+                          index_name="left out"), ""]
     md += ["## What each part adds (median PCC of the stack without it, and of each "
            "predictor's columns alone)", "", markdown_table(ablation, index_name="stack"), ""]
     md += ["## Mean weight of each column (over the folds; those above 0.02)", ""]
     weights = pd.DataFrame({n: per_set[n]["weights"] for n in names}).fillna(0.0)
     md += [markdown_table(weights[(weights > 0.02).any(axis=1)], digits=2, index_name="column"), ""]
+    md += [f"## Folds where each predictor earns a weight (its columns' sum > {EARNS}; range of "
+           "the sum over the folds)", "",
+           markdown_table(pd.DataFrame({n: per_set[n]["per_predictor"] for n in names}),
+                          index_name="predictor"), ""]
     md += [f"## Intervals (nominal {LEVEL:.0%}) of the held-out genes' measured values", ""]
     for name in names:
         md += [f"### {name}", "", markdown_table(per_set[name]["intervals"], index_name="scale"), ""]

@@ -420,8 +420,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--predictors", default=None, metavar="LIST",
                    help="base predictors to fit, comma-separated, among "
-                        + ",".join(PREDICTOR_NAMES) + " (default: all but network, the "
-                        "diffusion, which costs minutes per fit on a CPU)")
+                        + ",".join(PREDICTOR_NAMES) + " (default: all but the networks, "
+                        "network and masked, which cost a minute or more per fit on a CPU)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no phase lines (warnings are still shown)")
 

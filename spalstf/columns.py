@@ -28,6 +28,9 @@ from spalstf.spatial import coordinates, expression_smoothed_reader, neighbours,
 
 #: The column name of the network's predictions.
 NETWORK = "network"
+#: The masked-gene network (`spalstf.prior.masked`): it trains on the ST in `prepare`, once per
+#: view it reads, so it reads one view: each cell's own known genes as measured (raw).
+MASKED = "masked"
 #: Cells normalised and read at once when preparing statistics.
 BLOCK = 8192
 #: Views of the ST whose values take at most this many bytes are computed once and held (the
@@ -89,6 +92,9 @@ def candidate_columns(model: Any, config: Config, views: Sequence[str],
         if name == NETWORK:
             if model.network is not None:
                 out += [column(NETWORK, network_view(views), r) for r in readouts]
+        elif name == MASKED:
+            if name in model.predictors:
+                out += [column(MASKED, "raw", r) for r in readouts]
         elif name in model.predictors:
             out += [column(name, v, r) for v in views for r in readouts]
     return out

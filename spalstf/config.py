@@ -39,12 +39,16 @@ STAGES = (MODEL, TRAIN, SAMPLE, READOUT)
 INFERENCE_STAGES = (SAMPLE, READOUT)
 #: The base predictors a model may fit (`Config.predictors`; `spalstf.prior.PREDICTORS` and the
 #: network).
-PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "network")
-#: The default: every base predictor but the network. Training the diffusion for the main fit
-#: and the self-check's inner fits costs minutes per fit on a CPU, beyond the time target of a
-#: 5-fold cross-validation (10 x the SpaGE-style baseline + 60 s), and in the stack it earned
-#: little weight where measured (benchmarks/results/stack_network.md); add "network" to use it.
-DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p != "network")
+PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "likelihood",
+                   "network", "masked")
+#: The networks, which are not default predictors: training the diffusion for the main fit
+#: and the self-check's inner fits costs about a minute or more per fit on a CPU, beyond the
+#: time target of a 5-fold cross-validation (10 x the SpaGE-style baseline + 60 s), and in the
+#: stack they earned little weight where measured (benchmarks/results/stack_network*.md,
+#: stack_masked.md); add "network" or "masked" to use them.
+NETWORKS = ("network", "masked")
+#: The default: every base predictor but the networks.
+DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p not in NETWORKS)
 
 
 def _setting(stage: str, default: Any, *, prior: bool = False) -> Any:
@@ -105,8 +109,10 @@ class Config:
     #: (`spalstf.prior.stack`, `combine="stack"`): "ridge" (the ridge prior), "ridge_aligned"
     #: (the same map read from the ST z-scored over itself), "aligned" (the aligned-neighbour
     #: estimate), "knn" (plain neighbours in log-normalised known-gene space), "spage" (the
-    #: SpaGE-style projection), "transport" (the Tangram-style optimal-transport mapping) and
-    #: "network" (the SpaLSTF diffusion; not by default, see `DEFAULT_PREDICTORS`). Leave
+    #: SpaGE-style projection), "transport" (the Tangram-style optimal-transport mapping),
+    #: "likelihood" (reference clusters weighed by the likelihood of the cell's counts),
+    #: "network" (the SpaLSTF diffusion) and "masked" (the same trained on the ST's known
+    #: genes too, `spalstf.prior.masked`); the two networks are not defaults. Leave
     #: some out for ablations. Without "network" no network is trained, and the fixed blend
     #: (`combine="blend"`, or a run without a self-check) is the ridge and neighbour prior alone.
     predictors: tuple = _setting(MODEL, DEFAULT_PREDICTORS)

@@ -38,7 +38,7 @@ from spalstf.network.masked import (
     context_sequence,
     masked_neighbours,
 )
-from spalstf.prior import fit_prior
+from spalstf.prior.ridge import fit_prior
 from spalstf.runtime import seeded_global_rng, to_device
 
 logger = logging.getLogger(__name__)

@@ -119,11 +119,13 @@ def test_config_as_a_dict_is_the_same_as_keywords(tiny_pair):
 
 
 def test_the_predictor_names_are_those_the_prior_knows_and_the_network():
-    from spalstf.config import DEFAULT_PREDICTORS, PREDICTOR_NAMES
+    from spalstf.config import DEFAULT_PREDICTORS, NETWORKS, PREDICTOR_NAMES
     from spalstf.prior import PREDICTORS
 
     assert set(PREDICTOR_NAMES) == {*PREDICTORS, "network"}
-    # the network costs minutes per fit on a CPU: an option, not a default
-    assert Config().predictors == DEFAULT_PREDICTORS == tuple(PREDICTORS)
+    # the networks cost a minute or more per fit on a CPU: options, not defaults
+    assert set(NETWORKS) == {"network", "masked"}
+    assert Config().predictors == DEFAULT_PREDICTORS == tuple(p for p in PREDICTORS
+                                                              if p not in NETWORKS)
     # a model.json holds lists, and a list given by a user works too
     assert Config.from_dict({"predictors": ["ridge", "knn"]}).predictors == ("ridge", "knn")

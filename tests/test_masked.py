@@ -311,3 +311,72 @@ def test_withheld_genes_of_the_st_never_enter_training(data):
         fit_masked(*data, config=TINY, options=MaskedOptions(st_withheld=(8,)))
     with pytest.raises(ValueError, match="leaves 1 of 8"):
         fit_masked(*data, config=TINY, options=MaskedOptions(st_withheld=tuple(range(7))))
+
+
+# --- the masked network as a base predictor of the product (spalstf.prior.masked) ------------
+
+def _masked_predictor(data, seed=0):
+    from spalstf.prior import MaskedNetwork, Reference
+
+    ref_known, ref_target, _ = data
+    atlas = np.concatenate([ref_known, ref_target], axis=1)
+    predictor = MaskedNetwork(TINY)
+    predictor.fit(Reference(ref_known, ref_target, atlas=atlas), seed=seed)
+    return predictor
+
+
+def test_the_masked_predictor_learns_from_the_st_it_is_prepared_on(data):
+    """It trains in `prepare` on the ST's known genes: a cell's prediction does not depend on
+    its chunk, the saved state trains the same network again, and another ST (the same cells
+    shifted) gives another network."""
+    from spalstf.prior import MaskedNetwork
+
+    st = data[2]
+    predictor = _masked_predictor(data)
+    with pytest.raises(RuntimeError, match="prepare must run before predict"):
+        predictor.predict(st)
+    predictor.prepare(lambda: iter([st[:25], st[25:]]))
+    whole = predictor.predict(st)
+    assert whole.shape == (len(st), N_TARGET) and np.isfinite(whole).all()
+    order = np.random.default_rng(1).permutation(len(st))
+    parts = np.concatenate([predictor.predict(st[order[s:s + 7]])
+                            for s in range(0, len(st), 7)])
+    np.testing.assert_allclose(parts, whole[order], rtol=1e-5, atol=1e-5)
+    copy = MaskedNetwork.from_state(predictor.state(), TINY)
+    copy.prepare(lambda: iter([st]))
+    np.testing.assert_allclose(copy.predict(st), whole, rtol=1e-5, atol=1e-5)
+    other = MaskedNetwork.from_state(predictor.state(), TINY)
+    other.prepare(lambda: iter([st + 1.5]))
+    assert not np.allclose(other.predict(st), whole, atol=1e-3)
+
+
+def test_impute_with_the_masked_predictor_never_trains_on_the_genes_it_is_scored_on(
+        tiny_pair, monkeypatch):
+    """Through `spalstf.impute`: each inner fold of the self-check trains the masked network on
+    that fold's known genes only (the hidden ones never enter as ST rows), and its columns are
+    candidates of the combination; the imputation trains it on every known gene when they
+    earn a weight."""
+    import spalstf
+    import spalstf.masked_train as masked_train
+
+    st, sc = tiny_pair
+    targets = list(st.obsm["truth"].columns)[:3]
+    real_fit, trained_on = masked_train.fit_masked, []
+
+    def recording_fit(reference_known_z, reference_target_z, st_known_z, **kwargs):
+        trained_on.append((np.shape(reference_known_z)[1], np.shape(st_known_z)))
+        return real_fit(reference_known_z, reference_target_z, st_known_z, **kwargs)
+
+    monkeypatch.setattr(masked_train, "fit_masked", recording_fit)
+    out = spalstf.impute(st, sc, targets, seed=0, progress=False, config={
+        "predictors": ("ridge", "masked"), "max_steps": 10, "d_model": 16, "depth": 1,
+        "n_heads": 2, "lstm_hidden": 16, "n_neighbors": 4, "n_samples": 2, "n_steps": 3})
+    n_known = st.n_vars
+    inner, final = trained_on[:2], trained_on[2:]
+    assert sorted(k for k, _ in inner) == sorted([n_known // 2, n_known - n_known // 2])
+    assert all(shape == (st.n_obs, k) for k, shape in inner)
+    info = out.uns["spalstf"]["self_check"]
+    assert {"masked|raw|expression", "masked|raw|at_depth"} <= set(info["candidates"]["column"])
+    weighted = any(c.startswith("masked|") and w > 0 for c, w in info["weights"].items())
+    assert final == ([(n_known, (st.n_obs, n_known))] if weighted else [])
+    assert np.isfinite(out.X).all()

@@ -7,10 +7,13 @@ from conftest import FAST
 
 import spalstf
 from spalstf.columns import ColumnSource, candidate_columns
+from spalstf.config import Config
 from spalstf.data import as_expression
 from spalstf.evaluate import metrics
+from spalstf.preprocess import Standardizer
 from spalstf.prior import (
     AlignedRidge,
+    CountLikelihood,
     Reference,
     ReferenceNeighbours,
     SpageProjection,
@@ -98,7 +101,7 @@ def _reference(model):
 
 
 @pytest.mark.parametrize("cls", [SpageProjection, TransportMapping, ReferenceNeighbours,
-                                 AlignedRidge])
+                                 AlignedRidge, CountLikelihood])
 def test_each_new_predictor_is_chunk_free_and_survives_saving(tiny_model, cls):
     reference, ridge = _reference(tiny_model)
     predictor = (AlignedRidge.of(ridge) if cls is AlignedRidge else cls(tiny_model.config))
@@ -119,11 +122,70 @@ def test_each_new_predictor_is_chunk_free_and_survives_saving(tiny_model, cls):
 
 def test_predictors_that_align_the_st_need_their_prepare(tiny_model):
     reference, _ = _reference(tiny_model)
-    for cls in (SpageProjection, TransportMapping):
+    for cls in (SpageProjection, TransportMapping, CountLikelihood):
         predictor = cls(tiny_model.config)
         predictor.fit(reference, seed=0)
         with pytest.raises(RuntimeError, match="prepare must run before predict"):
             predictor.predict(np.zeros((2, len(tiny_model.known_genes)), np.float32))
+
+
+def _typed_counts(rng, shares_by_type, types, depth):
+    """Multinomial counts of cells of the given types at a depth, log-normalised (1e4)."""
+    counts = np.stack([rng.multinomial(depth, shares_by_type[t]) for t in types])
+    return np.log1p(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 1e4)
+
+
+def _likelihood_fitted_on_types(rng, shares_by_type, type_targets):
+    """A CountLikelihood fitted on a deep reference of the given cell types (model space)."""
+    types = rng.integers(0, len(shares_by_type), 600)
+    known = _typed_counts(rng, shares_by_type, types, 5000)
+    target = type_targets[types] + rng.normal(scale=0.1, size=(600, type_targets.shape[1]))
+    scalers = (Standardizer.fit(known), Standardizer.fit(target))
+    known_z, target_z = scalers[0].transform(known), scalers[1].transform(target)
+    reference = Reference(known_z, target_z, scalers=scalers,
+                          atlas=np.concatenate([known_z, target_z], axis=1))
+    predictor = CountLikelihood(Config(prior_mixtures=False))
+    predictor.fit(reference, seed=0)
+    return predictor, scalers[1]
+
+
+def test_the_count_likelihood_learns_the_st_depth_and_capture_from_the_st():
+    """Shallow ST cells get a softer posterior (a smaller learnt depth) than deep ones, and a
+    platform that captures some genes 30 times better than the reference does not mislead it:
+    it learns the capture from the ST's own mean shares."""
+    rng = np.random.default_rng(0)
+    n_types, n_known = 5, 24
+    shares_by_type = rng.dirichlet(np.full(n_known, 0.5), size=n_types)
+    type_targets = rng.normal(size=(n_types, 6)) * 2
+    predictor, target_scaler = _likelihood_fitted_on_types(rng, shares_by_type, type_targets)
+    types = rng.integers(0, n_types, 800)
+
+    def accuracy(st_shares, depth):
+        st = _typed_counts(rng, st_shares, types, depth)
+        predictor.prepare(lambda: iter([st[:400], st[400:]]))
+        predicted = target_scaler.inverse(predictor.predict(st), clip=False)
+        return np.median(metrics.pcc(type_targets[types], predicted)), predictor.depth
+
+    shallow_pcc, shallow_depth = accuracy(shares_by_type, 8)
+    deep_pcc, deep_depth = accuracy(shares_by_type, 100)
+    assert deep_depth > 4 * shallow_depth
+    assert deep_pcc > 0.99 and deep_pcc > shallow_pcc
+    biased = shares_by_type.copy()
+    biased[:, :6] *= 30
+    biased /= biased.sum(axis=1, keepdims=True)
+    biased_pcc, _ = accuracy(biased, 100)  # 0.86 when the capture is not learnt
+    assert biased_pcc > 0.99
+
+
+def test_the_count_likelihood_gives_an_all_zero_cell_the_reference_mean(tiny_model):
+    reference, _ = _reference(tiny_model)
+    predictor = CountLikelihood(tiny_model.config)
+    predictor.fit(reference, seed=0)
+    st = np.abs(np.random.default_rng(6).normal(2, 1, size=(40, len(tiny_model.known_genes))))
+    predictor.prepare(lambda: iter([st]))
+    zero = predictor.predict(np.zeros((1, len(tiny_model.known_genes)), np.float32))
+    mean = predictor.sizes @ predictor.targets / predictor.sizes.sum()
+    np.testing.assert_allclose(zero[0], mean, rtol=1e-4, atol=1e-5)
 
 
 def test_the_transport_never_holds_a_cells_by_cells_matrix(tiny_model, monkeypatch):

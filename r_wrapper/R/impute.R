@@ -9,7 +9,8 @@
 #' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}.
 #' When it fits on a reference, \code{Impute()} fits several base predictors (\code{predictors}
 #' in \code{...}: the ridge prior, the aligned-neighbour estimate, plain kNN, a SpaGE-style
-#' projection, a Tangram-style optimal-transport mapping; the SpaLSTF diffusion only when
+#' projection, a Tangram-style optimal-transport mapping, a mixture of reference clusters
+#' weighed by the likelihood of each spot's counts; the SpaLSTF diffusion only when
 #' \code{predictors} lists \code{"network"}: it costs minutes per fit on a CPU), each read
 #' with and without the spatial or expression context and, with counts, as the expression or
 #' as the value each spot would measure at its own depth (zeros included; \code{output}).

@@ -7,6 +7,9 @@
 - `blend`: their fixed combination, the prior a chunk's samples are centred on (`Blend`).
 - `spage`: the SpaGE-style projection (`SpageProjection`).
 - `transport`: the Tangram-style optimal-transport mapping (`TransportMapping`).
+- `likelihood`: reference clusters weighed by the likelihood of a cell's counts
+  (`CountLikelihood`).
+- `masked`: the masked-gene network, trained on the ST's known genes too (`MaskedNetwork`).
 - `stack`: the combination learnt on the ST's own known genes (`Stack`).
 
 A new predictor is one module here, registered in `PREDICTORS`.
@@ -21,6 +24,8 @@ from spalstf.prior.base import (
     spaced_blocks,
 )
 from spalstf.prior.blend import Blend
+from spalstf.prior.likelihood import CountLikelihood
+from spalstf.prior.masked import MaskedNetwork
 from spalstf.prior.neighbours import (
     AlignedNeighbours,
     ReferenceNeighbours,
@@ -48,11 +53,12 @@ from spalstf.prior.transport import TransportMapping
 #: Every predictor by name: how a saved model finds the class of each state it holds.
 PREDICTORS: dict[str, type[BasePredictor]] = {
     cls.name: cls for cls in (RidgePrior, AlignedRidge, AlignedNeighbours, ReferenceNeighbours,
-                               SpageProjection, TransportMapping)}
+                               SpageProjection, TransportMapping, CountLikelihood,
+                               MaskedNetwork)}
 
 __all__ = ["ALPHA_GRID", "ESTIMATE_MIXTURES_PER_SIZE", "EXPRESSION", "MIXTURES_PER_SIZE",
            "MIXTURE_SIZES", "MODEL", "PREDICTORS", "STAT_CELLS", "AlignedNeighbours",
-           "AlignedRidge", "BasePredictor", "Blend", "Reference", "ReferenceNeighbours",
-           "RidgePrior", "SpageProjection", "Stack", "TransportMapping", "choose_alpha",
+           "AlignedRidge", "BasePredictor", "Blend", "CountLikelihood", "MaskedNetwork",
+           "Reference", "ReferenceNeighbours", "RidgePrior", "SpageProjection", "Stack", "TransportMapping", "choose_alpha",
            "fit_prior", "fit_ridge", "knn_estimate", "pseudo_spots", "spaced_blocks",
            "unit_rows"]

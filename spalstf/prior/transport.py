@@ -41,6 +41,23 @@ PROFILE_CELLS = 1500
 PROFILE_MIXTURES_PER_SIZE = 125
 
 
+def reference_profiles(reference: Reference, config: Config, *, seed: int,
+                       salt: int = 7) -> np.ndarray:
+    """(profiles, n_known + n_target) in model space: at most `PROFILE_CELLS` atlas cells (a
+    seeded subset) and, with `Config.prior_mixtures`, `PROFILE_MIXTURES_PER_SIZE` pseudo-spots
+    of each size. `salt` tells the draws of two predictors apart."""
+    atlas = reference.atlas
+    rng = np.random.default_rng([seed, salt])
+    if len(atlas) > PROFILE_CELLS:
+        atlas = atlas[np.sort(rng.choice(len(atlas), PROFILE_CELLS, replace=False))]
+    parts = [atlas.astype(np.float32)]
+    if config.prior_mixtures and reference.scalers is not None:
+        parts += [np.concatenate(block, axis=1).astype(np.float32)
+                  for block in pseudo_spots(reference, reference.fit_rows(), seed=seed + salt,
+                                            per_size=PROFILE_MIXTURES_PER_SIZE)]
+    return np.concatenate(parts)
+
+
 class TransportMapping(BasePredictor):
     """Targets of each ST cell through its row of the transport plan (model space)."""
 
@@ -57,16 +74,8 @@ class TransportMapping(BasePredictor):
     def fit(self, reference: Reference, *, seed: int) -> None:
         if reference.atlas is None:
             raise ValueError("the transport mapping needs the reference's atlas")
-        atlas, n_known = reference.atlas, reference.known.shape[1]
-        rng = np.random.default_rng([seed, 7])
-        if len(atlas) > PROFILE_CELLS:
-            atlas = atlas[np.sort(rng.choice(len(atlas), PROFILE_CELLS, replace=False))]
-        parts = [atlas.astype(np.float32)]
-        if self.config.prior_mixtures and reference.scalers is not None:
-            parts += [np.concatenate(block, axis=1).astype(np.float32)
-                      for block in pseudo_spots(reference, reference.fit_rows(), seed=seed + 7,
-                                                per_size=PROFILE_MIXTURES_PER_SIZE)]
-        self.profiles, self.n_known = np.concatenate(parts), n_known
+        self.profiles = reference_profiles(reference, self.config, seed=seed)
+        self.n_known = reference.known.shape[1]
         self._plan = None
 
     def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:

@@ -62,6 +62,7 @@ tiny_seurat <- function(d = tiny_counts()) {
 
 # Options that keep every model run to a second or two; every base predictor, the network
 # too (not a default one), so that the diffusion is exercised from R.
-ALL_PREDICTORS <- c("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "network")
+ALL_PREDICTORS <- c("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport",
+                    "likelihood", "network")
 FAST <- list(epochs = 1L, n.steps = 2L, n.samples = 2L, verbose = FALSE,
              predictors = ALL_PREDICTORS)
