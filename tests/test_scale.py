@@ -19,7 +19,6 @@ import spalstf
 from spalstf import columns as columns_module
 from spalstf import model as model_module
 from spalstf.cli import main
-from spalstf.config import PREDICTOR_NAMES
 from spalstf.data import CellRows, as_expression, cell_factors
 from spalstf.preprocess import Standardizer, log_normalize
 
@@ -187,7 +186,7 @@ def test_cli_streams_shards_and_merges(tiny_pair, tmp_path, capsys):
     # the network's sampling is what shards must reproduce: name it (not a default predictor)
     assert main(["fit", "--sc", str(sc_path), "--st", str(st_path), "--genes", genes,
                  "--model-out", str(model_dir), "--epochs", "1", "--quiet",
-                 "--predictors", ",".join(PREDICTOR_NAMES)]) == 0
+                 "--predictors", ",".join(FAST["predictors"])]) == 0
     whole = tmp_path / "whole.h5ad"
     assert main(["impute", "--model", str(model_dir), "--st", str(st_path), "--out", str(whole),
                  *common]) == 0
@@ -221,7 +220,7 @@ def test_two_process_ddp_training_equals_one_process(tiny_pair, tmp_path):
     genes = ",".join(st.obsm["truth"].columns)
     args = ["fit", "--sc", str(sc_path), "--known", ",".join(st.var_names), "--genes", genes,
             "--epochs", "2", "--batch-size", "37", "--quiet", "--seed", "5",
-            "--predictors", ",".join(PREDICTOR_NAMES)]
+            "--predictors", ",".join(FAST["predictors"])]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
@@ -233,7 +232,7 @@ def test_two_process_ddp_training_equals_one_process(tiny_pair, tmp_path):
     assert ddp.stdout.count("fitted") == 1  # only rank 0 writes
     b = spalstf.load(tmp_path / "ddp")
     a = spalstf.fit(sc, list(st.var_names), list(st.obsm["truth"].columns), seed=5, epochs=2,
-                    batch_size=37, progress=False, config={"predictors": PREDICTOR_NAMES})
+                    batch_size=37, progress=False, config={"predictors": FAST["predictors"]})
     assert len(a.history) == len(b.history) == 2
     for ra, rb in zip(a.history, b.history, strict=True):
         assert ra["val_mse"] == pytest.approx(rb["val_mse"], rel=1e-4)
