@@ -94,7 +94,8 @@ class CountLikelihood(BasePredictor):
         #: and (clusters, n_target) mean target genes in model space, (clusters,) profiles
         self.profile_shares, self.known_means = profile_shares, known_means
         self.targets, self.sizes = targets, sizes
-        self._fitted: tuple | None = None  # (log q, depth) learnt on the ST by prepare
+        # (log q with the capture, depth, log cluster sizes): learnt on the ST by prepare
+        self._fitted: tuple | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
         if reference.atlas is None or reference.scalers is None:
