@@ -21,6 +21,7 @@ from spalstf.prior.base import (
     STAT_CELLS,
     BasePredictor,
     Reference,
+    landmarks,
     spaced_blocks,
 )
 from spalstf.prior.blend import Blend
@@ -60,5 +61,5 @@ __all__ = ["ALPHA_GRID", "ESTIMATE_MIXTURES_PER_SIZE", "EXPRESSION", "MIXTURES_P
            "MIXTURE_SIZES", "MODEL", "PREDICTORS", "STAT_CELLS", "AlignedNeighbours",
            "AlignedRidge", "BasePredictor", "Blend", "CountLikelihood", "MaskedNetwork",
            "Reference", "ReferenceNeighbours", "RidgePrior", "SpageProjection", "Stack", "TransportMapping", "choose_alpha",
-           "fit_prior", "fit_ridge", "knn_estimate", "pseudo_spots", "spaced_blocks",
+           "fit_prior", "fit_ridge", "knn_estimate", "landmarks", "pseudo_spots", "spaced_blocks",
            "unit_rows"]

@@ -120,6 +120,18 @@ class BasePredictor(ABC):
 STAT_CELLS = 50000
 
 
+def landmarks(st_blocks: Blocks, max_cells: int) -> np.ndarray:
+    """Every k-th cell of those the blocks yield, k chosen so that at most `max_cells` are kept
+    (the cells a predictor learns its statistics of the ST on); an empty array for no cells."""
+    n_cells = sum(len(b) for b in st_blocks())
+    stride = max(1, -(-n_cells // max_cells))
+    seen, picked = 0, []
+    for block in st_blocks():
+        picked.append(block[(-seen) % stride::stride])
+        seen += len(block)
+    return np.concatenate(picked) if picked else np.zeros((0, 0), np.float32)
+
+
 def spaced_blocks(read: Callable[[np.ndarray], np.ndarray], n_cells: int, block: int,
                   max_cells: int = STAT_CELLS) -> Blocks:
     """`prepare`'s blocks: `read(cells)` of at most `max_cells` evenly spaced cells of

@@ -23,7 +23,6 @@ given a profile with expression shares q is sum_g x_g log q_g. Here:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from sklearn.cluster import KMeans
 
 from spalstf.config import Config
-from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
+from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference, landmarks
 from spalstf.prior.transport import reference_profiles
 
 #: Clusters of reference profiles (fewer when there are fewer than 5 profiles per cluster).
@@ -123,13 +122,7 @@ class CountLikelihood(BasePredictor):
         """The ST's capture per known gene and the likelihood's depth (see the module)."""
         super().prepare(st_blocks, device=device)
         sf = self.config.scale_factor
-        n_st = sum(len(b) for b in st_blocks())
-        stride = max(1, math.ceil(n_st / LANDMARKS))
-        seen, picked = 0, []
-        for block in st_blocks():  # every stride-th cell of those the blocks yield
-            picked.append(block[(-seen) % stride::stride])
-            seen += len(block)
-        values = np.concatenate(picked) if picked else np.zeros((0, self.n_known))
+        values = landmarks(st_blocks, LANDMARKS)
         cell_shares = shares(values, sf)
         log_size = np.log(self.sizes / self.sizes.sum())
         reference_mean = (self.sizes @ self.profile_shares) / self.sizes.sum()

@@ -16,7 +16,6 @@ which depends on the cell and the fixed potentials only. No cells x cells matrix
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 
 from spalstf.config import Config
 from spalstf.preprocess import Standardizer
-from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
+from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference, landmarks
 from spalstf.prior.neighbours import unit_rows
 from spalstf.prior.spots import pseudo_spots
 
@@ -82,17 +81,10 @@ class TransportMapping(BasePredictor):
         """The ST's z-scores and the profiles' dual potentials (Sinkhorn on landmarks)."""
         super().prepare(st_blocks, device=device)
         st_scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
-        n_st = sum(len(b) for b in st_blocks())
-        stride = max(1, math.ceil(n_st / LANDMARKS))
-        seen, picked = 0, []
-        for block in st_blocks():  # every stride-th cell of those the blocks yield
-            first = (-seen) % stride
-            picked.append(block[first::stride])
-            seen += len(block)
         known = self.profiles[:, :self.n_known]
         ref_unit = torch.as_tensor(unit_rows(Standardizer.fit(known).transform(known)),
                                    device=self.device)
-        st_unit = torch.as_tensor(unit_rows(st_scaler.transform(np.concatenate(picked))),
+        st_unit = torch.as_tensor(unit_rows(st_scaler.transform(landmarks(st_blocks, LANDMARKS))),
                                   device=self.device)
         # Sinkhorn's scalings (rows sum to 1/n, columns to 1/m), in float64: the kernel
         # exp((similarity - 1) / EPSILON) is at least exp(-2 / EPSILON) = 4e-18, far from
