@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from spalstf._logging import phase_level
 from spalstf.config import Config
 from spalstf.prior.base import MODEL, BasePredictor, Blocks, Reference
 
@@ -65,8 +66,9 @@ class MaskedNetwork(BasePredictor):
         super().prepare(st_blocks, device=device)
         st = [np.asarray(b, np.float32) for b in st_blocks()]
         st = np.concatenate(st) if st else np.zeros((0, self.n_known), np.float32)
-        logger.info("training the masked-gene network on %d reference cells and %d ST cells "
-                    "(%d known genes)", len(self.rows), len(st), self.n_known)
+        # a phase line, quiet inside the self-check's folds (their one line stands for it)
+        logger.log(phase_level(), "training the masked-gene network on %d reference cells "
+                   "and %d ST cells (%d known genes)", len(self.rows), len(st), self.n_known)
         # ST rows need two known genes (one given, one hidden): with fewer, the reference alone
         options = MaskedOptions(use_st=self.n_known >= 2)
         self.model = fit_masked(self.rows[:, :self.n_known], self.rows[:, self.n_known:], st,
