@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Each creates the virtual environment .venv on first use (Python 3.10+; Debian, as root for R).
+# `make test-python` runs the Python tests without root or R.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -21,10 +22,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/spalstf demo --out spalstf_demo
 
+# Both suites, each run whatever the other gave; a summary line per suite (scripts/test_all.sh).
 test: $(STAMP)
-	bash scripts/r_setup.sh $(VENV)
-	$(MAKE) test-python test-r
+	bash scripts/test_all.sh $(VENV)
 
+# The Python suite alone: no root, no R (the tests that need R are skipped).
 test-python: $(STAMP)
 	$(BIN)/python -m pytest -q
 
