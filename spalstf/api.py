@@ -61,7 +61,13 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 5,
         resume: str | os.PathLike | None = None,
         config: Config | Mapping[str, Any] | None = None, **options: Any) -> Model:
-    """Train SpaLSTF on a scRNA-seq reference.
+    """Fit spalstf's base predictors on a scRNA-seq reference.
+
+    By default the fast base predictors of `spalstf.config.DEFAULT_PREDICTORS` (ridge,
+    neighbours, SpaGE-style, Tangram-style transport, a count-likelihood mixture); the SpaLSTF
+    diffusion network is trained too only where `predictors` includes "network" (and
+    "masked" for the masked-gene network). The training options (`max_steps`, `epochs`,
+    `max_time`, `checkpoint`, `resume`) act only on the network.
 
     Parameters
     ----------
@@ -84,16 +90,19 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
         process trains on a share of every mini-batch (DistributedDataParallel, see
         `spalstf.distributed`) and takes the GPU of its LOCAL_RANK.
     max_steps
-        The training budget in optimiser updates (default 300; None: the config's). Training
-        also stops after `epochs` (60) passes, or after 10 epochs without improvement on 10%
+        The network's training budget in optimiser updates (default 300; None: the config's;
+        only with `predictors` including "network"). Training also stops after `epochs` (60)
+        passes, or after 10 epochs without improvement on 10%
         held-out reference cells; `max_time` (seconds, none by default) caps it too, at the
         cost of reproducibility: where it stops training the model depends on the machine's
         speed. Large references (sparse, or AnnData opened backed) are read a mini-batch at a
-        time, never densified whole; ``max_cells`` trains on a seeded random subsample.
+        time, never densified whole; ``max_cells`` fits on a seeded random subsample.
     progress
-        Show progress bars.
+        Show progress bars, and the phases' log lines when logging is not configured
+        (`spalstf._logging`; False: warnings only).
     checkpoint, checkpoint_every
-        A file to write the whole training state to every `checkpoint_every` epochs and when
+        Only with `predictors` including "network" (a ValueError otherwise). A file to write
+        the network's whole training state to every `checkpoint_every` epochs and when
         training ends (atomically: an interrupted write leaves the previous checkpoint). An
         existing file is refused unless it is also `resume`.
     resume
@@ -112,11 +121,12 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
 
     Returns
     -------
-    A trained `spalstf.Model`. It combines its base predictions with fixed weights, and gives
+    A fitted `spalstf.Model`. It combines its base predictions with fixed weights, and gives
     no interval, until `Model.self_check(st, sc)` learns the combination on an ST's known
-    genes (`spalstf.impute` does both; `spalstf fit --st` too). Ctrl-C (KeyboardInterrupt)
-    during training returns the model with the best weights so far (it re-raises when no
-    epoch had ended). A non-finite loss raises FloatingPointError naming the epoch and step.
+    genes (`spalstf.impute` does both; `spalstf fit --st` too). With the network: Ctrl-C
+    (KeyboardInterrupt) during its training returns the model with the best weights so far
+    (it re-raises when no epoch had ended), and a non-finite loss raises FloatingPointError
+    naming the epoch and step.
     """
     cfg = merge_options(config, max_steps=max_steps, **options)
     seed, dev = check_seed(seed), training_device(device)
@@ -183,7 +193,14 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
            checkpoint_every: int = 5, resume: str | os.PathLike | None = None,
            out: str | os.PathLike | None = None, overwrite: bool = False,
            config: Config | Mapping[str, Any] | None = None, **options: Any) -> Any:
-    """Fit SpaLSTF on the reference `sc` and impute `genes` in the spatial data `st`.
+    """Impute `genes` in the spatial data `st` from the reference `sc`.
+
+    By default: fit the fast base predictors (`spalstf.config.DEFAULT_PREDICTORS`) on `sc`,
+    learn non-negative weights of their predictions on `st`'s own known genes, hidden in turn
+    (the self-check), and return that combination with a conformal 90% interval. The SpaLSTF
+    diffusion network is trained only where `predictors` (a `Config` field, by keyword or in
+    `config`) includes "network"; `max_steps`, `n_samples`, `epochs`, `n_steps`,
+    `checkpoint` and `resume` act only then.
 
     Parameters
     ----------
@@ -218,17 +235,19 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         ...; a log line says which); a string another obsm key or obs columns ("x,y"); an
         array gives them; False turns the spatial context off.
     max_steps
-        The training budget in optimiser updates (default 300, about a minute on 2 CPU cores;
-        the self-check's inner fits share half of it again). None: the config's.
+        The network's training budget in optimiser updates (default 300; the self-check's
+        inner fits share half of it again). None: the config's. Only with `predictors`
+        including "network".
     n_samples
-        Samples per cell (default 4): their mean is the imputation, their standard deviation
-        its uncertainty. None: the config's.
+        The network's samples per cell (default 4): their mean is its prediction. None: the
+        config's. Only with `predictors` including "network".
     self_check
         Estimate the accuracy on this data (`spalstf.selfcheck`): hide groups of the ST's
         known genes in turn (`self_check_folds` groups), impute them from the others with the
         same settings, and score them against their measured values. Recorded in
         `uns["spalstf"]["self_check"]` and the log. "auto" (default): run when the ST has at
-        least `SELF_CHECK_MIN_GENES` known genes. Its fits share one main fit's time budget.
+        least `SELF_CHECK_MIN_GENES` known genes. It is what learns the combination: without
+        it the imputation is the fixed blend, with no interval.
     select
         Kept for compatibility: "auto" (default) learns the combination (`Config.combine`
         "stack"); None uses the settings as given, the fixed blend (`combine="blend"`), with no
@@ -236,18 +255,20 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     self_check_folds
         Number of inner groups of known genes hidden in turn.
     progress
-        Show progress bars.
+        Show progress bars, and the phases' log lines when logging is not configured
+        (False: warnings only).
     checkpoint, checkpoint_every, resume
-        Training checkpoints, as in `spalstf.fit`.
+        The network's training checkpoints, as in `spalstf.fit` (only with `predictors`
+        including "network").
     out, overwrite
         Write the result to this .h5ad a chunk of cells at a time (memory does not grow with
         the number of ST cells) and return its path; replace an existing file.
     config
-        Every other setting: a dict of `spalstf.Config` fields (``{"epochs": 30, "n_steps":
-        10}``; unknown names are refused with the valid ones listed) or a `Config`. See
-        docs/api.md "Settings" for the fields, grouped by stage.
+        Every other setting: a dict of `spalstf.Config` fields (``{"predictors": [...,
+        "network"], "epochs": 30}``; unknown names are refused with the valid ones listed) or
+        a `Config`. See docs/api.md "Settings" for the fields, grouped by stage.
     **options
-        `Config` fields as keywords (``epochs=30``), as earlier versions took them (the R
+        `Config` fields as keywords (``knn_weight=0.5``), as earlier versions took them (the R
         package and the command line pass them so); a keyword given as None keeps the
         config's value. Prefer `config`.
 
@@ -261,8 +282,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     (`uns["spalstf"]["combination"]`: "stack" with its weights, or "blend"). With the learnt
     combination: `layers["lower"]`, `layers["upper"]` the interval at `Config.interval_level`
     calibrated on the hidden known genes (conformal) and `layers["std"]` its half-width over
-    the normal quantile; with the fixed blend, `layers["std"]` the standard deviation over
-    samples (n_samples > 1). With a self-check: `uns["spalstf"]["self_check"]` (median and
+    the normal quantile; with the fixed blend, no interval, and with the network among the
+    predictors `layers["std"]` the standard deviation over its samples (n_samples > 1). With a self-check: `uns["spalstf"]["self_check"]` (median and
     per-gene PCC/SPCC of the hidden known genes, the weights learnt, every candidate column's
     score, the interval's coverage, the calibration) and, per imputed gene, `var["expected_pcc"]`: the gene's predictability
     in the reference (`var["reference_pcc"]`) mapped to an expected PCC on this ST by the

@@ -38,12 +38,27 @@ def _check_output(path: str, force: bool, inputs: list[str]) -> Path:
     return out
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: unless --quiet, and only when stderr is a terminal. Off a
+    terminal (a log file, a pipe, a job's output) a bar cannot redraw itself: its updates and
+    the carriage returns that erase it would run into the next log line. The phase lines are
+    the command's log handler's (`_log_handler`), which this does not change."""
+    return not args.quiet and _is_terminal(sys.stderr)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
-    """seed, device, progress, and each field of `Config`'s train stage given by its flag
-    (--epochs, --max-steps, --max-time, --batch-size; --max-cells for fit)."""
+    """seed, device, progress (`_bars`), and each field of `Config`'s train stage given by its
+    flag (--epochs, --max-steps, --max-time, --batch-size; --max-cells for fit)."""
     from spalstf.config import TRAIN, Config
 
-    options = {"seed": args.seed, "device": args.device, "progress": not args.quiet}
+    options = {"seed": args.seed, "device": args.device, "progress": _bars(args)}
     options.update({name: getattr(args, name) for name in Config.fields(TRAIN)
                     if getattr(args, name, None) is not None})
     if getattr(args, "predictors", None):
@@ -161,7 +176,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     st = io.read(args.st, backed="r") if stream and args.st.lower().endswith(".h5ad") \
         else io.read(args.st)
     sampling = {"n_steps": args.n_steps, "n_samples": args.n_samples, "seed": args.seed,
-                "progress": not args.quiet, "st_layer": args.st_layer,
+                "progress": _bars(args), "st_layer": args.st_layer,
                 "spatial": _spatial(args)}
     if args.values != "auto":  # given: the self-check then leaves it as it is
         sampling["output"] = args.values
@@ -234,7 +249,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         # torchrun the inner fits train together); only rank 0 writes.
         check = model.self_check(io.read(args.st), sc, n_folds=args.self_check_folds or 2,
                                  seed=args.seed, st_layer=args.st_layer, sc_layer=args.sc_layer,
-                                 spatial=_spatial(args), progress=not args.quiet)
+                                 spatial=_spatial(args), progress=_bars(args))
         if distributed.rank() == 0:
             print(_format_self_check(check.to_dict()), file=sys.stderr)
 
@@ -406,33 +421,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How the help marks an option that acts only when the diffusion network is trained: by
+#: default it is not (`spalstf.config.DEFAULT_PREDICTORS`).
+NETWORK_ONLY = "only with --predictors including network"
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from spalstf.config import DEFAULT_PREDICTORS, NETWORKS, PREDICTOR_NAMES
+
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 60)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="training budget in optimiser updates (default 300)")
-    p.add_argument("--max-time", type=float, default=None,
-                   help="training budget in seconds (default none; results then depend on "
-                        "the machine's speed)")
-    p.add_argument("--batch-size", type=int, default=None, help="cells per batch (256)")
-    from spalstf.config import PREDICTOR_NAMES
-
     p.add_argument("--predictors", default=None, metavar="LIST",
-                   help="base predictors to fit, comma-separated, among "
-                        + ",".join(PREDICTOR_NAMES) + " (default: all but the networks, "
-                        "network and masked, which cost a minute or more per fit on a CPU)")
+                   help="base predictors to fit and combine, comma-separated, among "
+                        + ", ".join(PREDICTOR_NAMES) + " (default: "
+                        + ", ".join(DEFAULT_PREDICTORS) + "; the diffusion networks "
+                        + " and ".join(NETWORKS) + " are trained only when listed)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"the network's training epochs (default 60; {NETWORK_ONLY})")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="the network's training budget in optimiser updates (default 300; "
+                        f"{NETWORK_ONLY})")
+    p.add_argument("--max-time", type=float, default=None,
+                   help="the network's training budget in seconds (default none; results "
+                        f"then depend on the machine's speed; {NETWORK_ONLY})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="cells per chunk at imputation (memory only: the values do not "
+                        "depend on it) and per mini-batch of the network's training "
+                        "(default 256)")
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bars and no phase lines (warnings are still shown)")
+                   help="no progress bars and no phase lines (warnings and the result's "
+                        "summary are still shown); bars are drawn only when stderr is a "
+                        "terminal")
 
 
 def _add_checkpoints(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
-                   help="write the training state to this file every --checkpoint-every epochs")
+                   help="write the network's training state to this file every "
+                        f"--checkpoint-every epochs ({NETWORK_ONLY})")
     p.add_argument("--checkpoint-every", type=int, default=None,
-                   help="epochs between checkpoints (default 5)")
+                   help=f"epochs between checkpoints (default 5; {NETWORK_ONLY})")
     p.add_argument("--resume", default=None,
-                   help="continue training from this checkpoint (same data, seed, options)")
+                   help="continue the network's training from this checkpoint (same data, "
+                        f"seed, options; {NETWORK_ONLY})")
 
 
 def _add_inputs(p: argparse.ArgumentParser, st_required: bool,
@@ -469,15 +499,97 @@ def _add_spatial(p: argparse.ArgumentParser) -> None:
                        help="no spatial context, even when the ST has coordinates")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, wrapped at spaces only: never inside a word, a flag (--checkpoint-every),
+    a gene or predictor name, or a comma-separated list (argparse's own wrapping also breaks at
+    hyphens and cuts words longer than the line)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False, break_long_words=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of `spalstf` and of each sub-command: help wrapped by `_HelpFormatter`.
+
+    `fill`: a function that adds the sub-command's arguments the first time it parses or shows
+    its help, so that the module defining them, and what that imports, loads only when the
+    sub-command is used (`spalstf benchmark`'s module imports anndata and pandas)."""
+
+    def __init__(self, *args: Any, fill: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._fill = fill
+
+    def filled(self) -> _Parser:
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            fill(self)
+        return self
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        return super(_Parser, self.filled()).parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        return super(_Parser, self.filled()).format_help()
+
+    def format_usage(self) -> str:
+        return super(_Parser, self.filled()).format_usage()
+
+
+#: `spalstf benchmark`'s line in `spalstf --help`: the same words its module registers
+#: (`spalstf.evaluate._cli.add_parser`), which loads only when the sub-command is used.
+BENCHMARK_HELP = "leave-genes-out cross-validation of spalstf and baselines on your data"
+
+
+class _Into:
+    """Stands for the sub-parsers action in `spalstf.evaluate._cli.add_parser(subparsers)`:
+    its `add_parser` hands back `parser`, already registered, with the options given."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add_parser(self, name: str, *, help: str | None = None, **options: Any) -> Any:
+        for key, value in options.items():
+            setattr(self.parser, key, value)
+        return self.parser
+
+
+def _fill_benchmark(parser: argparse.ArgumentParser) -> None:
+    from spalstf.evaluate import _cli as benchmark_cli
+
+    benchmark_cli.add_parser(_Into(parser))
+    _finish(parser)
+
+
+def _finish(command: argparse.ArgumentParser) -> None:
+    """What every sub-command takes after its own options: --debug and -v after the command
+    too (`spalstf impute -v`), and the flags of its options for error messages."""
+    _add_output_flags(command, default=argparse.SUPPRESS)
+    command.set_defaults(flag_of=_flags_of(command))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spalstf import __version__
 
-    parser = argparse.ArgumentParser(prog="spalstf", description=(
-        "Impute unmeasured genes of spatial transcriptomics from a scRNA-seq reference "
-        "(SpaLSTF diffusion model)."))
+    parser = _Parser(prog="spalstf", description=(
+        "Impute unmeasured genes of spatial transcriptomics from a scRNA-seq reference. By "
+        "default: fast base predictors (ridge, neighbours, SpaGE-style, Tangram-style "
+        "transport, a count-likelihood mixture) combined with weights learnt on the ST's own "
+        "known genes, with a 90% interval; the SpaLSTF diffusion network is trained only with "
+        "--predictors including network."))
     parser.add_argument("--version", action="version", version=f"spalstf {__version__}")
     _add_output_flags(parser, default=False)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("impute", help="fit on the reference and impute genes in the ST data")
     _add_inputs(p, st_required=True, sc_required=False)
@@ -488,8 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="impute only the I-th of N contiguous shares of the cells (0-based; "
                         "needs --model); join the parts with `spalstf merge`")
-    p.add_argument("--n-steps", type=int, default=None, help="sampling steps (default 5)")
-    p.add_argument("--n-samples", type=int, default=None, help="samples per cell (default 4)")
+    p.add_argument("--n-steps", type=int, default=None,
+                   help=f"the network's sampling steps (default 5; {NETWORK_ONLY})")
+    p.add_argument("--n-samples", type=int, default=None,
+                   help=f"the network's samples per cell (default 4; {NETWORK_ONLY})")
     _add_self_check(p, "with --sc")
     p.add_argument("--values", choices=("auto", "expression", "at_depth"), default="auto",
                    help="expression: log1p(count / known-gene total x 1e4), free of the ST's "
@@ -527,12 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_demo)
 
-    from spalstf.evaluate import _cli as benchmark_cli
-
-    benchmark_cli.add_parser(sub)
-    for command in sub.choices.values():  # also after the sub-command: `spalstf impute -v`
-        _add_output_flags(command, default=argparse.SUPPRESS)
-        command.set_defaults(flag_of=_flags_of(command))
+    for command in sub.choices.values():
+        _finish(command)
+    sub.add_parser("benchmark", help=BENCHMARK_HELP, fill=_fill_benchmark)
     return parser
 
 
@@ -579,14 +690,27 @@ def _named_by_flags(message: str, flag_of: dict[str, str]) -> str:
     return message
 
 
+def _not_the_self_check_summary(record: logging.LogRecord) -> bool:
+    """False for the library's line summing up the self-check ("self-check: median PCC ...",
+    `spalstf.selfcheck`): `impute` and `fit` print that summary themselves once the command
+    is done (`_format_self_check`, with --quiet too), so the log leaves it out rather than
+    show it twice."""
+    return not (record.name == "spalstf.selfcheck"
+                and str(record.msg).startswith("self-check: median"))
+
+
 def _log_handler(args: argparse.Namespace) -> logging.Handler:
     """The command's log on stderr: the phases (INFO) by default, DEBUG with -v, warnings
     only with --quiet."""
     from spalstf._logging import stream_handler
 
     if args.verbose:
-        return stream_handler(logging.DEBUG)
-    return stream_handler(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+        handler = stream_handler(logging.DEBUG)
+    else:
+        handler = stream_handler(logging.WARNING if getattr(args, "quiet", False)
+                                 else logging.INFO)
+    handler.addFilter(_not_the_self_check_summary)
+    return handler
 
 
 class _Stopped(BaseException):
@@ -626,7 +750,7 @@ class _StopOnSignals:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # heavy modules load in the command's function, not here
     # On the "spalstf" logger only, for this command: the library's own default (see
     # spalstf._logging) then stands aside, and nothing outlives the call.
     handler = _log_handler(args)

@@ -167,10 +167,12 @@ def check_seed(seed: Any) -> int:
 
 
 class Model:
-    """A trained SpaLSTF model: known genes in, target genes out.
+    """A fitted spalstf model: known genes in, target genes out.
 
-    Created by `spalstf.fit` or `spalstf.load`; impute with `Model.impute`, save with
-    `Model.save`.
+    Its fitted base predictors (`Config.predictors`; the SpaLSTF diffusion network among them
+    only where it includes "network") and, once `Model.self_check` has learnt it on an ST, the
+    combination of their predictions. Created by `spalstf.fit` or `spalstf.load`; impute with
+    `Model.impute`, save with `Model.save`.
 
     Attributes
     ----------
@@ -183,7 +185,8 @@ class Model:
     config
         The `Config` it was trained with.
     history
-        One dict per training epoch (loss components, validation loss).
+        One dict per epoch of the network's training (loss components, validation loss);
+        empty without the network.
     """
 
     def __init__(self, network, config: Config, known_genes: list[str], target_genes: list[str],
@@ -258,7 +261,7 @@ class Model:
         seed
             Seeds each cell's random draws together with its name.
         device
-            "auto", "cpu", "cuda": where to sample (default: where the model is).
+            "auto", "cpu", "cuda": where to predict (default: where the model is).
         spatial
             Coordinates of the cells for the spatial context (`Config.spatial_weight`):
             None reads `st.obsm["spatial"]` when present, else obs columns "x"/"y" (or
@@ -266,13 +269,14 @@ class Model:
             obs columns ("x,y"); an array (cells x 2 or 3) gives them; False turns the spatial
             context off.
         n_samples
-            Samples per cell (default: the model's, 4 unless set at fit): their mean is the
-            imputation, their standard deviation its uncertainty.
+            The network's samples per cell (default: the model's, 4 unless set at fit): their
+            mean is its prediction. Only for a model whose predictors include "network".
         batch_size
             Cells per chunk (memory), not a modelling choice: results do not depend on it.
             Default: the model's batch size on CPU, sized to the free memory on a GPU.
         progress
-            Show a progress bar.
+            Show a progress bar, and the phases' log lines when logging is not configured
+            (False: warnings only).
         out
             Write the result to this .h5ad file a chunk at a time instead of returning it:
             memory does not grow with the number of cells (the file is written beside and
@@ -288,16 +292,21 @@ class Model:
             readout stages of `spalstf.Config` (`INFERENCE_OPTIONS`: ``{"n_steps": 10,
             "knn_weight": 0}``), over the model's own; or a `Config`, whose fields of the model
             and train stages must be the model's (they are fixed at fit; ``batch_size`` aside,
-            which is the argument above). Default: the model's.
+            which is the argument above). Default: the model's. ``n_steps`` and ``n_samples``
+            act only with the network.
         **options
-            Sample and readout fields as keywords (``n_steps=10``), as earlier versions took
-            them; a keyword given as None keeps the model's value. Prefer `config`.
+            Sample and readout fields as keywords (``knn_weight=0.5``), as earlier versions
+            took them; a keyword given as None keeps the model's value. Prefer `config`.
 
         Returns
         -------
         For AnnData: a new AnnData, cells as in `st` (obs, obsm copied), genes = `output_names`,
-        `X` float32 log1p-normalised imputations, `layers["std"]` the standard deviation over
-        samples (when n_samples > 1) and `uns["spalstf"]` the provenance. For a DataFrame: a
+        `X` float32 log1p-normalised imputations and `uns["spalstf"]` the provenance. With the
+        combination learnt by `Model.self_check` (`Model.stack`): `layers["lower"]`,
+        `layers["upper"]` the conformal interval and `layers["std"]` its half-width over the
+        normal quantile. Without it (the fixed blend): no interval, and `layers["std"]` the
+        standard deviation over the network's samples where there is a network (n_samples >
+        1). For a DataFrame: a
         DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
         `out`: the path of the .h5ad written (the same AnnData, on disk).
         """

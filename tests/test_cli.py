@@ -1,5 +1,7 @@
 """The command line: impute, fit, demo, and its handling of user errors."""
 
+import re
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -458,3 +460,127 @@ def test_impute_with_obs_coordinates_v_after_the_command_and_streamed_confidence
     assert result.uns["log1p"] == {"base": None}
     # the command's handler is gone once it returns
     assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger("spalstf").handlers)
+
+
+# --- what a user sees of the command line ----------------------------------------------------
+def test_help_loads_no_heavy_module():
+    """`spalstf --help` and each command's --help parse without torch, scanpy or anndata (they
+    took seconds to import before the help showed); benchmark's module loads anndata, no more."""
+    import json
+    import subprocess
+    import sys
+
+    code = """if True:
+        import json, sys
+        from spalstf.cli import main
+        heavy = ("torch", "scanpy", "anndata", "matplotlib", "spalstf.api", "spalstf.model")
+        seen = {}
+        for argv in (["--help"], ["impute", "--help"], ["fit", "--help"], ["merge", "--help"],
+                     ["demo", "--help"], ["benchmark", "--help"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+            seen[argv[0]] = sorted(m for m in heavy if m in sys.modules)
+        print(json.dumps(seen))
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "usage: spalstf" in run.stdout and "usage: spalstf benchmark" in run.stdout
+    for command in ("--help", "impute", "fit", "merge", "demo"):
+        assert seen[command] == [], (command, seen)
+    assert seen["benchmark"] == ["anndata"], seen
+
+
+def test_benchmark_is_listed_with_its_own_help_and_parses():
+    import argparse
+
+    from spalstf.cli import BENCHMARK_HELP, build_parser
+    from spalstf.evaluate import _cli as benchmark_cli
+
+    registered = argparse.ArgumentParser().add_subparsers()
+    benchmark_cli.add_parser(registered)
+    assert [a.help for a in registered._choices_actions] == [BENCHMARK_HELP]
+    args = build_parser().parse_args(["benchmark", "--st", "s", "--out", "o", "--n-folds", "3",
+                                      "--max-time", "5", "-v"])
+    assert (args.n_folds, args.max_time, args.verbose) == (3, 5.0, True)
+    assert args.func is benchmark_cli.run and args.flag_of["max_time"] == "--max-time"
+
+
+@pytest.mark.parametrize("columns", [52, 67, 80, 97, 120])
+def test_help_never_splits_a_name_or_a_flag(columns, monkeypatch, capsys):
+    """argparse wraps help at hyphens and cuts long words: "ridge,r / idge_aligned",
+    "--checkpoint- / every". Lines break at spaces only, and lists are written with spaces."""
+    from spalstf.config import NETWORKS, PREDICTOR_NAMES
+
+    from spalstf.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    known = {o for p in [parser, *(getattr(c, "filled", lambda c=c: c)() for c in commands.values())]
+             for a in p._actions for o in a.option_strings}
+    for command in ([], ["impute"], ["fit"], ["demo"], ["merge"], ["benchmark"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        text = capsys.readouterr().out
+        for line in text.splitlines():
+            assert not re.search(r"\w-$", line), (command, columns, line)
+        flat = " ".join(line.strip() for line in text.splitlines())
+        named = set(re.findall(r"--[a-z][a-z-]*[a-z]", flat))
+        assert named <= known, (command, columns, named - known)  # none cut in two
+        if command in (["impute"], ["fit"], ["demo"]):
+            assert ", ".join(PREDICTOR_NAMES) in flat, flat
+            for network in NETWORKS:
+                assert f"{network}" in flat
+
+
+def _plain_impute(files, name):
+    st_path, sc_path, tmp = files
+    return ["impute", "--st", str(st_path), "--sc", str(sc_path), "--out", str(tmp / name),
+            "--self-check", "on"]
+
+
+def test_the_self_check_summary_is_shown_once(files, capsys):
+    """The library logs a line summing up the self-check and the command printed its own: the
+    log now leaves the library's out, with the phases shown (default) and with -v."""
+    for extra, name in (([], "a.h5ad"), (["-v"], "b.h5ad"), (["--quiet"], "c.h5ad")):
+        assert main([*_plain_impute(files, name), *extra]) == 0
+        err = capsys.readouterr().err
+        assert err.count("self-check: median PCC") == 1, (extra, err)
+        assert _self_check_line(err) is not None, err
+        if extra != ["--quiet"]:
+            assert "spalstf: self-check fold 1/2" in err, err
+
+
+def test_off_a_terminal_each_log_line_starts_on_its_own_line(files, capsys):
+    """Under capsys stderr is not a terminal, as in a log file or a job's output: no progress
+    bar is drawn, so no bar and no carriage return runs into the next log line."""
+    assert main(_plain_impute(files, "o.h5ad")) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "%|" not in err, repr(err[-500:])
+    lines = err.splitlines()
+    assert lines and all(line.startswith(("spalstf: ", "spalstf warning: ", "self-check: "))
+                         for line in lines), err
+
+
+def test_bars_only_on_a_terminal_and_never_with_quiet(monkeypatch):
+    import io
+
+    from spalstf import cli
+
+    parser = cli.build_parser()
+    base = ["impute", "--st", "s.h5ad", "--sc", "r.h5ad", "--out", "o.h5ad"]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert cli._bars(parser.parse_args(base))
+    assert not cli._bars(parser.parse_args([*base, "--quiet"]))
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not cli._bars(parser.parse_args(base))
+    assert not cli._training_options(parser.parse_args(base))["progress"]

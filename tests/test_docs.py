@@ -125,11 +125,21 @@ def test_readme_python_quick_start_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     import matplotlib.pyplot as plt
 
+    import warnings
+
     names: dict = {}
     try:
-        exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - our own README
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exec(compile(block, "README.md", "exec"), names)  # noqa: S102 - our own README
     finally:
         plt.close("all")
+    # a call the README shows is not one its library has deprecated (scanpy's sc.pl.spatial
+    # without an image: "FutureWarning: Use `squidpy.pl.spatial_scatter` instead")
+    deprecated = [f"{w.category.__name__}: {w.message}" for w in caught
+                  if w.filename == "README.md"
+                  and issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not deprecated, deprecated
     # what the block says it made: the interval beside the values, the self-check's estimate,
     # and scanpy's next steps on the result (the reference is not named `sc`, scanpy is)
     imputed = names["imputed"]

@@ -2,9 +2,12 @@
 
 #' Impute unmeasured genes with SpaLSTF
 #'
-#' Trains SpaLSTF on the reference (or uses a model from \code{\link{FitSpaLSTF}}) and predicts
-#' the expression of \code{genes} in every cell (spot) of \code{object}, by calling
-#' \code{spalstf.impute()} (or \code{Model.impute()}) of the Python package.
+#' Fits spalstf's base predictors on the reference and learns their combination on the
+#' object's own known genes (or uses a model from \code{\link{FitSpaLSTF}}), then predicts the
+#' expression of \code{genes} in every cell (spot) of \code{object}, by calling
+#' \code{spalstf.impute()} (or \code{Model.impute()}) of the Python package. The SpaLSTF
+#' diffusion network is trained only when \code{predictors} (in \code{...}) lists
+#' \code{"network"}; \code{n.samples}, \code{n.steps} and \code{epochs} act only then.
 #'
 #' Results are on the log-normalised scale \code{log1p(count / total of the known genes * 1e4)}.
 #' When it fits on a reference, \code{Impute()} fits several base predictors (\code{predictors}
@@ -19,15 +22,16 @@
 #' \code{combine = "stack"}, the default). Without a self-check, with a
 #' \code{\link{FitSpaLSTF}} model that holds no learnt weights, or with
 #' \code{combine = "blend"}, it is the fixed blend of the ridge prior and the aligned
-#' neighbours refined by the diffusion (settings \code{knn_weight}, \code{residual_weight},
+#' neighbours, refined by the diffusion where the network is fitted (settings
+#' \code{knn_weight}, \code{residual_weight},
 #' \code{depth_weight}, ... in \code{...}).
 #'
 #' Each value comes with an uncertainty. With the stack: an interval calibrated on the hidden
 #' known genes (conformal; nominal coverage \code{interval_level} in \code{...}, 0.9 by
 #' default) of what the object would measure, and \code{std}, its half-width divided by the
 #' normal quantile of that level (upper bound = value + z * std; the lower bound is the same
-#' distance below, cut at 0). With the fixed blend: the standard deviation over the
-#' \code{n.samples} reverse-diffusion samples, and no interval. For Seurat the uncertainty is
+#' distance below, cut at 0). With the fixed blend: no interval, and, where the network is
+#' fitted, the standard deviation over its \code{n.samples} reverse-diffusion samples. For Seurat the uncertainty is
 #' the assay \code{paste0(new.assay.name, ".std")} (\code{"SpaLSTF.std"} by default; the same
 #' genes and cells, \code{data} slot) and the interval the assays \code{"SpaLSTF.lower"} and
 #' \code{"SpaLSTF.upper"}; for SingleCellExperiment the assays \code{"std"}, \code{"lower"}
@@ -78,7 +82,7 @@
 #'   documentation of \code{spalstf.impute}). Genes absent from the reference are dropped with
 #'   a warning. A requested gene that \code{object} measures is predicted as if hidden.
 #' @param ... Further options of \code{spalstf.impute} under their Python names, e.g.
-#'   \code{max_time = 60}, \code{batch_size = 128L}, \code{n_steps = 20L}.
+#'   \code{spatial_weight = 0.25}, \code{batch_size = 128L}, \code{predictors}.
 #' @return The object with the imputations added (see the methods), or for matrices a genes x
 #'   cells matrix.
 #' @seealso \code{\link{FitSpaLSTF}}, \code{\link{CrossValidate}}
@@ -395,10 +399,12 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   for Seurat, the uncertainty goes to the assay \code{paste0(new.assay.name, ".std")} and
 #'   the interval to \code{paste0(new.assay.name, c(".lower", ".upper"))}.
 #' @param set.default Make the new assay the default assay.
-#' @param n.samples Reverse-diffusion samples per cell (default 4): their mean is the
-#'   diffusion's prediction.
-#' @param n.steps Reverse-diffusion steps (default 20).
-#' @param epochs Training epochs (default: the Python default with early stopping).
+#' @param n.samples The network's reverse-diffusion samples per cell (default 4): their mean is
+#'   its prediction. Only with \code{predictors} including \code{"network"}.
+#' @param n.steps The network's reverse-diffusion steps (default 5). Only with
+#'   \code{predictors} including \code{"network"}.
+#' @param epochs The network's training epochs (default 60, with early stopping). Only with
+#'   \code{predictors} including \code{"network"}.
 #' @param seed Random seed: the same seed gives the same values as Python's
 #'   \code{spalstf.impute(..., seed = seed)} on the same data (CPU).
 #' @param device \code{"auto"}, \code{"cpu"} or \code{"cuda"}.

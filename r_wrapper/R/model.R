@@ -32,7 +32,7 @@
                arg, paste(class(x), collapse = "/")), call. = FALSE)
 }
 
-#' Train a SpaLSTF model on a reference
+#' Fit a SpaLSTF model on a reference
 #'
 #' Calls \code{spalstf.fit()}: the model learns to predict \code{target.genes} from
 #' \code{known.genes} (the genes your spatial data measures) on the scRNA-seq reference.
@@ -95,7 +95,7 @@ print.SpaLSTFModel <- function(x, ...) {
   invisible(x)
 }
 
-#' Impute with a trained SpaLSTF model
+#' Impute with a fitted SpaLSTF model
 #'
 #' @param object A \code{SpaLSTFModel}.
 #' @param newdata Spatial data: Seurat object, SingleCellExperiment, genes x cells matrix with
@@ -176,7 +176,7 @@ LoadSpaLSTF <- function(path, device = "auto") {
 #' @param assay,reference.assay Assays to read (Seurat, SingleCellExperiment).
 #' @param genes Restrict the evaluation to these shared genes.
 #' @param method.options Named list of named lists: options per method, e.g.
-#'   \code{list(spalstf = list(epochs = 5L))}.
+#'   \code{list(spalstf = list(self_check_folds = 3L))}.
 #' @param clustering Also compare Leiden clusters of the measured values and of each
 #'   method's assembled prediction (scanpy's PCA, neighbour graph and Leiden, seeded by
 #'   \code{seed}): columns \code{ari}, \code{ami}, \code{nmi} and \code{homogeneity} of
