@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -299,6 +300,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     log_normalized = check_flag(log_normalized, "log_normalized")
     progress = check_flag(progress, "progress")
     saving = Checkpointer.check_options(checkpoint, checkpoint_every, resume)
+    # before any fitting: a refused `out` would otherwise surface after the self-check's and
+    # the main fits (minutes on real data), at the first write
+    overwrite = check_flag(overwrite, "overwrite")
+    _check_out(out, overwrite)
     st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
     sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     spatial = resolve(st_expr.source, spatial)
@@ -357,6 +362,34 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                                     batch_size=None, device=None, spatial=spatial,
                                     progress=progress, out=out, overwrite=overwrite,
                                     self_check=None if check is None else check.to_dict())
+
+
+def _check_out(out: Any, overwrite: bool) -> None:
+    """Refuse an `out` that the result could not be written to, naming why: not a path, not
+    an .h5ad, an existing file (unless `overwrite`) or folder, or a place where no file can be
+    made. Missing folders are fine (the writer creates them) when the nearest existing one is
+    a writable folder."""
+    if out is None:
+        return
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"`out` must be the path of an .h5ad file (str or os.PathLike); "
+                        f"received {type(out).__name__}")
+    path = Path(out)
+    if path.suffix.lower() != ".h5ad":
+        raise ValueError(f"`out` must be an .h5ad file (suffix .h5ad); received {str(out)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"`out` must be a file; {str(out)!r} is a folder")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"`out` {str(out)!r} exists; pass overwrite=True to replace it")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"`out` {str(out)!r} cannot be written: {str(folder)!r} is "
+                                 "a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"`out` {str(out)!r} cannot be written: the folder "
+                              f"{str(folder)!r} is not writable")
 
 
 def _most_variable(expr: Expression, known: list[str], candidates: list[str], n: int,

@@ -389,7 +389,8 @@ class Model:
         if out is not None:
             from spalstf.io import H5adWriter
 
-            head = _pack(expr, None, {}, self.output_names, {}, rows=slice(first, last))
+            head = _pack(expr, None, {}, self.output_names, {}, rows=slice(first, last),
+                         spatial=spatial)
             _add_confidence(head, confidence)
             writer = H5adWriter(out, head, layers=layers, overwrite=overwrite)
 
@@ -432,8 +433,9 @@ class Model:
             writer.write_uns({"spalstf": _plain(info)})
             return writer.close()
         if shard is not None:
-            return _pack(expr, mean, extra, self.output_names, info, rows=slice(first, last))
-        result = _pack(expr, mean, extra, self.output_names, info)
+            return _pack(expr, mean, extra, self.output_names, info, rows=slice(first, last),
+                         spatial=spatial)
+        result = _pack(expr, mean, extra, self.output_names, info, spatial=spatial)
         if expr.kind == "anndata":
             _add_confidence(result, confidence)
         return result
@@ -1122,11 +1124,14 @@ def _shard_rows(shard: Any, n: int) -> tuple[int, int]:
 
 
 def _pack(expr: Expression, mean: np.ndarray | None, layers: Mapping[str, np.ndarray] | None,
-          names: list[str], info: dict, rows: slice | None = None) -> Any:
+          names: list[str], info: dict, rows: slice | None = None, *,
+          spatial: Any = False) -> Any:
     """The result in the input's type; `rows` (a shard) keeps those cells' annotations.
 
     With `mean` None (results written to a file a chunk at a time), an AnnData without X
-    carrying the annotations, whatever the input type.
+    carrying the annotations, whatever the input type. An AnnData result holds the
+    coordinates `spatial` gives (as `Model.impute` reads them; False: none) in
+    ``obsm["spatial"]`` when the input has none there.
     """
     import anndata
 
@@ -1141,6 +1146,13 @@ def _pack(expr: Expression, mean: np.ndarray | None, layers: Mapping[str, np.nda
         if expr.kind == "dataframe":
             obs.index = expr.source.index[rows].astype(str)
         obsm = {}
+    if "spatial" not in obsm:
+        # the coordinates the imputation read (obs columns, another obsm key, an array) where
+        # scanpy, squidpy and `spalstf.pl` look for them: without them the result cannot be
+        # drawn in space. An input's own obsm["spatial"] is kept as it is (copied above).
+        xy = coordinates(expr.source, spatial, expr.n_cells, expr.named_cells)
+        if xy is not None:
+            obsm["spatial"] = xy[rows]
     var = pd.DataFrame(index=pd.Index(names, dtype=str))
     if mean is None or expr.kind == "anndata":
         out = anndata.AnnData(X=mean, obs=obs, var=var, obsm=obsm)

@@ -125,10 +125,16 @@ def _plain(value: Any) -> Any:
 
 
 def inner_folds(genes: Sequence[str], n_folds: int, seed: int) -> list[list[str]]:
-    """`n_folds` disjoint groups of `genes` (seeded shuffle), each to be hidden in turn."""
-    genes = list(genes)
-    order = np.random.default_rng(seed).permutation(len(genes))
-    return [[genes[i] for i in sorted(part)] for part in np.array_split(order, n_folds)
+    """`n_folds` disjoint groups of `genes` (seeded shuffle), each to be hidden in turn.
+
+    Drawn from the names, not the positions: the shuffle runs over the sorted names and each
+    group is sorted too, so the same genes give the same groups (and, downstream, the same
+    imputation) in whatever order the ST's columns come. A shuffle of positions gave
+    osmFISH's self-check a median PCC anywhere from 0.227 to 0.298 by column order alone.
+    """
+    names = sorted(genes)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return [sorted(names[i] for i in part) for part in np.array_split(order, n_folds)
             if len(part)]
 
 
@@ -248,7 +254,12 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
     from spalstf.preprocess import log_normalize
     from spalstf.spatial import coordinates
 
-    st_names = [s for s, _ in known_pairs]
+    # The known genes in the order of their names, not of the ST's columns: the inner fits and
+    # the truth's normalisation then sum over them in one order, and the weights learnt are
+    # the same for any column order. (In column order, float round-off of about 1e-6 in the
+    # inner predictions moved the weights of near-collinear columns by up to 4e-4, and the
+    # imputation of osmFISH by up to 3e-3.)
+    st_names = sorted(s for s, _ in known_pairs)
     ref_of = dict(known_pairs)
     folds = inner_folds(st_names, n_folds, seed)
     share = fit_budget_share / len(folds)
