@@ -160,12 +160,12 @@ def _resolve_fit_genes(expr: Expression, known_genes, target_genes,
                        target_arg: str = "target_genes"):
     known = _gene_list(known_genes, "known_genes")
     targets = _gene_list(target_genes, target_arg)
-    kmap = match_genes(known, expr.genes)
+    kmap = match_genes(known, expr.genes, arg="known_genes")
     missing = [g for g in known if g not in kmap]
     if missing:
         raise ValueError(f"{len(missing)} of `known_genes` are not in `sc`, for example "
                          f"{missing[:10]}")
-    target_map = match_genes(targets, expr.genes)
+    target_map = match_genes(targets, expr.genes, arg=target_arg)
     dropped = [g for g in targets if g not in target_map]
     if dropped:
         logger.warning("%d requested genes are not in the reference and are dropped, for "
@@ -234,7 +234,11 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         `st.obsm["spatial"]` when present, else obs columns "x"/"y" (or those of
         `spalstf.spatial.OBS_COORDINATES`: "imagecol"/"imagerow", "array_col"/"array_row",
         ...; a log line says which); a string another obsm key or obs columns ("x,y"); an
-        array gives them; False turns the spatial context off.
+        array gives them; False turns the spatial context off. A DataFrame indexed by
+        cell names (strings) is aligned to `st`'s cells by name (its rows in any order; cells
+        it lacks are an error); one with pandas' default index (0..n-1 in order) is taken row
+        by row in the order of `st`, as an array is, even where the cells are named "0",
+        "1", ...; another integer index is refused as ambiguous.
     max_steps
         The network's training budget in optimiser updates (default 300; the self-check's
         inner fits share half of it again). None: the config's. Only with `predictors`
@@ -307,7 +311,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
     sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     spatial = resolve(st_expr.source, spatial)
-    shared = match_genes(st_expr.genes, sc_expr.genes)  # st name -> reference name
+    # st name -> reference name; two ST genes on one reference gene are refused, naming `st`
+    shared = match_genes(st_expr.genes, sc_expr.genes, arg="st")
     if not shared:
         raise ValueError(
             "`st` and `sc` share no genes (compared exactly and ignoring case): `st` has for "

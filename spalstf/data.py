@@ -9,7 +9,8 @@ the input is ever written to and large inputs are never densified whole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,14 @@ class Expression:
     cells: list[str]
     kind: str
     source: Any = None
+    #: The base of the log an AnnData declares in uns["log1p"]["base"] (scanpy's mark of
+    #: log1p(base=2) and the like); None: natural log, or no mark. See `value_scale`.
+    log_base: float | None = None
     _gene_pos: dict[str, int] = field(default_factory=dict, repr=False)
     #: (arg, log_normalized) of the `check_values` passed: not read again
     checked: set = field(default_factory=set, repr=False)
+    #: Whether every value is an integer (`is_integer_valued`); None until scanned
+    integer_valued: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._gene_pos = {g: i for i, g in enumerate(self.genes)}
@@ -46,6 +52,23 @@ class Expression:
         None for a bare matrix, whose names are made up (by which nothing can be matched)."""
         return self.cells if self.kind in ("anndata", "dataframe") else None
 
+    @property
+    def value_scale(self) -> float:
+        """The factor the values are read with: ln(log_base) for log values of another base
+        (so the model always sees natural-log values, as from its own log1p), else 1.
+
+        Decided by the data rather than by the `log_normalized` declaration, so that every
+        read agrees whichever is made first: integer values are counts (a layer of counts
+        beside a logged X keeps the uns mark) and are read as they are; non-integer values
+        under a base are its logs. `check_values` refuses the two other pairings (integers
+        declared log-normalised, non-integers declared counts).
+        """
+        if self.log_base is None:
+            return 1.0
+        if self.integer_valued is None:
+            self.integer_valued = is_integer_valued(self.matrix)
+        return 1.0 if self.integer_valued else math.log(self.log_base)
+
     def gene_positions(self, genes: Sequence[str]) -> np.ndarray:
         return np.asarray([self._gene_pos[g] for g in genes], dtype=np.int64)
 
@@ -58,7 +81,11 @@ class Expression:
         block = m[:, cols]
         if sp.issparse(block):
             block = block.toarray()
-        return np.array(block, dtype=np.float64)  # always a copy
+        out = np.array(block, dtype=np.float64)  # always a copy
+        scale = self.value_scale
+        if scale != 1.0:
+            out *= scale  # the copy, never the input
+        return out
 
 
 def _names(values: Sequence[Any], what: str, arg: str) -> list[str]:
@@ -74,6 +101,28 @@ def _names(values: Sequence[Any], what: str, arg: str) -> list[str]:
         logger.warning("`%s` has %d duplicated cell names (for example %s); their random "
                        "draws coincide", arg, len(dups), dups[:3])
     return names
+
+
+def _log1p_base(data: Any, arg: str) -> float | None:
+    """The base an AnnData's uns["log1p"]["base"] declares (None: natural log, or none said).
+
+    scanpy's ``pp.log1p(base=b)`` records b there; its values are log_b(1 + x), which read as
+    natural logs would be 1/ln(b) times too large (1.44x for log2).
+    """
+    uns = getattr(data, "uns", None)
+    mark = uns.get("log1p") if isinstance(uns, Mapping) else None
+    base = mark.get("base") if isinstance(mark, Mapping) else None
+    if base is None:
+        return None
+    try:
+        value = float(base)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 1):
+        raise ValueError(f"`{arg}.uns['log1p']['base']` must be None (natural log) or the base "
+                         f"of the log, a number above 1 (as scanpy's log1p(base=2) records); "
+                         f"received {base!r}")
+    return value
 
 
 def as_expression(data: Any, *, genes: Sequence[str] | None = None, layer: str | None = None,
@@ -111,7 +160,7 @@ def as_expression(data: Any, *, genes: Sequence[str] | None = None, layer: str |
             raise ValueError(f"`{genes_arg}` was given but `{arg}` is an AnnData, whose var_names "
                              f"name its genes; drop `{genes_arg}`")
         expr = Expression(matrix, gene_names, _names(data.obs_names, "cell", f"{arg}.obs_names"),
-                          "anndata", data)
+                          "anndata", data, log_base=_log1p_base(data, arg))
     elif isinstance(data, pd.DataFrame):
         if layer is not None:
             raise ValueError(f"`layer` applies to AnnData only; `{arg}` is a DataFrame")
@@ -158,21 +207,50 @@ def _first_entry(part: Any, bad: np.ndarray) -> tuple[int, int]:
     return int(row), int(col)
 
 
-#: Integer-valued data whose maximum exceeds this are taken for raw counts, not log values
-#: (log1p of 1e4-normalised data stays below about 10, log2(CPM + 1) below 20).
-_COUNTS_LOOK_LIKE = 20
+#: Relative distance to the nearest integer within which a value counts as an integer: float32
+#: keeps 24 bits (a relative step of 6e-8), so counts that went through a float32 conversion
+#: (41 -> 41.0000038) lie within a few steps of their integer, and 1e-6 is 16 steps; values of
+#: normalised data lie that close to an integer only by rare chance, never all of them.
+INTEGER_TOLERANCE = 1e-6
+
+#: The largest value log-normalised data can hold: log1p of a cell normalised to a million
+#: counts (CPM, the largest target in common use; Seurat's and this package's is 1e4, scanpy's
+#: the median total) whose counts are all in one gene. Larger values are counts, or logs of
+#: another base (log2(CPM + 1) reaches 19.9).
+LOG_MAX = math.log1p(1e6)
+
+
+def _fractional(values: np.ndarray) -> np.ndarray:
+    """Where `values` are farther from an integer than float32 round-off
+    (`INTEGER_TOLERANCE`)."""
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, not fractional (refused elsewhere)
+        distance = np.abs(values - np.rint(values))
+        return distance > INTEGER_TOLERANCE * np.maximum(1.0, np.abs(values))
+
+
+def is_integer_valued(matrix: Any, block: int = 8192) -> bool:
+    """Whether every value of `matrix` is an integer (up to float32 round-off), read block by
+    block so that a large input is never copied whole."""
+    for start in range(0, matrix.shape[0], block):
+        part = matrix[start:start + block]
+        values = part.data if sp.issparse(part) else np.asarray(part)
+        if values.dtype.kind == "f" and values.size and _fractional(values).any():
+            return False
+    return True
 
 
 def check_values(expr: Expression, *, log_normalized: bool, arg: str,
                  block: int = 8192) -> None:
-    """Refuse NaN, Inf and negative values, non-integer values where counts are declared, and
-    data that are all 0.
+    """Refuse NaN, Inf and negative values, non-integer values where counts are declared,
+    values that cannot be log-normalised ones where those are declared (only integers, or
+    above `LOG_MAX`), and data that are all 0.
 
-    Read block by block, so that inputs are never copied whole. Errors name the first offending
-    cell and gene. Integer data declared log-normalised but looking like raw counts warn, and
-    so do cells whose values are all 0 (they carry nothing of their own to predict from). A
-    second check of the same data with the same declaration is skipped (its warnings are not
-    repeated).
+    Values within float32 round-off of an integer (`INTEGER_TOLERANCE`) are integers. Read
+    block by block, so that inputs are never copied whole. Errors name the first offending
+    cell and gene. Cells whose values are all 0 warn (they carry nothing of their own to
+    predict from). Logs of another base that an AnnData declares (uns["log1p"]["base"]) are
+    checked, and read, in natural log (`Expression.value_scale`). A second check of the same
+    data with the same declaration is skipped (its warnings are not repeated).
     """
     if (arg, log_normalized) in expr.checked:
         return
@@ -206,25 +284,48 @@ def check_values(expr: Expression, *, log_normalized: bool, arg: str,
                 f"`{arg}` contains negative values (min {values.min():g}, first at "
                 f"{where(start, part, negative)}); expected non-negative {scale}")
         largest = max(largest, float(values.max()))
-        if values.dtype.kind == "f":
-            fractional = values != np.rint(values)
+        if values.dtype.kind == "f" and all_integer:  # once one is found, log values need not
+            fractional = _fractional(values)
             if fractional.any():
                 all_integer = False
                 if not log_normalized:
+                    # all the digits of its type: a value that :g rounds to "41" must not be
+                    # shown as an integer in an error about non-integers
                     value = values[fractional].flat[0]
                     raise ValueError(
                         f"`{arg}` is read as raw counts but holds non-integer values (first "
-                        f"{value:g} at {where(start, part, fractional)}); pass "
+                        f"{value} at {where(start, part, fractional)}); pass "
                         "log_normalized=True if it holds log-normalised values, or round "
                         "corrected counts to integers (numpy.rint) first")
     if largest == 0:
         raise ValueError(f"`{arg}` holds only zeros ({expr.n_cells} cells x {len(expr.genes)} "
                          f"genes): there is nothing to learn or predict from; check that the "
                          "right matrix or layer was passed")
-    if log_normalized and all_integer and largest > _COUNTS_LOOK_LIKE:
-        logger.warning("`%s` is declared log-normalised (log_normalized=True) but holds only "
-                       "integers, up to %g, which look like raw counts; pass "
-                       "log_normalized=False for counts", arg, largest)
+    expr.integer_valued = all_integer
+    if log_normalized and all_integer:
+        # log1p of normalised counts is all integers only by a chance of nothing: these are
+        # counts (or ranks, or a binarised matrix), which taken as log values give a wrong
+        # answer, or crash the fit with an error that does not say why
+        raise ValueError(
+            f"`{arg}` is declared log-normalised (log_normalized=True) but holds only integers "
+            f"(max {largest:g}), which log-normalised values never are; pass "
+            "log_normalized=False if it holds raw counts")
+    if log_normalized:
+        largest *= expr.value_scale
+        if largest > LOG_MAX * (1 + INTEGER_TOLERANCE):
+            in_base = (f" (in natural log: uns['log1p']['base'] is {expr.log_base:g})"
+                       if expr.log_base is not None else "")
+            raise ValueError(
+                f"`{arg}` is declared log-normalised (log_normalized=True) but holds values up to "
+                f"{largest:.6g}{in_base}, above log1p(1e6) = {LOG_MAX:.2f}, the most a log1p of "
+                "counts normalised to a million per cell can reach: counts, or normalised "
+                "counts not yet logged? pass raw counts with log_normalized=False; logs of "
+                "another base? convert them to natural log (values x ln(base)), or declare the "
+                "base of an AnnData as scanpy does (adata.uns['log1p'] = {'base': 2})")
+        if expr.value_scale != 1.0:
+            logger.info("`%s` declares logs of base %g (uns['log1p']['base']): its values are "
+                        "read in natural log (x %.4f), the scale of the model", arg,
+                        expr.log_base, expr.value_scale)
     if empty_cells:
         logger.warning("`%s` has %d of %d cells whose values are all 0, for example %s: they "
                        "carry no measurement of their own, so their results rest on the "
@@ -249,11 +350,16 @@ def check_reference_size(expr: Expression, arg: str = "sc") -> None:
                        "it" if expr.n_cells == 1 else "them")
 
 
-def match_genes(wanted: Sequence[str], available: Sequence[str]) -> dict[str, str]:
+def match_genes(wanted: Sequence[str], available: Sequence[str], *, arg: str | None = None,
+                available_arg: str = "sc") -> dict[str, str]:
     """Map names in `wanted` onto `available`: exactly first, then case-insensitively.
 
     Returns {wanted name: available name} for the names that matched. Case-insensitive matches
     are logged; a name that matches several available names case-insensitively is left out.
+    With `arg` (the argument `wanted` comes from; `available_arg` that of `available`), names
+    that match the same available gene ("Gad2" and "GAD2" both "Gad2") are a ValueError naming
+    them: one gene read or imputed twice would be a silent duplicate, and which of the two is
+    meant cannot be told.
     """
     exact = set(available)
     lower: dict[str, list[str]] = {}
@@ -272,6 +378,19 @@ def match_genes(wanted: Sequence[str], available: Sequence[str]) -> dict[str, st
     if by_case:
         logger.info("matched %d gene names ignoring case, for example %s", len(by_case),
                     ", ".join(f"{a}->{b}" for a, b in by_case[:5]))
+    if arg is not None:
+        sharing: dict[str, list[str]] = {}
+        for name, match in mapping.items():
+            sharing.setdefault(match, []).append(name)
+        clashes = [(match, names) for match, names in sharing.items() if len(names) > 1]
+        if clashes:
+            examples = "; ".join(f"{' and '.join(map(repr, names))} -> {match!r}"
+                                 for match, names in clashes[:3])
+            raise ValueError(
+                f"`{arg}` has {len(clashes)} group{'s' if len(clashes) > 1 else ''} of gene "
+                f"names that match the same gene of `{available_arg}` (names are matched "
+                f"exactly, then ignoring case): {examples}; keep one name of each (or rename "
+                "them if they are different genes)")
     return mapping
 
 

@@ -57,10 +57,15 @@ def expected_at_depth(values: np.ndarray, depth: np.ndarray, *,
     values = np.clip(np.asarray(values, np.float32), 0, None)
     depth = np.asarray(depth, np.float64)
     per_count = (scale_factor / np.where(depth > 0, depth, 1.0))[:, None].astype(np.float32)
-    lam = np.broadcast_to(np.expm1(values) / per_count, values.shape)  # mean count
+    with np.errstate(over="ignore"):  # an overflow to inf is a mean above every band: fine
+        lam = np.broadcast_to(np.expm1(values) / per_count, values.shape)  # mean count
     c = np.broadcast_to(per_count, values.shape)
-    # many counts: log1p of the mean, less half the variance times the curvature
-    out = np.log1p(lam * c) - lam * c**2 / (2 * (1 + lam * c) ** 2)
+    # Many counts: log1p of the mean, less half the variance times the curvature,
+    # log1p(m) - c m / (2 (1 + m)^2) with m = lam c = expm1(values), written in exp(-values):
+    # m itself overflows float32 above values of 88 (which a predictor extrapolating from a
+    # reference of a few cells gives), and inf / inf would be NaN.
+    decay = np.exp(-values)
+    out = values + c * (0.5 * np.expm1(-values) * decay)
     done = np.zeros(values.shape, dtype=bool)
     # Fewer counts: the exact sum, in bands of the mean so that small means (most entries of
     # sparse data) sum few terms; each band's last count lies > 9 sd above its largest mean.

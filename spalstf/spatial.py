@@ -65,11 +65,28 @@ def _obs_columns(spatial: Any) -> list[str] | None:
 
 
 def _aligned(frame: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
-    """The rows of `frame` in the order of `cells`, matched by its index; a ValueError naming
-    cells it lacks (or its repeated names). Rows for other cells are left out."""
+    """The rows of `frame` in the order of `cells`: by position when its index is pandas'
+    default (the integers 0..n-1 in order), else matched by its index (as strings); a
+    ValueError naming cells it lacks (or its repeated names), or for any other integer index.
+    Rows for other cells are left out."""
     index = frame.index.astype(str)
     if list(index) == list(cells):
-        return frame
+        return frame  # in the order of the cells by either reading
+    if pd.api.types.is_integer_dtype(frame.index.dtype):
+        # Cell names are strings (obs_names), so integers are positions, not names: 0..n-1 in
+        # order is the index pandas gives a frame built without one (from an array, or after
+        # reset_index), whose rows are in the order of `st` even where its cells are named
+        # "0".."n-1" in another order (osmFISH's are). Other integers (a subset, or a sorted
+        # frame) could be either positions or names: refused rather than guessed.
+        if np.array_equal(frame.index.to_numpy(), np.arange(len(frame))):
+            return frame  # its length is checked against the cells by the caller
+        raise ValueError(
+            f"`spatial` (a DataFrame) has an integer index other than 0..{len(frame) - 1} in "
+            f"order (for example {list(frame.index[:3])}), so it cannot be told whether its rows "
+            "are in the order of `st` or labelled by cell: to align them by cell, index it by "
+            "the cell names, strings as st.obs_names are (frame.index = "
+            "frame.index.astype(str)); to take them in the order of `st`, pass "
+            "frame.to_numpy()")
     if index.has_duplicates:
         repeated = sorted(set(index[index.duplicated()]))[:5]
         raise ValueError(f"`spatial` (a DataFrame, aligned to the cells of `st` by its index) "
@@ -89,9 +106,13 @@ def coordinates(source: Any, spatial: Any, n_cells: int,
                 cells: Sequence[str] | None = None) -> np.ndarray | None:
     """The (n_cells, d) coordinates to use, or None when there are none.
 
-    A pandas DataFrame (given, or in obsm) is aligned by its index to `cells`, the cell names
-    of an ST that has them (an AnnData's obs_names, a DataFrame's index): its rows may come in
-    any order and hold other cells too; cells it lacks are an error naming them.
+    A pandas DataFrame (given, or in obsm) indexed by cell names (strings) is aligned by its
+    index to `cells`, the cell names of an ST that has them (an AnnData's obs_names, a
+    DataFrame's index): its rows may come in any order and hold other cells too; cells it
+    lacks are an error naming them. A DataFrame with pandas' default index (the integers
+    0..n-1 in order) is taken row by row in the order of the ST, like an array, even where
+    the cells are named "0".."n-1" in another order; any other integer index is refused as
+    ambiguous. Without cell names (a bare matrix ST), rows are taken in order.
 
     `spatial`: None reads ``obsm["spatial"]`` of an AnnData `source` when present, else the
     obs columns of `OBS_COORDINATES`; False turns the spatial context off; an obsm key (str),

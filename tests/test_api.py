@@ -177,9 +177,11 @@ def test_at_depth_output_is_the_expected_measurement_at_each_cells_depth(tiny_pa
     st_log.X = np.log1p(as_counts(st.X))
     with pytest.raises(ValueError, match="`output='at_depth'` needs the ST's counts"):
         tiny_model.impute(st_log, log_normalized=True, output="at_depth", progress=False)
+    sc_log = sc.copy()
+    sc_log.X = np.log1p(as_counts(sc.X))  # counts declared log-normalised are refused first
     with pytest.raises(ValueError, match="`output='at_depth'` needs the ST's counts"):
-        spalstf.impute(st_log, sc, log_normalized=True, output="at_depth", self_check=False,
-                       **FAST)
+        spalstf.impute(st_log, sc_log, log_normalized=True, output="at_depth",
+                       self_check=False, **FAST)
 
 
 def test_the_depth_weight_blends_the_two_outputs(tiny_pair, tiny_model):

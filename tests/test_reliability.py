@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 import spalstf
 import spalstf.train
-from spalstf.data import as_expression, check_values
+from spalstf.data import as_expression, check_values, is_integer_valued
 from spalstf.model import seal
 
 HYPOTHESIS = settings(max_examples=40, deadline=None,
@@ -77,6 +77,10 @@ def test_log_normalised_values_pass_when_declared(values):
         with pytest.raises(ValueError, match="`sc` holds only zeros"):
             check_values(expr, log_normalized=True, arg="sc")
         return
+    if is_integer_valued(values):  # counts, never log values: refused
+        with pytest.raises(ValueError, match="`sc` is declared log-normalised .* only integers"):
+            check_values(expr, log_normalized=True, arg="sc")
+        return
     check_values(expr, log_normalized=True, arg="sc")  # no error
 
 
@@ -88,13 +92,13 @@ def test_non_integer_counts_get_a_hint_and_log_values_declared_work(tiny_pair):
         spalstf.impute(logged, sc, **FAST)
 
 
-def test_counts_declared_log_normalised_warn(tiny_pair, caplog):
+def test_counts_declared_log_normalised_are_refused(tiny_pair):
     st, _ = tiny_pair
     big = st.X * 0 + 500
-    with caplog.at_level(logging.WARNING, logger="spalstf"):
+    with pytest.raises(ValueError, match=r"`st` is declared log-normalised .* only integers "
+                                         r"\(max 500\)"):
         check_values(as_expression(big, genes=list(st.var_names)), log_normalized=True,
                      arg="st")
-    assert "look like raw counts" in caplog.text
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.float16, np.float32,
