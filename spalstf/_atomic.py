@@ -8,9 +8,13 @@ under the final name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -67,3 +71,98 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+#: renameat2's flag that swaps two existing paths (linux/fs.h), and macOS's renamex_np's.
+_RENAME_EXCHANGE = 2
+_RENAME_SWAP = 2
+#: renameat2's "relative to the working directory" (AT_FDCWD).
+_AT_FDCWD = -100
+#: What the system answers when it cannot swap (no such call, or not on this file system).
+_NO_SWAP = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _rename_call() -> Callable[[bytes, bytes], int] | None:
+    """The system's atomic swap of two paths as a function of (a, b) -> 0 or -1 (errno set),
+    or None where the C library has none (old glibc, musl without it, Windows)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        call = libc.renameat2
+        call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+        return lambda a, b: call(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE)
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        call = libc.renamex_np
+        call.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        return lambda a, b: call(a, b, _RENAME_SWAP)
+    return None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths `a` and `b` in one step (Linux `renameat2(RENAME_EXCHANGE)`,
+    macOS `renamex_np(RENAME_SWAP)`): no instant, not even a crash, sees either name missing.
+    False, with nothing changed, where the system or the file system cannot swap; an OSError
+    for any other failure."""
+    call = _rename_call()
+    if call is None:
+        return False
+    if call(os.fsencode(a), os.fsencode(b)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_SWAP:
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def replace_folder(new: Path, path: Path, old: Path) -> None:
+    """Put the finished folder `new` at the existing `path`, so that at every instant `path`
+    holds either its previous content or all of `new`, never nothing; the previous content is
+    removed after.
+
+    Where the system can swap two names (`exchange`), one atomic swap: an interrupt or a crash
+    leaves the previous content at `path` (and the new at `new`) or the new at `path` (and the
+    previous at `new`), never a missing `path`. Elsewhere two renames, `path` -> `old` then
+    `new` -> `path`, and an exception between them (Ctrl-C included) moves `old` back; only a
+    crash between the two (a kill -9, a power cut) can leave the previous content at `old`
+    alone, which `spalstf.load` and the next save recover (see `spalstf.model`)."""
+    if exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # now the previous content
+        return
+    try:
+        os.replace(path, old)
+        os.replace(new, path)
+    except BaseException:
+        # Judged by what is on disk, not by which call raised: an interrupt may arrive between
+        # any two instructions, after the first rename returned but before anything noted it.
+        if not os.path.lexists(path) and os.path.lexists(old):
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush every file of `folder` and the folder itself to disk, so that a power cut after
+    it is renamed into place cannot leave the final name holding empty files (as `atomic_path`
+    does for one file). Where a folder cannot be opened to flush it (Windows), its files are."""
+    for child in folder.iterdir():
+        if child.is_file():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+    sync_dir(folder)
+
+
+def sync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the names renamed in it) to disk, where the system allows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot flush a folder: its files are flushed all the same
+    finally:
+        os.close(fd)

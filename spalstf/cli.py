@@ -230,6 +230,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ValueError("--self-check on needs --st: the combination is learnt on the ST's "
                          "own known genes")
     out = _check_output(args.model_out, args.force, [args.sc])
+    if args.force:
+        from spalstf.model import check_replaceable
+
+        # --force replaces only a model folder: a folder of the user's is refused now, before
+        # the training, not once it is done
+        check_replaceable(out, "--model-out")
     sc = io.read(args.sc)
     known = [g.strip() for g in args.known.split(",")] if args.known else None
     if known is None:

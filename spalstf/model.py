@@ -15,7 +15,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +31,7 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from spalstf import distributed, runtime, selfcheck
-from spalstf._atomic import user_mode
+from spalstf._atomic import replace_folder, sync_dir, sync_folder, user_mode
 from spalstf._logging import phase_level, shows_progress
 from spalstf._version import __version__
 from spalstf.checkpoint import Checkpointer, data_fingerprint
@@ -644,18 +646,26 @@ class Model:
             Folder to create.
         overwrite
             Replace an existing model folder (an empty folder too). Any other existing path (a
-        file, a folder that does not hold a spalstf model) is refused with a ValueError, so
-        that a wrong path never deletes other files.
+            file, a folder that is not provably a spalstf model: one holding other files, or a
+            weights.pt without a model.json or checksums of spalstf's) is refused with a
+            ValueError and left as it was, so that a wrong path never deletes other files. The
+            replacement is atomic: at every instant `path` holds the whole old model or the
+            whole new one (where the system cannot swap two folders in one step, a crash
+            between two renames may leave the old one beside `path`; the next `save` or
+            `spalstf.load` of `path` puts it back).
 
         The folder holds `model.json` (format, versions, config, genes, training history),
         `weights.pt` (network weights, normalisation statistics, the context atlas, the state of
         each base predictor of the prior) and `checksums.sha256` (the sha256 of both, checked
         by `spalstf.load`; ``sha256sum -c checksums.sha256`` checks them by hand).
         """
-        path = Path(path)
+        given = Path(path)
         overwrite = check_flag(overwrite, "overwrite")
+        path = _save_target(given)
+        _recover(path)  # a replacement cut short by a crash: the model is put back first
         if path.exists() and not overwrite:
-            raise FileExistsError(f"`path` {str(path)!r} exists; pass overwrite=True to replace it")
+            raise FileExistsError(f"`path` {str(given)!r} exists; pass overwrite=True to replace "
+                                  "it")
         if path.exists():
             _check_overwrite(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -680,24 +690,27 @@ class Model:
             tensors.update({f"prior.{name}.{k}": torch.as_tensor(v)
                             for k, v in predictor.state().items()})
         tensors = _stored_once(tensors)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        # named after this process, so that a later save can tell the leftovers of a run that
+        # died from those of one still running (`_leftovers`)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-{_owner_tag()}-", dir=path.parent))
         try:
             torch.save(tensors, tmp / "weights.pt")
             (tmp / "model.json").write_text(json.dumps(meta, indent=1))
             os.chmod(tmp, user_mode(directory=True))  # mkdtemp made it 0700
             seal(tmp)
+            sync_folder(tmp)
             if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
+                # at every instant `path` holds the whole old model or the whole new one
+                replace_folder(tmp, path, path.with_name(f".{path.name}.old-{_owner_tag()}"))
             else:
                 os.replace(tmp, path)
+            sync_dir(path.parent)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("saved model to %s", path)
-        return path
+        _clean_leftovers(path)
+        logger.info("saved model to %s", given)
+        return given
 
 
 def _sha256(path: Path) -> str:
@@ -715,37 +728,168 @@ def seal(folder: str | os.PathLike) -> None:
     (folder / CHECKSUMS).write_text("".join(lines))
 
 
-def _is_model_folder(path: Path) -> bool:
-    """Whether `path` holds a spalstf model (possibly damaged): what `save(overwrite=True)` may
-    replace. A folder with a model.json of format "spalstf-model", or with the model's files
-    and nothing else (a damaged model)."""
-    if not path.is_dir():
+#: Files a folder may hold beside the model's and still be replaced by `save(overwrite=True)`:
+#: macOS Finder's view settings, written into any folder it shows, never the user's data.
+_IGNORABLE = frozenset({".DS_Store"})
+
+
+def _sealed_by_us(path: Path) -> bool:
+    """Whether `path`'s `CHECKSUMS` is one `seal` wrote: every line '<sha256>  <file>' for a
+    file of the model, and, where any model file is present, at least one that matches its
+    line (a user's own weights.pt beside a checksum file of ours does not)."""
+    try:
+        lines = (path / CHECKSUMS).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
         return False
-    names = {p.name for p in path.iterdir()}
-    if names and names <= {*_MODEL_FILES, CHECKSUMS}:
-        return True
+    listed = {}
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+                or name not in _MODEL_FILES):
+            return False
+        listed[name] = digest
+    if set(listed) != set(_MODEL_FILES):
+        return False
+    present = [name for name in _MODEL_FILES if (path / name).is_file()]
+    return not present or any(_sha256(path / name) == listed[name] for name in present)
+
+
+def _is_model_folder(path: Path) -> bool:
+    """Whether `path` is provably a spalstf model folder (possibly damaged): what
+    `save(overwrite=True)` may replace. A folder holding nothing but the model's files
+    (`_MODEL_FILES`, `CHECKSUMS`) that proves it is ours by either a model.json of format
+    "spalstf-model" or a `CHECKSUMS` that `seal` wrote and a model file still matches. File
+    names alone prove nothing: a user's own weights.pt is not a damaged model."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    names = {p.name for p in path.iterdir()} - _IGNORABLE
+    if not names or not names <= {*_MODEL_FILES, CHECKSUMS}:
+        return False
     try:
         meta = json.loads((path / "model.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == "spalstf-model"
+        meta = None
+    if isinstance(meta, dict) and meta.get("format") == "spalstf-model":
+        return True
+    return _sealed_by_us(path)
 
 
-def _check_overwrite(path: Path) -> None:
-    """Refuse to replace anything but an empty folder or a spalstf model folder, naming why."""
-    if path.is_dir() and not any(path.iterdir()):
-        return
+def _save_target(path: Path) -> Path:
+    """The folder `save` writes for `path`: what a link there names (so that the link keeps
+    leading to the model), else `path`."""
+    return Path(os.path.realpath(path)) if path.is_symlink() and path.exists() else path
+
+
+def check_replaceable(path: str | os.PathLike, arg: str = "`path`") -> None:
+    """A ValueError, naming `arg`, unless `save(path, overwrite=True)` may replace what is at
+    `path` (nothing, an empty folder or a spalstf model folder); the command line checks this
+    before it trains, not after. Nothing is changed."""
+    target = _save_target(Path(path))
+    if target.exists():
+        _check_overwrite(target, arg)
+
+
+def _check_overwrite(path: Path, arg: str = "`path`") -> None:
+    """Refuse to replace anything but an empty folder or a spalstf model folder
+    (`_is_model_folder`), naming why; nothing is changed. `arg`: how the message names the
+    path (the command line's flag)."""
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        return  # an empty folder: nothing in it to lose (a user may make one to save into)
     if not path.is_dir():
-        raise ValueError(f"`path` {str(path)!r} exists and is a file, not a model folder; "
+        raise ValueError(f"{arg} {str(path)!r} exists and is a file, not a model folder; "
                          "overwrite=True replaces only a spalstf model folder: remove the file "
                          "or choose another path")
     if not _is_model_folder(path):
         found = sorted(p.name for p in path.iterdir())
+        extra = sorted(set(found) - {*_MODEL_FILES, CHECKSUMS} - _IGNORABLE)
+        why = (f"it holds files a model does not: {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+               if extra else f"it holds {found}, but neither a model.json of format "
+               f"'spalstf-model' nor a {CHECKSUMS} written by spalstf that its files match")
         raise ValueError(
-            f"`path` {str(path)!r} exists and is not a spalstf model folder (no model.json of "
-            f"format 'spalstf-model'; it holds {found[:5]}{' ...' if len(found) > 5 else ''}); "
-            "overwrite=True replaces only a model folder, so as not to delete other files: "
-            "remove it yourself or choose another path")
+            f"{arg} {str(path)!r} exists and is not a spalstf model folder ({why}; expected "
+            f"only {', '.join(_MODEL_FILES)} and {CHECKSUMS}, proven a model by a model.json "
+            "of format 'spalstf-model' or by the checksums spalstf wrote); overwrite=True "
+            "replaces only a model folder, so as not to delete other files: it is left as it "
+            "is; remove it yourself or choose another path")
+
+
+# --- leftovers of a save cut short ------------------------------------------------------------
+# `save` writes the new model to ".<name>.new-<host>-<pid>-<random>" beside `path`; where the
+# system cannot swap two folders in one step it also moves the old model to
+# ".<name>.old-<host>-<pid>" for an instant (`spalstf._atomic.replace_folder`). A crash (kill -9,
+# power cut) can leave either behind; the process named in them tells a leftover of a dead run
+# from the folder of a running one.
+
+def _owner_tag() -> str:
+    """'<host>-<pid>' of this process (the host's name reduced to letters, digits and dots)."""
+    return f"{re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'}-{os.getpid()}"
+
+
+def _owner_gone(tag: str) -> bool:
+    """Whether the process `tag` ('<host>-<pid>', or '<pid>' as spalstf 0.x wrote) has ended:
+    only a process of this machine can be known to have; this process has not."""
+    host, _, pid = tag.rpartition("-")
+    if not pid.isdigit() or host not in ("", _owner_tag().rpartition("-")[0]):
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False  # alive but another user's, or not a process id this system knows
+    return False
+
+
+def _leftovers(path: Path) -> list[tuple[str, Path]]:
+    """("old" or "new", folder) of each leftover of a save of `path` by a process that has
+    ended."""
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # no such folder, or one that cannot be listed: nothing to recover
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(old|new)-(.+)")
+    out = []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        kind, tag = match.groups()
+        if kind == "new":
+            tag = tag.rpartition("-")[0]  # less mkdtemp's random part (it has no '-')
+        if _owner_gone(tag):
+            out.append((kind, entry))
+    return out
+
+
+def _recover(path: Path) -> bool:
+    """Put back the old model of a replacement that a crash cut between its two renames (no
+    folder at `path`, the old one beside it): whatever was at `path`, restored as it was.
+    True when it did, with a warning naming both."""
+    if os.path.lexists(path):
+        return False
+    old = [folder for kind, folder in _leftovers(path) if kind == "old"]
+    if not old:
+        return False
+    latest = max(old, key=lambda folder: folder.stat().st_mtime)
+    try:
+        os.rename(latest, path)
+    except OSError:
+        return False  # another process restored or wrote it first
+    logger.warning("%s was missing: a save that replaced it was cut short (the process ended "
+                   "between its two renames); the previous model, kept as %s, is restored",
+                   path, latest.name)
+    return True
+
+
+def _clean_leftovers(path: Path) -> None:
+    """Remove the leftovers of ended saves of `path` now that a model is there: old models it
+    replaced (the user asked for that with overwrite=True) and new ones never put in place."""
+    if not path.is_dir():
+        return
+    for _, folder in _leftovers(path):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _verify_checksums(path: Path) -> bool:
@@ -802,13 +946,16 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
     field of the wrong type or an array of the wrong shape or with NaN, or was written by an
     incompatible format version. Every file is checked against the checksums saved with it
     (`checksums.sha256`), so a changed byte is refused, never loaded as changed values. Folders
-    saved before checksums (model formats 1 and 2) load unverified, as a log line says.
+    saved before checksums (model formats 1 and 2) load unverified, as a log line says. Where
+    `path` is missing because a save replacing it was cut short by a crash, the previous model
+    left beside it is put back (with a warning) and loaded.
     """
     if isinstance(path, bool) or not isinstance(path, str | os.PathLike):
         raise TypeError(f"`path` must be a folder path (str or os.PathLike); received "
                         f"{type(path).__name__}")
     path = Path(path)
     where = f"`path` {str(path)!r}"
+    _recover(path)  # a replacement cut short by a crash: the model is put back first
     if not path.is_dir():
         raise ValueError(f"{where} is not a spalstf model folder (no such folder); expected a "
                          "folder written by Model.save")
@@ -848,6 +995,8 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
                          ) from err
     known, target = meta["known_genes"], meta["target_genes"]
     _check_tensors(tensors, len(known), len(target), where)
+    if version >= 2:
+        _check_prior_states(tensors, meta["prior"], len(known), len(target), where)
     dev = resolve_device(device)
     part = "config"
     try:
@@ -861,6 +1010,13 @@ def load(path: str | os.PathLike, *, device: str = "auto") -> Model:
                                      if k.startswith(prefix)})
         part = "stack"
         stack = None if meta.get("stack") is None else Stack.from_dict(meta["stack"])
+        if stack is not None and version >= 2:
+            # a column of a predictor the model does not keep would fail only at imputation
+            kept = {*meta["prior"], *([NETWORK] if meta.get("network", True) else [])}
+            strays = [c for c in stack.columns if c.split("|")[0] not in kept]
+            if strays:
+                raise ValueError(f"columns {strays} read predictors the model does not keep "
+                                 f"(it keeps {sorted(kept)})")
         predictors = None  # format 1: rebuilt from the network's ridge and the atlas
         if version >= 2:
             unknown = [name for name in meta["prior"] if name not in PREDICTORS]
@@ -964,6 +1120,23 @@ def _check_tensors(tensors: Any, n_known: int, n_target: int, where: str) -> Non
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"{where}: weights.pt entry {key!r} has shape "
                              f"{tuple(tensors[key].shape)}; model.json's genes need {shape}")
+
+
+def _check_prior_states(tensors: dict[str, torch.Tensor], names: list[str], n_known: int,
+                        n_target: int, where: str) -> None:
+    """A ValueError naming weights.pt's first entry of a base predictor's state that is
+    missing or whose shape does not fit the genes of model.json (each predictor's
+    `check_state`): a hand-edited or mixed file would otherwise load and broadcast silently.
+    Predictors this spalstf does not know are reported as `load` builds them."""
+    for name in names:
+        if name not in PREDICTORS:
+            continue
+        prefix = f"prior.{name}."
+        state = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            PREDICTORS[name].check_state(state, n_known, n_target, prefix=prefix)
+        except ValueError as err:
+            raise ValueError(f"{where}: weights.pt {err}") from None
 
 
 def _depth_share(cfg: Config) -> float:

@@ -3,8 +3,12 @@ never replace other files, outputs never replace a file that appeared during the
 interrupted command line writes nothing, inputs are aligned by name and checked before work,
 and threads do not change what a seed gives."""
 
+import copy
 import json
 import logging
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +151,251 @@ def test_overwrite_replaces_only_a_model_folder(tiny_model, tmp_path):
     (model / "model.json").unlink()
     tiny_model.save(model, overwrite=True)
     assert spalstf.load(model, device="cpu").known_genes == tiny_model.known_genes
+
+
+def test_only_a_provable_model_folder_is_overwritten(tiny_model, tmp_path):
+    # a user's own network beside no spalstf file: file names alone prove nothing
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "weights.pt").write_bytes(b"my own network")
+    with pytest.raises(ValueError, match=r"`path` '.*mine' exists and is not a spalstf model "
+                                         r"folder \(it holds \['weights.pt'\], but neither"):
+        tiny_model.save(mine, overwrite=True)
+    # nor with a model.json of its own format, or a checksum file that spalstf did not write
+    (mine / "model.json").write_text('{"format": "my-net"}')
+    (mine / CHECKSUMS).write_text(f"{'0' * 64}  weights.pt\n")
+    with pytest.raises(ValueError, match="is not a spalstf model folder"):
+        tiny_model.save(mine, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == [CHECKSUMS, "model.json", "weights.pt"]
+    assert (mine / "weights.pt").read_bytes() == b"my own network"
+    # a model folder the user put a file of theirs into: the file is not the model's to delete
+    model = tiny_model.save(tmp_path / "m")
+    (model / "notes.txt").write_text("a week of work")
+    with pytest.raises(ValueError, match=r"holds files a model does not: \['notes.txt'\]"):
+        tiny_model.save(model, overwrite=True)
+    assert (model / "notes.txt").read_text() == "a week of work"
+    (model / "notes.txt").unlink()
+    # damaged but provably ours: a model.json that cannot be read, weights.pt matching the
+    # checksums saved with it; a weights.pt that does not, beside spalstf's model.json
+    (model / "model.json").write_text("{trunc")
+    tiny_model.save(model, overwrite=True)
+    (model / "weights.pt").write_bytes(b"cut short")
+    tiny_model.save(model, overwrite=True)
+    assert spalstf.load(model, device="cpu").known_genes == tiny_model.known_genes
+    # an empty folder holds nothing to lose: a user may make one to save into
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tiny_model.save(empty, overwrite=True)
+    assert spalstf.load(empty, device="cpu").target_genes == tiny_model.target_genes
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_fit_force_refuses_a_users_folder_before_training(tiny_pair, tiny_model, tmp_path,
+                                                          monkeypatch, capsys):
+    from spalstf.cli import main
+
+    _, sc = tiny_pair
+    sc_path = tmp_path / "sc.h5ad"
+    sc.write_h5ad(sc_path)
+    fits = []
+    monkeypatch.setattr(spalstf, "fit", lambda *a, **k: fits.append(1) or tiny_model)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "weights.pt").write_bytes(b"my own network")
+    args = ["fit", "--sc", str(sc_path), "--known", ",".join(tiny_model.known_genes),
+            "--model-out", str(mine), "--quiet", "--force"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"--model-out '.*mine' exists and is not a spalstf model folder", err), err
+    assert "--force replaces only a model folder" in err and fits == []
+    assert [p.name for p in mine.iterdir()] == ["weights.pt"]
+    assert (mine / "weights.pt").read_bytes() == b"my own network"
+    model = tiny_model.save(tmp_path / "model")  # a model folder: --force replaces it
+    assert main([*args[:-3], str(model), "--quiet", "--force"]) == 0 and fits == [1]
+    assert spalstf.load(model, device="cpu").known_genes == tiny_model.known_genes
+
+
+def _marked(model, which):
+    """The model, its info marked `which`: tells a saved folder's two versions apart."""
+    marked = copy.copy(model)
+    marked.info = {**model.info, "which": which}
+    return marked
+
+
+def _hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_an_interrupted_replacement_leaves_a_whole_model_at_the_path(tiny_model, tmp_path,
+                                                                      monkeypatch):
+    import spalstf._atomic as atomic
+
+    path = _marked(tiny_model, "old").save(tmp_path / "m")
+    new = _marked(tiny_model, "new")
+    # where the system cannot swap two folders: Ctrl-C between the two renames
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False, raising=False)
+    real_replace = os.replace
+
+    def interrupted_second(src, dst):  # the rename of the new model into place
+        if Path(dst) == path and not Path(src).name.startswith(".m.old-"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(path, overwrite=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert spalstf.load(path, device="cpu").info["which"] == "old"
+    assert _hidden(tmp_path) == []
+    # one atomic swap: an interrupt just before it or just after it
+    for swapped, which in ((False, "old"), (True, "new")):
+        def swap(a, b, swapped=swapped):
+            if swapped:
+                _swap_for_tests(a, b)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(atomic, "exchange", swap)
+        with pytest.raises(KeyboardInterrupt):
+            new.save(path, overwrite=True)
+        assert spalstf.load(path, device="cpu").info["which"] == which
+        assert _hidden(tmp_path) == []
+
+
+def _swap_for_tests(a, b):
+    """What a swap of the two folders leaves (done here in three renames: the test stands in
+    for the system)."""
+    hold = a.with_name(a.name + ".hold")
+    os.rename(a, hold)
+    os.rename(b, a)
+    os.rename(hold, b)
+    return True
+
+
+def test_the_swap_is_atomic_where_the_system_has_one(tmp_path):
+    from spalstf._atomic import exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b").mkdir()
+    if not exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no atomic swap of two folders on this system or file system")
+    assert (tmp_path / "b" / "x").read_text() == "a" and not any((tmp_path / "a").iterdir())
+    with pytest.raises(FileNotFoundError):
+        exchange(tmp_path / "a", tmp_path / "missing")  # nothing to swap with: an error
+
+
+#: A process id no system gives (Linux's are at most 2**22): the owner of a leftover that died.
+_DEAD = 2**31 - 1
+
+
+def test_leftovers_of_a_crashed_replacement_are_recovered_or_cleaned(tiny_model, tmp_path,
+                                                                      caplog):
+    path = _marked(tiny_model, "old").save(tmp_path / "m")
+    # killed between the two renames (spalstf 0.x named the old folder by its pid alone)
+    path.rename(tmp_path / f".m.old-{_DEAD}")
+    with caplog.at_level(logging.WARNING, logger="spalstf"):
+        assert spalstf.load(path, device="cpu").info["which"] == "old"
+    assert "is restored" in caplog.text and _hidden(tmp_path) == []
+    from spalstf.model import _owner_tag  # since: folders named by host and process
+
+    host = _owner_tag().rpartition("-")[0]
+    path.rename(tmp_path / f".m.old-{host}-{_DEAD}")
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
+        _marked(tiny_model, "new").save(path)  # the old model is back, so not replaced
+    assert spalstf.load(path, device="cpu").info["which"] == "old"
+    # killed after the swap: the replaced model and a half-written one are removed by the next
+    # save; a running process's folders (pid 1 always runs) are not touched
+    (tmp_path / f".m.old-{host}-{_DEAD}").mkdir()
+    (tmp_path / f".m.new-{host}-{_DEAD}-abc_1").mkdir()
+    (tmp_path / f".m.new-{host}-{_DEAD}-abc_1" / "weights.pt").write_bytes(b"half")
+    (tmp_path / f".m.new-{host}-1-xyz").mkdir()
+    _marked(tiny_model, "new").save(path, overwrite=True)
+    assert spalstf.load(path, device="cpu").info["which"] == "new"
+    assert _hidden(tmp_path) == [f".m.new-{host}-1-xyz"]
+
+
+def test_a_predictor_state_of_the_wrong_shape_is_refused_naming_the_entry(tiny_model,
+                                                                          tmp_path):
+    path = tiny_model.save(tmp_path / "m")
+    tensors = torch.load(path / "weights.pt", weights_only=True)
+    n_known, n_target = len(tiny_model.known_genes), len(tiny_model.target_genes)
+    targets = tensors["prior.likelihood.targets"]
+    n_clusters = targets.shape[0]
+    cases = [  # (entry, edited value, message)
+        ("prior.likelihood.targets", targets[:, :-1],
+         rf"weights.pt entry 'prior.likelihood.targets' has shape \({n_clusters}, "
+         rf"{n_target - 1}\); expected \(clusters, {n_target}\) for model.json's {n_known} "
+         rf"known and {n_target} target genes"),
+        ("prior.likelihood.targets", targets[:-1],
+         rf"'prior.likelihood.targets' has shape \({n_clusters - 1}, {n_target}\); expected "
+         rf"\(clusters, {n_target}\) .*clusters = {n_clusters} as in "
+         rf"'prior.likelihood.profile_shares'"),
+        ("prior.likelihood.sizes", -tensors["prior.likelihood.sizes"],
+         "'prior.likelihood.sizes' must hold the clusters' sizes, all above 0"),
+        ("prior.ridge.bias", tensors["prior.ridge.bias"][None],
+         rf"'prior.ridge.bias' has shape \(1, {n_target}\); expected \({n_target},\)"),
+        ("prior.aligned.n_known", torch.tensor(n_known - 1),
+         rf"'prior.aligned.n_known' must be the integer {n_known}.*received int64 {n_known - 1}"),
+        ("prior.likelihood.known_means", None, "lacks the entry 'prior.likelihood.known_means'"),
+    ]
+    # every array of every predictor the model keeps, one column short
+    for key, value in tensors.items():
+        if key.startswith("prior.") and value.ndim >= 1:
+            cases.append((key, value[..., :-1], rf"weights.pt entry '{re.escape(key)}' has "
+                                                rf"shape"))
+    assert {key.split(".")[1] for key, _, _ in cases} == set(tiny_model.predictors)
+    for key, value, message in cases:
+        edited = {k: v for k, v in tensors.items() if k != key}
+        if value is not None:
+            edited[key] = value
+        torch.save(edited, path / "weights.pt")
+        seal(path)  # edited by hand and sealed again: the shapes themselves are checked
+        with pytest.raises(ValueError, match=message):
+            spalstf.load(path, device="cpu")
+    torch.save(tensors, path / "weights.pt")
+    seal(path)
+    spalstf.load(path, device="cpu")
+
+
+def test_every_predictor_declares_the_shapes_of_its_state():
+    from spalstf.prior import PREDICTORS
+
+    n_known, n_target = 4, 3
+    for name, cls in PREDICTORS.items():
+        shapes = cls.state_shapes(n_known, n_target)
+        assert shapes, name
+        state = {k: np.asarray(v) if isinstance(v, int) else np.ones([2 if isinstance(d, str)
+                                                                      else d for d in v])
+                 for k, v in shapes.items()}
+        cls.check_state(state, n_known, n_target)
+        for key in state:
+            if key in cls.optional_state:
+                continue
+            with pytest.raises(ValueError, match=f"lacks the entry '{key}'"):
+                cls.check_state({k: v for k, v in state.items() if k != key}, n_known,
+                                n_target)
+
+
+def test_a_stack_that_cannot_be_read_as_saved_is_refused(tiny_model, tmp_path):
+    path = tiny_model.save(tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    stacks = {
+        '{"weights": {"ridge|raw|expression": Infinity}}':
+            r"weight of column 'ridge\|raw\|expression' must be a finite number",
+        '{"weights": {"ridge|raw|expression": 0.5, "ghost|raw|expression": 0.5}}':
+            r"columns \['ghost\|raw\|expression'\] read predictors the model does not keep",
+        '{"weights": {"ridge|sideways|expression": 1.0}}': "must read a view of",
+    }
+    for stack, message in stacks.items():
+        text = json.dumps({**meta, "stack": None}).replace('"stack": null', f'"stack": {stack}')
+        (path / "model.json").write_text(text)
+        seal(path)
+        with pytest.raises(ValueError, match=rf"model.json field 'stack'.*{message}"):
+            spalstf.load(path, device="cpu")
+    (path / "model.json").write_text(json.dumps({**meta, "stack": {
+        "weights": {"ridge|raw|expression": 0.5, "likelihood|spatial|at_depth": 0.5}}}))
+    seal(path)
+    assert spalstf.load(path, device="cpu").stack.columns
 
 
 # --- outputs ----------------------------------------------------------------------------

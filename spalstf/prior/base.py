@@ -114,6 +114,63 @@ class BasePredictor(ABC):
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> BasePredictor:
         """The predictor saved as `state`, reading the settings of `config`."""
 
+    #: Entries of `state()` that may be absent (the others must be there).
+    optional_state: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict[str, tuple[int | str, ...] | int]:
+        """What each entry of `state()` must be in a model of `n_known` known and `n_target`
+        target genes, checked by `check_state` when a saved model loads: a shape, whose ints
+        are fixed lengths and whose strs name a length the entries share (their rows: "cells",
+        "clusters"); or an int, which the entry (a single integer) must equal. Entries not
+        listed are not checked; the default lists none (a new predictor may add its own)."""
+        return {}
+
+    @classmethod
+    def check_state(cls, state: Mapping[str, Any], n_known: int, n_target: int, *,
+                    prefix: str = "") -> None:
+        """A ValueError naming the first entry of a saved `state` (as `prefix` + its key) that
+        is missing or does not fit `state_shapes`, with the shape expected and received:
+        a file edited by hand or mixed from two models would otherwise load and broadcast its
+        arrays against the genes silently."""
+        sizes: dict[str, tuple[int, str]] = {}  # named length -> (length, entry that set it)
+        for key, expected in cls.state_shapes(n_known, n_target).items():
+            entry = f"{prefix}{key}"
+            if key not in state:
+                if key in cls.optional_state:
+                    continue
+                raise ValueError(f"lacks the entry {entry!r} (the {cls.name!r} predictor's "
+                                 "saved state); the file is damaged or comes from another "
+                                 "model")
+            value = np.asarray(state[key])
+            if isinstance(expected, int):
+                if (value.shape != () or value.dtype.kind not in "iu"
+                        or int(value) != expected):
+                    shown = value.tolist() if value.size < 5 else f"of shape {value.shape}"
+                    raise ValueError(f"entry {entry!r} must be the integer {expected} (as "
+                                     f"model.json's genes give it); received {value.dtype} "
+                                     f"{shown}")
+                continue
+            received = tuple(value.shape)
+            ok = len(received) == len(expected)
+            for length, want in zip(received, expected, strict=False) if ok else ():
+                if isinstance(want, int):
+                    ok = ok and length == want
+                elif want in sizes:
+                    ok = ok and length == sizes[want][0]
+                else:
+                    # a required entry with no rows is no fitted state at all
+                    ok = ok and (length > 0 or key in cls.optional_state)
+                    sizes[want] = (length, entry)
+            if not ok:
+                named = "; ".join(f"{want} = {n} as in {where!r}" for want, (n, where)
+                                  in sizes.items() if want in expected and where != entry)
+                raise ValueError(
+                    f"entry {entry!r} has shape {received}; expected "
+                    f"({', '.join(str(w) for w in expected)}{',' if len(expected) == 1 else ''})"
+                    f" for model.json's {n_known} known and {n_target} target genes"
+                    f"{f' ({named})' if named else ''}")
+
 
 #: ST cells (evenly spaced) whose known genes give the statistics of `prepare`: they bound its
 #: cost on large data sets.

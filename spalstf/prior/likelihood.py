@@ -190,6 +190,22 @@ class CountLikelihood(BasePredictor):
                 "targets": self.targets, "sizes": self.sizes}
 
     @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"profile_shares": ("clusters", n_known), "known_means": ("clusters", n_known),
+                "targets": ("clusters", n_target), "sizes": ("clusters",)}
+
+    @classmethod
+    def check_state(cls, state: Mapping[str, np.ndarray], n_known: int, n_target: int, *,
+                    prefix: str = "") -> None:
+        super().check_state(state, n_known, n_target, prefix=prefix)
+        # the clusters' sizes are the posterior's prior through their log: one not above 0
+        # would give NaN or a cluster never chosen
+        sizes = np.asarray(state["sizes"])
+        if not (sizes > 0).all():
+            raise ValueError(f"entry {prefix + 'sizes'!r} must hold the clusters' sizes, all "
+                             f"above 0; received {sizes.min()} among them")
+
+    @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> CountLikelihood:
         return cls(config, **{k: np.asarray(state[k]) for k in
                               ("profile_shares", "known_means", "targets", "sizes")})

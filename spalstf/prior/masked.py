@@ -92,6 +92,10 @@ class MaskedNetwork(BasePredictor):
                 "seed": np.asarray(self.seed, dtype=np.int64)}
 
     @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"rows": ("cells", n_known + n_target), "n_known": n_known, "seed": ()}
+
+    @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> MaskedNetwork:
         return cls(config, rows=np.asarray(state["rows"]), n_known=int(state["n_known"]),
                    seed=int(state["seed"]))

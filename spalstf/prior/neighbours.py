@@ -136,6 +136,13 @@ class AlignedNeighbours(BasePredictor):
             out["mixtures"] = self.mixtures
         return out
 
+    optional_state = ("mixtures",)
+
+    @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"atlas": ("cells", n_known + n_target),
+                "mixtures": ("mixtures", n_known + n_target), "n_known": n_known}
+
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> AlignedNeighbours:
         mixtures = state.get("mixtures")
@@ -183,6 +190,10 @@ class ReferenceNeighbours(BasePredictor):
 
     def state(self) -> dict[str, np.ndarray]:
         return {"known_log": self.known_log, "targets": self.targets}
+
+    @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"known_log": ("cells", n_known), "targets": ("cells", n_target)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> ReferenceNeighbours:

@@ -182,6 +182,10 @@ class RidgePrior(BasePredictor):
         return {"weights": self.weights, "bias": self.bias}
 
     @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"weights": (n_known, n_target), "bias": (n_target,)}
+
+    @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> RidgePrior:
         return cls(config, weights=np.asarray(state["weights"], np.float32),
                    bias=np.asarray(state["bias"], np.float32))
@@ -224,6 +228,10 @@ class AlignedRidge(BasePredictor):
 
     def state(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights, "bias": self.bias}
+
+    @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"weights": (n_known, n_target), "bias": (n_target,)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> AlignedRidge:

@@ -217,6 +217,25 @@ class Stack:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Stack:
+        """The stack saved as `to_dict` (a model's model.json): a ValueError naming the first
+        column or value that a saved stack cannot hold, rather than one that a model would
+        read silently (a NaN weight dropped, an infinite one making every value NaN)."""
+        weights = values["weights"]
+        if not isinstance(weights, Mapping):
+            raise ValueError(f"'weights' must map column names to weights; received "
+                             f"{type(weights).__name__}")
+        for name, weight in weights.items():
+            _, view, readout = parse(name)
+            if view not in VIEWS or readout not in READOUTS:
+                raise ValueError(f"column {name!r} must read a view of {VIEWS} and a readout of "
+                                 f"{READOUTS}")
+            if (isinstance(weight, bool) or not isinstance(weight, int | float)
+                    or not math.isfinite(weight) or weight < 0):
+                raise ValueError(f"the weight of column {name!r} must be a finite number >= 0; "
+                                 f"received {weight!r}")
+        level = values.get("level", 0.9)
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+            raise ValueError(f"'level' must be a number in (0, 1); received {level!r}")
         return cls(weights=dict(values["weights"]), level=float(values.get("level", 0.9)),
                    quantile=float(values.get("quantile", float("nan"))),
                    offset=float(values.get("offset", 0.0)),

@@ -113,5 +113,9 @@ class TransportMapping(BasePredictor):
         return {"profiles": self.profiles, "n_known": np.asarray(self.n_known, dtype=np.int64)}
 
     @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"profiles": ("profiles", n_known + n_target), "n_known": n_known}
+
+    @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> TransportMapping:
         return cls(config, profiles=np.asarray(state["profiles"]), n_known=int(state["n_known"]))
