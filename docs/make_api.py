@@ -74,9 +74,11 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("spalstf.pl.metric_boxplot", "spalstf.pl.metric_boxplot"),
         ("spalstf.pl.loss_curve", "spalstf.pl.loss_curve"),
     ]),
-    ("Data sets", "The simulator and the readers of real paired data.", [
+    ("Data sets", "The simulator, the real pair shipped with the package and the readers of "
+     "real paired data.", [
         ("spalstf.datasets.simulate", "spalstf.datasets._simulate.simulate"),
         ("spalstf.datasets.load", "spalstf.datasets._loaders.load"),
+        ("spalstf.datasets.osmfish_example", "spalstf.datasets._loaders.osmfish_example"),
         ("spalstf.datasets.read_h5ad_pair", "spalstf.datasets._loaders.read_h5ad_pair"),
         ("spalstf.datasets.read_li_format", "spalstf.datasets._loaders.read_li_format"),
         ("spalstf.datasets.read_rctd_pair", "spalstf.datasets._loaders.read_rctd_pair"),

@@ -9,9 +9,10 @@ The genes measured in both data sets are split into folds (scikit-learn KFold, s
 against the measured values per gene (Pearson and Spearman r, SSIM, RMSE, JS divergence), the
 protocol of the Li et al. 2022 benchmark and of the SpaLSTF paper. Real pairs (--dataset
 osmfish, visium_brain, ...) are read from --data-dir (default: $SPALSTF_DATA, then
-../shared/data). Writes the per-gene table, the summary and a box plot to --out (default
-cv_out/). With the defaults, spalstf trains once per fold, 300 updates each (`max_steps`,
-under a minute on 2 CPU cores).
+../shared/data); --dataset osmfish_li_format runs without them, on the copy shipped with
+spalstf (spalstf.datasets.osmfish_example). Writes the per-gene table, the summary and a box
+plot to --out (default cv_out/). With the defaults, spalstf trains once per fold, 300 updates
+each (`max_steps`, under a minute on 2 CPU cores).
 """
 
 from __future__ import annotations

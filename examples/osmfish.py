@@ -4,19 +4,27 @@
     python examples/osmfish.py [PATH] --network   # and the SpaLSTF network (about 2 min)
     python examples/osmfish.py [PATH] --fast      # a smoke run in seconds (subsampled, short)
 
-PATH is the folder with dataset1_spatial_33.h5ad and dataset1_seq_33.h5ad (default
-../shared/data/osmfish). Every one of the 33 genes is measured in both data sets, so the
-example hides some of them (--genes, default: the first of five folds), predicts them from the
-others, and compares with their measured values. Along the way it shows the two-step use: fit
-a model once, learn its combination on the ST's known genes, save it, load it and impute. With
---network the SpaLSTF diffusion network joins the learnt combination as one more predictor (it
-is not a default: see docs/results.md) and its training loss curve is drawn. Results go to
---out (default osmfish_out/).
+PATH is a folder with dataset1_spatial_33.h5ad and dataset1_seq_33.h5ad (the paper's pair:
+3405 cells, 5613 reference cells) or with the Li et al. text files (Spatial_count.txt,
+scRNA_count.txt, Locations.txt). Without PATH: the paper's pair in $SPALSTF_DATA/osmfish when
+SPALSTF_DATA is set, else in ../shared/data/osmfish (from the working directory, then beside
+the checkout); where it is absent (a fresh clone, an installed package), the osmFISH pair
+shipped with spalstf, spalstf.datasets.osmfish_example() (the same 3405 cells, 1000 of the
+reference cells; MIT, from the TISSUE repository). The first line printed says which.
+
+Every one of the 33 genes is measured in both data sets, so the example hides some of them
+(--genes, default: the first of five folds), predicts them from the others, and compares with
+their measured values. Along the way it shows the two-step use: fit a model once, learn its
+combination on the ST's known genes, save it, load it and impute. With --network the SpaLSTF
+diffusion network joins the learnt combination as one more predictor (it is not a default: see
+docs/results.md) and its training loss curve is drawn. Results go to --out (default
+osmfish_out/).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,41 @@ FAST = dict(epochs=3, n_steps=3, n_samples=2, d_model=32, depth=1, lstm_hidden=1
             n_neighbors=4)
 
 
+PAIR = ("dataset1_spatial_33.h5ad", "dataset1_seq_33.h5ad")
+
+
+def default_folder() -> Path | None:
+    """The paper's pair: $SPALSTF_DATA/osmfish when SPALSTF_DATA is set (only there), else
+    ../shared/data/osmfish from the working directory, then beside the checkout; None when
+    none holds it."""
+    env = os.environ.get("SPALSTF_DATA")
+    roots = [Path(env)] if env else [Path.cwd() / ".." / "shared" / "data",
+                                     Path(__file__).resolve().parents[2] / "shared" / "data"]
+    return next((r / "osmfish" for r in roots if all((r / "osmfish" / f).is_file()
+                                                      for f in PAIR)), None)
+
+
+def read_data(path: str | None, parser: argparse.ArgumentParser):
+    """(st, sc, what was read): PATH, else the paper's pair, else the shipped example pair."""
+    if path is None:
+        folder = default_folder()
+        if folder is None:
+            st, sc = spalstf.datasets.osmfish_example()
+            return st, sc, ("the osmFISH example pair shipped with spalstf "
+                            "(spalstf.datasets.osmfish_example(); no data folder found)")
+    else:
+        folder = Path(path)
+    if (folder / "Spatial_count.txt").is_file():
+        st, sc = spalstf.datasets.read_li_format(folder)
+    elif all((folder / f).is_file() for f in PAIR):
+        st, sc = spalstf.datasets.read_h5ad_pair(*(folder / f for f in PAIR))
+    else:
+        parser.error(f"{str(folder)!r} holds neither {PAIR[0]} and {PAIR[1]} nor the Li et al. "
+                     "text files (Spatial_count.txt, scRNA_count.txt, Locations.txt); leave "
+                     "PATH out to use the osmFISH pair shipped with spalstf")
+    return st, sc, str(folder)
+
+
 def measured_truth(st, genes: list[str], known: list[str]) -> pd.DataFrame:
     """The measured values of `genes` on spalstf's output scale: log1p(count / total of the
     known genes * 1e4) per cell."""
@@ -39,8 +82,9 @@ def measured_truth(st, genes: list[str], known: list[str]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", default="../shared/data/osmfish",
-                        help="folder of the osmFISH pair (default ../shared/data/osmfish)")
+    parser.add_argument("path", nargs="?", default=None,
+                        help="folder of an osmFISH pair (default: $SPALSTF_DATA/osmfish or "
+                             "../shared/data/osmfish, else the pair shipped with spalstf)")
     parser.add_argument("--genes", default=None,
                         help="comma-separated genes to hide and predict (default: fold 1 of 5)")
     parser.add_argument("--network", action="store_true",
@@ -49,18 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="osmfish_out", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
-    folder, out = Path(args.path), Path(args.out)
-    if not folder.is_dir():
-        parser.error(f"no folder {str(folder)!r}: pass the folder that holds "
-                     "dataset1_spatial_33.h5ad and dataset1_seq_33.h5ad")
+    out = Path(args.out)
+    st, sc, source = read_data(args.path, parser)
+    print(f"data: {source}")
     out.mkdir(parents=True, exist_ok=True)
-
-    st, sc = spalstf.datasets.read_h5ad_pair(folder / "dataset1_spatial_33.h5ad",
-                                             folder / "dataset1_seq_33.h5ad")
     if args.fast:
         rng = np.random.default_rng(args.seed)
-        st = st[np.sort(rng.choice(st.n_obs, 300, replace=False))].copy()
-        sc = sc[np.sort(rng.choice(sc.n_obs, 500, replace=False))].copy()
+        st = st[np.sort(rng.choice(st.n_obs, min(st.n_obs, 300), replace=False))].copy()
+        sc = sc[np.sort(rng.choice(sc.n_obs, min(sc.n_obs, 500), replace=False))].copy()
     print(f"osmFISH: {st.n_obs} cells x {st.n_vars} genes; reference {sc.n_obs} cells x "
           f"{sc.n_vars} genes")
 

@@ -1,4 +1,5 @@
-"""Readers for the Li et al. text layout, RCTD CSV folders, .h5ad pairs and `load`."""
+"""Readers for the Li et al. text layout, RCTD CSV folders, .h5ad pairs, `load`, and the
+osmFISH example pair shipped with the package (`osmfish_example`, offline)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def test_read_li_format(li_folder: Path) -> None:
     assert st.shape == (2, 3) and list(st.var_names) == ["g1", "g2", "g3"]
     np.testing.assert_array_equal(st.X, [[1, 0, 2], [3, 4, 0]])
     np.testing.assert_array_equal(st.obsm["spatial"], [[1.5, 2.5], [3.0, 4.0]])
+    np.testing.assert_array_equal(st.obs[["x_coord", "y_coord"]], st.obsm["spatial"])
     assert sc.shape == (4, 3)
     assert list(sc.var_names) == ["g1", "g2", "g4"]
     assert list(sc.obs_names) == ["c1", "c2", "c3", "c4"]
@@ -212,3 +214,116 @@ def test_the_simulators_model_is_the_one_that_made_the_data() -> None:
     expected = np.bincount(model.domain, minlength=4) @ model.mixtures / len(model.domain)
     np.testing.assert_allclose(np.bincount(types, minlength=6) / 20000, expected, atol=0.015)
     assert state.shape == (20000, 6)
+
+
+# --- the osmFISH example pair shipped with the package ---------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "spalstf" / "datasets" / "data"
+OSMFISH_GENES = [
+    "Gad2", "Slc32a1", "Crhbp", "Cnr1", "Vip", "Cpne5", "Pthlh", "Crh", "Tbr1", "Lamp5", "Rorb",
+    "Syt6", "Kcnip2", "Aldoc", "Gfap", "Serpinf1", "Mfge8", "Sox10", "Plp1", "Pdgfra", "Bmp4",
+    "Itpr2", "Tmem2", "Ctps", "Anln", "Mrc1", "Hexb", "Ttr", "Foxj1", "Vtn", "Flt1", "Apln",
+    "Acta2",
+]
+
+
+def test_osmfish_example_offline() -> None:
+    from spalstf.datasets import osmfish_example
+
+    st, sc = osmfish_example()
+    assert st.shape == (3405, 33) and sc.shape == (1000, 33)
+    assert list(st.var_names) == OSMFISH_GENES and list(sc.var_names) == OSMFISH_GENES
+    # raw counts: non-negative integers (float32, as every reader returns), no empty cell
+    for adata in (st, sc):
+        x = np.asarray(adata.X)
+        assert x.dtype == np.float32 and x.min() >= 0 and np.array_equal(x, np.round(x))
+        assert (x.sum(axis=1) > 0).all()
+    # the totals of the original text files (a changed or truncated file fails here)
+    assert int(st.X.astype(np.int64).sum()) == 650913
+    assert int(sc.X.astype(np.int64).sum()) == 4991835
+    # coordinates: one row per cell, in the cells' order, in obsm and obs alike
+    assert list(st.obs_names) == [f"cell_{i}" for i in range(3405)]
+    assert st.obsm["spatial"].shape == (3405, 2) and np.isfinite(st.obsm["spatial"]).all()
+    np.testing.assert_array_equal(st.obs[["x_coord", "y_coord"]], st.obsm["spatial"])
+    np.testing.assert_array_equal(st.obsm["spatial"][0], [18171.23094, 24590.79527])
+    np.testing.assert_array_equal(st.obsm["spatial"][-1], [884.0417519, 33406.07842])
+    assert sc.obs_names.is_unique and sc.obs_names[0] == "SM-DAIFH_S33_E1-50"
+    assert "cell_type" not in sc.obs
+    assert st.uns["dataset"] == sc.uns["dataset"] == "osmfish_example"
+
+
+def test_osmfish_example_is_small_licensed_and_packaged() -> None:
+    import tomllib
+
+    files = sorted(p.name for p in SHIPPED.iterdir())
+    assert files == ["NOTICE", "osmfish_example.npz"]
+    assert (SHIPPED / "osmfish_example.npz").stat().st_size < 2_000_000
+    with np.load(SHIPPED / "osmfish_example.npz", allow_pickle=False) as z:  # no pickles
+        assert z["st_counts"].dtype == np.int32 and z["sc_counts"].dtype == np.int32
+    notice = (SHIPPED / "NOTICE").read_text()
+    for words in ("MIT License", "github.com/sunericd/TISSUE", "make_example_data.py",
+                  "Permission is hereby granted"):
+        assert words in notice
+    # in the wheel: package-data names both files
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = data["tool"]["setuptools"]["package-data"]["spalstf.datasets"]
+    assert sorted(listed) == ["data/NOTICE", "data/osmfish_example.npz"]
+
+
+def test_load_falls_back_to_the_shipped_pair(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from spalstf.datasets import osmfish_example
+
+    monkeypatch.setattr(L, "default_data_dirs", lambda data_dir=None: (
+        [Path(data_dir)] if data_dir is not None else [tmp_path / "empty"]))
+    st, sc = L.load("osmfish_li_format")
+    st0, sc0 = osmfish_example()
+    np.testing.assert_array_equal(st.X, st0.X)
+    np.testing.assert_array_equal(sc.X, sc0.X)
+    assert st.uns["dataset"] == sc.uns["dataset"] == "osmfish_li_format"
+    # the larger pair is not shipped: the error says what is
+    with pytest.raises(FileNotFoundError, match=r"osmfish_example\(\)"):
+        L.load("osmfish")
+    # a data_dir given is the only place looked in
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        L.load("osmfish_li_format", data_dir=tmp_path)
+
+
+needs_li = pytest.mark.skipif(not (DATA / "osmfish_li_format").is_dir(),
+                              reason="../shared/data/osmfish_li_format is absent")
+
+
+@needs_li
+def test_osmfish_example_equals_the_original() -> None:
+    from spalstf.datasets import osmfish_example
+
+    st, sc = osmfish_example()
+    st0, sc0 = L.read_li_format(DATA / "osmfish_li_format")
+    for a, b in ((st, st0), (sc, sc0)):
+        assert a.X.dtype == b.X.dtype
+        np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
+        assert list(a.var_names) == list(b.var_names)
+        assert list(a.obs_names) == list(b.obs_names)
+    np.testing.assert_array_equal(st.obsm["spatial"], st0.obsm["spatial"])
+    pd.testing.assert_frame_equal(st.obs, st0.obs)
+    # load() reads the folder where it exists: the same values
+    st1, _ = L.load("osmfish_li_format", data_dir=DATA)
+    np.testing.assert_array_equal(st1.X, st.X)
+
+
+@needs_li
+def test_the_script_rebuilds_the_shipped_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "rebuilt.npz"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_example_data.py"),
+                          str(DATA / "osmfish_li_format"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "ST 3405 x 33, reference 1000 x 33" in run.stdout
+    with np.load(out) as new, np.load(SHIPPED / "osmfish_example.npz") as old:
+        assert sorted(new.files) == sorted(old.files)
+        for key in old.files:
+            assert new[key].dtype == old[key].dtype, key
+            np.testing.assert_array_equal(new[key], old[key], err_msg=key)

@@ -1,5 +1,6 @@
-"""Readers for the formats paired ST + scRNA-seq data come in, and :func:`load` for the
-paired sets of the shared data folder.
+"""Readers for the formats paired ST + scRNA-seq data come in, :func:`load` for the paired
+sets of the shared data folder, and :func:`osmfish_example`, the one real pair shipped with
+the package (``data/osmfish_example.npz``, MIT; see ``data/NOTICE``).
 
 Every reader returns AnnData objects of raw counts (cells x genes, float32), with spatial
 coordinates in ``obsm["spatial"]`` (ST) and cell types in ``obs["cell_type"]`` (reference)
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import anndata as ad
@@ -28,6 +30,7 @@ __all__ = [
     "read_rctd_pair",
     "read_h5ad_pair",
     "default_data_dirs",
+    "osmfish_example",
 ]
 
 #: Paired data sets :func:`load` knows, with the sub-folder each lives in.
@@ -81,7 +84,8 @@ def read_li_format(
     Returns
     -------
     (st, sc)
-        AnnData of raw counts; ``st.obsm["spatial"]`` when ``locations`` exists.
+        AnnData of raw counts; when ``locations`` exists, the coordinates in
+        ``st.obsm["spatial"]`` and in ``st.obs["x_coord"]``, ``st.obs["y_coord"]``.
     """
     folder = Path(folder)
     st_df = pd.read_csv(_check_file(folder / spatial, "`spatial`"), sep="\t", header=0)
@@ -97,6 +101,8 @@ def read_li_format(
                 f"Expected {st.n_obs}, received {len(loc)}."
             )
         st.obsm["spatial"] = loc.iloc[:, :2].to_numpy(dtype=np.float64)
+        st.obs["x_coord"] = st.obsm["spatial"][:, 0]
+        st.obs["y_coord"] = st.obsm["spatial"][:, 1]
     else:
         logger.info("No %s in %s: no spatial coordinates.", locations, folder)
     sc_df = pd.read_csv(_check_file(folder / reference, "`reference`"), sep="\t", index_col=0)
@@ -234,6 +240,53 @@ def default_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return out
 
 
+#: The real pair shipped with the package (see data/NOTICE; rebuilt by
+#: scripts/make_example_data.py from the osmfish_li_format folder).
+EXAMPLE_FILE = "osmfish_example.npz"
+
+
+def osmfish_example() -> tuple[ad.AnnData, ad.AnnData]:
+    """The osmFISH example pair shipped with spalstf: real data, no download, no data folder.
+
+    The ``osmfish_li_format`` pair (the test data of github sunericd/TISSUE, MIT licence; the
+    package's ``datasets/data/NOTICE`` gives the source and licence): the osmFISH mouse
+    somatosensory cortex (Codeluppi et al. 2018), 3405 cells x 33 genes with their positions,
+    and 1000 SMART-seq reference cells x the same 33 genes. The values equal those
+    :func:`read_li_format` reads from the original files (``load("osmfish_li_format")``).
+    All 33 genes are measured on both sides, so imputation is checked by hiding some of
+    them (``examples/osmfish.py``, :func:`spalstf.cross_validate`).
+
+    Returns
+    -------
+    (st, sc)
+        AnnData of raw counts (integer values, float32), cells x genes. ``st``: obs names
+        ``cell_0`` ... ``cell_3404``, coordinates in ``obsm["spatial"]`` and in
+        ``obs["x_coord"]``, ``obs["y_coord"]``. ``sc``: obs names the reference's cell names,
+        no cell types. ``uns["dataset"]`` is ``"osmfish_example"`` on both.
+
+    Examples
+    --------
+    >>> import spalstf
+    >>> st, sc = spalstf.datasets.osmfish_example()  # 3405 x 33 and 1000 x 33
+    >>> cv = spalstf.cross_validate(st, sc, n_folds=5, methods="mean,knn,spalstf")
+    """
+    source = resources.files("spalstf.datasets") / "data" / EXAMPLE_FILE
+    with resources.as_file(source) as path, np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    st = ad.AnnData(arrays["st_counts"].astype(np.float32))
+    st.var_names = arrays["st_genes"].astype(str)
+    st.obs_names = [f"cell_{i}" for i in range(st.n_obs)]
+    xy = arrays["st_xy"].astype(np.float64)
+    st.obsm["spatial"] = xy
+    st.obs["x_coord"] = xy[:, 0]
+    st.obs["y_coord"] = xy[:, 1]
+    sc = ad.AnnData(arrays["sc_counts"].astype(np.float32))
+    sc.var_names = arrays["sc_genes"].astype(str)
+    sc.obs_names = arrays["sc_cells"].astype(str)
+    st.uns["dataset"] = sc.uns["dataset"] = "osmfish_example"
+    return st, sc
+
+
 def _load_visium_lymph(folder: Path) -> tuple[ad.AnnData, ad.AnnData]:
     """The Seurat v4 objects of ``seurat/`` (the same data as the RCTD objects beside them),
     read through R: counts in X, coordinates in obsm["spatial"], cell types of the reference
@@ -258,6 +311,10 @@ def _load_visium_lymph(folder: Path) -> tuple[ad.AnnData, ad.AnnData]:
 def load(name: str, data_dir: str | os.PathLike | None = None) -> tuple[ad.AnnData, ad.AnnData]:
     """Load a paired real data set (ST, scRNA-seq reference) from a local data folder.
 
+    ``"osmfish_li_format"`` loads without one too: when no folder searched holds it (and
+    ``data_dir`` is None) it is read from the copy shipped with the package, the same values
+    (:func:`osmfish_example`).
+
     Parameters
     ----------
     name
@@ -268,6 +325,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> tuple[ad.AnnDa
         ``"exseq_cortex"`` (ExSeq visual cortex, 1154 cells x 42 genes; deep SMART-seq
         reference 14231 x 42) or ``"starmap_cortex"`` (STARmap cortex, 1380 cells x 141 genes;
         shallow 10x reference 7466 x 141). The last two carry no cell types.
+        ``"osmfish_li_format"`` is also shipped with the package: see above.
     data_dir
         Folder that holds one sub-folder per data set. When None: ``$SPALSTF_DATA``, then
         ``../shared/data`` (from the working directory, then from the project root).
@@ -283,17 +341,29 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> tuple[ad.AnnDa
     ValueError
         Unknown ``name``.
     FileNotFoundError
-        The data set is in none of the folders searched; the message lists them.
+        The data set is in none of the folders searched (and is not the shipped one, or
+        ``data_dir`` was given); the message lists them.
     """
     if name not in DATASETS:
         raise ValueError(f"`name` must be one of {sorted(DATASETS)}; received {name!r}.")
     searched = default_data_dirs(data_dir)
     folder = next((d / DATASETS[name] for d in searched if (d / DATASETS[name]).is_dir()), None)
+    if folder is None and name == "osmfish_li_format" and data_dir is None:
+        logger.info("Loading %s from the copy shipped with spalstf (%s)", name, EXAMPLE_FILE)
+        st, sc = osmfish_example()
+        st.uns["dataset"] = sc.uns["dataset"] = name
+        return st, sc
     if folder is None:
         looked = ", ".join(repr(str(d / DATASETS[name])) for d in searched)
+        shipped = {
+            "osmfish": " A smaller osmFISH pair, the same ST with 1000 reference cells, ships "
+                       "with spalstf: spalstf.datasets.osmfish_example().",
+            "osmfish_li_format": " It ships with spalstf too: spalstf.datasets.osmfish_example(), "
+                                 "or leave `data_dir` out.",
+        }.get(name, "")
         raise FileNotFoundError(
             f"Data set {name!r} not found; looked in {looked}. Pass `data_dir` or set the "
-            "SPALSTF_DATA environment variable to the folder that holds it."
+            f"SPALSTF_DATA environment variable to the folder that holds it.{shipped}"
         )
     logger.info("Loading %s from %s", name, folder)
     if name == "osmfish":
