@@ -107,11 +107,13 @@ def _spatial(args: argparse.Namespace) -> Any:
 
 
 def _self_check_summary(result: Any, out: Path, stream: bool) -> dict[str, Any] | None:
-    """median_pcc, median_spcc, n_genes, weights of the result's self-check, or None.
+    """median_pcc, median_spcc, n_genes, weights and the expected accuracy with all known
+    genes (expected_median_pcc, its se and interval) of the result's self-check, or None.
 
     A streamed result is on disk: only these few entries of its uns are read back.
     """
-    keys = ("median_pcc", "median_spcc", "n_genes", "weights")
+    keys = ("median_pcc", "median_spcc", "n_genes", "weights", "expected_median_pcc",
+            "expected_median_pcc_se", "expected_median_pcc_interval", "expected")
     if stream:
         import h5py
         from anndata.io import read_elem
@@ -148,7 +150,21 @@ def _format_self_check(check: dict[str, Any]) -> str:
     weights = format_weights(check.get("weights") or {})
     return (f"self-check: median PCC {float(check['median_pcc']):.3f}, SPCC "
             f"{float(check['median_spcc']):.3f} over {int(check['n_genes'])} hidden known genes"
-            + (f"; combination learnt: {weights}" if weights else ""))
+            + (f"; combination learnt: {weights}" if weights else "") + _format_expected(check))
+
+
+def _format_expected(check: dict[str, Any]) -> str:
+    """A second line: the run's expected median PCC with all its known genes, +- its standard
+    error and its interval (`spalstf.selfcheck.full_panel`); "" without one."""
+    if "expected_median_pcc" not in check:
+        return ""
+    lower, upper = (float(v) for v in check["expected_median_pcc_interval"])
+    extra = check.get("expected") or {}
+    n_known = int(extra.get("n_known", check["n_genes"]))
+    return (f"\nspalstf: expected with all {n_known} known genes: median PCC "
+            f"{float(check['expected_median_pcc']):.3f} +- "
+            f"{float(check['expected_median_pcc_se']):.3f} "
+            f"({100 * float(extra.get('level', 0.9)):.0f}% {lower:.3f} to {upper:.3f})")
 
 
 def cmd_impute(args: argparse.Namespace) -> int:

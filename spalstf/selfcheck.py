@@ -74,7 +74,11 @@ class SelfCheckResult:
     seconds
         Wall time of the whole self-check.
     calibration
-        st_pcc ~ intercept + slope x reference_pcc over the hidden genes (see `calibrate`).
+        st_pcc ~ intercept + slope x reference_pcc over the hidden genes (see `calibrate`),
+        its intercept raised by ``expected["shift"]`` to the run's full set of known genes.
+    expected
+        The run's expected accuracy with all its known genes (`full_panel`): ``median_pcc``,
+        its ``se`` and ``lower``/``upper`` bounds, and the curve it was extrapolated along.
     """
 
     per_gene: pd.DataFrame
@@ -82,6 +86,7 @@ class SelfCheckResult:
     stack: Stack | None = None
     seconds: float = 0.0
     calibration: dict[str, float] = field(default_factory=dict)
+    expected: dict[str, Any] = field(default_factory=dict)
 
     @property
     def median_pcc(self) -> float:
@@ -115,6 +120,13 @@ class SelfCheckResult:
                            for c in self.scores.columns},
             "seconds": float(self.seconds),
             "calibration": {k: float(v) for k, v in self.calibration.items()},
+            # the run's expected median PCC with all its known genes, and how sure it is
+            **({"expected_median_pcc": float(self.expected["median_pcc"]),
+                "expected_median_pcc_se": float(self.expected["se"]),
+                "expected_median_pcc_interval": [float(self.expected["lower"]),
+                                                 float(self.expected["upper"])],
+                "expected": {k: _plain(v) for k, v in self.expected.items()}}
+               if self.expected else {}),
         }
 
 
@@ -183,6 +195,145 @@ def expected_pcc(calibration: Mapping[str, float], reference_pcc: Sequence[float
     ref = np.asarray(reference_pcc, np.float64)
     out = calibration["intercept"] + calibration["slope"] * np.nan_to_num(ref)
     return np.clip(out, -1.0, 1.0)
+
+
+#: The extra, cheap measurement of how the accuracy grows with the number of known genes: a
+#: ridge (fitted on half the reference's cells) predicts each known gene from the others,
+#: hiding them in `n_folds` x each of these multiples of groups (with the default 2 folds:
+#: 1/2, 1/4 and 1/8 of the known genes hidden at a time).
+CURVE_MULTIPLES = (1, 2, 4)
+#: Cells of the reference (two halves: fit, score) and of the ST the cheap measurement reads.
+CURVE_CELLS = 1000
+#: Bootstrap resamples of the genes behind the run's estimate's standard error and interval.
+N_BOOTSTRAP = 200
+
+
+def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[str], *,
+                n_folds: int, seed: int, scale_factor: float, log_normalized: bool,
+                alpha: float | None = None, multiples: Sequence[int] = CURVE_MULTIPLES,
+                max_cells: int = CURVE_CELLS) -> dict[str, Any]:
+    """How a cheap predictor's accuracy grows with the number of known genes, measured here.
+
+    For each number of groups K in `n_folds` x `multiples` (at most one gene a group), the
+    known genes `names` (columns of `st_counts`, cells x genes, and of `ref_counts`, the
+    reference's counts of the same genes) are hidden a group at a time (`inner_folds`, so the
+    first K gives the self-check's own groups) and predicted from the other known genes by a
+    ridge fitted on half the reference's cells, each side normalised over the genes it is
+    given (as the imputation normalises over its known genes). Every gene is hidden once per
+    K. Returns ``n_known`` (known genes per fit, one per K), ``st`` (K x genes: the PCC on the
+    ST cells against the genes normalised over all of `names`, as the self-check's truth) and
+    ``reference`` (K x genes: the PCC on the other half of the reference's cells).
+    """
+    from spalstf.evaluate import metrics
+    from spalstf.preprocess import log_normalize
+    from spalstf.prior import fit_ridge
+
+    names = list(names)
+    n = len(names)
+    rng = np.random.default_rng([seed, 7])
+    st_rows = np.sort(rng.choice(len(st_counts), min(len(st_counts), max_cells), replace=False))
+    st_counts = np.asarray(st_counts[st_rows], np.float64)
+    ref_rows = rng.permutation(len(ref_counts))[:2 * max_cells]
+    ref_counts = np.asarray(ref_counts, np.float64)[ref_rows]
+    fit_half = np.arange(len(ref_rows)) < len(ref_rows) // 2
+    truth = log_normalize(st_counts, scale_factor=scale_factor, log_normalized=log_normalized)[0]
+    counts_of_k = sorted({min(n, n_folds * m) for m in multiples})
+    n_known, st_pcc, ref_pcc = [], [], []
+    for k in counts_of_k:
+        st_row, ref_row = np.full(n, np.nan), np.full(n, np.nan)
+        folds = inner_folds(names, k, seed)
+        for hidden in folds:
+            h = np.array([names.index(g) for g in hidden])
+            kn = np.setdiff1d(np.arange(n), h)
+            ref_x, ref_y = log_normalize(ref_counts[:, kn], ref_counts[:, h],
+                                         scale_factor=scale_factor,
+                                         log_normalized=log_normalized)
+            st_x = log_normalize(st_counts[:, kn], scale_factor=scale_factor,
+                                 log_normalized=log_normalized)[0]
+            mean, sd = ref_x[fit_half].mean(0), ref_x[fit_half].std(0)
+            sd = np.where(sd > 0, sd, 1.0)
+            y_mean, y_sd = ref_y[fit_half].mean(0), ref_y[fit_half].std(0)
+            y_sd = np.where(y_sd > 0, y_sd, 1.0)
+            weights = fit_ridge(((ref_x - mean) / sd)[fit_half].astype(np.float64),
+                                ((ref_y - y_mean) / y_sd)[fit_half].astype(np.float64), alpha)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                st_row[h] = metrics.pcc(truth[:, h], ((st_x - mean) / sd) @ weights)
+                ref_row[h] = metrics.pcc(ref_y[~fit_half], ((ref_x[~fit_half] - mean) / sd)
+                                         @ weights)
+        n_known.append(n - n / k)
+        st_pcc.append(st_row)
+        ref_pcc.append(ref_row)
+    return {"n_known": np.array(n_known), "st": np.array(st_pcc),
+            "reference": np.array(ref_pcc), "names": names}
+
+
+def saturating_fit(n_known: Sequence[float], pcc: Sequence[float]) -> tuple[float, float]:
+    """(a, b) of the curve pcc = a - b / n_known fitted by least squares (b >= 0: more known
+    genes never make the accuracy worse; one point or none: flat)."""
+    m, p = np.asarray(n_known, np.float64), np.asarray(pcc, np.float64)
+    ok = np.isfinite(m) & np.isfinite(p) & (m > 0)
+    m, p = m[ok], p[ok]
+    if len(m) == 0:
+        return float("nan"), 0.0
+    if len(np.unique(m)) < 2:
+        return float(np.mean(p)), 0.0
+    slope, intercept = np.polyfit(1.0 / m, p, 1)
+    if slope > 0:  # accuracy falling with more genes: noise; no gain claimed
+        return float(np.mean(p)), 0.0
+    return float(intercept), float(-slope)
+
+
+def panel_gain(n_known: Sequence[float], pcc: np.ndarray, n_full: float) -> float:
+    """The gain in median PCC from the first number of known genes to `n_full`, read off the
+    saturating curve (`saturating_fit`) through the medians over genes (rows of `pcc`)."""
+    medians = [_nanmedian(row) for row in np.asarray(pcc)]
+    a, b = saturating_fit(n_known, medians)
+    if not np.isfinite(a):
+        return 0.0
+    return float(b / n_known[0] - b / n_full)
+
+
+def full_panel(hidden_pcc: np.ndarray, curve: Mapping[str, Any], n_full: int, *,
+               slope: float, seed: int, n_bootstrap: int = N_BOOTSTRAP,
+               level: float = 0.9) -> dict[str, Any]:
+    """The run's expected accuracy with all `n_full` known genes, from the self-check's
+    per-gene PCC with fewer (`hidden_pcc`, the genes in `curve["names"]` order) and the gain
+    the cheap curve measures from there to `n_full` (`panel_curve`).
+
+    ``median_pcc``: the self-check's median + the gain on the ST (``gain``); ``shift``: what
+    the per-gene line (`calibrate`, `slope`) needs beyond the gain in reference predictability
+    it already reads (``gain`` - slope x ``reference_gain``); ``se`` and ``lower``/``upper``
+    (`level`): the spread of ``median_pcc`` over bootstrap resamples of the genes (the median
+    and the curve alike).
+    """
+    m = np.asarray(curve["n_known"], np.float64)
+    st, ref = np.asarray(curve["st"]), np.asarray(curve["reference"])
+    pcc = np.asarray(hidden_pcc, np.float64)
+    gain = panel_gain(m, st, n_full)
+    ref_gain = panel_gain(m, ref, n_full)
+    estimate = _nanmedian(pcc) + gain
+    rng = np.random.default_rng([seed, 11])
+    boot = []
+    for _ in range(n_bootstrap):
+        pick = rng.integers(0, len(pcc), len(pcc))
+        boot.append(_nanmedian(pcc[pick]) + panel_gain(m, st[:, pick], n_full))
+    boot = np.asarray(boot)
+    boot = boot[np.isfinite(boot)]
+    tail = (1 - level) / 2
+    return {
+        "median_pcc": float(estimate),
+        "se": float(np.std(boot, ddof=1)) if len(boot) > 1 else float("nan"),
+        "lower": float(np.quantile(boot, tail)) if len(boot) else float("nan"),
+        "upper": float(np.quantile(boot, 1 - tail)) if len(boot) else float("nan"),
+        "level": float(level),
+        "gain": float(gain),
+        "reference_gain": float(ref_gain),
+        "shift": float(gain - (slope if np.isfinite(slope) else 0.0) * ref_gain),
+        "n_known": int(n_full),
+        "curve_n_known": [float(v) for v in m],
+        "curve_st_pcc": [_nanmedian(r) for r in st],
+        "curve_reference_pcc": [_nanmedian(r) for r in ref],
+    }
 
 
 def _nanmedian(values: np.ndarray) -> float:
@@ -362,13 +513,50 @@ def run(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg: Config, *
                               progress=progress, fit=fit, fit_budget_share=fit_budget_share,
                               max_cells=max_cells)
     result = learn(inner, level=cfg.interval_level)
+    extrapolate(result, inner, st_expr, sc_expr, known_pairs, cfg, n_folds=n_folds, seed=seed,
+                log_normalized=log_normalized)
     result.seconds = time.perf_counter() - start
     top = ", ".join(f"{n} {w:.2f}" for n, w in sorted(result.weights.items(),
                                                        key=lambda kv: -kv[1])[:3])
+    e = result.expected
+    # one line (the CLI leaves it out of its log and prints its own summary)
     logger.info("self-check: median PCC %.3f, SPCC %.3f over %d hidden known genes; weights %s"
-                " (%.0f s)", result.median_pcc, result.median_spcc, len(inner.genes), top,
-                result.seconds)
+                " (%.0f s); expected with all %d known genes: median PCC %.3f (%.0f%% %.3f to "
+                "%.3f)", result.median_pcc, result.median_spcc, len(inner.genes), top,
+                result.seconds, e["n_known"], e["median_pcc"], 100 * e["level"], e["lower"],
+                e["upper"])
     return result
+
+
+def extrapolate(result: SelfCheckResult, inner: InnerPredictions, st_expr, sc_expr,
+                known_pairs: Sequence[tuple[str, str]], cfg: Config, *, n_folds: int,
+                seed: int, log_normalized: bool) -> None:
+    """Carry the self-check's accuracy, measured with 1 - 1/`n_folds` of the known genes, to
+    the run, which has them all: `panel_curve` on the same cells, `full_panel` from it;
+    `result.expected` set and the calibration's intercept raised by its shift."""
+    names = sorted(s for s, _ in known_pairs)
+    ref_of = dict(known_pairs)
+    ref_rows = np.arange(sc_expr.n_cells)
+    if sc_expr.n_cells > 2 * CURVE_CELLS:
+        ref_rows = np.sort(np.random.default_rng([seed, 5]).choice(
+            sc_expr.n_cells, 2 * CURVE_CELLS, replace=False))
+    curve = panel_curve(st_expr.columns(names, inner.cells),
+                        sc_expr.columns([ref_of[g] for g in names], ref_rows), names,
+                        n_folds=n_folds, seed=seed, scale_factor=cfg.scale_factor,
+                        log_normalized=log_normalized, alpha=cfg.prior_alpha)
+    pcc = dict(zip(result.per_gene["gene"], result.per_gene["pcc"], strict=True))
+    slope = result.calibration.get("slope", 0.0)
+    result.expected = full_panel(np.array([pcc[g] for g in names], np.float64), curve,
+                                 len(names), slope=slope, seed=seed)
+    result.expected["line_intercept"] = float(result.calibration["intercept"])
+    # how far one gene's PCC strays from its line: the residuals' SD over the hidden genes
+    residual = np.asarray(result.per_gene["pcc"], np.float64) - expected_pcc(
+        result.calibration, inner.reference_pcc)
+    ok = np.isfinite(residual)
+    result.expected["gene_sd"] = float(np.std(residual[ok], ddof=1)) if ok.sum() > 2 \
+        else float("nan")
+    result.calibration = {**result.calibration, "intercept": float(
+        result.calibration["intercept"] + result.expected["shift"])}
 
 
 def wanted(self_check: bool | str, n_known: int) -> bool:
