@@ -305,10 +305,11 @@ class Model:
         For AnnData: a new AnnData, cells as in `st` (obs, obsm copied), genes = `output_names`,
         `X` float32 log1p-normalised imputations and `uns["spalstf"]` the provenance. With the
         combination learnt by `Model.self_check` (`Model.stack`): `layers["lower"]`,
-        `layers["upper"]` the conformal interval and `layers["std"]` its half-width over the
-        normal quantile. Without it (the fixed blend): no interval, and `layers["std"]` the
-        standard deviation over the network's samples where there is a network (n_samples >
-        1). For a DataFrame: a
+        `layers["upper"]` the calibrated interval of each value (with counts input: the count
+        model's, `spalstf.prior.intervals`; with log-normalised input: the normalised
+        conformal one) and `layers["std"]` its half-width over the normal quantile. Without
+        it (the fixed blend): no interval, and `layers["std"]` the standard deviation over the
+        network's samples where there is a network (n_samples > 1). For a DataFrame: a
         DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
         `out`: the path of the .h5ad written (the same AnnData, on disk).
         """
@@ -501,6 +502,10 @@ class Model:
         at_landmarks = source.predict(landmarks, progress=progress)
         stats = stack.statistics(at_landmarks)
         z = float(norm.ppf((1 + stack.level) / 2))
+        # the count model's interval reads each cell's total over the known genes (counts
+        # input); log-normalised input keeps the normalised conformal interval
+        st_known = (self._st_known(expr) if stack.counts is not None and not log_normalized
+                    else None)
         values = extra = None
         if sink is None:
             values = np.empty((last - first, len(self.target_genes)), dtype=np.float32)
@@ -513,9 +518,12 @@ class Model:
                      else source.predict(cells))
             mean = stack.combine(preds, stats)
             layers = {}
-            bounds = stack.interval(mean, stack.spread(preds))
+            depth = (None if st_known is None else
+                     expr.columns(st_known, cells).sum(axis=1, keepdims=True))
+            bounds = stack.interval(mean, stack.spread(preds), depth)
             if bounds is not None:
-                layers = {"std": ((bounds[1] - mean) / z).astype(np.float32),
+                # the interval may be asymmetric (the count model's): std is its half-width
+                layers = {"std": ((bounds[1] - bounds[0]) / (2 * z)).astype(np.float32),
                           "lower": bounds[0], "upper": bounds[1]}
             if sink is not None:
                 sink(slice(start - first, cells[-1] + 1 - first), mean, layers)

@@ -383,6 +383,12 @@ class InnerPredictions:
         Each hidden gene's predictability in the reference (`reference_predictability`).
     cells
         The ST cells scored (a seeded subsample of at most `MAX_CELLS`).
+    counts, depth
+        With counts input (None with log-normalised input): the hidden genes' counts and, for
+        each, the cell's total over the known genes of its own fold (cells x hidden genes):
+        what the count model of the interval is learnt on (`spalstf.prior.intervals`).
+    scale_factor
+        The normalisation's scale factor (`Config.scale_factor`).
     """
 
     columns: dict[str, np.ndarray]
@@ -392,6 +398,9 @@ class InnerPredictions:
     fold_of: np.ndarray
     reference_pcc: np.ndarray
     cells: np.ndarray
+    counts: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    scale_factor: float = 1e4
 
 
 def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], cfg: Config,
@@ -428,6 +437,8 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
     fold_of = np.array([i for i, fold in enumerate(folds) for _ in fold])
     truth = truth_all[:, [st_names.index(g) for g in hidden_order]]
     own_truth = np.empty_like(truth)
+    hidden_counts = None if log_normalized else np.empty_like(truth, dtype=np.float64)
+    depth = None if log_normalized else np.empty_like(truth, dtype=np.float64)
     views = available_views(cfg, coordinates(st_expr.source, spatial, st_expr.n_cells,
                                              st_expr.named_cells) is not None)
     readouts = available_readouts(cfg, log_normalized)
@@ -458,12 +469,14 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
             factor = np.divide(cfg.scale_factor, total, out=np.zeros_like(total),
                                where=total > 0)
             own_truth[:, fold_of == i] = np.log1p(counts[:, hidden_idx] * factor[:, None])
+            hidden_counts[:, fold_of == i] = counts[:, hidden_idx]
+            depth[:, fold_of == i] = total[:, None]
     return InnerPredictions(
         columns={name: np.concatenate(parts, axis=1) for name, parts in predictions.items()
                  if len(parts) == len(folds)},
         truth=truth, own_truth=own_truth, genes=hidden_order, fold_of=fold_of,
         reference_pcc=np.array([reference_pcc[g] for g in hidden_order], np.float64),
-        cells=rows)
+        cells=rows, counts=hidden_counts, depth=depth, scale_factor=float(cfg.scale_factor))
 
 
 def learn(inner: InnerPredictions, *, level: float) -> SelfCheckResult:
@@ -475,6 +488,9 @@ def learn(inner: InnerPredictions, *, level: float) -> SelfCheckResult:
     stack = Stack(learn_weights(inner.columns, inner.truth), level=level)
     combined, spread = cross_fitted(inner.columns, inner.truth, inner.fold_of)
     stack.calibrate(inner.own_truth, combined, spread, level=level)
+    if inner.counts is not None:  # counts input: the per-value interval of the count model
+        stack.calibrate_counts(inner.counts, inner.depth, combined, spread, level=level,
+                               scale_factor=inner.scale_factor)
     pcc, spcc = metrics.pcc(inner.truth, combined), metrics.spcc(inner.truth, combined)
     per_gene = pd.DataFrame({"gene": inner.genes, "fold": inner.fold_of, "pcc": pcc,
                              "spcc": spcc})

@@ -34,6 +34,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
+from spalstf.prior import intervals
+from spalstf.prior.intervals import CountInterval
+
 #: The views of the ST's known genes a column may read (see the module's docstring).
 VIEWS = ("raw", "expression", "spatial")
 #: How a column's values are read out (`Config.output`).
@@ -143,6 +146,9 @@ class Stack:
     #: how many hidden values calibrated the interval
     n_calibration: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the per-value interval of the count model (`spalstf.prior.intervals`), learnt where the
+    #: self-check had counts; None: the normalised conformal interval above
+    counts: CountInterval | None = None
 
     def __post_init__(self) -> None:
         self.weights = {str(k): float(v) for k, v in self.weights.items() if v > 0}
@@ -202,9 +208,22 @@ class Stack:
         rank = min(1.0, math.ceil((len(scores) + 1) * level) / len(scores))
         self.quantile = float(np.quantile(scores, rank, method="higher"))
 
-    def interval(self, combined: np.ndarray, spread: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
-        """(lower, upper) of each value, or None when the interval was not calibrated."""
+    def calibrate_counts(self, counts: np.ndarray, depth: np.ndarray, combined: np.ndarray,
+                         spread: np.ndarray, *, level: float, scale_factor: float) -> None:
+        """Learn the count model of the interval (`spalstf.prior.intervals.fit`) from the hidden
+        values' counts and their cells' known-gene totals `depth` (cells x genes, as the
+        prediction saw them); `counts` None where it cannot be learnt."""
+        self.counts = intervals.fit(counts, depth, combined, spread, level=level,
+                                    scale_factor=scale_factor)
+
+    def interval(self, combined: np.ndarray, spread: np.ndarray,
+                 depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(lower, upper) of each value, or None when the interval was not calibrated.
+
+        With the count model (`counts`) and the cells' known-gene totals `depth` (cells x 1;
+        counts input), the count model's interval; else the normalised conformal one."""
+        if self.counts is not None and depth is not None:
+            return self.counts.interval(combined, spread, depth)
         if not np.isfinite(self.quantile):
             return None
         half = self.quantile * (spread + self.offset + 1e-6)
@@ -212,8 +231,11 @@ class Stack:
                 (combined + half).astype(np.float32))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": dict(self.weights), "level": self.level, "quantile": self.quantile,
-                "offset": self.offset, "n_calibration": self.n_calibration}
+        out = {"weights": dict(self.weights), "level": self.level, "quantile": self.quantile,
+               "offset": self.offset, "n_calibration": self.n_calibration}
+        if self.counts is not None:
+            out["counts"] = self.counts.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Stack:
@@ -236,10 +258,15 @@ class Stack:
         level = values.get("level", 0.9)
         if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
             raise ValueError(f"'level' must be a number in (0, 1); received {level!r}")
+        counts = values.get("counts")  # absent in models saved before the count interval
+        if counts is not None and not isinstance(counts, Mapping):
+            raise ValueError(f"'counts' must be the count interval's fields; received "
+                             f"{type(counts).__name__}")
         return cls(weights=dict(values["weights"]), level=float(values.get("level", 0.9)),
                    quantile=float(values.get("quantile", float("nan"))),
                    offset=float(values.get("offset", 0.0)),
-                   n_calibration=int(values.get("n_calibration", 0)))
+                   n_calibration=int(values.get("n_calibration", 0)),
+                   counts=None if counts is None else CountInterval.from_dict(counts))
 
 
 def columns_of(predictors: Sequence[str], views: Sequence[str],
