@@ -133,8 +133,8 @@ class Config:
     #: Maximum optimiser updates (None: no limit). A budget of work, not of seconds: it bounds
     #: the training's cost on large references (an update reads one mini-batch, and genes are
     #: grouped into at most `max_tokens` tokens) while the same seed still gives the same model
-    #: on a fast or a slow machine. 300 updates take under a minute on 2 CPU cores (54 s
-    #: for the demo's reference).
+    #: on a fast or a slow machine. Like every field of this section, it acts only when
+    #: `predictors` includes a network ("network", "masked"); the default fits none.
     max_steps: int | None = _setting(TRAIN, 300)
     #: Wall-clock budget for training in seconds (None: no budget). When it stops training
     #: the model depends on the machine's speed and load: the same seed no longer reproduces.

@@ -25,10 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 #: obs columns that hold cell coordinates, looked for in this order when an AnnData has no
-#: ``obsm["spatial"]``: plain x/y, Seurat's image positions (pixels), Visium's array grid,
-#: Xenium's and MERFISH's centroids.
-OBS_COORDINATES = (("x", "y"), ("imagecol", "imagerow"), ("array_col", "array_row"),
-                   ("x_centroid", "y_centroid"), ("center_x", "center_y"))
+#: ``obsm["spatial"]``: plain x/y, x_coord/y_coord (the osmFISH pair's h5ad files), Seurat's
+#: image positions (pixels), Visium's array grid, Xenium's and MERFISH's centroids.
+OBS_COORDINATES = (("x", "y"), ("x_coord", "y_coord"), ("imagecol", "imagerow"),
+                   ("array_col", "array_row"), ("x_centroid", "y_centroid"),
+                   ("center_x", "center_y"))
 
 
 def obs_coordinates(source: Any) -> list[str] | None:

@@ -196,6 +196,16 @@ def test_obs_coordinates_reach_obsm_spatial(tiny_pair, st_with_obs_xy):
     _plots(out, out.var_names[0])
 
 
+def test_obs_x_coord_y_coord_are_coordinates_too(tiny_pair, st_with_obs_xy):
+    """osmFISH's h5ad files name their coordinates x_coord / y_coord."""
+    _, sc = tiny_pair
+    st, xy = st_with_obs_xy
+    st = st.copy()
+    st.obs = st.obs.rename(columns={"x": "x_coord", "y": "y_coord"})
+    out = spalstf.impute(st, sc, seed=0, **DEFAULT)
+    np.testing.assert_array_equal(out.obsm["spatial"], xy)
+
+
 def test_spatial_argument_reaches_obsm_spatial(tiny_pair, st_with_obs_xy):
     _, sc = tiny_pair
     st, xy = st_with_obs_xy

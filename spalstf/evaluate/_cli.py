@@ -163,7 +163,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--st-layer", default=None)
     p.add_argument("--sc-layer", default=None)
-    p.add_argument("--epochs", type=int, default=None, help="spalstf training epochs")
+    p.add_argument("--epochs", type=int, default=None, help="spalstf training epochs (only with predictors including network)")
     p.add_argument("--max-time", type=float, default=None, help="spalstf training seconds/fold")
     p.add_argument("--no-clustering", action="store_true", help="skip the Leiden comparison")
     p.set_defaults(func=run)
