@@ -285,3 +285,101 @@ def _without_std(adata):
     out = adata.copy()
     del out.layers["std"]
     return out
+
+
+@pytest.fixture(scope="module")
+def checked(tiny_pair):
+    """A result with a self-check: intervals, expected PCC per gene, the run's expectation."""
+    from conftest import FAST
+
+    import spalstf
+
+    st, sc = tiny_pair
+    return spalstf.impute(st, sc, seed=0, self_check=True, **FAST)
+
+
+def test_confidence_maps_a_gene_its_interval_width_and_the_runs_accuracy(checked, tmp_path):
+    path = tmp_path / "confidence.png"
+    gene = checked.var_names[1]
+    fig = pl.confidence(checked, gene, path=path)
+    _check_png(path, fig)
+    values, width, accuracy = _maps(fig)
+    expected_r = float(checked.var["expected_pcc"].iloc[1])
+    assert values.get_title() == f"{gene}: imputed\nexpected r {expected_r:.2f}"
+    np.testing.assert_allclose(values.collections[0].get_array(),
+                               checked[:, gene].X.ravel(), rtol=1e-6)
+    assert width.get_title() == f"{gene}: width of the 90% interval"
+    np.testing.assert_allclose(
+        width.collections[0].get_array(),
+        (checked[:, gene].layers["upper"] - checked[:, gene].layers["lower"]).ravel(),
+        rtol=1e-5)
+    assert width.collections[0].colorbar.ax.get_ylabel() == (
+        "upper - lower, same units as the values")
+    # The run's expected median with its interval, in the accuracy panel's title and as a band.
+    check = checked.uns["spalstf"]["self_check"]
+    median = check["expected_median_pcc"]
+    lower, upper = check["expected_median_pcc_interval"]
+    assert accuracy.get_title() == (
+        f"expected median r {median:.2f} (90%: {lower:.2f} to {upper:.2f})\n"
+        "with all known genes; the self-check hid half")
+    band, = accuracy.patches
+    ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+    np.testing.assert_allclose([ys.min(), ys.max()], [lower, upper], rtol=1e-6)
+    # The record holds no expectation per hidden gene: their measured r, ranked.
+    dots = accuracy.collections[0].get_offsets()
+    measured = np.asarray(check["pcc"], dtype=float)
+    np.testing.assert_allclose(dots[:, 1], np.sort(measured[np.isfinite(measured)]))
+    assert accuracy.get_xlabel() == "hidden known genes, ranked by measured r"
+    labels = [t.get_text() for t in accuracy.get_legend().get_texts()]
+    assert labels[0] == f"{np.isfinite(measured).sum()} hidden known genes"
+    assert "run's expected median, 90% interval" in labels
+
+
+def test_confidence_default_gene_is_the_typical_one(checked):
+    expected = checked.var["expected_pcc"].to_numpy()
+    typical = checked.var_names[np.argsort(expected)[(len(expected) - 1) // 2]]
+    title = _maps(pl.confidence(checked))[0].get_title()
+    assert title.startswith(f"{typical}: imputed")
+
+
+def test_confidence_plots_expected_against_measured_when_the_record_has_it(checked):
+    """With each hidden gene's reference predictability in the record, the panel is expected
+    (along the half-panel calibration line) against measured PCC, with the identity line."""
+    result = checked.copy()
+    check = result.uns["spalstf"]["self_check"]
+    measured = np.asarray(check["pcc"], dtype=float)
+    reference = np.linspace(0.1, 0.9, len(measured))
+    check["reference_pcc"] = list(reference)
+    line = check["expected"]["half_panel_line"]
+    accuracy = _maps(pl.confidence(result, result.var_names[0]))[2]
+    ok = np.isfinite(measured)
+    np.testing.assert_allclose(accuracy.collections[0].get_offsets(),
+                               np.column_stack([line["intercept"] + line["slope"]
+                                                * reference, measured])[ok], rtol=1e-6)
+    identity = [ln for ln in accuracy.get_lines() if ln.get_label() == "identity"]
+    assert len(identity) == 1
+    np.testing.assert_allclose(identity[0].get_xdata(), identity[0].get_ydata())
+    assert accuracy.get_xlabel() == "expected r (self-check's calibration)"
+    # A stored expectation per hidden gene is drawn as it is.
+    check["expected_pcc"] = list(measured * 0 + 0.3)
+    accuracy = _maps(pl.confidence(result, result.var_names[0]))[2]
+    assert np.allclose(accuracy.collections[0].get_offsets()[:, 0], 0.3)
+
+
+def test_confidence_rejects_a_result_without_what_it_draws(checked, imputed):
+    gene = checked.var_names[0]
+    with pytest.raises(ValueError, match=r"no interval \(layers \['lower', 'upper'\] missing\)"):
+        pl.confidence(imputed, imputed.var_names[0])  # a model's imputation: no self-check
+    no_check = checked.copy()
+    del no_check.uns["spalstf"]["self_check"]
+    with pytest.raises(ValueError, match=r"no self-check \(uns\['spalstf'\]\['self_check'\]\)"):
+        pl.confidence(no_check, gene)
+    with pytest.raises(ValueError, match=r"no 'umap' coordinates \(`basis`\)"):
+        pl.confidence(checked, gene, basis="umap")
+    with pytest.raises(ValueError, match="`gene` 'NOT_A_GENE' is not in the imputed data"):
+        pl.confidence(checked, "NOT_A_GENE")
+    with pytest.raises(TypeError, match="`gene` must be one gene's name"):
+        pl.confidence(checked, [gene])
+    with pytest.raises(TypeError, match="`imputed` must be the AnnData"):
+        pl.confidence(checked.to_df())
+    assert "self_check" in checked.uns["spalstf"]  # the fixture is untouched
