@@ -439,7 +439,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"per-gene expected r vs the truth's r: correlation {rho:.2f}")
     h5ad = io.write_h5ad(imputed, out_dir / "demo_imputed.h5ad", overwrite=True)
     png = _demo_figure(imputed, truth, pcc, n_ref=sc.n_obs, path=out_dir / "demo_imputed.png")
-    print(f"\nwrote {h5ad} and {png} in {time.perf_counter() - start:.0f} s")
+    written = [str(h5ad), str(png)]
+    if check is not None and {"lower", "upper"} <= set(imputed.layers.keys()):
+        # What a user without a truth sees: how far to trust the run (spalstf.pl.confidence).
+        from spalstf import pl
+
+        confidence = out_dir / "demo_confidence.png"
+        pl.confidence(imputed, path=confidence)
+        written.append(str(confidence))
+        print(f"{confidence}: a typical gene's imputed values and the width of their "
+              "intervals in space, and the self-check's measured r per hidden gene beside the "
+              "run's expected median r")
+    print(f"\nwrote {', '.join(written[:-1])} and {written[-1]} in "
+          f"{time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -105,8 +105,26 @@ def test_demo_fast_writes_the_h5ad_the_png_and_scores(tmp_path, capsys, monkeypa
         return drawn[-1][-1]
 
     monkeypatch.setattr(pl, "spatial", spy)
+    confidences = []  # the confidence figure the demo draws too
+    real_confidence = pl.confidence
+
+    def spy_confidence(imputed, *args, **kwargs):
+        confidences.append((imputed, args, kwargs, real_confidence(imputed, *args, **kwargs)))
+        return confidences[-1][-1]
+
+    monkeypatch.setattr(pl, "confidence", spy_confidence)
     assert main(["demo", "--fast", "--out", str(tmp_path), "--quiet"]) == 0
     text = capsys.readouterr().out
+    # How far to trust the run, as a user without a truth would see it: demo_confidence.png,
+    # named in the output.
+    (shown, args, kwargs, conf), = confidences
+    assert kwargs["path"] == tmp_path / "demo_confidence.png" and not args
+    assert (tmp_path / "demo_confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{tmp_path / 'demo_confidence.png'}: a typical gene's imputed values" in text
+    assert text.rstrip().splitlines()[-1].startswith(
+        f"wrote {tmp_path / 'demo_imputed.h5ad'}, {tmp_path / 'demo_imputed.png'} and "
+        f"{tmp_path / 'demo_confidence.png'} in ")
+    assert "expected median r" in [ax.get_title() for ax in conf.axes if ax.get_title()][2]
     assert "Pearson r with the simulated truth" in text and "median" in text
     result = ad.read_h5ad(tmp_path / "demo_imputed.h5ad")
     assert np.all(result.X >= 0)
