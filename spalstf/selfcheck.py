@@ -19,6 +19,12 @@ From the same hidden genes it learns:
 - the per-gene confidence (`calibrate`): how each gene's predictability in the reference maps
   to its PCC on this ST.
 
+Hiding half the known genes measures a harder problem than the run's, which has them all, so
+the accuracy is carried to the full panel (`extrapolate`) along a curve measured here too:
+two cheap predictors hide 1/2, 1/4 and 1/8 of the known genes (`panel_curve`), a saturating
+curve through their median PCC is extrapolated to all the known genes (`full_panel`), and
+the estimate's standard error and interval come from resampling the genes.
+
 The estimate reported (`median_pcc`) is cross-fitted: each fold's genes are combined with the
 weights learnt on the other folds' genes, so it is not flattered by having chosen the weights
 on the very genes it scores. It is for genes hidden here (measured ST genes, which panels
@@ -75,10 +81,12 @@ class SelfCheckResult:
         Wall time of the whole self-check.
     calibration
         st_pcc ~ intercept + slope x reference_pcc over the hidden genes (see `calibrate`),
-        its intercept raised by ``expected["shift"]`` to the run's full set of known genes.
+        fitted at the run's full set of known genes (`extrapolate`; the line with half of
+        them hidden is kept in ``expected["half_panel_line"]``).
     expected
         The run's expected accuracy with all its known genes (`full_panel`): ``median_pcc``,
-        its ``se`` and ``lower``/``upper`` bounds, and the curve it was extrapolated along.
+        its ``se`` and ``lower``/``upper`` bounds, the curve it was extrapolated along, and
+        ``gene_sd``, how far one gene's PCC strays from the per-gene line.
     """
 
     per_gene: pd.DataFrame
@@ -206,6 +214,12 @@ CURVE_MULTIPLES = (1, 2, 4)
 CURVE_CELLS = 1000
 #: Bootstrap resamples of the genes behind the run's estimate's standard error and interval.
 N_BOOTSTRAP = 200
+#: Reference cells read for each known gene's predictability with nearly all known genes.
+REFERENCE_CELLS = 5000
+#: Reference cells averaged by the cheap measurement's nearest-neighbour predictor.
+CURVE_NEIGHBOURS = 20
+#: The most the cheap predictors' relative gain may raise the self-check's median.
+MAX_RATIO = 1.5
 
 
 def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[str], *,
@@ -217,12 +231,15 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
     For each number of groups K in `n_folds` x `multiples` (at most one gene a group), the
     known genes `names` (columns of `st_counts`, cells x genes, and of `ref_counts`, the
     reference's counts of the same genes) are hidden a group at a time (`inner_folds`, so the
-    first K gives the self-check's own groups) and predicted from the other known genes by a
-    ridge fitted on half the reference's cells, each side normalised over the genes it is
-    given (as the imputation normalises over its known genes). Every gene is hidden once per
-    K. Returns ``n_known`` (known genes per fit, one per K), ``st`` (K x genes: the PCC on the
-    ST cells against the genes normalised over all of `names`, as the self-check's truth) and
-    ``reference`` (K x genes: the PCC on the other half of the reference's cells).
+    first K gives the self-check's own groups) and predicted from the other known genes by two
+    cheap predictors read from half the reference's cells: a ridge, and the mean of the
+    `CURVE_NEIGHBOURS` nearest reference cells (cosine of the z-scored known genes; the
+    stack's neighbour predictors gain more from more genes than a linear map), each side
+    normalised over the genes it is given (as the imputation normalises over its known
+    genes). Every gene is hidden once per K. Returns ``n_known`` (known genes per fit, one per
+    K), ``st`` and ``st_knn`` (K x genes: the ridge's and the neighbours' PCC on the ST cells
+    against the genes normalised over all of `names`, as the self-check's truth) and
+    ``reference`` (K x genes: the ridge's PCC on the other half of the reference's cells).
     """
     from spalstf.evaluate import metrics
     from spalstf.preprocess import log_normalize
@@ -238,9 +255,9 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
     fit_half = np.arange(len(ref_rows)) < len(ref_rows) // 2
     truth = log_normalize(st_counts, scale_factor=scale_factor, log_normalized=log_normalized)[0]
     counts_of_k = sorted({min(n, n_folds * m) for m in multiples})
-    n_known, st_pcc, ref_pcc = [], [], []
+    n_known, st_pcc, ref_pcc, knn_pcc = [], [], [], []
     for k in counts_of_k:
-        st_row, ref_row = np.full(n, np.nan), np.full(n, np.nan)
+        st_row, ref_row, knn_row = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         folds = inner_folds(names, k, seed)
         for hidden in folds:
             h = np.array([names.index(g) for g in hidden])
@@ -260,11 +277,28 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
                 st_row[h] = metrics.pcc(truth[:, h], ((st_x - mean) / sd) @ weights)
                 ref_row[h] = metrics.pcc(ref_y[~fit_half], ((ref_x[~fit_half] - mean) / sd)
                                          @ weights)
+                knn_row[h] = metrics.pcc(truth[:, h], _neighbour_mean(
+                    st_x, ref_x[fit_half], ref_y[fit_half], CURVE_NEIGHBOURS))
         n_known.append(n - n / k)
         st_pcc.append(st_row)
         ref_pcc.append(ref_row)
-    return {"n_known": np.array(n_known), "st": np.array(st_pcc),
+        knn_pcc.append(knn_row)
+    return {"n_known": np.array(n_known), "st": np.array(st_pcc), "st_knn": np.array(knn_pcc),
             "reference": np.array(ref_pcc), "names": names}
+
+
+def _neighbour_mean(st_x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray,
+                    k: int) -> np.ndarray:
+    """Each ST cell's mean of `ref_y` over its `k` nearest reference cells (cosine of the
+    known genes, each side z-scored by its own cells)."""
+    def unit(x):
+        z = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    k = max(1, min(k, len(ref_x) - 1))
+    similarity = unit(np.asarray(st_x, np.float64)) @ unit(np.asarray(ref_x, np.float64)).T
+    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    return np.asarray(ref_y, np.float64)[nearest].mean(axis=1)
 
 
 def saturating_fit(n_known: Sequence[float], pcc: Sequence[float]) -> tuple[float, float]:
@@ -286,37 +320,57 @@ def saturating_fit(n_known: Sequence[float], pcc: Sequence[float]) -> tuple[floa
 def panel_gain(n_known: Sequence[float], pcc: np.ndarray, n_full: float) -> float:
     """The gain in median PCC from the first number of known genes to `n_full`, read off the
     saturating curve (`saturating_fit`) through the medians over genes (rows of `pcc`)."""
+    return _curve_ends(n_known, pcc, n_full)[2]
+
+
+def _curve_ends(n_known, pcc, n_full) -> tuple[float, float, float]:
+    """(fitted median PCC at the first number of known genes, at `n_full`, the gain)."""
     medians = [_nanmedian(row) for row in np.asarray(pcc)]
     a, b = saturating_fit(n_known, medians)
     if not np.isfinite(a):
-        return 0.0
-    return float(b / n_known[0] - b / n_full)
+        return float("nan"), float("nan"), 0.0
+    return a - b / n_known[0], a - b / n_full, float(b / n_known[0] - b / n_full)
+
+
+def carried(measured: float, curves: Sequence[np.ndarray], n_known: Sequence[float],
+            n_full: float) -> float:
+    """The self-check's median `measured` (with `n_known[0]` known genes) carried to
+    `n_full`: scaled by the cheap predictors' mean relative gain along their curves
+    (`curves`: K x genes each; accuracy below a noise ceiling scales, so a better predictor
+    gains more in absolute terms), at most `MAX_RATIO`; where the measured median or a
+    predictor's is near 0, their mean absolute gain is added instead."""
+    ends = [_curve_ends(n_known, c, n_full) for c in curves]
+    ratios = [hi / lo for lo, hi, _ in ends if np.isfinite(lo) and lo >= 0.05]
+    if measured > 0 and len(ratios) == len(ends) and ratios:
+        return float(measured * min(float(np.mean(ratios)), MAX_RATIO))
+    return float(measured + np.mean([g for _, _, g in ends]) if ends else measured)
 
 
 def full_panel(hidden_pcc: np.ndarray, curve: Mapping[str, Any], n_full: int, *,
-               slope: float, seed: int, n_bootstrap: int = N_BOOTSTRAP,
+               seed: int, n_bootstrap: int = N_BOOTSTRAP,
                level: float = 0.9) -> dict[str, Any]:
     """The run's expected accuracy with all `n_full` known genes, from the self-check's
     per-gene PCC with fewer (`hidden_pcc`, the genes in `curve["names"]` order) and the gain
     the cheap curve measures from there to `n_full` (`panel_curve`).
 
-    ``median_pcc``: the self-check's median + the gain on the ST (``gain``); ``shift``: what
-    the per-gene line (`calibrate`, `slope`) needs beyond the gain in reference predictability
-    it already reads (``gain`` - slope x ``reference_gain``); ``se`` and ``lower``/``upper``
-    (`level`): the spread of ``median_pcc`` over bootstrap resamples of the genes (the median
-    and the curve alike).
+    ``median_pcc``: the self-check's median carried along the cheap curves (`carried`;
+    ``gain``: what that adds; ``reference_gain``: the ridge's gain in the reference);
+    ``se`` and ``lower``/``upper`` (`level`): the spread of ``median_pcc`` over bootstrap
+    resamples of the genes (the median and the curves alike).
     """
     m = np.asarray(curve["n_known"], np.float64)
-    st, ref = np.asarray(curve["st"]), np.asarray(curve["reference"])
+    curves = [np.asarray(curve[k]) for k in ("st", "st_knn") if k in curve]
+    ref = np.asarray(curve["reference"])
     pcc = np.asarray(hidden_pcc, np.float64)
-    gain = panel_gain(m, st, n_full)
+    measured = _nanmedian(pcc)
+    estimate = carried(measured, curves, m, n_full)
+    gain = estimate - measured
     ref_gain = panel_gain(m, ref, n_full)
-    estimate = _nanmedian(pcc) + gain
     rng = np.random.default_rng([seed, 11])
     boot = []
     for _ in range(n_bootstrap):
         pick = rng.integers(0, len(pcc), len(pcc))
-        boot.append(_nanmedian(pcc[pick]) + panel_gain(m, st[:, pick], n_full))
+        boot.append(carried(_nanmedian(pcc[pick]), [c[:, pick] for c in curves], m, n_full))
     boot = np.asarray(boot)
     boot = boot[np.isfinite(boot)]
     tail = (1 - level) / 2
@@ -328,11 +382,12 @@ def full_panel(hidden_pcc: np.ndarray, curve: Mapping[str, Any], n_full: int, *,
         "level": float(level),
         "gain": float(gain),
         "reference_gain": float(ref_gain),
-        "shift": float(gain - (slope if np.isfinite(slope) else 0.0) * ref_gain),
         "n_known": int(n_full),
         "curve_n_known": [float(v) for v in m],
-        "curve_st_pcc": [_nanmedian(r) for r in st],
+        "curve_st_pcc": [_nanmedian(r) for r in curves[0]],
         "curve_reference_pcc": [_nanmedian(r) for r in ref],
+        **({"curve_knn_pcc": [_nanmedian(r) for r in curve["st_knn"]]}
+           if "st_knn" in curve else {}),
     }
 
 
@@ -548,8 +603,11 @@ def extrapolate(result: SelfCheckResult, inner: InnerPredictions, st_expr, sc_ex
                 known_pairs: Sequence[tuple[str, str]], cfg: Config, *, n_folds: int,
                 seed: int, log_normalized: bool) -> None:
     """Carry the self-check's accuracy, measured with 1 - 1/`n_folds` of the known genes, to
-    the run, which has them all: `panel_curve` on the same cells, `full_panel` from it;
-    `result.expected` set and the calibration's intercept raised by its shift."""
+    the run, which has them all: `panel_curve` on the same cells and `full_panel` from it
+    (`result.expected`); the per-gene line (`result.calibration`) refitted at the full panel:
+    each hidden gene's PCC carried as the median is, against its reference predictability
+    with all but a few known genes (`panel_reference_pcc`), as the imputed genes' is read
+    with all of them."""
     names = sorted(s for s, _ in known_pairs)
     ref_of = dict(known_pairs)
     ref_rows = np.arange(sc_expr.n_cells)
@@ -561,18 +619,57 @@ def extrapolate(result: SelfCheckResult, inner: InnerPredictions, st_expr, sc_ex
                         n_folds=n_folds, seed=seed, scale_factor=cfg.scale_factor,
                         log_normalized=log_normalized, alpha=cfg.prior_alpha)
     pcc = dict(zip(result.per_gene["gene"], result.per_gene["pcc"], strict=True))
-    slope = result.calibration.get("slope", 0.0)
-    result.expected = full_panel(np.array([pcc[g] for g in names], np.float64), curve,
-                                 len(names), slope=slope, seed=seed)
-    result.expected["line_intercept"] = float(result.calibration["intercept"])
-    # how far one gene's PCC strays from its line: the residuals' SD over the hidden genes
-    residual = np.asarray(result.per_gene["pcc"], np.float64) - expected_pcc(
-        result.calibration, inner.reference_pcc)
+    hidden = np.array([pcc[g] for g in names], np.float64)
+    half = dict(result.calibration)
+    result.expected = full_panel(hidden, curve, len(names), seed=seed)
+    measured = _nanmedian(hidden)
+    gain = result.expected["gain"]
+    carried_pcc = (hidden * (result.expected["median_pcc"] / measured) if measured > 0
+                   else hidden + gain)
+    ref_rows = np.arange(sc_expr.n_cells)
+    if sc_expr.n_cells > REFERENCE_CELLS:
+        ref_rows = np.sort(np.random.default_rng([seed, 6]).choice(
+            sc_expr.n_cells, REFERENCE_CELLS, replace=False))
+    reference = panel_reference_pcc(sc_expr.columns([ref_of[g] for g in names], ref_rows),
+                                    names, n_groups=n_folds * max(CURVE_MULTIPLES), seed=seed,
+                                    scale_factor=cfg.scale_factor,
+                                    log_normalized=log_normalized, alpha=cfg.prior_alpha)
+    full = calibrate(reference, carried_pcc)
+    result.expected["half_panel_line"] = {k: float(v) for k, v in half.items()}
+    # how far one gene's PCC strays from the line: the residuals' SD over the hidden genes
+    residual = carried_pcc - expected_pcc(full, reference)
     ok = np.isfinite(residual)
     result.expected["gene_sd"] = float(np.std(residual[ok], ddof=1)) if ok.sum() > 2 \
         else float("nan")
-    result.calibration = {**result.calibration, "intercept": float(
-        result.calibration["intercept"] + result.expected["shift"])}
+    result.calibration = full
+
+
+def panel_reference_pcc(ref_counts: np.ndarray, names: Sequence[str], *, n_groups: int,
+                        seed: int, scale_factor: float, log_normalized: bool,
+                        alpha: float | None) -> np.ndarray:
+    """Each known gene's predictability in the reference (`reference_predictability`, as the
+    model reads each imputed gene's) from the other known genes, hiding them in `n_groups`
+    groups (so with nearly all the known genes, as the imputed genes are read with all of
+    them), each group's cells normalised over the genes left known."""
+    from spalstf.preprocess import log_normalize
+
+    names = list(names)
+    n = len(names)
+    counts = np.asarray(ref_counts, np.float64)
+    out = np.full(n, np.nan)
+    for hidden in inner_folds(names, min(n, n_groups), seed):
+        h = np.array([names.index(g) for g in hidden])
+        kn = np.setdiff1d(np.arange(n), h)
+        x, y = log_normalize(counts[:, kn], counts[:, h], scale_factor=scale_factor,
+                             log_normalized=log_normalized)
+
+        def z(v):
+            sd = v.std(0)
+            return (v - v.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[h] = reference_predictability(z(x), z(y), alpha=alpha, seed=seed)
+    return out
 
 
 def wanted(self_check: bool | str, n_known: int) -> bool:

@@ -37,6 +37,31 @@ def test_the_saturating_curve_is_recovered_and_extrapolated():
     assert selfcheck.saturating_fit([10.0], [0.3]) == (0.3, 0.0)
 
 
+def test_the_median_is_carried_by_the_cheap_predictors_relative_gain():
+    m = np.array([10.0, 15.0, 17.5])
+    ridge = np.stack([np.full(4, 0.3 - 1.0 / v) for v in m])  # 0.2 at 10 genes, 0.25 at 20
+    knn = np.stack([np.full(4, 0.4 - 2.0 / v) for v in m])    # 0.2 at 10 genes, 0.3 at 20
+    ratio = np.mean([0.25 / 0.2, 0.3 / 0.2])
+    assert selfcheck.carried(0.3, [ridge, knn], m, 20) == pytest.approx(0.3 * ratio)
+    # capped; and where the medians are near 0, the mean absolute gain is added instead
+    steep = np.stack([np.full(4, 0.6 - 4.0 / v) for v in m])  # 0.2 -> 0.4: x2
+    assert selfcheck.carried(0.3, [steep], m, 20) == pytest.approx(0.3 * 1.5)
+    assert selfcheck.carried(-0.05, [ridge, knn], m, 20) == pytest.approx(
+        -0.05 + np.mean([0.05, 0.1]))
+    assert selfcheck.carried(0.3, [ridge - 0.18, knn], m, 20) == pytest.approx(
+        0.3 + np.mean([0.05, 0.1]))
+
+
+def test_reference_predictability_with_nearly_all_genes_exceeds_that_with_half():
+    _, ref = _pair(30, n_ref=800)
+    names = [f"g{i:02d}" for i in range(30)]
+    kw = dict(seed=0, scale_factor=1e4, log_normalized=False, alpha=None)
+    most = selfcheck.panel_reference_pcc(ref, names, n_groups=8, **kw)
+    half = selfcheck.panel_reference_pcc(ref, names, n_groups=2, **kw)
+    assert most.shape == (30,) and np.isfinite(most).all()
+    assert np.median(most) > np.median(half)
+
+
 def test_the_curve_rises_with_the_known_genes_and_its_extrapolation_meets_the_full_panel():
     st, ref = _pair(40)
     names = [f"g{i:02d}" for i in range(40)]
@@ -64,12 +89,12 @@ def test_the_estimate_rises_with_the_panel_and_its_uncertainty_shrinks_with_more
                                  for m in (n_genes / 2, 3 * n_genes / 4, 7 * n_genes / 8)]),
                  "reference": np.full((3, n_genes), 0.6)}
         hidden = np.clip(0.5 - 4.0 / (n_genes / 2) + rng.normal(0, 0.1, n_genes), -1, 1)
-        return selfcheck.full_panel(hidden, curve, n_genes, slope=0.5, seed=0)
+        return selfcheck.full_panel(hidden, curve, n_genes, seed=0)
 
     small, large = estimate(24), estimate(240)
     for e in (small, large):
         assert e["lower"] <= e["median_pcc"] <= e["upper"] and e["se"] > 0
-        assert e["gain"] > 0 and e["reference_gain"] == 0 and e["shift"] == e["gain"]
+        assert e["gain"] > 0 and e["reference_gain"] == 0
     assert large["se"] < small["se"] / 2  # ten times the genes: about a third of the spread
     # the real curve gives 0.5 - 4/24 = 0.333 and 0.5 - 4/240 = 0.483 with every known gene
     assert small["median_pcc"] == pytest.approx(0.5 - 4 / 24, abs=2.5 * small["se"] + 0.02)
@@ -90,8 +115,10 @@ def test_the_summary_and_the_per_gene_expectation_are_stored(tiny_pair, tmp_path
     expected = check["expected"]
     assert expected["n_known"] == st.n_vars and len(expected["curve_n_known"]) == 3
     assert expected["median_pcc"] == pytest.approx(check["median_pcc"] + expected["gain"])
+    assert expected["gene_sd"] > 0
+    # the line read per gene is the one refitted at the full panel, the half panel's kept
     cal = check["calibration"]
-    assert cal["intercept"] == pytest.approx(expected["line_intercept"] + expected["shift"])
+    assert set(cal) == set(expected["half_panel_line"]) == {"intercept", "slope", "r", "n"}
     np.testing.assert_allclose(out.var["expected_pcc"],
                                selfcheck.expected_pcc(cal, out.var["reference_pcc"]),
                                rtol=1e-5)
