@@ -66,11 +66,27 @@
 #' stack: \code{column}, \code{predictor}, \code{view}, \code{readout}, its own
 #' \code{median_pcc} and \code{median_spcc}, and its \code{weight}), \code{calibration}
 #' (the line from each gene's predictability in the reference to its expected PCC here) and
-#' \code{seconds}; it goes to \code{Tool(object, "Impute")$self_check} (Seurat),
+#' \code{seconds}, and, where the self-check carried its estimate to all the known genes,
+#' \code{expected_median_pcc} (the run's expected median PCC with all its known genes: higher
+#' than \code{median_pcc}, measured with a share of them hidden), its standard error
+#' \code{expected_median_pcc_se}, its interval \code{expected_median_pcc_interval}
+#' (\code{c(lower = , upper = )}) and that interval's level \code{expected_level};
+#' it goes to \code{Tool(object, "Impute")$self_check} (Seurat),
 #' \code{metadata(object)$SpaLSTF$self_check} (SingleCellExperiment) or
 #' \code{attr(x, "self_check")} (matrices), and the median PCC and the largest weights are
 #' printed when \code{verbose}. Hidden known genes were chosen for the panel, so genes it
 #' never measured may be harder than the estimate says.
+#'
+#' Each imputed gene's expected accuracy comes with a self-check too (Python's
+#' \code{var["expected_pcc"]} and \code{var["reference_pcc"]}): \code{expected_pcc}, its
+#' expected PCC on this data, read from \code{reference_pcc}, how well the known genes
+#' predict it in the reference, along \code{calibration}. They are the columns
+#' \code{expected_pcc} and \code{reference_pcc} of the feature meta data of the assay
+#' \code{new.assay.name} (Seurat: \code{object[["SpaLSTF"]][[]]}), of the \code{rowData} of
+#' the alternative experiment (SingleCellExperiment), or \code{attr(x, "expected_pcc")} and
+#' \code{attr(x, "reference_pcc")}, named by gene (matrices); absent without a self-check.
+#' A gene with a low expected PCC, or a run whose \code{expected_median_pcc_interval} is
+#' low, is one to confirm by other means before acting on it.
 #'
 #' @param object Spatial data: a Seurat object, a SingleCellExperiment, a genes x cells matrix
 #'   (dense or a \code{dgCMatrix}; raw counts unless \code{log.normalized = TRUE}), or a Python
@@ -95,6 +111,8 @@
 #' Seurat::GetAssayData(st, assay = "SpaLSTF.std", slot = "data")  # their uncertainty
 #' Seurat::GetAssayData(st, assay = "SpaLSTF.upper", slot = "data")  # upper bound (90%)
 #' Seurat::Tool(st, "Impute")$self_check$weights  # what the stack learnt
+#' Seurat::Tool(st, "Impute")$self_check$expected_median_pcc_interval  # the run's accuracy
+#' st[["SpaLSTF"]][[]]$expected_pcc  # each gene's expected accuracy
 #' Seurat::ImageFeaturePlot(st, features = c("spalstf_CD3E", "spalstfstd_CD3E"))
 #' }
 #' @export
@@ -246,12 +264,33 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
     NULL
   }
   scalars <- function(x) lapply(x, function(v) if (is.null(v)) NA else unlist(v))
-  list(median_pcc = num(check$median_pcc), median_spcc = num(check$median_spcc),
-       n_genes = as.integer(unlist(check$n_genes)),
-       weights = weights, interval = scalars(check$interval %||% list()),
-       per_gene = per_gene, candidates = candidates,
-       calibration = scalars(check$calibration %||% list()),
-       seconds = num(check$seconds))
+  out <- list(median_pcc = num(check$median_pcc), median_spcc = num(check$median_spcc),
+              n_genes = as.integer(unlist(check$n_genes)),
+              weights = weights, interval = scalars(check$interval %||% list()),
+              per_gene = per_gene, candidates = candidates,
+              calibration = scalars(check$calibration %||% list()),
+              seconds = num(check$seconds))
+  # the run's expected median PCC with all its known genes, its standard error and interval
+  if (!is.null(check$expected_median_pcc)) {
+    out$expected_median_pcc <- num(check$expected_median_pcc)
+    out$expected_median_pcc_se <- num(check$expected_median_pcc_se)
+    out$expected_median_pcc_interval <- stats::setNames(
+      num(check$expected_median_pcc_interval), c("lower", "upper"))
+    out$expected_level <- num(check$expected$level %||% NA)
+  }
+  out
+}
+
+# Per imputed gene: its expected PCC on this data and its predictability in the reference
+# (uns["spalstf"]["gene_confidence"], Python's var["expected_pcc"] and var["reference_pcc"]),
+# as a data.frame in the order of `genes` (the result's gene names, as Python wrote them), or
+# NULL where the run has none (no self-check, or a model without them).
+.gene_confidence <- function(confidence, genes) {
+  if (is.null(confidence) || is.null(confidence$genes)) return(NULL)
+  idx <- match(genes, as.character(unlist(confidence$genes)))
+  if (anyNA(idx)) return(NULL)
+  data.frame(expected_pcc = as.numeric(unlist(confidence$expected_pcc))[idx],
+             reference_pcc = as.numeric(unlist(confidence$reference_pcc))[idx])
 }
 
 # "SpaLSTF self-check: median PCC ..., SPCC ... over n hidden known genes (weights: the three
@@ -372,10 +411,13 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   }
   self_check <- .self_check_summary(parts$provenance$self_check)
   if (verbose && !is.null(self_check)) .self_check_message(self_check)
-  # lower / upper: the interval, present where the learnt stack combined the predictions
+  confidence <- .gene_confidence(parts$provenance$gene_confidence, ref_names[keep])
+  if (!is.null(confidence)) rownames(confidence) <- rownames(mean)
+  # lower / upper: the interval, present where the learnt stack combined the predictions;
+  # confidence: expected_pcc and reference_pcc per gene (rows: the genes of `mean`), or NULL
   list(mean = mean, std = layer(parts$std), lower = layer(parts$lower),
        upper = layer(parts$upper), provenance = parts$provenance, self_check = self_check,
-       python = res)
+       confidence = confidence, python = res)
 }
 
 # ----------------------------------------------------------------------------- methods
@@ -385,7 +427,9 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}) and, with the stack, the assays
 #'   \code{paste0(new.assay.name, ".lower")} and \code{paste0(new.assay.name, ".upper")}
 #'   holding the interval (keys \code{"spalstflower_"}, \code{"spalstfupper_"}); the
-#'   Python provenance in \code{Misc(object[[new.assay.name]], "spalstf")}, parameters and the
+#'   Python provenance in \code{Misc(object[[new.assay.name]], "spalstf")}, each gene's
+#'   \code{expected_pcc} and \code{reference_pcc} (with a self-check) in its feature meta
+#'   data, parameters and the
 #'   self-check summary in \code{Tool(object, "Impute")} and the command in
 #'   \code{object@commands}. Assays of these names are replaced (with a warning); one this run
 #'   does not make (e.g. the interval, with the fixed blend) is removed. The default assay is
@@ -458,7 +502,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   }
   requested <- rownames(res$mean)
   object <- .add_imputation(object, res$mean, res$std, new.assay.name, res$provenance,
-                            lower = res$lower, upper = res$upper)
+                            lower = res$lower, upper = res$upper, confidence = res$confidence)
   if (set.default) SeuratObject::DefaultAssay(object) <- new.assay.name
   params <- c(list(genes = requested, assay = assay, slot = slot,
                    new.assay.name = new.assay.name,
@@ -495,10 +539,12 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 # `lower`, `upper`: genes x cells, the requested gene names as row names (kept in the feature
 # meta data column feature_name; Seurat spells `_` as `-`), the cells of `object` as column
 # names. A companion assay left from an earlier run that this one does not give is removed:
-# it would no longer match the new values. Shared by Impute() and spalstf.io.write_rds(base =)
-# (R/rds.R), so both write the same object.
+# it would no longer match the new values. `confidence`: NULL or .gene_confidence()'s
+# data.frame (rows: the genes of `mean`), whose columns expected_pcc and reference_pcc join
+# the feature meta data of `new.assay.name`. Shared by Impute() and
+# spalstf.io.write_rds(base =) (R/rds.R), so both write the same object.
 .add_imputation <- function(object, mean, std, new.assay.name, provenance = NULL,
-                            lower = NULL, upper = NULL) {
+                            lower = NULL, upper = NULL, confidence = NULL) {
   extra <- list(std = std, lower = lower, upper = upper)
   if (!identical(colnames(mean), colnames(object)) ||
       any(vapply(extra, function(m) !is.null(m) && !identical(dimnames(m), dimnames(mean)),
@@ -514,6 +560,13 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   }
   a <- .data_assay(mean, new.assay.name)
   if (!is.null(provenance)) SeuratObject::Misc(a, slot = "spalstf") <- provenance
+  if (!is.null(confidence)) {
+    if (!identical(rownames(confidence), rownames(mean))) {
+      stop("Internal error: the genes' expected PCC must be those of the imputed values.",
+           call. = FALSE)
+    }
+    for (column in names(confidence)) a@meta.features[[column]] <- confidence[[column]]
+  }
   # Assigning over an assay of the same name replaces it (the default assay too).
   object[[new.assay.name]] <- a
   for (what in names(names.extra)) {
@@ -549,7 +602,8 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 
 #' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
 #'   \code{new.assay.name} with assays \code{logcounts} (the imputations), \code{std} and,
-#'   with the stack, \code{lower} and \code{upper} (the interval); the
+#'   with the stack, \code{lower} and \code{upper} (the interval), and, with a
+#'   self-check, the \code{rowData} columns \code{expected_pcc} and \code{reference_pcc}; the
 #'   parameters and the self-check summary (\code{$self_check}) go to
 #'   \code{metadata(object)[["SpaLSTF"]]}.
 #' @export
@@ -577,6 +631,9 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
     if (!is.null(res[[what]])) assays[[what]] <- res[[what]]
   }
   alt <- SingleCellExperiment::SingleCellExperiment(assays = assays)
+  for (column in names(res$confidence)) {
+    SummarizedExperiment::rowData(alt)[[column]] <- res$confidence[[column]]
+  }
   SingleCellExperiment::altExp(object, new.assay.name) <- alt
   md <- S4Vectors::metadata(object)
   md[["SpaLSTF"]] <- c(list(genes = rownames(res$mean), assay = assay %||% "counts",
@@ -592,7 +649,8 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
 #'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
 #'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "lower")} and
 #'   \code{attr(, "upper")} the interval (with the stack), \code{attr(, "spalstf")} the
-#'   provenance and \code{attr(, "self_check")} the self-check summary.
+#'   provenance, \code{attr(, "self_check")} the self-check summary and, with it,
+#'   \code{attr(, "expected_pcc")} and \code{attr(, "reference_pcc")} (named by gene).
 #' @param log.normalized Matrices only: both inputs hold log-normalised values.
 #' @export
 Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALSE,
@@ -617,6 +675,10 @@ Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALS
   attr(out, "upper") <- res$upper
   attr(out, "spalstf") <- res$provenance
   attr(out, "self_check") <- res$self_check
+  if (!is.null(res$confidence)) {
+    attr(out, "expected_pcc") <- stats::setNames(res$confidence$expected_pcc, rownames(out))
+    attr(out, "reference_pcc") <- stats::setNames(res$confidence$reference_pcc, rownames(out))
+  }
   out
 }
 

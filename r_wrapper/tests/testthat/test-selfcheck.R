@@ -29,6 +29,23 @@ check_summary <- function(check, n_known) {
   expect_true(is.finite(check$interval$quantile) && check$interval$n_calibration > 0)
 }
 
+# The run's expected accuracy in the summary (expected_median_pcc, its se and interval) and
+# each imputed gene's expected PCC: the calibration line at its reference predictability.
+check_expected <- function(check, expected, reference, genes) {
+  expect_true(is.numeric(check$expected_median_pcc) && length(check$expected_median_pcc) == 1L)
+  expect_true(check$expected_median_pcc_se >= 0)
+  interval <- check$expected_median_pcc_interval
+  expect_identical(names(interval), c("lower", "upper"))
+  expect_true(interval[["lower"]] <= check$expected_median_pcc &&
+                check$expected_median_pcc <= interval[["upper"]])
+  expect_true(check$expected_level > 0 && check$expected_level < 1)
+  expect_identical(names(expected), genes)
+  expect_identical(names(reference), genes)
+  expect_true(all(is.finite(expected)) && all(is.finite(reference)))
+  expect_equal(expected, check$calibration$intercept + check$calibration$slope * reference,
+               tolerance = 1e-5)
+}
+
 # lower <= values <= upper, and std is the half-width over the normal quantile of the level
 check_interval <- function(vals, std, lower, upper, level) {
   vals <- as.matrix(vals)
@@ -74,6 +91,13 @@ test_that("Impute on Seurat stores the stack's weights and interval, and message
   check_interval(get(out, "SpaLSTF"), get(out, "SpaLSTF.std"), get(out, "SpaLSTF.lower"),
                  get(out, "SpaLSTF.upper"), check$interval$level)
   expect_identical(out[["SpaLSTF.upper"]]@meta.features$feature_name, c("G17", "GENE_U1"))
+  # each gene's expected accuracy in the feature meta data, the run's in the summary
+  features <- out[["SpaLSTF"]][[]]
+  expect_true(all(c("feature_name", "expected_pcc", "reference_pcc") %in% names(features)))
+  per_gene <- function(column) stats::setNames(features[[column]], features$feature_name)
+  check_expected(check, per_gene("expected_pcc"), per_gene("reference_pcc"),
+                 c("G17", "GENE_U1"))
+  expect_identical(check$expected_level, 0.9)
   expect_identical(SeuratObject::Key(out[["SpaLSTF.lower"]]), "spalstflower_")
   keep <- colnames(out)[c(4, 1, 22)]
   sub <- subset(out, cells = keep)
@@ -86,6 +110,7 @@ test_that("Impute on Seurat stores the stack's weights and interval, and message
     "Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\" and \"SpaLSTF.upper\" replaced")
   expect_null(SeuratObject::Tool(off, "Impute")$self_check)
   expect_null(SeuratObject::Tool(off, "Impute")$interval.assay.names)
+  expect_false("expected_pcc" %in% names(off[["SpaLSTF"]][[]]))  # no self-check, no estimate
   expect_identical(SeuratObject::Misc(off[["SpaLSTF"]], "spalstf")$combination$kind, "blend")
   expect_setequal(SeuratObject::Assays(off), c("Spatial", "SpaLSTF", "SpaLSTF.std"))
   expect_silent(do.call(Impute, c(list(objs$st, objs$ref, genes = "G17",
@@ -109,6 +134,9 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
                    c("logcounts", "std", "lower", "upper"))
   a <- function(n) SummarizedExperiment::assay(alt, n)
   check_interval(a("logcounts"), a("std"), a("lower"), a("upper"), 0.8)
+  rows <- SummarizedExperiment::rowData(alt)
+  check_expected(check, stats::setNames(rows$expected_pcc, rownames(alt)),
+                 stats::setNames(rows$reference_pcc, rownames(alt)), "G17")
   # The spatial context: given as a matrix (rows in another order, matched by name) it
   # gives the values of the object's own coordinates; FALSE turns it off.
   xy <- d$coords
@@ -122,6 +150,7 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   expect_false(isTRUE(all.equal(unname(m[, ]), unname(flat[, ]))))
   expect_null(attr(flat, "self_check"))
   expect_null(attr(flat, "lower"))
+  expect_null(attr(flat, "expected_pcc"))
   # without a self-check, the SCE has no interval assays either
   expect_identical(SummarizedExperiment::assayNames(
     SingleCellExperiment::altExp(from_obj, "SpaLSTF")), c("logcounts", "std"))
@@ -130,6 +159,7 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   check_summary(check, length(d$known))
   check_interval(mc[, , drop = FALSE], attr(mc, "std"), attr(mc, "lower"), attr(mc, "upper"),
                  check$interval$level)
+  check_expected(check, attr(mc, "expected_pcc"), attr(mc, "reference_pcc"), "G17")
 })
 
 test_that("the self-check and spatial options are checked in R", {
