@@ -71,6 +71,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Plots", "Each returns the matplotlib Figure and saves it when given `path`.", [
         ("spalstf.pl.spatial", "spalstf.pl.spatial"),
         ("spalstf.pl.uncertainty", "spalstf.pl.uncertainty"),
+        ("spalstf.pl.confidence", "spalstf.pl.confidence"),
         ("spalstf.pl.metric_boxplot", "spalstf.pl.metric_boxplot"),
         ("spalstf.pl.loss_curve", "spalstf.pl.loss_curve"),
     ]),
