@@ -22,6 +22,12 @@ base predictions disagree, the value is less certain) plus half its median; the 
 half-width is the `level` quantile of |measured - combined| / scale over the hidden genes,
 times the scale. It covers what the ST would measure (log1p(count / known-gene total x
 scale_factor)), measurement noise included.
+
+With counts input the interval of each value is the count model's instead
+(`spalstf.prior.intervals`, `Stack.counts`): a negative binomial around the count the
+combination implies at the cell's known-gene total, calibrated on the same hidden genes'
+counts; it can be [0, 0] where a count is almost surely 0 and grows with the cell's depth. The
+normalised interval above stays for log-normalised input (no counts, no depth).
 """
 
 from __future__ import annotations
@@ -149,6 +155,9 @@ class Stack:
     #: the per-value interval of the count model (`spalstf.prior.intervals`), learnt where the
     #: self-check had counts; None: the normalised conformal interval above
     counts: CountInterval | None = None
+    #: the mean interval score of each interval on the hidden genes (cross-fitted), by which
+    #: `choose_interval` chose: {"normalised": ..., "counts": ...}; empty: not compared
+    scores: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.weights = {str(k): float(v) for k, v in self.weights.items() if v > 0}
@@ -216,6 +225,20 @@ class Stack:
         self.counts = intervals.fit(counts, depth, combined, spread, level=level,
                                     scale_factor=scale_factor)
 
+    def choose_interval(self, own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray,
+                        combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray, *,
+                        scale_factor: float) -> None:
+        """Keep the count model's interval only where, on the hidden genes, its interval score
+        (cross-fitted over the folds) is below the normalised interval's; the scores are kept
+        in `scores` (saved)."""
+        if self.counts is None:
+            return
+        self.scores = intervals.cross_scores(own_truth, counts, depth, combined, spread,
+                                             fold_of, level=self.level,
+                                             scale_factor=scale_factor)
+        if self.scores and not self.scores["counts"] < self.scores["normalised"]:
+            self.counts = None
+
     def interval(self, combined: np.ndarray, spread: np.ndarray,
                  depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """(lower, upper) of each value, or None when the interval was not calibrated.
@@ -235,6 +258,8 @@ class Stack:
                "offset": self.offset, "n_calibration": self.n_calibration}
         if self.counts is not None:
             out["counts"] = self.counts.to_dict()
+        if self.scores:
+            out["interval_scores"] = {k: float(v) for k, v in self.scores.items()}
         return out
 
     @classmethod
@@ -266,7 +291,9 @@ class Stack:
                    quantile=float(values.get("quantile", float("nan"))),
                    offset=float(values.get("offset", 0.0)),
                    n_calibration=int(values.get("n_calibration", 0)),
-                   counts=None if counts is None else CountInterval.from_dict(counts))
+                   counts=None if counts is None else CountInterval.from_dict(counts),
+                   scores={str(k): float(v) for k, v in
+                           (values.get("interval_scores") or {}).items()})
 
 
 def columns_of(predictors: Sequence[str], views: Sequence[str],
