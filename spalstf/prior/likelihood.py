@@ -45,6 +45,8 @@ LANDMARKS = 2000
 #: one split the depth chosen hangs on which genes fall together (on a simulated set, from 31
 #: to 562 by the split alone); four give the same depth as eight there.
 SPLITS = 4
+#: Landmark cells the depth is chosen on (evenly spaced among them).
+DEPTH_CELLS = 1000
 #: Smallest share of a gene in a cluster, relative to a uniform share: keeps log q finite.
 FLOOR = 1e-3
 
@@ -158,18 +160,40 @@ class CountLikelihood(BasePredictor):
         # equal in both are interchangeable).
         reference_mean = (self.sizes @ self.profile_shares) / self.sizes.sum()
         ranked = np.lexsort((cell_shares.mean(axis=0), reference_mean))
-        scores = np.zeros(len(DEPTHS))
+        # the search reads at most DEPTH_CELLS of the landmarks (evenly spaced): a median of
+        # correlations over that many cells, summed over the splits, ranks the depths alike
+        rows = np.unique(np.linspace(0, len(values) - 1, min(len(values), DEPTH_CELLS))
+                         .astype(int))
+        cell_shares, values = cell_shares[rows], values[rows]
+        prior = torch.as_tensor(log_size)
+        parts = []
         for split in range(SPLITS):
             order = ranked[np.random.default_rng(split).permutation(self.n_known)]
             halves = (np.sort(order[: self.n_known // 2]), np.sort(order[self.n_known // 2:]))
             for given, hidden in (halves, halves[::-1]):
                 log_q = log_profiles(self.profile_shares, capture, given)
                 # the cell's shares over the given genes, as a fraction of all its known
-                # counts: the depth means the same whichever genes it reads
-                for i, depth in enumerate(DEPTHS):
-                    weights = posterior(cell_shares[:, given], log_q, depth, log_size)
-                    scores[i] += median_gene_pcc(weights @ self.known_means[:, hidden],
-                                                 values[:, hidden])
+                # counts: the depth means the same whichever genes it reads. The
+                # log-likelihood does not depend on the depth: computed once, then scaled by
+                # each depth (as `posterior` does).
+                loglik = torch.as_tensor(cell_shares[:, given]) @ torch.as_tensor(log_q).T
+                parts.append((loglik, self.known_means[:, hidden], values[:, hidden]))
+        scores = np.full(len(DEPTHS), -np.inf)
+
+        def score(i: int) -> None:
+            if np.isfinite(scores[i]):
+                return
+            scores[i] = sum(median_gene_pcc(
+                torch.softmax(DEPTHS[i] * loglik + prior, dim=1).numpy() @ means, truth)
+                for loglik, means, truth in parts)
+
+        # coarse to fine: every other depth of the grid, then the two beside the best
+        for i in range(0, len(DEPTHS), 2):
+            score(i)
+        best = int(np.argmax(scores))
+        for i in (best - 1, best + 1):
+            if 0 <= i < len(DEPTHS):
+                score(i)
         return float(DEPTHS[int(np.argmax(scores))])
 
     def predict(self, known: np.ndarray) -> np.ndarray:
