@@ -286,7 +286,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     version, parameters, seed, known genes, targets, timings and the combination used
     (`uns["spalstf"]["combination"]`: "stack" with its weights, or "blend"). With the learnt
     combination: `layers["lower"]`, `layers["upper"]` the interval at `Config.interval_level`
-    calibrated on the hidden known genes (conformal) and `layers["std"]` its half-width over
+    calibrated on the hidden known genes (a count model's with counts input, a conformal band
+    with log-normalised input) and `layers["std"]` its half-width over
     the normal quantile; with the fixed blend, no interval, and with the network among the
     predictors `layers["std"]` the standard deviation over its samples (n_samples > 1). With a self-check: `uns["spalstf"]["self_check"]` (median and
     per-gene PCC/SPCC of the hidden known genes, the weights learnt, every candidate column's

@@ -27,10 +27,13 @@
 #' \code{depth_weight}, ... in \code{...}).
 #'
 #' Each value comes with an uncertainty. With the stack: an interval calibrated on the hidden
-#' known genes (conformal; nominal coverage \code{interval_level} in \code{...}, 0.9 by
-#' default) of what the object would measure, and \code{std}, its half-width divided by the
-#' normal quantile of that level (upper bound = value + z * std; the lower bound is the same
-#' distance below, cut at 0). With the fixed blend: no interval, and, where the network is
+#' known genes (nominal coverage \code{interval_level} in \code{...}, 0.9 by default) of what
+#' the object would measure: with counts, quantiles of a negative binomial count model at
+#' each cell's depth, so [0, 0] where a count is almost surely 0 and wider where counts are
+#' large (it bounds the measurement, so it need not contain the imputed value, an
+#' expectation); with log-normalised input, a conformal band around the value. \code{std} is
+#' the interval's half-width divided by the normal quantile of that level, (upper - lower) /
+#' (2 z). With the fixed blend: no interval, and, where the network is
 #' fitted, the standard deviation over its \code{n.samples} reverse-diffusion samples. For Seurat the uncertainty is
 #' the assay \code{paste0(new.assay.name, ".std")} (\code{"SpaLSTF.std"} by default; the same
 #' genes and cells, \code{data} slot) and the interval the assays \code{"SpaLSTF.lower"} and
