@@ -531,9 +531,8 @@ def test_benchmark_is_listed_with_its_own_help_and_parses():
 def test_help_never_splits_a_name_or_a_flag(columns, monkeypatch, capsys):
     """argparse wraps help at hyphens and cuts long words: "ridge,r / idge_aligned",
     "--checkpoint- / every". Lines break at spaces only, and lists are written with spaces."""
-    from spalstf.config import NETWORKS, PREDICTOR_NAMES
-
     from spalstf.cli import build_parser
+    from spalstf.config import NETWORKS, PREDICTOR_NAMES
 
     monkeypatch.setenv("COLUMNS", str(columns))
     parser = build_parser()

@@ -123,9 +123,9 @@ def test_readme_python_quick_start_runs(tmp_path, monkeypatch):
     for name in ("impute", "fit"):
         monkeypatch.setattr(spalstf, name, functools.partial(getattr(spalstf, name), **FAST))
     monkeypatch.chdir(tmp_path)
-    import matplotlib.pyplot as plt
-
     import warnings
+
+    import matplotlib.pyplot as plt
 
     names: dict = {}
     try:
