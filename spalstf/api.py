@@ -198,7 +198,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
 
     By default: fit the fast base predictors (`spalstf.config.DEFAULT_PREDICTORS`) on `sc`,
     learn non-negative weights of their predictions on `st`'s own known genes, hidden in turn
-    (the self-check), and return that combination with a conformal 90% interval. The SpaLSTF
+    (the self-check), and return that combination with a calibrated 90% interval. The SpaLSTF
     diffusion network is trained only where `predictors` (a `Config` field, by keyword or in
     `config`) includes "network"; `max_steps`, `n_samples`, `epochs`, `n_steps`,
     `checkpoint` and `resume` act only then.
