@@ -544,12 +544,13 @@ def learn(inner: InnerPredictions, *, level: float) -> SelfCheckResult:
     combined, spread = cross_fitted(inner.columns, inner.truth, inner.fold_of)
     stack.calibrate(inner.own_truth, combined, spread, level=level)
     if inner.counts is not None:  # counts input: the per-value interval of the count model
-        stack.calibrate_counts(inner.counts, inner.depth, combined, spread, level=level,
+        stack.calibrate_counts(inner.counts, inner.depth, combined, spread=spread, level=level,
                                scale_factor=inner.scale_factor)
         # kept where it scores better than the normalised interval on the hidden genes
-        # (cross-fitted over the folds; `spalstf.prior.intervals.cross_scores`)
-        stack.choose_interval(inner.own_truth, inner.counts, inner.depth, combined, spread,
-                              inner.fold_of, scale_factor=inner.scale_factor)
+        # (cross-fitted over the folds; `spalstf.prior.stack.cross_scores`)
+        stack.choose_interval(inner.own_truth, inner.counts, inner.depth, combined=combined,
+                              spread=spread, fold_of=inner.fold_of,
+                              scale_factor=inner.scale_factor)
     pcc, spcc = metrics.pcc(inner.truth, combined), metrics.spcc(inner.truth, combined)
     per_gene = pd.DataFrame({"gene": inner.genes, "fold": inner.fold_of, "pcc": pcc,
                              "spcc": spcc})

@@ -10,6 +10,7 @@ from conftest import FAST
 
 import spalstf
 from spalstf.prior import intervals
+from spalstf.prior import stack as stack_module
 from spalstf.prior.intervals import CountInterval
 from spalstf.prior.stack import Stack
 
@@ -80,7 +81,7 @@ def test_a_saved_and_loaded_stack_gives_identical_intervals():
     counts, depth, m, spread = draw()
     stack = Stack({"ridge|raw|expression": 0.6, "knn|raw|expression": 0.4})
     stack.calibrate(truth_of(counts, depth), m, spread, level=0.9)
-    stack.calibrate_counts(counts, depth, m, spread, level=0.9, scale_factor=SCALE)
+    stack.calibrate_counts(counts, depth, m, spread=spread, level=0.9, scale_factor=SCALE)
     assert stack.counts is not None
     loaded = Stack.from_dict(json.loads(json.dumps(stack.to_dict())))
     for a, b in zip(stack.interval(m, spread, depth), loaded.interval(m, spread, depth),
@@ -102,7 +103,7 @@ def test_without_depths_the_normalised_conformal_interval_is_kept():
     counts, depth, m, spread = draw()
     stack = Stack({"ridge|raw|expression": 1.0})
     stack.calibrate(truth_of(counts, depth), m, spread, level=0.9)
-    stack.calibrate_counts(counts, depth, m, spread, level=0.9, scale_factor=SCALE)
+    stack.calibrate_counts(counts, depth, m, spread=spread, level=0.9, scale_factor=SCALE)
     lower, upper = stack.interval(m.astype(np.float32), spread.astype(np.float32))
     half = stack.quantile * (spread + stack.offset + 1e-6)
     np.testing.assert_allclose(upper, m + half, rtol=1e-5)
@@ -131,21 +132,21 @@ def test_the_self_check_keeps_the_interval_that_scores_better_on_its_hidden_gene
     counts, depth, m, spread = draw(n_genes=20)
     truth = truth_of(counts, depth)
     fold_of = np.arange(20) % 2
-    scores = intervals.cross_scores(truth, counts, depth * np.ones_like(m), m, spread, fold_of,
-                                    level=0.9, scale_factor=SCALE)
+    scores = stack_module.cross_scores(truth, counts, depth * np.ones_like(m), m, spread,
+                                       fold_of, level=0.9, scale_factor=SCALE)
     # counts drawn from the count model itself: its interval scores better
     assert scores["counts"] < scores["normalised"]
     stack = Stack({"ridge|raw|expression": 1.0})
     stack.calibrate(truth, m, spread, level=0.9)
-    stack.calibrate_counts(counts, depth, m, spread, level=0.9, scale_factor=SCALE)
-    stack.choose_interval(truth, counts, depth * np.ones_like(m), m, spread, fold_of,
-                          scale_factor=SCALE)
+    stack.calibrate_counts(counts, depth, m, spread=spread, level=0.9, scale_factor=SCALE)
+    stack.choose_interval(truth, counts, depth * np.ones_like(m), combined=m, spread=spread,
+                          fold_of=fold_of, scale_factor=SCALE)
     assert stack.counts is not None and stack.scores == pytest.approx(scores)
     assert Stack.from_dict(json.loads(json.dumps(stack.to_dict()))).scores == stack.scores
     # where the normalised interval scores better, it is kept
-    monkeypatch.setattr(intervals, "cross_scores",
+    monkeypatch.setattr(stack_module, "cross_scores",
                         lambda *a, **k: {"normalised": 1.0, "counts": 2.0})
-    stack.choose_interval(truth, counts, depth * np.ones_like(m), m, spread, fold_of,
-                          scale_factor=SCALE)
+    stack.choose_interval(truth, counts, depth * np.ones_like(m), combined=m, spread=spread,
+                          fold_of=fold_of, scale_factor=SCALE)
     assert stack.counts is None and "counts" not in stack.to_dict()
     assert stack.to_dict()["interval_scores"] == {"normalised": 1.0, "counts": 2.0}

@@ -295,31 +295,3 @@ def interval_score(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray, leve
     penalty = 2.0 / (1.0 - level)
     return float(np.mean((upper - lower) + penalty * np.clip(lower - truth, 0, None)
                          + penalty * np.clip(truth - upper, 0, None)))
-
-
-def cross_scores(own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray,
-                 combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray, *,
-                 level: float, scale_factor: float) -> dict[str, float]:
-    """The mean interval score on the hidden genes of the normalised conformal interval
-    (``normalised``) and of the count model's (``counts``), each fold's genes scored with the
-    interval calibrated on the other folds' genes (cells x genes arrays; `fold_of` per gene)."""
-    from spalstf.prior.stack import Stack
-
-    truth = np.asarray(own_truth, np.float64)
-    out = {"normalised": [], "counts": []}
-    for fold in np.unique(fold_of):
-        own, other = fold_of == fold, fold_of != fold
-        if not other.any():
-            return {}
-        stack = Stack({"ridge|raw|expression": 1.0})
-        stack.calibrate(truth[:, other], combined[:, other], spread[:, other], level=level)
-        model = fit(counts[:, other], depth[:, other], combined[:, other], spread[:, other],
-                    level=level, scale_factor=scale_factor)
-        bounds = stack.interval(combined[:, own], spread[:, own])
-        if bounds is None or model is None:
-            return {}
-        out["normalised"].append(interval_score(truth[:, own], *bounds, level) * own.sum())
-        out["counts"].append(interval_score(
-            truth[:, own], *model.interval(combined[:, own], spread[:, own], depth[:, own]),
-            level) * own.sum())
-    return {k: float(np.sum(v) / len(fold_of)) for k, v in out.items()}

@@ -217,25 +217,24 @@ class Stack:
         rank = min(1.0, math.ceil((len(scores) + 1) * level) / len(scores))
         self.quantile = float(np.quantile(scores, rank, method="higher"))
 
-    def calibrate_counts(self, counts: np.ndarray, depth: np.ndarray, combined: np.ndarray,
-                         spread: np.ndarray, *, level: float, scale_factor: float) -> None:
+    def calibrate_counts(self, counts: np.ndarray, depth: np.ndarray, combined: np.ndarray, *,
+                         spread: np.ndarray, level: float, scale_factor: float) -> None:
         """Learn the count model of the interval (`spalstf.prior.intervals.fit`) from the hidden
         values' counts and their cells' known-gene totals `depth` (cells x genes, as the
         prediction saw them); `counts` None where it cannot be learnt."""
         self.counts = intervals.fit(counts, depth, combined, spread, level=level,
                                     scale_factor=scale_factor)
 
-    def choose_interval(self, own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray,
-                        combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray, *,
+    def choose_interval(self, own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray, *,
+                        combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray,
                         scale_factor: float) -> None:
         """Keep the count model's interval only where, on the hidden genes, its interval score
         (cross-fitted over the folds) is below the normalised interval's; the scores are kept
         in `scores` (saved)."""
         if self.counts is None:
             return
-        self.scores = intervals.cross_scores(own_truth, counts, depth, combined, spread,
-                                             fold_of, level=self.level,
-                                             scale_factor=scale_factor)
+        self.scores = cross_scores(own_truth, counts, depth, combined, spread, fold_of,
+                                   level=self.level, scale_factor=scale_factor)
         if self.scores and not self.scores["counts"] < self.scores["normalised"]:
             self.counts = None
 
@@ -300,3 +299,30 @@ def columns_of(predictors: Sequence[str], views: Sequence[str],
                readouts: Sequence[str]) -> list[str]:
     """Every column of the predictors x views x readouts, in that order."""
     return [column(p, v, r) for p in predictors for v in views for r in readouts]
+
+
+def cross_scores(own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray,
+                 combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray, *,
+                 level: float, scale_factor: float) -> dict[str, float]:
+    """The mean interval score on the hidden genes of the normalised conformal interval
+    (``normalised``) and of the count model's (``counts``), each fold's genes scored with the
+    interval calibrated on the other folds' genes (cells x genes arrays; `fold_of` per gene).
+    Here, not in `spalstf.prior.intervals`, as it needs both kinds of interval."""
+    truth = np.asarray(own_truth, np.float64)
+    out = {"normalised": [], "counts": []}
+    for fold in np.unique(fold_of):
+        own, other = fold_of == fold, fold_of != fold
+        if not other.any():
+            return {}
+        stack = Stack({"ridge|raw|expression": 1.0})
+        stack.calibrate(truth[:, other], combined[:, other], spread[:, other], level=level)
+        model = intervals.fit(counts[:, other], depth[:, other], combined[:, other], spread[:, other],
+                    level=level, scale_factor=scale_factor)
+        bounds = stack.interval(combined[:, own], spread[:, own])
+        if bounds is None or model is None:
+            return {}
+        out["normalised"].append(intervals.interval_score(truth[:, own], *bounds, level) * own.sum())
+        out["counts"].append(intervals.interval_score(
+            truth[:, own], *model.interval(combined[:, own], spread[:, own], depth[:, own]),
+            level) * own.sum())
+    return {k: float(np.sum(v) / len(fold_of)) for k, v in out.items()}
