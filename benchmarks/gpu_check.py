@@ -1,7 +1,7 @@
 """GPU check of the SpaLSTF network: bf16 autocast and NCCL against the CPU, in one script.
 
 The network's GPU path (bfloat16 autocast of the denoiser, `spalstf.runtime`; NCCL and
-DistributedDataParallel under torchrun, `spalstf.distributed`) is not exercised by the test
+DistributedDataParallel under torchrun, `spalstf.train.distributed`) is not exercised by the test
 suite, which runs on CPU. This script runs it, next to the CPU, and fails (exit status 1,
 the failed rows named) when the GPU's results are not the CPU's within the tolerances below.
 
@@ -145,7 +145,8 @@ def log(message: str) -> None:
 def emulated_bf16():
     """bf16 autocast on the CPU where the library would use it on CUDA (train and infer import
     `autocast` by name, so both names are swapped for the block)."""
-    from spalstf import infer, train
+    from spalstf.diffusion import sample as infer
+    from spalstf.train import denoiser as train
 
     def cpu_autocast(device, enabled=True):
         if enabled:
@@ -446,8 +447,8 @@ def ddp_worker(argv: list[str]) -> int:
     a world of one process, so the backend and DistributedDataParallel really run."""
     import torch.distributed as dist
 
-    from spalstf import distributed
     from spalstf.cli import main
+    from spalstf.train import distributed
 
     if os.environ.get("SPALSTF_FORCE_GROUP") == "1":
         distributed.launched = lambda: True
@@ -462,7 +463,7 @@ def ddp_worker(argv: list[str]) -> int:
               file=sys.stderr, flush=True)
         return wrapped
 
-    distributed.wrap = recording_wrap  # train.py calls it through the module: seen there
+    distributed.wrap = recording_wrap  # spalstf.train.denoiser calls it through the module
     return main(argv)
 
 

@@ -1,11 +1,11 @@
 """Does the masked-gene network earn a weight in the stack?
 
-The masked-gene network (`spalstf.masked_train.fit_masked`, `spalstf.masked_infer`) trains on
-the reference's cells AND on the ST's own known genes under random gene masks, so it sees the
-ST's platform. This script adds its predictions as the columns ``masked|raw|expression`` and
-``masked|raw|at_depth`` (it reads each ST cell's own known genes: the raw view) to the folds
-that ``benchmarks/stack.py`` cached with the network column, and scores the stack with and
-without it.
+The masked-gene network (`spalstf.prior.masked.train.fit_masked`, `spalstf.prior.masked.sample`)
+trains on the reference's cells AND on the ST's own known genes under random gene masks, so it
+sees the ST's platform. This script adds its predictions as the columns
+``masked|raw|expression`` and ``masked|raw|at_depth`` (it reads each ST cell's own known genes:
+the raw view) to the folds that ``benchmarks/stack.py`` cached with the network column, and
+scores the stack with and without it.
 
 Same folds as benchmarks/stack.py: outer `gene_folds(shared, 5, 0)`, inner
 `selfcheck.inner_folds(known, 2, seed=0)`. No leakage: for each inner fold the network is
@@ -58,8 +58,8 @@ from spalstf.config import Config  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate._cli import markdown_table  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
-from spalstf.masked_train import MaskedOptions, fit_masked  # noqa: E402
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize  # noqa: E402
+from spalstf.prior.masked.train import MaskedOptions, fit_masked  # noqa: E402
 from spalstf.prior.stack import parse  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"

@@ -19,7 +19,6 @@ import pandas as pd
 
 from spalstf import selfcheck
 from spalstf._logging import shows_progress
-from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.data import (
     Expression,
@@ -41,6 +40,7 @@ from spalstf.model import (
 )
 from spalstf.preprocess import log_normalize
 from spalstf.spatial import resolve
+from spalstf.train.checkpoint import Checkpointer
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def fit(sc: Any, known_genes: Sequence[str], target_genes: Sequence[str], *,
     device
         "auto" (CUDA when present, else CPU), "cpu" or "cuda". Launched by ``torchrun``, each
         process trains on a share of every mini-batch (DistributedDataParallel, see
-        `spalstf.distributed`) and takes the GPU of its LOCAL_RANK.
+        `spalstf.train.distributed`) and takes the GPU of its LOCAL_RANK.
     max_steps
         The network's training budget in optimiser updates (default 300; None: the config's;
         only with `predictors` including "network"). Training also stops after `epochs` (60)

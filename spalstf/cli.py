@@ -263,7 +263,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         targets = [g for g in sc.var_names if g not in set(known)]
     model = spalstf.fit(sc, known, targets, sc_layer=args.sc_layer,
                         log_normalized=args.log_normalized, **_training_options(args))
-    from spalstf import distributed
+    from spalstf.train import distributed
 
     if args.st and selfcheck.wanted(SELF_CHECK[args.self_check], len(known)):
         # Learn the combination on the ST's own known genes, as `spalstf impute --sc` does, so

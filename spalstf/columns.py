@@ -20,7 +20,7 @@ import torch
 
 from spalstf.config import Config
 from spalstf.data import Expression
-from spalstf.infer import impute_cells
+from spalstf.diffusion.sample import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
 from spalstf.prior import EXPRESSION, MODEL, BasePredictor, spaced_blocks
 from spalstf.prior.stack import READOUTS, VIEWS, column, parse

@@ -2,10 +2,11 @@
 
 Below the public functions (`spalstf.api` validates the user's input and calls these): a
 reference already read (`spalstf.data.Expression`) goes to the training loop
-(`spalstf.train`) and the base predictors of the prior (`spalstf.prior`); `Model.impute` hands
-the ST to the sampler (`spalstf.infer`) and packs the result in the type the user gave;
-`Model.save` / `load` keep a model in a folder. The self-check (`spalstf.selfcheck`) is handed
-`fit_model` to fit its inner models, so it imports neither this module nor the API.
+(`spalstf.train.denoiser`) and the base predictors of the prior (`spalstf.prior`);
+`Model.impute` hands the ST to the sampler (`spalstf.diffusion.sample`) and packs the result in
+the type the user gave; `Model.save` / `load` keep a model in a folder. The self-check
+(`spalstf.selfcheck`) is handed `fit_model` to fit its inner models, so it imports neither this
+module nor the API.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ import torch
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from spalstf import distributed, runtime, selfcheck
+from spalstf import runtime, selfcheck
 from spalstf._atomic import replace_folder, sync_dir, sync_folder, user_mode
 from spalstf._logging import phase_level, shows_progress
 from spalstf._version import __version__
-from spalstf.checkpoint import Checkpointer, data_fingerprint
 from spalstf.columns import NETWORK, ColumnSource
 from spalstf.config import INFERENCE_STAGES, Config
 from spalstf.data import (
@@ -46,7 +46,7 @@ from spalstf.data import (
     match_genes,
 )
 from spalstf.diffusion import GaussianDiffusion
-from spalstf.infer import impute_cells
+from spalstf.diffusion.sample import impute_cells
 from spalstf.network import build_network, needs_neighbours
 from spalstf.preprocess import Standardizer, depth_blend, expected_at_depth
 from spalstf.prior import (
@@ -61,7 +61,9 @@ from spalstf.prior import (
     Stack,
 )
 from spalstf.spatial import coordinates, resolve
-from spalstf.train import TrainingData, train
+from spalstf.train import distributed
+from spalstf.train.checkpoint import Checkpointer, data_fingerprint
+from spalstf.train.denoiser import TrainingData, train
 
 logger = logging.getLogger(__name__)
 
@@ -1189,8 +1191,8 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
               progress: bool, saving: tuple = (None, 1, None)) -> Model:
     """Train a model on the reference `expr` (validated; genes under their reference names):
     `known` -> `targets`, reported as `out_names`, with `cfg`. `saving`: the checkpoint
-    options (path, every, resume) as `spalstf.checkpoint.Checkpointer.check_options` gives
-    them. The training (`spalstf.train`) fits the ridge prior; the other base predictors of
+    options (path, every, resume) as `spalstf.train.checkpoint.Checkpointer.check_options` gives
+    them. The training (`spalstf.train.denoiser`) fits the ridge prior; the other base predictors of
     the prior (`spalstf.prior`) are fitted here."""
     check_values(expr, log_normalized=log_normalized, arg="sc")
     start = time.perf_counter()

@@ -160,7 +160,7 @@ def _std_label(imputed: Any, units: str | None) -> str:
     label = f"std over {n} samples" if n else "std over samples"
     label += ", same units as the values" if units else ""
     # The std is the spread of the diffusion's samples whatever share of their refinement the
-    # values keep (spalstf.infer): where they keep less than all, say so.
+    # values keep (spalstf.diffusion.sample): where they keep less than all, say so.
     weight = params.get("residual_weight") if isinstance(params, dict) else None
     if weight is not None and float(weight) == 0:
         label += "\nunused by the values (the prior alone)"

@@ -1,7 +1,7 @@
 """Where and how the tensors run: CPU threads, mixed precision, pinned transfers, chunk sizes.
 
 Nothing here changes what a cell's imputation is on CPU: threads and chunk sizes only change
-speed and memory (a cell's values do not depend on its chunk, see `spalstf.infer`). Mixed
+speed and memory (a cell's values do not depend on its chunk, see `spalstf.diffusion.sample`). Mixed
 precision is used on CUDA only, where bfloat16 is supported, for the denoiser's matrix
 products; the neighbour search, the diffusion arithmetic and the optimiser stay in float32.
 """

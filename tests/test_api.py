@@ -77,7 +77,7 @@ def test_a_cell_does_not_depend_on_its_batch_or_order(tiny_pair, tiny_model, mon
     st, _ = tiny_pair
     base = tiny_model.impute(st, batch_size=64, seed=5, progress=False)
     # The denoiser's passes on CPU take a few cells at a time: one cell per pass changes nothing.
-    monkeypatch.setattr(spalstf.infer, "CPU_PASS_ROWS", 1)
+    monkeypatch.setattr(spalstf.diffusion.sample, "CPU_PASS_ROWS", 1)
     one_per_pass = tiny_model.impute(st, batch_size=64, seed=5, progress=False)
     np.testing.assert_allclose(one_per_pass.X, base.X, atol=1e-5)
     np.testing.assert_allclose(one_per_pass.layers["std"], base.layers["std"], atol=1e-5)

@@ -275,7 +275,7 @@ def test_fit_refuses_an_existing_model_folder_without_force(files, capsys):
 
 
 def test_training_faults_exit_non_zero_with_one_line(files, capsys, monkeypatch):
-    import spalstf.train
+    import spalstf.train.denoiser
 
     st_path, sc_path, tmp = files
     args = ["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
@@ -284,7 +284,7 @@ def test_training_faults_exit_non_zero_with_one_line(files, capsys, monkeypatch)
     def nan_loss(*a, **k):
         raise FloatingPointError("training loss became nan at epoch 1, step 1")
 
-    monkeypatch.setattr(spalstf.train, "batch_loss", nan_loss)
+    monkeypatch.setattr(spalstf.train.denoiser, "batch_loss", nan_loss)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["spalstf impute: error: training loss became nan at "
@@ -294,7 +294,7 @@ def test_training_faults_exit_non_zero_with_one_line(files, capsys, monkeypatch)
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(spalstf.train, "batch_loss", ctrl_c)
+    monkeypatch.setattr(spalstf.train.denoiser, "batch_loss", ctrl_c)
     assert main(args) == 130
     assert capsys.readouterr().err.strip() == "spalstf impute: interrupted"
     with pytest.raises(KeyboardInterrupt):

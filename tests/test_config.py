@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from spalstf import checkpoint, model
+from spalstf import model
 from spalstf.config import INFERENCE_STAGES, STAGES, Config
+from spalstf.train import checkpoint
 
 
 def test_every_field_has_one_stage_and_the_file_groups_them():

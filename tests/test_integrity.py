@@ -507,8 +507,8 @@ def test_ctrl_c_during_training_exits_130_and_writes_nothing(tiny_pair, tmp_path
     import signal
 
     from spalstf import api
-    from spalstf.checkpoint import Checkpointer
     from spalstf.cli import main
+    from spalstf.train.checkpoint import Checkpointer
 
     st, sc = tiny_pair
     st_path, sc_path = tmp_path / "st.h5ad", tmp_path / "sc.h5ad"
@@ -545,17 +545,17 @@ def test_the_same_seed_gives_the_same_result_in_concurrent_threads(tiny_pair, mo
 
     from conftest import FAST
 
-    import spalstf.train
+    import spalstf.train.denoiser
 
     st, sc = tiny_pair
     genes = list(st.obsm["truth"].columns)[:3]
-    real_build = spalstf.train.build_network
+    real_build = spalstf.train.denoiser.build_network
 
     def slow_build(*args, **kwargs):  # widens the window in which another thread may seed
         time.sleep(0.3)
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(spalstf.train, "build_network", slow_build)
+    monkeypatch.setattr(spalstf.train.denoiser, "build_network", slow_build)
     options = {**FAST, "epochs": 1, "self_check": False, "predictors": ["ridge", "network"]}
     sequential = {seed: spalstf.impute(st, sc, genes, seed=seed, **options).X
                   for seed in (1, 2)}

@@ -6,10 +6,10 @@ import torch
 
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion
-from spalstf.masked_infer import MaskedModel
-from spalstf.masked_train import MaskedOptions, fit_masked, hide_known
-from spalstf.network.masked import ConditionalGaussian, MaskedDenoiser, masked_neighbours
 from spalstf.prior import fit_prior
+from spalstf.prior.masked import MaskedModel, MaskedOptions, fit_masked
+from spalstf.prior.masked.network import ConditionalGaussian, MaskedDenoiser, masked_neighbours
+from spalstf.prior.masked.train import hide_known
 
 N_KNOWN, N_TARGET = 8, 4
 TINY = Config(d_model=16, depth=1, n_heads=2, lstm_hidden=16, n_neighbors=4, max_steps=8,
@@ -313,7 +313,7 @@ def test_withheld_genes_of_the_st_never_enter_training(data):
         fit_masked(*data, config=TINY, options=MaskedOptions(st_withheld=tuple(range(7))))
 
 
-# --- the masked network as a base predictor of the product (spalstf.prior.masked) ------------
+# --- the masked network as a base predictor of the product (spalstf.prior.masked.predictor) -------
 
 def _masked_predictor(data, seed=0):
     from spalstf.prior import MaskedNetwork, Reference
@@ -357,17 +357,17 @@ def test_impute_with_the_masked_predictor_never_trains_on_the_genes_it_is_scored
     candidates of the combination; the imputation trains it on every known gene when they
     earn a weight."""
     import spalstf
-    import spalstf.masked_train as masked_train
+    import spalstf.prior.masked.predictor as predictor
 
     st, sc = tiny_pair
     targets = list(st.obsm["truth"].columns)[:3]
-    real_fit, trained_on = masked_train.fit_masked, []
+    real_fit, trained_on = predictor.fit_masked, []
 
     def recording_fit(reference_known_z, reference_target_z, st_known_z, **kwargs):
         trained_on.append((np.shape(reference_known_z)[1], np.shape(st_known_z)))
         return real_fit(reference_known_z, reference_target_z, st_known_z, **kwargs)
 
-    monkeypatch.setattr(masked_train, "fit_masked", recording_fit)
+    monkeypatch.setattr(predictor, "fit_masked", recording_fit)
     out = spalstf.impute(st, sc, targets, seed=0, progress=False, config={
         "predictors": ("ridge", "masked"), "max_steps": 10, "d_model": 16, "depth": 1,
         "n_heads": 2, "lstm_hidden": 16, "n_neighbors": 4, "n_samples": 2, "n_steps": 3})

@@ -1,7 +1,7 @@
 """The network of a `Config`, and what conditions it besides the cell's own genes.
 
-Shared by training (`spalstf.train`) and sampling (`spalstf.infer`), which import it from here
-so that sampling never imports training.
+Shared by training (`spalstf.train.denoiser`) and sampling (`spalstf.diffusion.sample`), which
+import it from here so that sampling never imports training.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Training the masked-gene network on the reference AND on the ST's own known genes.
 
-One fit serves any split of the known genes (`spalstf.masked_infer.MaskedModel.predict`).
-Each mini-batch mixes two sources of rows:
+One fit serves any split of the known genes
+(`spalstf.prior.masked.sample.MaskedModel.predict`). Each mini-batch mixes two sources of rows:
 
 - reference rows (cells, and pseudo-spots when given): every target gene PREDICT, and a random
   share of the known genes PREDICT too, the others GIVEN;
@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
-from spalstf.masked_infer import PRIORS, MaskedModel, build_masked_network
-from spalstf.network.masked import (
+from spalstf.prior.masked.network import (
     ABSENT,
     GIVEN,
     PREDICT,
@@ -38,6 +37,7 @@ from spalstf.network.masked import (
     context_sequence,
     masked_neighbours,
 )
+from spalstf.prior.masked.sample import PRIORS, MaskedModel, build_masked_network
 from spalstf.prior.ridge import fit_prior
 from spalstf.runtime import seeded_global_rng, to_device
 

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spalstf import distributed
 from spalstf._logging import phase_level
-from spalstf.checkpoint import Checkpointer
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
 from spalstf.network import (
@@ -32,6 +30,8 @@ from spalstf.network import (
 )
 from spalstf.prior import Reference, RidgePrior
 from spalstf.runtime import autocast, seeded_global_rng, to_device
+from spalstf.train import distributed
+from spalstf.train.checkpoint import Checkpointer
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     and, when it holds a resumed state, training continues from it (written by the first
     process only under torchrun).
 
-    Under torchrun (`spalstf.distributed`) every process takes a share of each mini-batch and
+    Under torchrun (`spalstf.train.distributed`) every process takes a share of each mini-batch and
     of the validation cells; the result is the single-process one up to float rounding.
     """
     device = torch.device(device)

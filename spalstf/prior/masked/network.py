@@ -126,9 +126,9 @@ class MaskedDenoiser(nn.Module):
         """Predicted (noise, v), each (batch, n_genes); meaningful on the PREDICT genes only.
 
         `values` must be 0 on ABSENT genes and the (noised) residual on PREDICT genes (the
-        caller builds them: `spalstf.masked_train`, `spalstf.masked_infer`); `state` holds
-        ABSENT / GIVEN / PREDICT per gene; `prior` the prior of every gene (what the residual
-        is taken around), `knn` the mean of every gene over the cell's neighbours.
+        caller builds them: `spalstf.prior.masked.train`, `spalstf.prior.masked.sample`);
+        `state` holds ABSENT / GIVEN / PREDICT per gene; `prior` the prior of every gene (what
+        the residual is taken around), `knn` the mean of every gene over the cell's neighbours.
         """
         given = (state == GIVEN).to(values.dtype)
         predict = (state == PREDICT).to(values.dtype)

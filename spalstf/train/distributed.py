@@ -2,7 +2,7 @@
 
 Launched by ``torchrun`` (which sets WORLD_SIZE, RANK, LOCAL_RANK and the rendezvous address),
 `spalstf.fit` joins the process group (NCCL on GPUs, gloo on CPU) and the training loop
-(`spalstf.train`) gives every process a contiguous share of each mini-batch. Every process
+(`spalstf.train.denoiser`) gives every process a contiguous share of each mini-batch. Every process
 draws the same permutation, timesteps and noise from the same seed, so the union of the shares
 is exactly the single-process batch; gradients are averaged by DDP with each share weighted by
 its size. The trained model is therefore the single-process one up to floating-point noise

@@ -1,6 +1,6 @@
 """The masked-gene network as a base predictor: the SpaLSTF diffusion trained on the ST too.
 
-The "network" predictor learns from the reference alone. This one (`spalstf.masked_train`)
+The "network" predictor learns from the reference alone. This one (`spalstf.prior.masked.train`)
 trains the same parts (conditional diffusion, XCA attention, BiLSTM context, variational bound
 and KL, each switchable in `spalstf.Config`) on the reference's cells AND on the ST's own known
 genes under random gene masks, so that it sees the ST's platform; the target genes are learnt
@@ -27,6 +27,7 @@ import torch
 from spalstf._logging import phase_level
 from spalstf.config import Config
 from spalstf.prior.base import MODEL, BasePredictor, Blocks, Reference
+from spalstf.prior.masked.train import MaskedOptions, fit_masked
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class MaskedNetwork(BasePredictor):
         super().__init__(config)
         #: (cells, n_known + n_target) the reference cells trained on (the atlas), model space
         self.rows, self.n_known, self.seed = rows, n_known, seed
-        self.model = None  # the `spalstf.masked_infer.MaskedModel` trained by prepare
+        self.model = None  # the `spalstf.prior.masked.sample.MaskedModel` trained by prepare
 
     def fit(self, reference: Reference, *, seed: int) -> None:
         if reference.atlas is None:
@@ -61,8 +62,6 @@ class MaskedNetwork(BasePredictor):
 
     def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
         """Train on the reference cells and the ST's known genes (see the module)."""
-        from spalstf.masked_train import MaskedOptions, fit_masked
-
         super().prepare(st_blocks, device=device)
         st = [np.asarray(b, np.float32) for b in st_blocks()]
         st = np.concatenate(st) if st else np.zeros((0, self.n_known), np.float32)

@@ -1,15 +1,15 @@
 """Sampling the masked-gene network: any split of its genes into given and predicted ones.
 
-A `MaskedModel` (fitted once by `spalstf.masked_train.fit_masked`) answers, for a chunk of ST
-cells, "given these known genes, what are those genes" for any split: some known genes from the
-others (the self-check's inner folds), or the target genes from all known genes (the
+A `MaskedModel` (fitted once by `spalstf.prior.masked.train.fit_masked`) answers, for a chunk
+of ST cells, "given these known genes, what are those genes" for any split: some known genes
+from the others (the self-check's inner folds), or the target genes from all known genes (the
 imputation), with no refit. Values are in model space (per-gene z-scores with the reference's
 statistics); the caller maps them back.
 
 A cell's output depends only on the cell, the split, the seed and the cell's name: its
 neighbours come from the exact, order-free `NeighbourIndex` over the given genes, its random
-draws from its own generator (`spalstf.infer.cell_generators`), and the network acts on each
-cell alone. Which other cells share its chunk, and in what order, changes nothing.
+draws from its own generator (`spalstf.diffusion.sample.cell_generators`), and the network
+acts on each cell alone. Which other cells share its chunk, and in what order, changes nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion
-from spalstf.infer import CPU_PASS_ROWS, _draw, cell_generators
+from spalstf.diffusion.sample import CPU_PASS_ROWS, cell_generators, draw_normals
 from spalstf.network import NeighbourIndex
-from spalstf.network.masked import (
+from spalstf.prior.masked.network import (
     GIVEN,
     PREDICT,
     ConditionalGaussian,
@@ -43,7 +43,7 @@ ARCHITECTURE = ("n_known", "n_target", "d_model", "depth", "n_heads", "mlp_ratio
                 "use_xca", "use_context", "lstm_hidden", "lstm_layers", "use_source")
 #: The noise schedules a state may name (stored by position: states hold numbers only).
 SCHEDULES = ("cosine", "linear")
-#: What the residual is taken around (`spalstf.masked_train.MaskedOptions.prior`).
+#: What the residual is taken around (`spalstf.prior.masked.train.MaskedOptions.prior`).
 PRIORS = ("gaussian", "neighbours")
 
 
@@ -275,7 +275,8 @@ class MaskedModel:
             out = (prior[:, predict] + eps[:, predict]).cpu().numpy()[None]
             return out, out
         gens = cell_generators(seed, cells)
-        # On CPU a few cells at a time keep the activations in cache (as spalstf.infer does).
+        # On CPU a few cells at a time keep the activations in cache (as
+        # spalstf.diffusion.sample does).
         step = n_cells if values.device.type != "cpu" else max(1, CPU_PASS_ROWS // n_samples)
         parts, firsts = [], []
         for s in range(0, n_cells, step):
@@ -303,7 +304,7 @@ class MaskedModel:
         clip = None
         if self.config.clip_denoised:  # the data range, around each cell's prior
             clip = (bounds[0] - prior_p, bounds[1] - prior_p)
-        x = to_device(_draw(gens, n_samples, len(predict), anti), device)
+        x = to_device(draw_normals(gens, n_samples, len(predict), antithetic=anti), device)
         first = None
         for t in diffusion.timesteps:
             tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=device)
@@ -316,7 +317,8 @@ class MaskedModel:
                 first = (prior_p + first).reshape(n_samples, n_cells, -1).cpu().numpy()
             noise = None
             if diffusion.needs_noise(int(t), eta):
-                noise = to_device(_draw(gens, n_samples, len(predict), anti), device)
+                noise = to_device(draw_normals(gens, n_samples, len(predict), antithetic=anti),
+                                  device)
             x = diffusion.step(eps[:, predict], v[:, predict], int(t), x, noise=noise, eta=eta,
                                clip=clip)
         return (prior_p + x).reshape(n_samples, n_cells, len(predict)).cpu().numpy(), first

@@ -35,9 +35,10 @@ def cell_generators(seed: int, cells: Sequence[str]) -> list[np.random.Generator
     return gens
 
 
-def _draw(gens: list[np.random.Generator], n_samples: int, n_target: int,
-          antithetic: bool = False) -> np.ndarray:
-    """(n_samples * n_cells, n_target) standard normals, sample-major (sample s, then cell).
+def draw_normals(gens: list[np.random.Generator], n_samples: int, n_target: int, *,
+                 antithetic: bool = False) -> np.ndarray:
+    """(n_samples * n_cells, n_target) standard normals, sample-major (sample s, then cell),
+    one cell's from its generator in `gens` (`cell_generators`): the noise of every sampler.
 
     Antithetic: the second half of the samples uses the negated draws of the first half, a
     classic Monte-Carlo variance reduction for the mean over samples (each sample is still a
@@ -81,7 +82,8 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     # The context (once per cell) and the prior stay float32; only the denoiser passes below,
     # n_steps x n_samples per cell, run under autocast.
     ctx, prior = context_of(network, config, known_t, atlas, nb, dist)
-    # With a prior the model works on the residual around it (see spalstf.train.batch_loss).
+    # With a prior the model works on the residual around it (see
+    # spalstf.train.denoiser.batch_loss).
     if centre is not None:
         offset = to_device(centre, device)
     else:
@@ -122,7 +124,7 @@ def _denoise(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
     offset_rep = repeat(offset)
     bounds = None if clip is None else (clip[0] - offset_rep, clip[1] - offset_rep)
     anti = config.antithetic
-    x = to_device(_draw(gens, n_samples, n_target, anti), device)
+    x = to_device(draw_normals(gens, n_samples, n_target, antithetic=anti), device)
     timesteps = diffusion.set_timesteps(config.n_steps, config.sampler)
     for t in timesteps:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=device)
@@ -131,7 +133,7 @@ def _denoise(network: Denoiser, diffusion: GaussianDiffusion, config: Config,
         eps, v = eps.float(), v.float()
         noise = None
         if diffusion.needs_noise(int(t), config.eta):
-            noise = to_device(_draw(gens, n_samples, n_target, anti), device)
+            noise = to_device(draw_normals(gens, n_samples, n_target, antithetic=anti), device)
         x = diffusion.step(eps, v, int(t), x, noise=noise, eta=config.eta, clip=bounds)
     return x.reshape(n_samples, n_cells, n_target).cpu().numpy()
 
