@@ -21,6 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 import spalstf
 import spalstf.train.denoiser
+import spalstf.train.loop
 from spalstf.data import as_expression, check_values, is_integer_valued
 from spalstf.model import seal
 
@@ -347,7 +348,7 @@ def test_same_seed_same_model_on_a_slow_machine(tiny_pair, monkeypatch):
     options = {**FAST, "epochs": 3, "batch_size": 64}
     fast = spalstf.fit(sc, known, targets, **options)
     clock = iter(range(0, 10**9, 100))
-    monkeypatch.setattr(spalstf.train.denoiser.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(spalstf.train.loop.time, "perf_counter", lambda: float(next(clock)))
     slow = spalstf.fit(sc, known, targets, **options)
     assert slow.info["epochs_trained"] == fast.info["epochs_trained"] == 3
     for (name, a), b in zip(fast.network.state_dict().items(),
@@ -412,7 +413,7 @@ def test_resume_equals_a_long_fit_however_slow_the_machine(tiny_pair, tmp_path, 
     and the resumed fit (which counts the checkpoint's seconds too) stopped wherever the load
     had got them to, and the test above failed now and then under load (issue 28)."""
     clock = iter(range(0, 10**9, 100))
-    monkeypatch.setattr(spalstf.train.denoiser.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(spalstf.train.loop.time, "perf_counter", lambda: float(next(clock)))
     st, sc = tiny_pair
     known, targets = _known_targets(tiny_pair)
     ckpt = tmp_path / "c.pt"

@@ -14,7 +14,7 @@ import pytest
 from conftest import FAST
 
 import spalstf
-import spalstf.train.denoiser
+import spalstf.train.loop
 from spalstf.spatial import coordinates, resolve
 
 
@@ -32,7 +32,7 @@ def unconfigured_logging():
 
 
 class RecordedBar:
-    """A stand-in for tqdm in `spalstf.train.denoiser` that records each bar made and its updates."""
+    """A stand-in for tqdm in `spalstf.train.loop` that records each bar made and its updates."""
 
     made: list = []
 
@@ -66,7 +66,7 @@ def test_phases_and_warnings_are_shown_by_default_one_line_and_one_bar_each(
         tiny_pair, monkeypatch, capsys):
     st, sc = tiny_pair
     RecordedBar.made = []
-    monkeypatch.setattr(spalstf.train.denoiser, "tqdm", RecordedBar)
+    monkeypatch.setattr(spalstf.train.loop, "tqdm", RecordedBar)
     targets = list(st.obsm["truth"].columns)[:2]
     measured = str(st.var_names[0])
     options = {**FAST, "progress": True, "epochs": 10, "max_steps": 3}

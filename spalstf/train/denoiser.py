@@ -1,22 +1,22 @@
-"""The training loop: reference cells only, target genes noised, known genes clean.
+"""Training the diffusion network ("network"): reference cells only, target genes noised,
+known genes clean.
 
-Tensors in, a trained network out. Early stopping watches a fixed-noise validation loss on
-held-out reference cells; the weights used for sampling are an exponential moving average (EMA)
-of the trained ones; Ctrl-C keeps the best weights so far. With a `Checkpointer` the full state
-is written every few epochs and a fit resumed from it ends where an uninterrupted one would.
+Tensors in, a trained network out. What is particular to this network is here: its batches
+(random passes over the training cells), its loss (`batch_loss`, around the ridge or neighbour
+prior), the validation cells held out with fixed noise so that epochs are compared on the same
+draws, and the share of each batch a process takes under torchrun. The updates, the averaged
+(EMA) weights, early stopping, Ctrl-C and checkpoints are the shared loop's
+(`spalstf.train.loop`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from spalstf._logging import phase_level
 from spalstf.config import Config
@@ -30,8 +30,9 @@ from spalstf.network import (
 )
 from spalstf.prior import Reference, RidgePrior
 from spalstf.runtime import autocast, seeded_global_rng, to_device
-from spalstf.train import distributed
+from spalstf.train import distributed, loop
 from spalstf.train.checkpoint import Checkpointer
+from spalstf.train.loop import LoopOptions, Step
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     and, when it holds a resumed state, training continues from it (written by the first
     process only under torchrun).
 
-    Under torchrun (`spalstf.train.distributed`) every process takes a share of each mini-batch and
-    of the validation cells; the result is the single-process one up to float rounding.
+    Under torchrun (`spalstf.train.distributed`) every process takes a share of each mini-batch
+    and of the validation cells; the result is the single-process one up to float rounding.
     """
     device = torch.device(device)
     world = distributed.world_size()
@@ -173,175 +174,54 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
         val_noise = torch.randn(n_val, n_target, generator=generator)
         val_t, val_noise = val_t[val_share].to(device), val_noise[val_share].to(device)
 
-    ema = copy.deepcopy(network).eval() if config.ema_decay > 0 else network
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
     batch_size = min(config.batch_size, max(len(train_rows), 1))
     steps_per_epoch = max(1, math.ceil(len(train_rows) / batch_size))
     warmup = min(100, steps_per_epoch * 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                  lambda s: min(1.0, (s + 1) / warmup))
 
-    result = TrainResult(network=ema, ridge=ridge,
+    def epoch_batches():
+        perm = train_rows[rng.permutation(len(train_rows))]
+        for b in range(steps_per_epoch):
+            rows = perm[b * batch_size:(b + 1) * batch_size]
+            if len(rows):
+                yield rows
+
+    def loss_of_batch(rows) -> Step:
+        t = torch.randint(0, config.num_train_timesteps, (len(rows),), generator=generator)
+        noise = torch.randn(len(rows), n_target, generator=generator)
+        # This process's share of the batch (all of it for a single process); a batch smaller
+        # than the number of processes is computed whole by each of them.
+        part = distributed.share(len(rows)) if len(rows) >= world else slice(None)
+        known, target, nb, dist = tensors(rows[part])
+        out = loss_of(known, target, nb, dist, t[part].to(device), noise[part].to(device))
+        return Step(LossTerms(*out),
+                    weight=(known.shape[0] / len(rows)) if len(rows) >= world else 1 / world)
+
+    def validate(ema) -> float:
+        ema.eval()
+        with torch.no_grad():
+            scorer = _Loss(ema, diffusion, config, atlas)
+            losses = []
+            for s in range(0, val[0].shape[0], 1024):
+                sl = slice(s, s + 1024)
+                known, target, nb, dist = (None if x is None else x[sl] for x in val)
+                mse = scorer(known, target, nb, dist, val_t[sl], val_noise[sl])[1]
+                losses.append(float(mse) * known.shape[0])
+            total = distributed.all_sum(torch.tensor([sum(losses)], dtype=torch.float64))
+        return float(total[0]) / n_val
+
+    options = LoopOptions(
+        epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        lr_factor=lambda s: min(1.0, (s + 1) / warmup), ema_decay=config.ema_decay,
+        max_steps=config.max_steps, max_time=config.max_time, patience=config.patience,
+        distributed=True)
+    done = loop.run(network, epoch_batches, loss_of_batch, options=options,
+                    validate=validate if val is not None else None, checkpointer=checkpointer,
+                    rng=rng, generator=generator, progress=progress)
+    result = TrainResult(network=done.network, history=done.history,
+                         stop_reason=done.stop_reason, best_epoch=done.best_epoch,
+                         seconds=done.seconds, ridge=ridge,
                          prior_alpha=None if ridge is None else ridge.alpha)
-    best_loss, best_state, bad_epochs, step = math.inf, None, 0, 0
-    first_epoch, seconds_before = 0, 0.0
-    resumed = checkpointer.resume_state if checkpointer is not None else None
-    if resumed is not None:
-        # Every random draw and update continues from the saved state, so the rest of the run
-        # is the one an uninterrupted fit would have made.
-        network.load_state_dict(resumed["network"])
-        if ema is not network:
-            ema.load_state_dict(resumed["ema"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        rng.bit_generator.state = resumed["numpy_rng"]
-        generator.set_state(resumed["torch_rng"])
-        step, best_loss, bad_epochs = resumed["step"], resumed["best_loss"], resumed["bad_epochs"]
-        best_state, result.best_epoch = resumed["best_state"], resumed["best_epoch"]
-        result.history = list(resumed["history"])
-        first_epoch, seconds_before = resumed["epoch"], resumed["seconds"]
-        logger.info("resuming training after epoch %d", first_epoch)
-
-    def state(epochs_done: int) -> dict:
-        return {"epoch": epochs_done, "step": step, "network": network.state_dict(),
-                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": generator.get_state(), "best_loss": best_loss,
-                "best_state": best_state, "best_epoch": result.best_epoch,
-                "bad_epochs": bad_epochs, "history": result.history,
-                "seconds": time.perf_counter() - start}
-
-    # The time budget counts the seconds spent before a resume too.
-    start = time.perf_counter() - seconds_before
-    # The bar counts updates up to the real budget: `max_steps` usually ends training long
-    # before `epochs` passes would.
-    budget = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        budget = min(budget, config.max_steps)
-    bar = tqdm(desc="spalstf fit", unit="update", disable=not progress, leave=False,
-               initial=min(step, budget), total=budget)
-    try:
-        for epoch in range(first_epoch, config.epochs):
-            if config.patience is not None and bad_epochs >= config.patience:
-                result.stop_reason = f"no improvement for {config.patience} epochs"
-                break  # only after resuming a run that had stopped early
-            if config.max_steps is not None and step >= config.max_steps:
-                result.stop_reason = f"{config.max_steps} updates done"
-                break  # likewise
-            network.train()
-            perm = train_rows[rng.permutation(len(train_rows))]
-            sums = {"total": 0.0, "mse": 0.0, "vlb": 0.0, "kl": 0.0}
-            over_time = out_of_steps = False
-            for b in range(steps_per_epoch):
-                rows = perm[b * batch_size:(b + 1) * batch_size]
-                if len(rows) == 0:
-                    continue
-                t = torch.randint(0, config.num_train_timesteps, (len(rows),),
-                                  generator=generator)
-                noise = torch.randn(len(rows), n_target, generator=generator)
-                # This process's share of the batch (all of it for a single process); a batch
-                # smaller than the number of processes is computed whole by each of them.
-                part = distributed.share(len(rows)) if len(rows) >= world else slice(None)
-                known, target, nb, dist = tensors(rows[part])
-                out = loss_of(known, target, nb, dist, t[part].to(device),
-                              noise[part].to(device))
-                terms = LossTerms(*out)
-                over_time = (config.max_time is not None
-                             and time.perf_counter() - start > config.max_time)
-                if world > 1:
-                    # Shares are weighted by their size, so that DDP's average of gradients is
-                    # the gradient of the whole batch's mean loss; the logged terms likewise.
-                    weight = (known.shape[0] / len(rows)) if len(rows) >= world else 1 / world
-                    loss = out[0] * (weight * world)
-                    reduced = distributed.all_sum(torch.stack(
-                        [o.detach() * weight for o in out]
-                        + [torch.tensor(float(over_time), device=device)]).cpu())
-                    terms = LossTerms(*reduced[:4])
-                    over_time = bool(reduced[4] > 0)
-                else:
-                    loss = terms.total
-                if not torch.isfinite(terms.total):
-                    raise FloatingPointError(
-                        f"training loss became {float(terms.total)} at epoch {epoch + 1}, "
-                        f"step {step + 1} ({terms.as_floats()}); try a lower `learning_rate` "
-                        "or check the input for extreme values")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                bar.update()
-                out_of_steps = config.max_steps is not None and step >= config.max_steps
-                if ema is not network:
-                    decay = min(config.ema_decay, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        for pe, p in zip(ema.parameters(), network.parameters(), strict=True):
-                            pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
-                for k, value in terms.as_floats().items():
-                    sums[k] += value / steps_per_epoch
-                if over_time or out_of_steps:
-                    break
-            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()}}
-            if val is not None:
-                ema.eval()
-                with torch.no_grad():
-                    scorer = _Loss(ema, diffusion, config, atlas)
-                    losses = []
-                    for s in range(0, val[0].shape[0], 1024):
-                        sl = slice(s, s + 1024)
-                        known, target, nb, dist = (None if x is None else x[sl] for x in val)
-                        mse = scorer(known, target, nb, dist, val_t[sl], val_noise[sl])[1]
-                        losses.append(float(mse) * known.shape[0])
-                    total = distributed.all_sum(torch.tensor([sum(losses)], dtype=torch.float64))
-                    record["val_mse"] = float(total[0]) / n_val
-            result.history.append(record)
-            monitored = record.get("val_mse", record["train_total"])
-            bar.set_postfix(loss=f"{record['train_total']:.4f}", val=f"{monitored:.4f}")
-            if monitored < best_loss - 1e-5:
-                best_loss, bad_epochs = monitored, 0
-                best_state = copy.deepcopy(ema.state_dict())
-                result.best_epoch = epoch + 1
-            else:
-                bad_epochs += 1
-            if (checkpointer is not None and checkpointer.due(epoch + 1)
-                    and distributed.rank() == 0):
-                checkpointer.save(state(epoch + 1))
-            if out_of_steps:
-                result.stop_reason = f"{config.max_steps} updates done"
-                break
-            if over_time or (world == 1 and config.max_time is not None
-                             and time.perf_counter() - start > config.max_time):
-                result.stop_reason = f"time budget of {config.max_time:g} s reached"
-                break
-            if config.patience is not None and bad_epochs >= config.patience:
-                result.stop_reason = f"no improvement for {config.patience} epochs"
-                break
-        else:
-            result.stop_reason = f"{config.epochs} epochs done"
-    except KeyboardInterrupt:
-        if best_state is None:
-            raise  # interrupted before any epoch ended: there is nothing worth keeping
-        result.stop_reason = "interrupted; keeping the best weights so far"
-        logger.warning("training interrupted at step %d: keeping the best weights so far "
-                       "(epoch %d)", step, result.best_epoch)
-    else:
-        # The final state too, so that a run stopped by its budget can be continued.
-        epochs_done = len(result.history)
-        if checkpointer is not None and checkpointer.path is not None \
-                and checkpointer.last_saved_epoch != epochs_done and distributed.rank() == 0:
-            checkpointer.save(state(epochs_done))
-    finally:
-        bar.close()
-    if best_state is not None:
-        ema.load_state_dict(best_state)
-    ema.eval()
-    if not all(torch.isfinite(p).all() for p in ema.parameters()):
-        raise FloatingPointError("training produced non-finite weights (a NaN or infinite "
-                                 "gradient); try a lower `learning_rate`")
-    result.network = ema
-    result.seconds = time.perf_counter() - start
     logger.log(phase_level(), "trained %d epochs (%d updates) in %.1f s (%s); best epoch %d",
-               len(result.history), step, result.seconds, result.stop_reason, result.best_epoch)
+               len(result.history), done.updates, result.seconds, result.stop_reason, result.best_epoch)
     return result

@@ -15,7 +15,6 @@ CPU; the update budget (`Config.max_steps`), not the clock, bounds the work.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from spalstf.config import Config
 from spalstf.diffusion import GaussianDiffusion, LossTerms
@@ -40,6 +38,8 @@ from spalstf.prior.masked.network import (
 from spalstf.prior.masked.sample import PRIORS, MaskedModel, build_masked_network
 from spalstf.prior.ridge import fit_prior
 from spalstf.runtime import seeded_global_rng, to_device
+from spalstf.train import loop
+from spalstf.train.loop import LoopOptions, Step
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ class MaskedOptions:
     st_hidden
         (low, high): likewise for the ST rows, at least one gene hidden and one given. The
         self-check's inner folds hide 1/n_folds of the known genes (a fifth to a half).
-    atlas_size
-        Reference cells kept as the atlas (a seeded random subset when there are more): the
-        neighbours and prior of every cell, in training and sampling.
     use_source
         Condition the network on the source of a row (reference or ST) too.
     align_st
@@ -102,7 +99,6 @@ class MaskedOptions:
     st_share: float = 0.5
     reference_hidden: tuple[float, float] = (0.0, 0.5)
     st_hidden: tuple[float, float] = (0.1, 0.5)
-    atlas_size: int = 3000
     use_source: bool = False
     align_st: bool = False
     st_withheld: tuple[int, ...] = ()
@@ -122,10 +118,6 @@ class MaskedOptions:
             if not 0 <= low <= high < 1:
                 raise ValueError(f"`{name}` must be (low, high) with 0 <= low <= high < 1; "
                                  f"received {getattr(self, name)!r}")
-        if isinstance(self.atlas_size, bool) or not isinstance(self.atlas_size, int) \
-                or self.atlas_size < 2:
-            raise ValueError(f"`atlas_size` must be an integer >= 2; received "
-                             f"{self.atlas_size!r}")
         if self.prior not in PRIORS:
             raise ValueError(f"`prior` must be one of {PRIORS}; received {self.prior!r}")
         if isinstance(self.mask_group, bool) or not isinstance(self.mask_group, int) \
@@ -199,7 +191,9 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
     config
         Network, training and sampling settings (`spalstf.Config`): d_model, depth, n_heads,
         mlp_ratio, max_tokens, use_xca, use_context, n_neighbors, lstm_hidden, lstm_layers,
-        dropout, diffusion, num_train_timesteps, beta_schedule, vlb_weight, kl_weight,
+        atlas_size (the reference cells kept as the atlas, a seeded random subset when there
+        are more: the neighbours and prior of every cell, in training and sampling; at least
+        2), dropout, diffusion, num_train_timesteps, beta_schedule, vlb_weight, kl_weight,
         learning_rate, weight_decay, batch_size, max_steps (None: `epochs` passes over the
         reference rows), ema_decay; sampling fields are kept for `MaskedModel.predict`.
     seed
@@ -212,7 +206,7 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
         Pseudo-spots (`spalstf.prior.pseudo_spots`, already in model space) trained on as
         reference rows beside the cells.
     options
-        The settings of `MaskedOptions` (ST rows, their share, the hidden shares, the atlas).
+        The settings of `MaskedOptions` (ST rows, their share, the hidden shares, the prior).
 
     Returns
     -------
@@ -222,6 +216,9 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
     options = MaskedOptions() if options is None else options
     config.validate()
     options.validate()
+    if config.atlas_size < 2:
+        raise ValueError(f"`atlas_size` must be at least 2 for the masked network (an atlas "
+                         f"with neighbours); received {config.atlas_size!r}")
     device = torch.device(device)
     start = time.perf_counter()
     ref_known = _matrix("reference_known_z", reference_known_z)
@@ -259,8 +256,8 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
         rows_target = np.concatenate([ref_target, spot_target])
     ref_rows = np.concatenate([rows_known, rows_target], axis=1)
     del rows_known, rows_target
-    atlas_rows = (np.arange(n_ref) if n_ref <= options.atlas_size
-                  else np.sort(rng.choice(n_ref, options.atlas_size, replace=False)))
+    atlas_rows = (np.arange(n_ref) if n_ref <= config.atlas_size
+                  else np.sort(rng.choice(n_ref, config.atlas_size, replace=False)))
     atlas = ref_rows[atlas_rows]
     self_index = np.full(len(ref_rows), -1, dtype=np.int64)
     self_index[atlas_rows] = np.arange(len(atlas_rows))
@@ -316,9 +313,6 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
                                           axis=1), device=device)
     st_aligned = torch.as_tensor(st_aligned, device=device)
     self_t = torch.as_tensor(self_index, device=device)
-    ema = copy.deepcopy(network).eval() if config.ema_decay > 0 else network
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
     warmup = max(1, min(100, max_steps // 10))
 
     def lr_factor(step: int) -> float:
@@ -327,15 +321,10 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
         done = (step - warmup) / max(1, max_steps - warmup)
         return options.final_lr + (1 - options.final_lr) * 0.5 * (1 + math.cos(math.pi * done))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     ref_order = _Cycle(len(ref_rows), rng)
     st_order = _Cycle(len(st), rng) if use_st else None
-    history: list[dict] = []
-    sums = {"total": 0.0, "mse": 0.0, "vlb": 0.0, "kl": 0.0}
-    log_every = max(1, max_steps // 20)
-    network.train()
-    for step in tqdm(range(max_steps), desc="masked fit", unit="update", disable=not progress,
-                     leave=False):
+
+    def loss_of_batch(_) -> Step:
         ref_idx = to_device(ref_order.take(n_ref_batch), device)
         values, aligned = [ref_t[ref_idx]], [ref_t[ref_idx, :n_known]]
         hidden, groups = hide_known(rng, n_ref_batch, n_known, options.reference_hidden, False,
@@ -370,32 +359,28 @@ def fit_masked(reference_known_z, reference_target_z, st_known_z, *, config: Con
             prior, knn, idx, dist = conditioning(
                 gauss, values, torch.cat(aligned), given, to_device(~hidden & ~absent, device),
                 to_device(groups, device), atlas_t, k, torch.cat(own), options.prior)
-        terms = batch_loss(network, diffusion, config, values, state_t, prior, knn, atlas_t,
-                           idx, dist, t.to(device), noise.to(device), source)
-        if not torch.isfinite(terms.total):
-            raise FloatingPointError(
-                f"masked training loss became {float(terms.total)} at update {step + 1} "
-                f"({terms.as_floats()}); try a lower `learning_rate`")
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if ema is not network:
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), network.parameters(), strict=True):
-                    pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
-        for key, value in terms.as_floats().items():
-            sums[key] += value
-        if (step + 1) % log_every == 0 or step + 1 == max_steps:
-            n = (step % log_every) + 1
-            history.append({"update": step + 1, **{key: v / n for key, v in sums.items()}})
-            sums = dict.fromkeys(sums, 0.0)
-    ema.eval()
-    if not all(torch.isfinite(p).all() for p in ema.parameters()):
-        raise FloatingPointError("masked training produced non-finite weights; try a lower "
-                                 "`learning_rate`")
+        return Step(batch_loss(network, diffusion, config, values, state_t, prior, knn, atlas_t,
+                               idx, dist, t.to(device), noise.to(device), source))
+
+    def window(_: int, updates: int, terms: list[dict]) -> dict:
+        """The mean losses of a window of `log_every` updates (or of the last, shorter one)."""
+        means = dict.fromkeys(terms[0], 0.0)
+        for values in terms:
+            for key, value in values.items():
+                means[key] += value
+        return {"update": updates, **{key: v / len(terms) for key, v in means.items()}}
+
+    # The loop's epochs are windows of updates, each a record of the history; no validation
+    # and no early stopping: the update budget alone ends the fit, on the last EMA weights.
+    log_every = max(1, max_steps // 20)
+    loop_options = LoopOptions(
+        epochs=math.ceil(max_steps / log_every), steps_per_epoch=log_every,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        lr_factor=lr_factor, ema_decay=config.ema_decay, ema_offset=-1, max_steps=max_steps,
+        keep_best=False, name="masked training", period=None, bar="masked fit")
+    done = loop.run(network, lambda: range(log_every), loss_of_batch, options=loop_options,
+                    record=window, progress=progress)
+    ema, history = done.network, done.history
     seconds = time.perf_counter() - start
     info = {"architecture": arch, "fit_seconds": seconds, "updates": max_steps,
             "reference_rows": len(ref_rows), "st_rows": len(st) if use_st else 0,
