@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spalstf.network.context import ContextEncoder
-from spalstf.network.xca import XCABlock, modulate
+from spalstf.network.xca import XCABlock, modulate, zero_init
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -29,6 +29,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def group_genes(values: torch.Tensor, n_tokens: int, per_token: int) -> torch.Tensor:
+    """(batch, genes) or (batch, genes, features) -> (batch, n_tokens, per_token * features):
+    consecutive genes in each token (as `token_layout` counts them), zero-padded at the end."""
+    if values.dim() == 2:
+        values = values[..., None]
+    pad = n_tokens * per_token - values.shape[1]
+    if pad:
+        values = nn.functional.pad(values, (0, 0, 0, pad))
+    return values.reshape(values.shape[0], n_tokens, -1)
 
 
 def token_layout(n_known: int, n_target: int, max_tokens: int) -> tuple[int, int, int, int]:
@@ -90,16 +101,7 @@ class Denoiser(nn.Module):
         self.final_norm = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 2 * d_model))
         self.head = nn.Linear(d_model, 2 * self.per_target)  # noise and variance interpolation
-        for layer in (self.final_ada[1], self.head):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    @staticmethod
-    def _group(values: torch.Tensor, n_tokens: int, per_token: int) -> torch.Tensor:
-        pad = n_tokens * per_token - values.shape[1]
-        if pad:
-            values = torch.nn.functional.pad(values, (0, pad))
-        return values.reshape(values.shape[0], n_tokens, per_token)
+        zero_init(self.final_ada[1], self.head)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As `nn.Module.load_state_dict`; a state without `prior_bias` (models saved before the
@@ -121,11 +123,11 @@ class Denoiser(nn.Module):
         """Predict (noise, v) for the target genes, each (batch, n_target)."""
         if prior is None:
             prior = torch.zeros_like(noisy_target)
-        target_in = torch.cat([self._group(noisy_target, self.target_tokens, self.per_target),
-                               self._group(prior, self.target_tokens, self.per_target)], dim=-1)
+        target_in = torch.cat([group_genes(noisy_target, self.target_tokens, self.per_target),
+                               group_genes(prior, self.target_tokens, self.per_target)], dim=-1)
         tokens = [self.target_embed(target_in)]
         if self.known_embed is not None:
-            tokens.insert(0, self.known_embed(self._group(known, self.known_tokens,
+            tokens.insert(0, self.known_embed(group_genes(known, self.known_tokens,
                                                           self.per_known)))
         x = torch.cat(tokens, dim=1) + self.position
         cond = self.time_embed(timestep_embedding(t, self.d_model))

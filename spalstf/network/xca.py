@@ -50,6 +50,15 @@ class XCAttention(nn.Module):
         return self.proj(out.permute(0, 3, 1, 2).reshape(b, n, c))
 
 
+def zero_init(*layers: nn.Linear | None) -> None:
+    """adaLN-Zero: the linear layers (None: absent) start at zero weights and bias, so that a
+    block starts as the identity and a network by predicting zeros."""
+    for layer in layers:
+        if layer is not None:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -87,8 +96,7 @@ class XCABlock(nn.Module):
                                  nn.Linear(hidden, dim))
         # adaLN-Zero: the modulation starts at zero so every block starts as the identity.
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        zero_init(self.ada[1])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         (sh_a, sc_a, g_a, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = self.ada(cond).chunk(9, dim=-1)

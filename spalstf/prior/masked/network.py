@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from spalstf.network.context import ContextEncoder
-from spalstf.network.denoiser import timestep_embedding, token_layout
-from spalstf.network.xca import XCABlock, modulate
+from spalstf.network.denoiser import group_genes, timestep_embedding, token_layout
+from spalstf.network.xca import XCABlock, modulate, zero_init
 
 #: Gene states (the values of a state matrix).
 ABSENT, GIVEN, PREDICT = 0, 1, 2
@@ -101,18 +101,7 @@ class MaskedDenoiser(nn.Module):
         self.known_head = nn.Linear(d_model, 2 * self.per_known)  # noise and v per gene
         self.target_head = (nn.Linear(d_model, 2 * self.per_target) if self.target_tokens
                             else None)
-        for layer in (self.final_ada[1], self.known_head, self.target_head):
-            if layer is not None:  # adaLN-Zero: the network starts by predicting zeros
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
-
-    @staticmethod
-    def _group(features: torch.Tensor, n_tokens: int, per_token: int) -> torch.Tensor:
-        """(batch, genes, f) -> (batch, n_tokens, per_token * f), zero-padded."""
-        pad = n_tokens * per_token - features.shape[1]
-        if pad:
-            features = nn.functional.pad(features, (0, 0, 0, pad))
-        return features.reshape(features.shape[0], n_tokens, -1)
+        zero_init(self.final_ada[1], self.known_head, self.target_head)
 
     def encode_context(self, sequence: torch.Tensor | None) -> torch.Tensor | None:
         """The context embedding (batch, d_model); computed once per cell, reused at every step."""
@@ -133,10 +122,10 @@ class MaskedDenoiser(nn.Module):
         given = (state == GIVEN).to(values.dtype)
         predict = (state == PREDICT).to(values.dtype)
         features = torch.stack([values, prior, knn, given, predict], dim=-1)
-        tokens = [self.known_embed(self._group(features[:, :self.n_known], self.known_tokens,
+        tokens = [self.known_embed(group_genes(features[:, :self.n_known], self.known_tokens,
                                                self.per_known))]
         if self.target_embed is not None:
-            tokens.append(self.target_embed(self._group(features[:, self.n_known:],
+            tokens.append(self.target_embed(group_genes(features[:, self.n_known:],
                                                         self.target_tokens, self.per_target)))
         x = torch.cat(tokens, dim=1) + self.position
         cond = self.time_embed(timestep_embedding(t, self.d_model))
