@@ -2,8 +2,8 @@
 
 This layer faces the user's objects (AnnData, arrays, DataFrames) and does no maths: it
 validates the options and the genes (`spalstf.data`), runs the self-check when asked
-(`spalstf.selfcheck`), and hands the rest to the model's module (`spalstf.model`: `fit_model`,
-`Model`, `load`). Inputs are never modified.
+(`spalstf.combine.selfcheck`), and hands the rest to the model's module (`spalstf.model`:
+`fit_model`, `Model`, `load`). Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spalstf import selfcheck
 from spalstf._logging import shows_progress
 from spalstf.checkpoint import Checkpointer
+from spalstf.combine import selfcheck
 from spalstf.config import Config
 from spalstf.data import (
     Expression,
@@ -247,7 +247,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         The network's samples per cell (default 4): their mean is its prediction. None: the
         config's. Only with `predictors` including "network".
     self_check
-        Estimate the accuracy on this data (`spalstf.selfcheck`): hide groups of the ST's
+        Estimate the accuracy on this data (`spalstf.combine.selfcheck`): hide groups of the ST's
         known genes in turn (`self_check_folds` groups), impute them from the others with the
         same settings, and score them against their measured values. Recorded in
         `uns["spalstf"]["self_check"]` and the log. "auto" (default): run when the ST has at

@@ -4,8 +4,8 @@ Below the public functions (`spalstf.api` validates the user's input and calls t
 reference already read (`spalstf.data.Expression`) goes to the training loop
 (`spalstf.train`) and the base predictors of the prior (`spalstf.prior`); `Model.impute` hands
 the ST to the sampler (`spalstf.infer`) and packs the result in the type the user gave;
-`Model.save` / `load` keep a model in a folder. The self-check (`spalstf.selfcheck`) is handed
-`fit_model` to fit its inner models, so it imports neither this module nor the API.
+`Model.save` / `load` keep a model in a folder. The self-check (`spalstf.combine.selfcheck`) is
+handed `fit_model` to fit its inner models, so it imports neither this module nor the API.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ import torch
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from spalstf import distributed, runtime, selfcheck
+from spalstf import distributed, runtime
 from spalstf._atomic import replace_folder, sync_dir, sync_folder, user_mode
 from spalstf._logging import phase_level, shows_progress
 from spalstf._version import __version__
 from spalstf.checkpoint import Checkpointer, data_fingerprint
-from spalstf.columns import NETWORK, ColumnSource
+from spalstf.combine import selfcheck
+from spalstf.combine.blend import Blend
+from spalstf.combine.columns import NETWORK, ColumnSource
+from spalstf.combine.expected import expected_pcc, reference_predictability
+from spalstf.combine.stack import Stack
 from spalstf.config import INFERENCE_STAGES, Config
 from spalstf.data import (
     CellRows,
@@ -55,10 +59,8 @@ from spalstf.prior import (
     AlignedNeighbours,
     AlignedRidge,
     BasePredictor,
-    Blend,
     Reference,
     RidgePrior,
-    Stack,
 )
 from spalstf.spatial import coordinates, resolve
 from spalstf.train import TrainingData, train
@@ -220,7 +222,7 @@ class Model:
         self.diffusion = GaussianDiffusion(config.num_train_timesteps, config.beta_schedule,
                                            learn_sigma=config.vlb_weight > 0)
         #: the combination of the base predictions learnt on an ST by the self-check
-        #: (`spalstf.prior.Stack`; `Model.self_check`), None before: the fixed blend is used
+        #: (`spalstf.combine.stack.Stack`; `Model.self_check`), None before: the fixed blend is used
         self.stack: Stack | None = stack
 
     @property
@@ -306,7 +308,7 @@ class Model:
         `X` float32 log1p-normalised imputations and `uns["spalstf"]` the provenance. With the
         combination learnt by `Model.self_check` (`Model.stack`): `layers["lower"]`,
         `layers["upper"]` the calibrated interval of each value (with counts input: the count
-        model's, `spalstf.prior.intervals`; with log-normalised input: the normalised
+        model's, `spalstf.combine.intervals`; with log-normalised input: the normalised
         conformal one) and `layers["std"]` its half-width over the normal quantile. Without
         it (the fixed blend): no interval, and `layers["std"]` the standard deviation over the
         network's samples where there is a network (n_samples > 1). For a DataFrame: a
@@ -451,7 +453,7 @@ class Model:
             return None
         return {"genes": list(self.output_names),
                 "reference_pcc": list(self.info["reference_pcc"]),
-                "expected_pcc": [float(v) for v in selfcheck.expected_pcc(
+                "expected_pcc": [float(v) for v in expected_pcc(
                     self_check["calibration"], self.info["reference_pcc"])]}
 
     def _uses_stack(self, cfg: Config) -> bool:
@@ -479,7 +481,7 @@ class Model:
     def columns(self, expr: Expression, cfg: Config, columns: Sequence[str], *,
                 log_normalized: bool, seed: int, device: torch.device, spatial: Any
                 ) -> ColumnSource:
-        """A `spalstf.columns.ColumnSource` of `columns` on the ST `expr` (prepared)."""
+        """A `spalstf.combine.columns.ColumnSource` of `columns` on the ST `expr` (prepared)."""
         st_known = self._st_known(expr)
         check_values(expr, log_normalized=log_normalized, arg="st")
         return ColumnSource(self, expr, st_known, cfg, columns, log_normalized=log_normalized,
@@ -490,7 +492,7 @@ class Model:
                        rows: tuple[int, int] = None, sink=None):
         """(values, layers) of the cells [rows) by the learnt stack: its columns are
         predicted on evenly spaced landmark cells of the whole ST for their statistics, then
-        chunk by chunk (see `spalstf.prior.stack`)."""
+        chunk by chunk (see `spalstf.combine.stack`)."""
         stack = self.stack
         first, last = (0, expr.n_cells) if rows is None else rows
         source = self.columns(expr, cfg, stack.columns, log_normalized=log_normalized,
@@ -612,14 +614,14 @@ class Model:
         """How accurate this model is likely to be on `st`, and the combination of its base
         predictions learnt there: hide groups of the model's known genes in turn, fit with the
         model's settings on the reference `sc`, predict them in `st` with every base
-        prediction, and score them against their measured values (`spalstf.selfcheck`). The
+        prediction, and score them against their measured values (`spalstf.combine.selfcheck`). The
         reference is needed because a model keeps no reference counts. Target genes are never
         read.
 
         With `adopt` (default), the model keeps the combination learnt (`Model.stack`, saved
         with it): its imputations of `st` and of data like it then use it, with intervals.
 
-        Returns a `spalstf.selfcheck.SelfCheckResult` (`median_pcc`, `median_spcc`,
+        Returns a `spalstf.combine.selfcheck.SelfCheckResult` (`median_pcc`, `median_spcc`,
         `per_gene`, `scores`, `weights`, `stack`, `calibration`).
         """
         adopt = check_flag(adopt, "adopt")
@@ -1270,8 +1272,8 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
         predictors[AlignedNeighbours.name].fit(reference, seed=seed)
     info["timings"] = {"fit_seconds": time.perf_counter() - start}
     # how well the known genes predict each target in the reference (held-out cells): the
-    # feature `spalstf.selfcheck` calibrates into an expected accuracy on the ST
-    info["reference_pcc"] = [float(v) for v in selfcheck.reference_predictability(
+    # feature `spalstf.combine.expected` calibrates into an expected accuracy on the ST
+    info["reference_pcc"] = [float(v) for v in reference_predictability(
         known_z, target_z, alpha=cfg.prior_alpha, seed=seed)]
     return Model(network, cfg, known, targets, known_scaler, target_scaler,
                  atlas if network is not None and needs_neighbours(cfg) else None,

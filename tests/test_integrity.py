@@ -609,8 +609,8 @@ def test_empty_data_bad_seeds_and_tiny_references_are_caught_before_any_work(
         tiny_pair, tiny_model, monkeypatch, caplog):
     from conftest import FAST
 
+    import spalstf.combine.selfcheck
     import spalstf.model
-    import spalstf.selfcheck
     from spalstf.data import as_expression, check_values
     from spalstf.model import MAX_SEED, check_seed
 
@@ -621,7 +621,7 @@ def test_empty_data_bad_seeds_and_tiny_references_are_caught_before_any_work(
         raise AssertionError("training started")
 
     monkeypatch.setattr(spalstf.model, "cell_factors", no_work)  # a fit's first work
-    monkeypatch.setattr(spalstf.selfcheck, "maybe_run", no_work)
+    monkeypatch.setattr(spalstf.combine.selfcheck, "maybe_run", no_work)
     zero_st, zero_sc = st.copy(), sc.copy()
     zero_st.X, zero_sc.X = np.zeros(st.shape), np.zeros(sc.shape)
     with pytest.raises(ValueError, match=r"`st` holds only zeros \(60 cells x 22 genes\)"):

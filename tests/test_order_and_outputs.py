@@ -21,7 +21,8 @@ import pytest  # noqa: E402
 from conftest import FAST  # noqa: E402
 
 import spalstf  # noqa: E402
-from spalstf import api, selfcheck  # noqa: E402
+from spalstf import api  # noqa: E402
+from spalstf.combine import expected  # noqa: E402
 from spalstf.config import DEFAULT_PREDICTORS, Config  # noqa: E402
 from spalstf.prior.likelihood import CountLikelihood  # noqa: E402
 
@@ -38,12 +39,12 @@ def _permuted(adata: ad.AnnData, seed: int) -> ad.AnnData:
 
 def test_self_check_folds_are_the_same_in_any_gene_order():
     genes = [f"g{i:02d}" for i in range(23)]
-    folds = selfcheck.inner_folds(genes, 3, seed=0)
+    folds = expected.inner_folds(genes, 3, seed=0)
     assert sorted(g for fold in folds for g in fold) == genes  # each gene in one fold
     for seed in range(4):
         shuffled = list(np.random.default_rng(seed).permutation(genes))
-        assert selfcheck.inner_folds(shuffled, 3, seed=0) == folds
-    assert selfcheck.inner_folds(genes, 3, seed=1) != folds  # still drawn by the seed
+        assert expected.inner_folds(shuffled, 3, seed=0) == folds
+    assert expected.inner_folds(genes, 3, seed=1) != folds  # still drawn by the seed
 
 
 def test_likelihood_depth_is_the_same_in_any_gene_order():

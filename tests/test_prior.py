@@ -8,6 +8,7 @@ import torch
 from conftest import FAST
 
 import spalstf
+from spalstf.combine.blend import Blend
 from spalstf.model import CHECKSUMS, seal
 from spalstf.prior import (
     EXPRESSION,
@@ -15,7 +16,6 @@ from spalstf.prior import (
     PREDICTORS,
     AlignedNeighbours,
     BasePredictor,
-    Blend,
     Reference,
     RidgePrior,
 )

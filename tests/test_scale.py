@@ -16,9 +16,9 @@ import torch
 from conftest import FAST
 
 import spalstf
-from spalstf import columns as columns_module
 from spalstf import model as model_module
 from spalstf.cli import main
+from spalstf.combine import columns as columns_module
 from spalstf.data import CellRows, as_expression, cell_factors
 from spalstf.preprocess import Standardizer, log_normalize
 
