@@ -248,7 +248,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                          "own known genes")
     out = _check_output(args.model_out, args.force, [args.sc])
     if args.force:
-        from spalstf.model import check_replaceable
+        from spalstf.model.folder import check_replaceable
 
         # --force replaces only a model folder: a folder of the user's is refused now, before
         # the training, not once it is done

@@ -21,9 +21,10 @@ import pytest  # noqa: E402
 from conftest import FAST  # noqa: E402
 
 import spalstf  # noqa: E402
-from spalstf import api  # noqa: E402
+from spalstf import _validate  # noqa: E402
 from spalstf.combine import expected  # noqa: E402
 from spalstf.config import DEFAULT_PREDICTORS, Config  # noqa: E402
+from spalstf.model import core  # noqa: E402
 from spalstf.prior.likelihood import CountLikelihood  # noqa: E402
 
 #: FAST's training settings with the default predictors (FAST adds the network, which is
@@ -118,7 +119,7 @@ def no_fit(monkeypatch):
         calls.append(args)
         raise AssertionError("a fit ran before `out` was checked")
 
-    monkeypatch.setattr(api, "fit_model", fit)
+    monkeypatch.setattr(core, "fit_model", fit)
     return calls
 
 
@@ -152,7 +153,7 @@ def test_out_in_an_unwritable_folder_is_refused_before_fitting(tiny_pair, tmp_pa
                                                                 monkeypatch, no_fit):
     st, sc = tiny_pair
     # os.access says what the user may write; simulated, since tests may run as root
-    monkeypatch.setattr(api.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(_validate.os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match=r"`out`.*is not writable"):
         spalstf.impute(st, sc, seed=0, out=tmp_path / "new" / "x.h5ad", **DEFAULT)
     assert no_fit == []

@@ -9,7 +9,7 @@ from conftest import FAST
 
 import spalstf
 from spalstf.combine.blend import Blend
-from spalstf.model import CHECKSUMS, seal
+from spalstf.model.folder import CHECKSUMS, seal
 from spalstf.prior import (
     EXPRESSION,
     MODEL,

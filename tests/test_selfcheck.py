@@ -8,6 +8,7 @@ import spalstf
 from spalstf import spatial
 from spalstf.combine import expected as accuracy
 from spalstf.combine import selfcheck
+from spalstf.model import core
 from spalstf.spatial import expression_smoothed_reader, neighbours
 
 
@@ -162,13 +163,13 @@ def test_the_self_check_is_reproducible_with_a_seed(tiny_pair):
 def test_the_inner_fits_share_half_the_update_budget(tiny_pair, monkeypatch):
     st, sc = tiny_pair
     budgets = []
-    fit = spalstf.api.fit_model
+    fit = core.fit_model
 
     def recording(*args, **kwargs):
         budgets.append((args[4].max_steps, args[4].max_time))
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(spalstf.api, "fit_model", recording)
+    monkeypatch.setattr(core, "fit_model", recording)
     spalstf.impute(st, sc, list(st.obsm["truth"].columns)[:2], self_check=True,
                    self_check_folds=2, **{**FAST, "max_steps": 40, "max_time": 60})
     # two inner fits of 40 x 0.5 / 2 updates (and seconds), then the main fit
