@@ -8,8 +8,8 @@ the raw view) to the folds that ``benchmarks/stack.py`` cached with the network 
 scores the stack with and without it.
 
 Same folds as benchmarks/stack.py: outer `gene_folds(shared, 5, 0)`, inner
-`selfcheck.inner_folds(known, 2, seed=0)`. No leakage: for each inner fold the network is
-fitted with known = the fold's inner-known genes only (the ST rows hold only those; the
+`spalstf.combine.expected.inner_folds(known, 2, seed=0)`. No leakage: for each inner fold the
+network is fitted with known = the fold's inner-known genes only (the ST rows hold only those; the
 inner-hidden genes are targets, learnt from the reference alone) and predicts the
 inner-hidden genes on the cached `inner.cells`; for the outer fold, known = all the fold's
 known genes, targets = the held-out genes, predicted on every ST cell. Model space as
@@ -52,15 +52,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import stack as stack_bench  # noqa: E402
 
-from spalstf import selfcheck  # noqa: E402
 from spalstf._atomic import atomic_path  # noqa: E402
+from spalstf.combine import expected, selfcheck  # noqa: E402
+from spalstf.combine.stack import parse  # noqa: E402
 from spalstf.config import Config  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate._cli import markdown_table  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize  # noqa: E402
 from spalstf.prior.masked.train import MaskedOptions, fit_masked  # noqa: E402
-from spalstf.prior.stack import parse  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
 WITH_NETWORK = "ridge-ridge_aligned-aligned-knn-spage-transport-network"
@@ -114,7 +114,7 @@ def fold_masked(st, sc, hidden: list[str], cached: dict, config: Config,
     shared = [g for g in st.var_names if g in set(sc.var_names)]
     known = [g for g in shared if g not in hidden]
     inner = cached["inner"]
-    folds = selfcheck.inner_folds(known, 2, seed=0)
+    folds = expected.inner_folds(known, 2, seed=0)
     order = [g for fold in folds for g in fold]
     if order != list(inner.genes):
         raise RuntimeError("the inner folds do not match the cached ones")

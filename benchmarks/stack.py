@@ -2,7 +2,7 @@
 
 For each data set and each fold of the 5-fold leave-genes-out protocol (as
 ``benchmarks/accuracy.py``), this script fits spalstf on the fold's known genes, keeps every
-candidate column's predictions (each base predictor x view x readout, `spalstf.prior.stack`)
+candidate column's predictions (each base predictor x view x readout, `spalstf.combine.stack`)
 of the held-out genes AND of the self-check's inner folds, and then scores, without refitting:
 
 - combination rules: the stacked weights learnt on the inner folds (the default), the single
@@ -10,7 +10,7 @@ of the held-out genes AND of the self-check's inner folds, and then scores, with
   blend of earlier versions (ridge and aligned neighbours, half each, from one view);
 - ablations of the stack: each predictor, view and readout left out (what each adds), and
   the predictors to fit chosen by leaving data sets out (all, or all but one);
-- the interval's scale (`spalstf.prior.stack.SPREAD_OFFSET`): coverage of the held-out genes'
+- the interval's scale (`spalstf.combine.stack.SPREAD_OFFSET`): coverage of the held-out genes'
   measured values, log-normalised over the known genes, against the nominal level;
 - the per-gene confidence (`expected_pcc`): the self-check's line against its median alone.
 
@@ -46,16 +46,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import accuracy  # noqa: E402
 
 import spalstf  # noqa: E402
-from spalstf import selfcheck  # noqa: E402
 from spalstf._atomic import atomic_path  # noqa: E402
-from spalstf.columns import available_readouts, available_views, candidate_columns  # noqa: E402
+from spalstf.combine import selfcheck  # noqa: E402
+from spalstf.combine.columns import (  # noqa: E402
+    available_readouts,
+    available_views,
+    candidate_columns,
+)
+from spalstf.combine.expected import expected_pcc  # noqa: E402
+from spalstf.combine.stack import SPREAD_OFFSET, Stack, learn_weights, parse  # noqa: E402
 from spalstf.config import DEFAULT_PREDICTORS  # noqa: E402
 from spalstf.data import as_expression  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate._cli import markdown_table  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 from spalstf.model import fit_model  # noqa: E402
-from spalstf.prior.stack import SPREAD_OFFSET, Stack, learn_weights, parse  # noqa: E402
 from spalstf.spatial import coordinates  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -184,7 +189,7 @@ def ablations(fold: dict) -> dict[str, np.ndarray]:
 def coverage(fold: dict, offset_share: float | None) -> tuple[float, float]:
     """(coverage, median width) of the held-out genes with a scale offset of `offset_share`
     medians of the spread (None: a constant scale)."""
-    import spalstf.prior.stack as stack_module
+    import spalstf.combine.stack as stack_module
 
     inner, outer = fold["inner"], fold["outer"]
     combined, spread = selfcheck.cross_fitted(inner.columns, inner.truth, inner.fold_of)
@@ -249,7 +254,7 @@ def expected(folds: list[dict]) -> pd.DataFrame:
         chosen = {n: fold["outer"][n] for n in result.stack.columns}
         values = result.stack.combine(chosen, result.stack.statistics(chosen))
         real.append(metrics.pcc(fold["truth"], values))
-        line.append(selfcheck.expected_pcc(result.calibration, fold["reference_pcc"]))
+        line.append(expected_pcc(result.calibration, fold["reference_pcc"]))
         flat.append(np.full(len(real[-1]), result.median_pcc))
     real = np.concatenate(real)
     ok = np.isfinite(real)

@@ -127,7 +127,7 @@ def replace_folder(new: Path, path: Path, old: Path) -> None:
     previous at `new`), never a missing `path`. Elsewhere two renames, `path` -> `old` then
     `new` -> `path`, and an exception between them (Ctrl-C included) moves `old` back; only a
     crash between the two (a kill -9, a power cut) can leave the previous content at `old`
-    alone, which `spalstf.load` and the next save recover (see `spalstf.model`)."""
+    alone, which `spalstf.load` and the next save recover (see `spalstf.model.folder`)."""
     if exchange(new, path):
         shutil.rmtree(new, ignore_errors=True)  # now the previous content
         return

@@ -1,9 +1,9 @@
 """The public functions: `impute` (fit and impute in one call) and `fit`.
 
 This layer faces the user's objects (AnnData, arrays, DataFrames) and does no maths: it
-validates the options and the genes (`spalstf.data`), runs the self-check when asked
-(`spalstf.selfcheck`), and hands the rest to the model's module (`spalstf.model`: `fit_model`,
-`Model`, `load`). Inputs are never modified.
+validates the options (`spalstf._validate`) and the genes (`spalstf.data`), and hands the rest
+to the model (`spalstf.model`: `fit_model`, `fit_and_impute`, which runs the self-check of
+`spalstf.combine.selfcheck` when asked, `Model`, `load`). Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -11,14 +11,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from spalstf import selfcheck
 from spalstf._logging import shows_progress
+from spalstf._validate import (
+    INFERENCE_OPTIONS,
+    check_flag,
+    check_out_path,
+    check_readout,
+    check_seed,
+    merge_options,
+    training_device,
+)
+from spalstf.combine.selfcheck import MIN_GENES
 from spalstf.config import Config
 from spalstf.data import (
     Expression,
@@ -27,17 +35,7 @@ from spalstf.data import (
     check_values,
     match_genes,
 )
-from spalstf.model import (
-    INFERENCE_OPTIONS,
-    Model,
-    check_flag,
-    check_output,
-    check_seed,
-    fit_model,
-    load,
-    merge_options,
-    training_device,
-)
+from spalstf.model import Model, fit_and_impute, fit_model, load
 from spalstf.preprocess import log_normalize
 from spalstf.spatial import resolve
 from spalstf.train.checkpoint import Checkpointer
@@ -51,7 +49,7 @@ __all__ = ["INFERENCE_OPTIONS", "MAX_DEFAULT_GENES", "SELF_CHECK_MIN_GENES", "Mo
 #: genes that the ST lacks are kept).
 MAX_DEFAULT_GENES = 1000
 #: The self-check runs by default ("auto") when the ST has at least this many known genes.
-SELF_CHECK_MIN_GENES = selfcheck.MIN_GENES
+SELF_CHECK_MIN_GENES = MIN_GENES
 
 
 @shows_progress
@@ -247,7 +245,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
         The network's samples per cell (default 4): their mean is its prediction. None: the
         config's. Only with `predictors` including "network".
     self_check
-        Estimate the accuracy on this data (`spalstf.selfcheck`): hide groups of the ST's
+        Estimate the accuracy on this data (`spalstf.combine.selfcheck`): hide groups of the ST's
         known genes in turn (`self_check_folds` groups), impute them from the others with the
         same settings, and score them against their measured values. Recorded in
         `uns["spalstf"]["self_check"]` and the log. "auto" (default): run when the ST has at
@@ -308,7 +306,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     # before any fitting: a refused `out` would otherwise surface after the self-check's and
     # the main fits (minutes on real data), at the first write
     overwrite = check_flag(overwrite, "overwrite")
-    _check_out(out, overwrite)
+    check_out_path(out, overwrite)
     st_expr = as_expression(st, genes=st_genes, layer=st_layer, arg="st", genes_arg="st_genes")
     sc_expr = as_expression(sc, genes=sc_genes, layer=sc_layer, arg="sc", genes_arg="sc_genes")
     spatial = resolve(st_expr.source, spatial)
@@ -344,7 +342,7 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     check_values(st_expr, log_normalized=log_normalized, arg="st")
     check_values(sc_expr, log_normalized=log_normalized, arg="sc")
     check_reference_size(sc_expr)
-    check_output(cfg, log_normalized)
+    check_readout(cfg, log_normalized)
     st_name = {ref: st_g for st_g, ref in shared.items()}
     if select not in ("auto", None):
         raise ValueError("`select` chose among settings of the fixed blend, which the "
@@ -353,49 +351,12 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
                          f"combine='blend' with the settings you want); received {select!r}")
     if select is None:
         cfg = cfg.replace(combine="blend")
-    check = None
-    if cfg.combine == "stack":
-        check = selfcheck.maybe_run(st_expr, sc_expr, [(st_name[g], g) for g in known_ref],
-                                    cfg, self_check=self_check, n_folds=self_check_folds,
-                                    seed=seed, log_normalized=log_normalized, device=dev,
-                                    spatial=spatial, progress=progress, fit=fit_model)
-    model = fit_model(sc_expr, known_ref, target_ref, out_names, cfg,
-                      log_normalized=log_normalized, seed=seed, device=dev, progress=progress,
-                      saving=saving)
-    if check is not None:
-        model.stack = check.stack
-    return model._impute_expression(st_expr, log_normalized=log_normalized, seed=seed,
-                                    batch_size=None, device=None, spatial=spatial,
-                                    progress=progress, out=out, overwrite=overwrite,
-                                    self_check=None if check is None else check.to_dict())
-
-
-def _check_out(out: Any, overwrite: bool) -> None:
-    """Refuse an `out` that the result could not be written to, naming why: not a path, not
-    an .h5ad, an existing file (unless `overwrite`) or folder, or a place where no file can be
-    made. Missing folders are fine (the writer creates them) when the nearest existing one is
-    a writable folder."""
-    if out is None:
-        return
-    if not isinstance(out, (str, os.PathLike)):
-        raise TypeError(f"`out` must be the path of an .h5ad file (str or os.PathLike); "
-                        f"received {type(out).__name__}")
-    path = Path(out)
-    if path.suffix.lower() != ".h5ad":
-        raise ValueError(f"`out` must be an .h5ad file (suffix .h5ad); received {str(out)!r}")
-    if path.is_dir():
-        raise IsADirectoryError(f"`out` must be a file; {str(out)!r} is a folder")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"`out` {str(out)!r} exists; pass overwrite=True to replace it")
-    folder = path.absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(f"`out` {str(out)!r} cannot be written: {str(folder)!r} is "
-                                 "a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"`out` {str(out)!r} cannot be written: the folder "
-                              f"{str(folder)!r} is not writable")
+    return fit_and_impute(st_expr, sc_expr, cfg,
+                          known_pairs=[(st_name[g], g) for g in known_ref], targets=target_ref,
+                          output_names=out_names, self_check=self_check,
+                          n_folds=self_check_folds, seed=seed, log_normalized=log_normalized,
+                          device=dev, spatial=spatial, progress=progress, saving=saving,
+                          out=out, overwrite=overwrite)
 
 
 def _most_variable(expr: Expression, known: list[str], candidates: list[str], n: int,

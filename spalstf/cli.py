@@ -155,7 +155,7 @@ def _format_self_check(check: dict[str, Any]) -> str:
 
 def _format_expected(check: dict[str, Any]) -> str:
     """A second line: the run's expected median PCC with all its known genes, +- its standard
-    error and its interval (`spalstf.selfcheck.full_panel`); "" without one."""
+    error and its interval (`spalstf.combine.expected.full_panel`); "" without one."""
     if "expected_median_pcc" not in check:
         return ""
     lower, upper = (float(v) for v in check["expected_median_pcc_interval"])
@@ -240,14 +240,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     import spalstf
-    from spalstf import io, selfcheck
+    from spalstf import io
+    from spalstf.combine import selfcheck
 
     if args.self_check == "on" and not args.st:
         raise ValueError("--self-check on needs --st: the combination is learnt on the ST's "
                          "own known genes")
     out = _check_output(args.model_out, args.force, [args.sc])
     if args.force:
-        from spalstf.model import check_replaceable
+        from spalstf.model.folder import check_replaceable
 
         # --force replaces only a model folder: a folder of the user's is refused now, before
         # the training, not once it is done
@@ -341,7 +342,7 @@ def _demo_figure(imputed, truth, pcc, *, n_ref: int, path: Path) -> Path:
     import numpy as np
 
     from spalstf import pl
-    from spalstf.prior.stack import parse
+    from spalstf.combine.stack import parse
 
     level_gap = _level_gap(imputed, truth)
     # Typical genes, not the best: those at the quartiles and the median of r.
@@ -726,10 +727,10 @@ def _named_by_flags(message: str, flag_of: dict[str, str]) -> str:
 
 def _not_the_self_check_summary(record: logging.LogRecord) -> bool:
     """False for the library's line summing up the self-check ("self-check: median PCC ...",
-    `spalstf.selfcheck`): `impute` and `fit` print that summary themselves once the command
-    is done (`_format_self_check`, with --quiet too), so the log leaves it out rather than
-    show it twice."""
-    return not (record.name == "spalstf.selfcheck"
+    `spalstf.combine.selfcheck`): `impute` and `fit` print that summary themselves once the
+    command is done (`_format_self_check`, with --quiet too), so the log leaves it out rather
+    than show it twice."""
+    return not (record.name == "spalstf.combine.selfcheck"
                 and str(record.msg).startswith("self-check: median"))
 
 

@@ -106,7 +106,7 @@ class Config:
     #: 91fdd2f:benchmarks/results/priors.md`). False: the reference cells alone.
     prior_mixtures: bool = _setting(MODEL, True)
     #: The base predictions a model fits, each a column of the stacked combination
-    #: (`spalstf.prior.stack`, `combine="stack"`): "ridge" (the ridge prior), "ridge_aligned"
+    #: (`spalstf.combine.stack`, `combine="stack"`): "ridge" (the ridge prior), "ridge_aligned"
     #: (the same map read from the ST z-scored over itself), "aligned" (the aligned-neighbour
     #: estimate), "knn" (plain neighbours in log-normalised known-gene space), "spage" (the
     #: SpaGE-style projection), "transport" (the Tangram-style optimal-transport mapping),
@@ -220,7 +220,7 @@ class Config:
     #: expression), and the fixed blend reads the expression (with `depth_weight`).
     output: str = _setting(READOUT, "auto", prior=True)
     #: How the base predictions become the imputation. "stack": the weights learnt by the
-    #: self-check on the ST's own known genes (`spalstf.prior.stack`), with a calibrated
+    #: self-check on the ST's own known genes (`spalstf.combine.stack`), with a calibrated
     #: interval; without a self-check (or for a model that holds no learnt weights) the fixed
     #: blend is used. "blend": the fixed blend, (1 - knn_weight) x ridge + knn_weight x
     #: aligned neighbours, refined by the diffusion (`residual_weight`).

@@ -3,8 +3,8 @@
 A cell's measured known genes are a noisy read of its state (few counts per gene in imaging
 panels, mixed cells in spots). Neighbouring cells in a tissue are alike, so the known genes that
 enter the model are (1 - w) x the cell's own values + w x the mean of its `k` nearest spatial
-neighbours (log-normalised scale); w is chosen by the self-check (`spalstf.selfcheck`) on the
-ST's own known genes. Cells alike in their known genes are alike too: the result is then mixed
+neighbours (log-normalised scale); w is chosen by the self-check (`spalstf.combine.selfcheck`) on
+the ST's own known genes. Cells alike in their known genes are alike too: the result is then mixed
 in the same way with the mean of its nearest ST cells in known-gene space
 (`expression_smoothed_reader`). Only the ST's known genes are read, never a target gene.
 """

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from spalstf import model
+from spalstf import _validate
 from spalstf.config import INFERENCE_STAGES, STAGES, Config
 from spalstf.train import checkpoint
 
@@ -27,7 +27,7 @@ def test_every_field_has_one_stage_and_the_file_groups_them():
 
 def test_the_option_lists_are_the_stages():
     inference = Config.fields(*INFERENCE_STAGES)
-    assert model.INFERENCE_OPTIONS == inference
+    assert _validate.INFERENCE_OPTIONS == inference
     assert {"n_steps", "n_samples", "knn_weight", "output", "residual_weight"} <= set(inference)
     assert not {"depth", "epochs", "batch_size", "prior"} & set(inference)
     # the fields that change the fixed blend's own prediction
@@ -55,7 +55,7 @@ def test_model_impute_takes_every_sampling_and_readout_field_and_no_other(tiny_m
                                                                           tiny_pair):
     st, _ = tiny_pair
     cfg = tiny_model.config
-    same = {name: getattr(cfg, name) for name in model.INFERENCE_OPTIONS}
+    same = {name: getattr(cfg, name) for name in _validate.INFERENCE_OPTIONS}
     np.testing.assert_array_equal(tiny_model.impute(st, seed=1, progress=False, **same).X,
                                   tiny_model.impute(st, seed=1, progress=False).X)
     for name in ("depth", "epochs", "prior_mixtures"):

@@ -8,7 +8,7 @@ import pytest
 from conftest import FAST
 
 import spalstf
-from spalstf import selfcheck
+from spalstf.combine import expected as accuracy
 
 
 def _pair(n_genes, *, n_st=400, n_ref=600, seed=0):
@@ -27,14 +27,14 @@ def _pair(n_genes, *, n_st=400, n_ref=600, seed=0):
 
 def test_the_saturating_curve_is_recovered_and_extrapolated():
     m = np.array([12.0, 18.0, 21.0])
-    a, b = selfcheck.saturating_fit(m, 0.5 - 6.0 / m)
+    a, b = accuracy.saturating_fit(m, 0.5 - 6.0 / m)
     assert a == pytest.approx(0.5) and b == pytest.approx(6.0)
     # the gain from 12 to 24 known genes along it, read off the medians over genes
     pcc = np.stack([np.full(5, 0.5 - 6.0 / v) for v in m])
-    assert selfcheck.panel_gain(m, pcc, 24) == pytest.approx(6.0 / 12 - 6.0 / 24)
+    assert accuracy.panel_gain(m, pcc, 24) == pytest.approx(6.0 / 12 - 6.0 / 24)
     # an accuracy falling with more genes (noise) claims no gain; one point: flat
-    assert selfcheck.saturating_fit(m, 0.2 + 6.0 / m)[1] == 0.0
-    assert selfcheck.saturating_fit([10.0], [0.3]) == (0.3, 0.0)
+    assert accuracy.saturating_fit(m, 0.2 + 6.0 / m)[1] == 0.0
+    assert accuracy.saturating_fit([10.0], [0.3]) == (0.3, 0.0)
 
 
 def test_the_median_is_carried_by_the_cheap_predictors_relative_gain():
@@ -42,13 +42,13 @@ def test_the_median_is_carried_by_the_cheap_predictors_relative_gain():
     ridge = np.stack([np.full(4, 0.3 - 1.0 / v) for v in m])  # 0.2 at 10 genes, 0.25 at 20
     knn = np.stack([np.full(4, 0.4 - 2.0 / v) for v in m])    # 0.2 at 10 genes, 0.3 at 20
     ratio = np.mean([0.25 / 0.2, 0.3 / 0.2])
-    assert selfcheck.carried(0.3, [ridge, knn], m, 20) == pytest.approx(0.3 * ratio)
+    assert accuracy.carried(0.3, [ridge, knn], m, 20) == pytest.approx(0.3 * ratio)
     # capped; and where the medians are near 0, the mean absolute gain is added instead
     steep = np.stack([np.full(4, 0.6 - 4.0 / v) for v in m])  # 0.2 -> 0.4: x2
-    assert selfcheck.carried(0.3, [steep], m, 20) == pytest.approx(0.3 * 1.5)
-    assert selfcheck.carried(-0.05, [ridge, knn], m, 20) == pytest.approx(
+    assert accuracy.carried(0.3, [steep], m, 20) == pytest.approx(0.3 * 1.5)
+    assert accuracy.carried(-0.05, [ridge, knn], m, 20) == pytest.approx(
         -0.05 + np.mean([0.05, 0.1]))
-    assert selfcheck.carried(0.3, [ridge - 0.18, knn], m, 20) == pytest.approx(
+    assert accuracy.carried(0.3, [ridge - 0.18, knn], m, 20) == pytest.approx(
         0.3 + np.mean([0.05, 0.1]))
 
 
@@ -56,8 +56,8 @@ def test_reference_predictability_with_nearly_all_genes_exceeds_that_with_half()
     _, ref = _pair(30, n_ref=800)
     names = [f"g{i:02d}" for i in range(30)]
     kw = dict(seed=0, scale_factor=1e4, log_normalized=False, alpha=None)
-    most = selfcheck.panel_reference_pcc(ref, names, n_groups=8, **kw)
-    half = selfcheck.panel_reference_pcc(ref, names, n_groups=2, **kw)
+    most = accuracy.panel_reference_pcc(ref, names, n_groups=8, **kw)
+    half = accuracy.panel_reference_pcc(ref, names, n_groups=2, **kw)
     assert most.shape == (30,) and np.isfinite(most).all()
     assert np.median(most) > np.median(half)
 
@@ -65,7 +65,7 @@ def test_reference_predictability_with_nearly_all_genes_exceeds_that_with_half()
 def test_the_curve_rises_with_the_known_genes_and_its_extrapolation_meets_the_full_panel():
     st, ref = _pair(40)
     names = [f"g{i:02d}" for i in range(40)]
-    curve = selfcheck.panel_curve(st, ref, names, n_folds=2, seed=0, scale_factor=1e4,
+    curve = accuracy.panel_curve(st, ref, names, n_folds=2, seed=0, scale_factor=1e4,
                                   log_normalized=False)
     np.testing.assert_allclose(curve["n_known"], [20, 30, 35])
     medians = [np.nanmedian(row) for row in curve["st"]]
@@ -73,9 +73,9 @@ def test_the_curve_rises_with_the_known_genes_and_its_extrapolation_meets_the_fu
     assert curve["st"].shape == curve["reference"].shape == (3, 40)
     # what the curve says for all but one gene hidden at a time (39 known) against what the
     # same predictor measures there
-    loo = selfcheck.panel_curve(st, ref, names, n_folds=40, seed=0, scale_factor=1e4,
+    loo = accuracy.panel_curve(st, ref, names, n_folds=40, seed=0, scale_factor=1e4,
                                 log_normalized=False, multiples=(1,))
-    reached = medians[0] + selfcheck.panel_gain(curve["n_known"], curve["st"], 39)
+    reached = medians[0] + accuracy.panel_gain(curve["n_known"], curve["st"], 39)
     assert reached == pytest.approx(np.nanmedian(loo["st"][0]), abs=0.03)
     assert reached > medians[0]
 
@@ -89,7 +89,7 @@ def test_the_estimate_rises_with_the_panel_and_its_uncertainty_shrinks_with_more
                                  for m in (n_genes / 2, 3 * n_genes / 4, 7 * n_genes / 8)]),
                  "reference": np.full((3, n_genes), 0.6)}
         hidden = np.clip(0.5 - 4.0 / (n_genes / 2) + rng.normal(0, 0.1, n_genes), -1, 1)
-        return selfcheck.full_panel(hidden, curve, n_genes, seed=0)
+        return accuracy.full_panel(hidden, curve, n_genes, seed=0)
 
     small, large = estimate(24), estimate(240)
     for e in (small, large):
@@ -120,7 +120,7 @@ def test_the_summary_and_the_per_gene_expectation_are_stored(tiny_pair, tmp_path
     cal = check["calibration"]
     assert set(cal) == set(expected["half_panel_line"]) == {"intercept", "slope", "r", "n"}
     np.testing.assert_allclose(out.var["expected_pcc"],
-                               selfcheck.expected_pcc(cal, out.var["reference_pcc"]),
+                               accuracy.expected_pcc(cal, out.var["reference_pcc"]),
                                rtol=1e-5)
     # the CLI prints it on a line of its own, after the self-check's
     text = _format_self_check(check)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import spalstf
-from spalstf.model import CHECKSUMS, seal
+from spalstf.model.folder import CHECKSUMS, seal
 
 
 # --- model folders --------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_leftovers_of_a_crashed_replacement_are_recovered_or_cleaned(tiny_model,
     with caplog.at_level(logging.WARNING, logger="spalstf"):
         assert spalstf.load(path, device="cpu").info["which"] == "old"
     assert "is restored" in caplog.text and _hidden(tmp_path) == []
-    from spalstf.model import _owner_tag  # since: folders named by host and process
+    from spalstf.model.folder import _owner_tag  # since: folders named by host and process
 
     host = _owner_tag().rpartition("-")[0]
     path.rename(tmp_path / f".m.old-{host}-{_DEAD}")
@@ -445,9 +445,9 @@ def test_a_file_that_appears_during_the_run_is_kept_unless_forced(tiny_pair, tin
 _ENDLESS_CLI = """
 import sys
 import spalstf.api
-import spalstf.model
+import spalstf.model.fitting
 
-real_merge, real_train = spalstf.api.merge_options, spalstf.model.train
+real_merge, real_train = spalstf.api.merge_options, spalstf.model.fitting.train
 
 def with_network(config, **options):
     cfg = real_merge(config, **options)
@@ -458,7 +458,7 @@ def with_network(config, **options):
 def endless(data, config, **kwargs):
     return real_train(data, config.replace(patience=None), **kwargs)
 
-spalstf.api.merge_options, spalstf.model.train = with_network, endless
+spalstf.api.merge_options, spalstf.model.fitting.train = with_network, endless
 from spalstf.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -609,10 +609,10 @@ def test_empty_data_bad_seeds_and_tiny_references_are_caught_before_any_work(
         tiny_pair, tiny_model, monkeypatch, caplog):
     from conftest import FAST
 
-    import spalstf.model
-    import spalstf.selfcheck
+    import spalstf.combine.selfcheck
+    import spalstf.model.fitting
+    from spalstf._validate import MAX_SEED, check_seed
     from spalstf.data import as_expression, check_values
-    from spalstf.model import MAX_SEED, check_seed
 
     st, sc = tiny_pair
     genes = list(st.obsm["truth"].columns)[:2]
@@ -620,8 +620,8 @@ def test_empty_data_bad_seeds_and_tiny_references_are_caught_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(spalstf.model, "cell_factors", no_work)  # a fit's first work
-    monkeypatch.setattr(spalstf.selfcheck, "maybe_run", no_work)
+    monkeypatch.setattr(spalstf.model.fitting, "cell_factors", no_work)  # a fit's first work
+    monkeypatch.setattr(spalstf.combine.selfcheck, "maybe_run", no_work)
     zero_st, zero_sc = st.copy(), sc.copy()
     zero_st.X, zero_sc.X = np.zeros(st.shape), np.zeros(sc.shape)
     with pytest.raises(ValueError, match=r"`st` holds only zeros \(60 cells x 22 genes\)"):

@@ -1,4 +1,4 @@
-"""The count model of the interval (spalstf.prior.intervals) and its place in the stack."""
+"""The count model of the interval (spalstf.combine.intervals) and its place in the stack."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from conftest import FAST
 
 import spalstf
-from spalstf.prior import intervals
-from spalstf.prior import stack as stack_module
-from spalstf.prior.intervals import CountInterval
-from spalstf.prior.stack import Stack
+from spalstf.combine import intervals
+from spalstf.combine import stack as stack_module
+from spalstf.combine.intervals import CountInterval
+from spalstf.combine.stack import Stack
 
 SCALE = 1e4
 

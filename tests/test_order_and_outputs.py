@@ -21,8 +21,10 @@ import pytest  # noqa: E402
 from conftest import FAST  # noqa: E402
 
 import spalstf  # noqa: E402
-from spalstf import api, selfcheck  # noqa: E402
+from spalstf import _validate  # noqa: E402
+from spalstf.combine import expected  # noqa: E402
 from spalstf.config import DEFAULT_PREDICTORS, Config  # noqa: E402
+from spalstf.model import core  # noqa: E402
 from spalstf.prior.likelihood import CountLikelihood  # noqa: E402
 
 #: FAST's training settings with the default predictors (FAST adds the network, which is
@@ -38,12 +40,12 @@ def _permuted(adata: ad.AnnData, seed: int) -> ad.AnnData:
 
 def test_self_check_folds_are_the_same_in_any_gene_order():
     genes = [f"g{i:02d}" for i in range(23)]
-    folds = selfcheck.inner_folds(genes, 3, seed=0)
+    folds = expected.inner_folds(genes, 3, seed=0)
     assert sorted(g for fold in folds for g in fold) == genes  # each gene in one fold
     for seed in range(4):
         shuffled = list(np.random.default_rng(seed).permutation(genes))
-        assert selfcheck.inner_folds(shuffled, 3, seed=0) == folds
-    assert selfcheck.inner_folds(genes, 3, seed=1) != folds  # still drawn by the seed
+        assert expected.inner_folds(shuffled, 3, seed=0) == folds
+    assert expected.inner_folds(genes, 3, seed=1) != folds  # still drawn by the seed
 
 
 def test_likelihood_depth_is_the_same_in_any_gene_order():
@@ -117,7 +119,7 @@ def no_fit(monkeypatch):
         calls.append(args)
         raise AssertionError("a fit ran before `out` was checked")
 
-    monkeypatch.setattr(api, "fit_model", fit)
+    monkeypatch.setattr(core, "fit_model", fit)
     return calls
 
 
@@ -151,7 +153,7 @@ def test_out_in_an_unwritable_folder_is_refused_before_fitting(tiny_pair, tmp_pa
                                                                 monkeypatch, no_fit):
     st, sc = tiny_pair
     # os.access says what the user may write; simulated, since tests may run as root
-    monkeypatch.setattr(api.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(_validate.os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match=r"`out`.*is not writable"):
         spalstf.impute(st, sc, seed=0, out=tmp_path / "new" / "x.h5ad", **DEFAULT)
     assert no_fit == []

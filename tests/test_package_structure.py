@@ -33,14 +33,17 @@ def test_options_are_keyword_only_and_documented(func):
 def _public_functions():
     """Every public function of the public modules (those of docs/api.md), the public methods
     of their classes and the constructors of the classes users make (a dataclass lists its
-    fields; `Model` is made by `fit` and `load`), and the classes of the prior's interface,
-    which other predictors follow."""
+    fields; `Model` is made by `fit` and `load`), the classes of the prior's interface,
+    which other predictors follow, and the combinations of their predictions."""
     modules = ["spalstf", "spalstf.datasets", "spalstf.io", "spalstf.metrics", "spalstf.pl",
                "spalstf.evaluate.cv", "spalstf.evaluate.baselines", "spalstf.evaluate.metrics"]
     made_by_the_library = {spalstf.Model}
     prior = importlib.import_module("spalstf.prior")
     classes = [(f"spalstf.prior.{n}", getattr(prior, n)) for n in prior.__all__
                if inspect.isclass(getattr(prior, n))]
+    classes += [(f"spalstf.combine.{module}.{n}",
+                 getattr(importlib.import_module(f"spalstf.combine.{module}"), n))
+                for module, n in (("stack", "Stack"), ("blend", "Blend"))]
     seen, out = set(), []
     for name in modules:
         module = importlib.import_module(name)
@@ -120,18 +123,27 @@ def test_only_the_package_and_the_cli_call_the_api_and_sampling_does_not_train()
     graph = _imports()
     users = {m for m, deps in graph.items() if "spalstf.api" in deps}
     assert users <= {"spalstf", "spalstf.cli"}, users - {"spalstf", "spalstf.cli"}
-    # the self-check fits with the function it is handed: it needs neither the API nor the
-    # package (whose import runs the API)
-    assert not graph["spalstf.selfcheck"] & {"spalstf", "spalstf.api"}
+    def within(deps: set[str], *packages: str) -> set[str]:
+        return {d for d in deps if any(d == p or d.startswith(p + ".") for p in packages)}
+
+    # the self-check fits with the function it is handed: the combination (the self-check
+    # among it) needs neither the API, nor the package (whose import runs the API), nor the
+    # model
+    for module, deps in graph.items():
+        if module.startswith("spalstf.combine"):
+            assert not within(deps, "spalstf.api", "spalstf.model") and "spalstf" not in deps
+    # sampling does not train
     for module, deps in graph.items():
         if module.startswith("spalstf.diffusion"):
-            assert not {d for d in deps if d.startswith("spalstf.train")}, module
+            assert not within(deps, "spalstf.train"), module
     assert "spalstf.prior.masked.train" not in graph["spalstf.prior.masked.sample"]
-    # the prior sits below the model and the diffusion network's training (which reads it); the
-    # masked network inside it trains through the shared loop and samples as the network does
+    # the prior sits below the model, the combination and the diffusion network's training
+    # (which reads it); the masked network inside it trains through the shared loop and
+    # samples as the network does
     for module, deps in graph.items():
         if module.startswith("spalstf.prior"):
-            assert not deps & {"spalstf.model", "spalstf.api", "spalstf.train.denoiser"}, module
+            assert not within(deps, "spalstf.model", "spalstf.combine", "spalstf.api",
+                              "spalstf.train.denoiser"), module
 
 
 def test_the_modules_import_each_other_without_a_circle():

@@ -8,14 +8,14 @@ import torch
 from conftest import FAST
 
 import spalstf
-from spalstf.model import CHECKSUMS, seal
+from spalstf.combine.blend import Blend
+from spalstf.model.folder import CHECKSUMS, seal
 from spalstf.prior import (
     EXPRESSION,
     MODEL,
     PREDICTORS,
     AlignedNeighbours,
     BasePredictor,
-    Blend,
     Reference,
     RidgePrior,
 )

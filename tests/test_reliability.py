@@ -23,7 +23,7 @@ import spalstf
 import spalstf.train.denoiser
 import spalstf.train.loop
 from spalstf.data import as_expression, check_values, is_integer_valued
-from spalstf.model import seal
+from spalstf.model.folder import seal
 
 HYPOTHESIS = settings(max_examples=40, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -16,10 +16,10 @@ import torch
 from conftest import FAST
 
 import spalstf
-from spalstf import columns as columns_module
-from spalstf import model as model_module
 from spalstf.cli import main
+from spalstf.combine import columns as columns_module
 from spalstf.data import CellRows, as_expression, cell_factors
+from spalstf.model import fitting as fitting_module
 from spalstf.preprocess import Standardizer, log_normalize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_a_large_sparse_reference_is_never_densified(tiny_pair, monkeypatch, tmp
     sc_sparse = sc.copy()
     sc_sparse.X = sp.csr_matrix(sc.X)
     sc_sparse.write_h5ad(tmp_path / "sc.h5ad")
-    monkeypatch.setattr(model_module, "DENSE_TRAINING_BYTES", 0)
+    monkeypatch.setattr(fitting_module, "DENSE_TRAINING_BYTES", 0)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the reference was densified whole")

@@ -5,7 +5,10 @@ import pytest
 from conftest import FAST
 
 import spalstf
-from spalstf import selfcheck, spatial
+from spalstf import spatial
+from spalstf.combine import expected as accuracy
+from spalstf.combine import selfcheck
+from spalstf.model import core
 from spalstf.spatial import expression_smoothed_reader, neighbours
 
 
@@ -160,13 +163,13 @@ def test_the_self_check_is_reproducible_with_a_seed(tiny_pair):
 def test_the_inner_fits_share_half_the_update_budget(tiny_pair, monkeypatch):
     st, sc = tiny_pair
     budgets = []
-    fit = spalstf.api.fit_model
+    fit = core.fit_model
 
     def recording(*args, **kwargs):
         budgets.append((args[4].max_steps, args[4].max_time))
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(spalstf.api, "fit_model", recording)
+    monkeypatch.setattr(core, "fit_model", recording)
     spalstf.impute(st, sc, list(st.obsm["truth"].columns)[:2], self_check=True,
                    self_check_folds=2, **{**FAST, "max_steps": 40, "max_time": 60})
     # two inner fits of 40 x 0.5 / 2 updates (and seconds), then the main fit
@@ -203,11 +206,11 @@ def test_bad_self_check_options_are_refused_before_any_fit(tiny_pair, kwargs, er
 
 
 def test_the_calibration_line_and_the_expected_accuracy():
-    cal = selfcheck.calibrate([0.1, 0.3, 0.5, 0.7], [0.05, 0.15, 0.25, 0.35])
+    cal = accuracy.calibrate([0.1, 0.3, 0.5, 0.7], [0.05, 0.15, 0.25, 0.35])
     assert cal["slope"] == pytest.approx(0.5) and cal["intercept"] == pytest.approx(0.0)
     assert cal["r"] == pytest.approx(1.0) and cal["n"] == 4
-    np.testing.assert_allclose(selfcheck.expected_pcc(cal, [0.2, 4.0]), [0.1, 1.0])
-    flat = selfcheck.calibrate([0.2, np.nan], [0.1, 0.3])  # too few genes: the median, flat
+    np.testing.assert_allclose(accuracy.expected_pcc(cal, [0.2, 4.0]), [0.1, 1.0])
+    flat = accuracy.calibrate([0.2, np.nan], [0.1, 0.3])  # too few genes: the median, flat
     assert flat["slope"] == 0 and flat["n"] == 1
 
 
@@ -216,7 +219,7 @@ def test_reference_predictability_ranks_genes_by_how_well_known_genes_predict_th
     known = rng.normal(size=(600, 5))
     target = np.stack([known[:, 0] + 0.1 * rng.normal(size=600),  # predictable
                        rng.normal(size=600)], axis=1)              # not at all
-    r = selfcheck.reference_predictability(known, target, alpha=1.0, seed=0)
+    r = accuracy.reference_predictability(known, target, alpha=1.0, seed=0)
     assert r[0] > 0.9 and abs(r[1]) < 0.2
 
 
@@ -227,7 +230,7 @@ def test_imputed_genes_get_a_calibrated_expected_accuracy(tiny_pair):
     conf = out.uns["spalstf"]["gene_confidence"]
     cal = out.uns["spalstf"]["self_check"]["calibration"]
     assert conf["genes"] == genes and set(cal) == {"intercept", "slope", "r", "n"}
-    expected = selfcheck.expected_pcc(cal, conf["reference_pcc"])
+    expected = accuracy.expected_pcc(cal, conf["reference_pcc"])
     np.testing.assert_allclose(out.var["expected_pcc"], expected, rtol=1e-6)
     assert np.all(np.abs(out.var["expected_pcc"]) <= 1)
 

@@ -6,7 +6,8 @@ import pytest
 from conftest import FAST
 
 import spalstf
-from spalstf.columns import ColumnSource, candidate_columns
+from spalstf.combine.columns import ColumnSource, candidate_columns
+from spalstf.combine.stack import Stack, learn_weights
 from spalstf.config import Config
 from spalstf.data import as_expression
 from spalstf.evaluate import metrics
@@ -17,11 +18,9 @@ from spalstf.prior import (
     Reference,
     ReferenceNeighbours,
     SpageProjection,
-    Stack,
     TransportMapping,
 )
 from spalstf.prior import transport as transport_module
-from spalstf.prior.stack import learn_weights
 
 
 def test_learn_weights_finds_the_informative_column_and_ignores_noise():
@@ -308,8 +307,8 @@ def test_bad_predictor_lists_are_refused(value, error):
 def test_the_self_check_estimate_is_cross_fitted(tiny_pair, monkeypatch):
     """Each fold's hidden genes are combined with the weights learnt on the other folds: the
     weights seen while scoring fold 0 never come from fold 0's own genes."""
-    from spalstf import selfcheck
-    from spalstf.prior import stack as stack_module
+    from spalstf.combine import expected
+    from spalstf.combine import stack as stack_module
 
     seen = []
     real = stack_module.learn_weights
@@ -323,6 +322,6 @@ def test_the_self_check_estimate_is_cross_fitted(tiny_pair, monkeypatch):
     out = spalstf.impute(st, sc, list(st.obsm["truth"].columns)[:3], seed=0,
                          self_check_folds=2, **FAST)
     n = out.uns["spalstf"]["self_check"]["n_genes"]
-    folds = selfcheck.inner_folds(list(st.var_names), 2, 0)
+    folds = expected.inner_folds(list(st.var_names), 2, 0)
     # all genes once (the stack used), then each fold's complement once
     assert seen[0] == n and sorted(seen[1:]) == sorted(n - len(f) for f in folds)

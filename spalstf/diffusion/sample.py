@@ -63,8 +63,8 @@ def sample_chunk(network: Denoiser, diffusion: GaussianDiffusion, config: Config
 
     With `prior_only`, no denoiser pass runs: one residual of zeros (the prior alone).
     `centre` (n_cells, n_target), when given, is the prior the samples are centred on (the
-    chunk's `spalstf.prior.Blend`); None: the network's own prior (`Config.prior`). The network
-    still reads the prior it was trained with.
+    chunk's `spalstf.combine.blend.Blend`); None: the network's own prior (`Config.prior`). The
+    network still reads the prior it was trained with.
 
     residuals: (n_samples, n_cells, n_target), the sampled targets minus the prior; prior:
     (n_cells, n_target), zeros without a prior. A sample is prior + residual.
@@ -162,8 +162,8 @@ def impute_cells(network: Denoiser, diffusion: GaussianDiffusion, config: Config
     With `residual_weights` (several weights, one sampling), the mean has a leading axis: one
     imputation per weight. `prior_only`: the prior alone, no sampling (and no std).
     `prior(rows)`: the prior of the chunk in model space, which its samples are centred on
-    (`spalstf.prior.Blend.reader`: the base predictors and their weights); None: the network's
-    own prior. `atlas`: the reference cells of the network's context.
+    (`spalstf.combine.blend.Blend.reader`: the base predictors and their weights); None: the
+    network's own prior. `atlas`: the reference cells of the network's context.
     """
     network.eval()
     atlas_t = None if atlas is None else torch.as_tensor(atlas, device=device)

@@ -4,13 +4,11 @@
 - `ridge`: the ridge map from known to target genes (`RidgePrior`), its penalty by GCV.
 - `spots`: pseudo-spots, mixtures of reference cells, which the ridge and the estimate read.
 - `neighbours`: the aligned-neighbour estimate (`AlignedNeighbours`).
-- `blend`: their fixed combination, the prior a chunk's samples are centred on (`Blend`).
 - `spage`: the SpaGE-style projection (`SpageProjection`).
 - `transport`: the Tangram-style optimal-transport mapping (`TransportMapping`).
 - `likelihood`: reference clusters weighed by the likelihood of a cell's counts
   (`CountLikelihood`).
 - `masked`: the masked-gene network, trained on the ST's known genes too (`MaskedNetwork`).
-- `stack`: the combination learnt on the ST's own known genes (`Stack`).
 
 A new predictor is one module here, registered in `PREDICTORS`.
 """
@@ -24,7 +22,6 @@ from spalstf.prior.base import (
     landmarks,
     spaced_blocks,
 )
-from spalstf.prior.blend import Blend
 from spalstf.prior.likelihood import CountLikelihood
 from spalstf.prior.masked import MaskedNetwork
 from spalstf.prior.neighbours import (
@@ -48,7 +45,6 @@ from spalstf.prior.spots import (
     MIXTURES_PER_SIZE,
     pseudo_spots,
 )
-from spalstf.prior.stack import Stack
 from spalstf.prior.transport import TransportMapping
 
 #: Every predictor by name: how a saved model finds the class of each state it holds.
@@ -59,7 +55,7 @@ PREDICTORS: dict[str, type[BasePredictor]] = {
 
 __all__ = ["ALPHA_GRID", "ESTIMATE_MIXTURES_PER_SIZE", "EXPRESSION", "MIXTURES_PER_SIZE",
            "MIXTURE_SIZES", "MODEL", "PREDICTORS", "STAT_CELLS", "AlignedNeighbours",
-           "AlignedRidge", "BasePredictor", "Blend", "CountLikelihood", "MaskedNetwork",
-           "Reference", "ReferenceNeighbours", "RidgePrior", "SpageProjection", "Stack", "TransportMapping", "choose_alpha",
+           "AlignedRidge", "BasePredictor", "CountLikelihood", "MaskedNetwork",
+           "Reference", "ReferenceNeighbours", "RidgePrior", "SpageProjection", "TransportMapping", "choose_alpha",
            "fit_prior", "fit_ridge", "knn_estimate", "landmarks", "pseudo_spots", "spaced_blocks",
            "unit_rows"]

@@ -4,7 +4,7 @@ Each data set is z-scored over itself (the ST's known genes over the ST, in `pre
 reference profiles over themselves) and profiles are compared by cosine similarity, as SpaGE
 aligns two platforms; the estimate of a cell is the mean target genes of its
 `Config.knn_neighbors` nearest atlas cells or pseudo-spots. Its errors differ from the ridge's,
-so the two are blended (`spalstf.prior.Blend`, `Config.knn_weight`).
+so the two are blended (`spalstf.combine.blend.Blend`, `Config.knn_weight`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Its training therefore needs the ST, and happens in `prepare` (once per imputati
 `spalstf.prior.STAT_CELLS` evenly spaced ST cells): `fit` keeps the reference cells it trains
 on. In the self-check each inner fold's model knows only that fold's known genes, so the ST
 rows it trains on hold only those: the genes it is scored on are never seen on the ST (no
-leakage). It reads each cell's own known genes (the raw view: `spalstf.columns`), and costs a
-training per imputation (about a minute on 2 CPU cores with the default budget of
+leakage). It reads each cell's own known genes (the raw view: `spalstf.combine.columns`), and
+costs a training per imputation (about a minute on 2 CPU cores with the default budget of
 `Config.max_steps` updates): it is not a default predictor.
 """
 

@@ -6,8 +6,8 @@ their expression neighbours'; ``spatial``: mixed with their spatial neighbours' 
 out as the expression or as the value at the cell's depth (`spalstf.preprocess.
 expected_at_depth`). Columns are named ``predictor|view|readout``.
 
-The self-check (`spalstf.selfcheck`) hides groups of the ST's known genes, predicts them with
-every column, and learns the weights here: non-negative least squares of the hidden genes'
+The self-check (`spalstf.combine.selfcheck`) hides groups of the ST's known genes, predicts them
+with every column, and learns the weights here: non-negative least squares of the hidden genes'
 measured values on the columns' predictions, both z-scored per gene over the cells (so every
 gene counts alike and only the shape of a prediction matters, as for a correlation). The
 combination of a target gene is then the weighted sum of its columns' z-scores, put back on
@@ -24,7 +24,7 @@ times the scale. It covers what the ST would measure (log1p(count / known-gene t
 scale_factor)), measurement noise included.
 
 With counts input the interval of each value is the count model's instead
-(`spalstf.prior.intervals`, `Stack.counts`): a negative binomial around the count the
+(`spalstf.combine.intervals`, `Stack.counts`): a negative binomial around the count the
 combination implies at the cell's known-gene total, calibrated on the same hidden genes'
 counts; it can be [0, 0] where a count is almost surely 0 and grows with the cell's depth. The
 normalised interval above stays for log-normalised input (no counts, no depth).
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from spalstf.prior import intervals
-from spalstf.prior.intervals import CountInterval
+from spalstf.combine import intervals
+from spalstf.combine.intervals import CountInterval
 
 #: The views of the ST's known genes a column may read (see the module's docstring).
 VIEWS = ("raw", "expression", "spatial")
@@ -152,7 +152,7 @@ class Stack:
     #: how many hidden values calibrated the interval
     n_calibration: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-    #: the per-value interval of the count model (`spalstf.prior.intervals`), learnt where the
+    #: the per-value interval of the count model (`spalstf.combine.intervals`), learnt where the
     #: self-check had counts; None: the normalised conformal interval above
     counts: CountInterval | None = None
     #: the mean interval score of each interval on the hidden genes (cross-fitted), by which
@@ -219,7 +219,7 @@ class Stack:
 
     def calibrate_counts(self, counts: np.ndarray, depth: np.ndarray, combined: np.ndarray, *,
                          spread: np.ndarray, level: float, scale_factor: float) -> None:
-        """Learn the count model of the interval (`spalstf.prior.intervals.fit`) from the hidden
+        """Learn the count model of the interval (`spalstf.combine.intervals.fit`) from the hidden
         values' counts and their cells' known-gene totals `depth` (cells x genes, as the
         prediction saw them); `counts` None where it cannot be learnt."""
         self.counts = intervals.fit(counts, depth, combined, spread, level=level,
@@ -307,7 +307,7 @@ def cross_scores(own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray,
     """The mean interval score on the hidden genes of the normalised conformal interval
     (``normalised``) and of the count model's (``counts``), each fold's genes scored with the
     interval calibrated on the other folds' genes (cells x genes arrays; `fold_of` per gene).
-    Here, not in `spalstf.prior.intervals`, as it needs both kinds of interval."""
+    Here, not in `spalstf.combine.intervals`, as it needs both kinds of interval."""
     truth = np.asarray(own_truth, np.float64)
     out = {"normalised": [], "counts": []}
     for fold in np.unique(fold_of):

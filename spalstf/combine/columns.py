@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from spalstf.combine.stack import READOUTS, VIEWS, column, parse
 from spalstf.config import Config
 from spalstf.data import Expression
 from spalstf.diffusion.sample import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
-from spalstf.prior import EXPRESSION, MODEL, BasePredictor, spaced_blocks
-from spalstf.prior.stack import READOUTS, VIEWS, column, parse
+from spalstf.prior.base import EXPRESSION, MODEL, BasePredictor, spaced_blocks
 from spalstf.spatial import coordinates, expression_smoothed_reader, neighbours, smoothed_reader
 
 #: The column name of the network's predictions.
