@@ -374,11 +374,13 @@ def spalstf_method(
     **options)`` (the self-check and its selection included: they read only ``st_known``).
     ``options`` are those of :func:`spalstf.impute` (``epochs``, ``max_time``, ``n_steps``,
     ``n_samples``, ``self_check``, ``device``, ...)."""
-    import spalstf
+    # from the module that defines it, not the package: `spalstf` would name the whole public
+    # API (cross_validate included, which imports this module) where only `impute` is used
+    from spalstf.api import impute
 
     targets = list(target_genes)
     options.setdefault("progress", False)
-    out = spalstf.impute(st_known, sc, targets, seed=seed, **options)
+    out = impute(st_known, sc, targets, seed=seed, **options)
     x = out[:, targets].X
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     return x.astype(np.float64)
