@@ -1,6 +1,7 @@
 """Evaluation: per-gene metrics, leave-genes-out cross-validation and baseline methods.
 
-- :mod:`spalstf.evaluate.metrics`: PCC, SPCC, SSIM, RMSE, JS, accuracy score, clustering.
+- :mod:`spalstf.evaluate.metrics`: PCC, SPCC, SSIM, RMSE, JS, accuracy score, clustering
+  (the clustering defined in :mod:`spalstf.evaluate.clustering`).
 - :mod:`spalstf.evaluate.cv`: :func:`cross_validate`, the Li et al. 2022 protocol.
 - :mod:`spalstf.evaluate.baselines`: reference mean, kNN, SpaGE-style, ridge, Tangram, gimVI.
 """

@@ -253,7 +253,7 @@ def tangram(
 
     ``mode="clusters"`` maps the reference's clusters: ``sc.obs["cell_type"]`` when present,
     else Leiden clusters of the reference's log-normalised known genes
-    (`spalstf.evaluate.metrics.leiden_clusters`, seeded), since mapping every cell
+    (`spalstf.evaluate.clustering.leiden_clusters`, seeded), since mapping every cell
     (``mode="cells"``, a cells x spots map trained for ``num_epochs``) takes hours on a CPU for
     the references of ../shared/data (osmFISH: more than 25 minutes for one fold of five).
     """
@@ -283,7 +283,7 @@ def tangram(
     if key is not None:
         ad_sc.obs[key] = sc.obs[key].to_numpy()[keep]
     elif mode == "clusters":
-        from spalstf.evaluate.metrics import leiden_clusters
+        from spalstf.evaluate.clustering import leiden_clusters
 
         logger.info("Tangram in clusters mode on Leiden clusters of the reference's known "
                     "genes: it has no obs['cell_type']")
