@@ -88,6 +88,15 @@ def _add_spatial(p: argparse.ArgumentParser) -> None:
                        help="no spatial context, even when the ST has coordinates")
 
 
+def _add_fitting(p: argparse.ArgumentParser, func: Any) -> None:
+    """The options of a command that fits on the reference (impute, fit), after its own, and
+    the function that runs it."""
+    _add_spatial(p)
+    _add_common(p)
+    _add_checkpoints(p)
+    p.set_defaults(func=func)
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """argparse's help, wrapped at spaces only: never inside a word, a flag (--checkpoint-every),
     a gene or predictor name, or a comma-separated list (argparse's own wrapping also breaks at
@@ -199,10 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "depth; at_depth: what the ST would measure at each cell's depth, on "
                         "average (needs counts); auto: the learnt combination weighs both "
                         "(counts, with --sc), else expression (default auto)")
-    _add_spatial(p)
-    _add_common(p)
-    _add_checkpoints(p)
-    p.set_defaults(func=cmd_impute)
+    _add_fitting(p, cmd_impute)
 
     p = sub.add_parser("fit", help="fit a model on the reference and save it")
     _add_inputs(p, st_required=False)
@@ -213,10 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a seeded random subsample of at most this many cells")
     _add_self_check(p, "with --st; the model keeps the combination it learns, so that "
                        "`impute --model` uses it")
-    _add_spatial(p)
-    _add_common(p)
-    _add_checkpoints(p)
-    p.set_defaults(func=cmd_fit)
+    _add_fitting(p, cmd_fit)
 
     p = sub.add_parser("merge", help="join the part files of `spalstf impute --shard`")
     p.add_argument("parts", nargs="+", help="the part files (.h5ad), in any order")
