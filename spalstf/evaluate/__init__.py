@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
     # Lazy: importing spalstf.metrics must not pull in the cross-validation machinery.
     import importlib
 
-    if name in ("metrics", "baselines", "cv"):
+    if name in ("metrics", "clustering", "baselines", "cv"):
         return importlib.import_module(f"spalstf.evaluate.{name}")
     if name == "cross_validate":
         from spalstf.evaluate.cv import cross_validate
