@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import spalstf  # noqa: E402
-from spalstf.cli import format_weights  # noqa: E402
+from spalstf.cli.commands import format_weights  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import spalstf
-from spalstf.cli import format_weights, main
+from spalstf.cli import main
+from spalstf.cli.commands import format_weights
 
 FAST_ARGS = ["--epochs", "2", "--quiet", "--max-time", "30"]
 
@@ -179,7 +180,7 @@ def test_demo_figure_says_what_the_imputed_values_are(tiny_pair, tiny_model, tmp
     import matplotlib
 
     matplotlib.use("Agg")
-    from spalstf.cli import _demo_figure
+    from spalstf.cli.demo import _demo_figure
 
     st, _ = tiny_pair
     imputed = tiny_model.impute(st, progress=False, n_samples=2)
@@ -373,7 +374,7 @@ def test_self_check_summary_is_printed_and_stored(files, capsys):
 
 
 def test_self_check_summary_of_an_in_memory_result():
-    from spalstf.cli import _format_self_check, _self_check_summary
+    from spalstf.cli.commands import _format_self_check, _self_check_summary
 
     result = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
     assert _self_check_summary(result, None, stream=False) is None
@@ -418,7 +419,7 @@ def test_an_unknown_output_suffix_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_error_messages_name_the_flags_not_the_python_keywords(files, capsys):
-    from spalstf.cli import _named_by_flags, build_parser
+    from spalstf.cli.parser import _named_by_flags, build_parser
 
     st_path, sc_path, tmp = files
     assert main(["impute", "--st", str(st_path), "--sc", str(sc_path), "--out",
@@ -436,7 +437,8 @@ def test_error_messages_name_the_flags_not_the_python_keywords(files, capsys):
 def test_the_log_shows_the_phases_by_default_details_with_v_on_either_side(tmp_path):
     import logging
 
-    from spalstf.cli import _log_handler, build_parser
+    from spalstf.cli import _log_handler
+    from spalstf.cli.parser import build_parser
 
     parser = build_parser()
     base = ["impute", "--st", "s.h5ad", "--sc", "r.h5ad", "--out", "o.h5ad"]
@@ -515,7 +517,7 @@ def test_help_loads_no_heavy_module():
 def test_benchmark_is_listed_with_its_own_help_and_parses():
     import argparse
 
-    from spalstf.cli import BENCHMARK_HELP, build_parser
+    from spalstf.cli.parser import BENCHMARK_HELP, build_parser
     from spalstf.evaluate import _cli as benchmark_cli
 
     registered = argparse.ArgumentParser().add_subparsers()
@@ -531,7 +533,7 @@ def test_benchmark_is_listed_with_its_own_help_and_parses():
 def test_help_never_splits_a_name_or_a_flag(columns, monkeypatch, capsys):
     """argparse wraps help at hyphens and cuts long words: "ridge,r / idge_aligned",
     "--checkpoint- / every". Lines break at spaces only, and lists are written with spaces."""
-    from spalstf.cli import build_parser
+    from spalstf.cli.parser import build_parser
     from spalstf.config import NETWORKS, PREDICTOR_NAMES
 
     monkeypatch.setenv("COLUMNS", str(columns))
@@ -586,9 +588,10 @@ def test_off_a_terminal_each_log_line_starts_on_its_own_line(files, capsys):
 def test_bars_only_on_a_terminal_and_never_with_quiet(monkeypatch):
     import io
 
-    from spalstf import cli
+    from spalstf.cli import commands
+    from spalstf.cli.parser import build_parser
 
-    parser = cli.build_parser()
+    parser = build_parser()
     base = ["impute", "--st", "s.h5ad", "--sc", "r.h5ad", "--out", "o.h5ad"]
 
     class Terminal(io.StringIO):
@@ -596,8 +599,8 @@ def test_bars_only_on_a_terminal_and_never_with_quiet(monkeypatch):
             return True
 
     monkeypatch.setattr("sys.stderr", Terminal())
-    assert cli._bars(parser.parse_args(base))
-    assert not cli._bars(parser.parse_args([*base, "--quiet"]))
+    assert commands._bars(parser.parse_args(base))
+    assert not commands._bars(parser.parse_args([*base, "--quiet"]))
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    assert not cli._bars(parser.parse_args(base))
-    assert not cli._training_options(parser.parse_args(base))["progress"]
+    assert not commands._bars(parser.parse_args(base))
+    assert not commands._training_options(parser.parse_args(base))["progress"]

@@ -103,7 +103,7 @@ def test_the_estimate_rises_with_the_panel_and_its_uncertainty_shrinks_with_more
 
 
 def test_the_summary_and_the_per_gene_expectation_are_stored(tiny_pair, tmp_path):
-    from spalstf.cli import _format_self_check
+    from spalstf.cli.commands import _format_self_check
 
     st, sc = tiny_pair
     genes = list(st.obsm["truth"].columns)[:4]

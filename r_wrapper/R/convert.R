@@ -1,5 +1,5 @@
 # In-memory converters between Seurat / SingleCellExperiment and AnnData.
-# R sends plain parts to the Python helpers in inst/python/spalstf_rbridge.py and rebuilds
+# R sends plain parts to the Python helpers of spalstf (spalstf/io/_rbridge.py) and rebuilds
 # R objects from plain parts, so nothing depends on reticulate's pandas or scipy handling.
 #
 # The parts are the one bridge between R objects and AnnData: the R halves (.seurat_parts,

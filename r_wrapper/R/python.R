@@ -151,14 +151,12 @@ spalstf_available <- function() {
   .spalstf$module
 }
 
-# The bridge helpers shipped in inst/python (need numpy, scipy, pandas and anndata only).
+# The bridge helpers of the spalstf in use (spalstf.io._rbridge: numpy, scipy, pandas and
+# anndata only), which spalstf.io's read_rds / write_rds share.
 .bridge <- function() {
   if (is.null(.spalstf$bridge)) {
     .spalstf_module()
-    path <- system.file("python", package = "SpaLSTF")
-    .spalstf$bridge <- .py_try(
-      reticulate::import_from_path("spalstf_rbridge", path = path, convert = FALSE)
-    )
+    .spalstf$bridge <- .py_try(reticulate::import("spalstf.io._rbridge", convert = FALSE))
   }
   .spalstf$bridge
 }

@@ -253,7 +253,7 @@ def tangram(
 
     ``mode="clusters"`` maps the reference's clusters: ``sc.obs["cell_type"]`` when present,
     else Leiden clusters of the reference's log-normalised known genes
-    (`spalstf.evaluate.metrics.leiden_clusters`, seeded), since mapping every cell
+    (`spalstf.evaluate.clustering.leiden_clusters`, seeded), since mapping every cell
     (``mode="cells"``, a cells x spots map trained for ``num_epochs``) takes hours on a CPU for
     the references of ../shared/data (osmFISH: more than 25 minutes for one fold of five).
     """
@@ -283,7 +283,7 @@ def tangram(
     if key is not None:
         ad_sc.obs[key] = sc.obs[key].to_numpy()[keep]
     elif mode == "clusters":
-        from spalstf.evaluate.metrics import leiden_clusters
+        from spalstf.evaluate.clustering import leiden_clusters
 
         logger.info("Tangram in clusters mode on Leiden clusters of the reference's known "
                     "genes: it has no obs['cell_type']")
@@ -374,11 +374,13 @@ def spalstf_method(
     **options)`` (the self-check and its selection included: they read only ``st_known``).
     ``options`` are those of :func:`spalstf.impute` (``epochs``, ``max_time``, ``n_steps``,
     ``n_samples``, ``self_check``, ``device``, ...)."""
-    import spalstf
+    # from the module that defines it, not the package: `spalstf` would name the whole public
+    # API (cross_validate included, which imports this module) where only `impute` is used
+    from spalstf.api import impute
 
     targets = list(target_genes)
     options.setdefault("progress", False)
-    out = spalstf.impute(st_known, sc, targets, seed=seed, **options)
+    out = impute(st_known, sc, targets, seed=seed, **options)
     x = out[:, targets].X
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     return x.astype(np.float64)

@@ -7,10 +7,10 @@ to read or write Seurat objects, SingleCellExperiment for those, and the optiona
 
 One bridge between R objects and AnnData: the R package's converters (``SeuratToAnnData``,
 ``AnnDataToSeurat``, ``SCEToAnnData``, and the assays ``Impute`` adds) take objects apart
-into plain parts in pure R and assemble the AnnData with the Python helpers the R package
-ships (``inst/python/spalstf_rbridge.py``). This module calls the same R functions
-(``SpaLSTF:::.rds_read`` / ``.rds_write``, in ``r_wrapper/R/rds.R``) through rpy2 and the same
-Python helpers, so an .rds read here and a Seurat object converted in R give the same AnnData.
+into plain parts in pure R and assemble the AnnData with the Python helpers of
+:mod:`spalstf.io._rbridge`. This module calls the same R functions (``SpaLSTF:::.rds_read`` /
+``.rds_write``, in ``r_wrapper/R/rds.R``) through rpy2 and the same Python helpers, so an .rds
+read here and a Seurat object converted in R give the same AnnData.
 R never calls back into this Python (no reticulate), which a process embedding R through
 rpy2 does not survive.
 
@@ -30,7 +30,6 @@ Conventions (those of the R package):
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import logging
 import os
 import warnings
@@ -41,6 +40,7 @@ import numpy as np
 
 from spalstf._atomic import atomic_path
 from spalstf._version import __version__
+from spalstf.io import _rbridge
 
 logger = logging.getLogger(__name__)
 
@@ -86,22 +86,15 @@ def _r() -> dict[str, Any]:
         bool(ro.r["exists"](name, envir=ns, inherits=False)[0])
         for name in (".rds_call", ".rds_read", ".rds_write")
     ):
-        # The R functions and the Python helpers of the R package change together with this
-        # module; another version could read the parts differently.
+        # The R functions change together with this module and its Python helpers
+        # (spalstf.io._rbridge); another version could take the parts apart differently.
         raise ImportError(
             f"The R package SpaLSTF installed in R is version {r_version}, spalstf is "
             f"{__version__} (or the R package predates spalstf.io's use of it): install the R "
             f"package of this spalstf, e.g. `bash scripts/r_setup.sh .venv`. {_INSTALL_HINT}"
         )
-    folder = str(ro.r('system.file("python", package = "SpaLSTF")')[0])
-    spec = importlib.util.spec_from_file_location(
-        "spalstf_rbridge", os.path.join(folder, "spalstf_rbridge.py"))
-    if spec is None or spec.loader is None:  # pragma: no cover - a broken R installation
-        raise ImportError(f"The R package SpaLSTF has no Python helpers in {folder!r}")
-    bridge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bridge)
     _STATE.update(ri=ri, ro=ro, call=ns[".rds_call"], read=ns[".rds_read"],
-                  write=ns[".rds_write"], bridge=bridge)
+                  write=ns[".rds_write"], bridge=_rbridge)
     return _STATE
 
 

@@ -1,11 +1,12 @@
 """Helpers the SpaLSTF R package calls through reticulate, and spalstf.io through rpy2.
 
 The one bridge between R objects and AnnData: the R package builds plain parts of Seurat and
-SingleCellExperiment objects in pure R (R/convert.R) and this module assembles the AnnData
-(``anndata_from_parts``), or takes an AnnData apart for R (``anndata_parts``). The R package
-hands the parts over through reticulate; ``spalstf.io.read_rds`` / ``write_rds`` (Python
-embedding R through rpy2) call the same R functions and import this file from the installed
-R package, so both directions are written once.
+SingleCellExperiment objects in pure R (r_wrapper/R/convert.R) and this module assembles the
+AnnData (``anndata_from_parts``), or takes an AnnData apart for R (``anndata_parts``). The R
+package imports this module from the spalstf it runs (``spalstf.io._rbridge``) and hands the
+parts over through reticulate; ``spalstf.io.read_rds`` / ``write_rds`` (Python embedding R
+through rpy2) call the same R functions and this same module, so both directions are written
+once, and the Python package depends on no file of the R package.
 
 R hands over plain parts (vectors, column encodings, the slots of a dgCMatrix) and gets plain
 parts back, so that no conversion depends on reticulate's own handling of pandas, scipy.sparse
