@@ -59,6 +59,7 @@ from spalstf.prior import (
     Reference,
     RidgePrior,
     Stack,
+    build,
 )
 from spalstf.spatial import coordinates, resolve
 from spalstf.train import TrainingData, train
@@ -1250,9 +1251,9 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
         raise ValueError("`checkpoint` and `resume` checkpoint the network's training, and "
                          "`predictors` leaves the network out")
     if ridge is None:  # no network, or a network without the ridge prior: fitted here
-        ridge = RidgePrior(cfg)
+        ridge = RidgePrior.from_config(cfg)
         ridge.fit(reference, seed=seed)
-        info["prior_alpha"] = ridge.alpha
+        info["prior_alpha"] = ridge.alpha_
     # the ridge first: the fixed blend's first part, as the network reads it
     predictors: dict[str, BasePredictor] = {ridge.name: ridge}
     for name in cfg.predictors:
@@ -1261,12 +1262,12 @@ def fit_model(expr: Expression, known: list[str], targets: list[str], out_names:
         if name == AlignedRidge.name:
             predictors[name] = AlignedRidge.of(ridge)
             continue
-        predictor = PREDICTORS[name](cfg)
+        predictor = build(name, cfg)
         predictor.fit(reference, seed=seed)
         predictors[name] = predictor
     if AlignedNeighbours.name not in predictors and cfg.combine == "blend" \
             and cfg.knn_weight > 0:  # the fixed blend reads it
-        predictors[AlignedNeighbours.name] = AlignedNeighbours(cfg)
+        predictors[AlignedNeighbours.name] = build(AlignedNeighbours.name, cfg)
         predictors[AlignedNeighbours.name].fit(reference, seed=seed)
     info["timings"] = {"fit_seconds": time.perf_counter() - start}
     # how well the known genes predict each target in the reference (held-out cells): the
@@ -1371,8 +1372,8 @@ def _predictors_of(network, config: Config, atlas: np.ndarray | None,
         {"weights": network.prior_weights.detach().cpu().numpy(),
          "bias": network.prior_bias.detach().cpu().numpy()}, config)}
     if atlas is not None:
-        out[AlignedNeighbours.name] = AlignedNeighbours(config, atlas=atlas, mixtures=mixtures,
-                                                        n_known=n_known)
+        out[AlignedNeighbours.name] = AlignedNeighbours.from_config(
+            config, atlas=atlas, mixtures=mixtures, n_known=n_known)
     return out
 
 

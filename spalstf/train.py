@@ -137,7 +137,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
     ridge = None
     if config.prior == "ridge":  # fitted on the training cells only (validation held out)
-        ridge = RidgePrior(config)
+        ridge = RidgePrior.from_config(config)
         ridge.fit(Reference(data.known, data.target, scalers=data.scalers, depth=data.depth,
                             rows=train_rows), seed=seed)
         network.prior_weights.copy_(torch.as_tensor(ridge.weights))
@@ -183,7 +183,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
                                                   lambda s: min(1.0, (s + 1) / warmup))
 
     result = TrainResult(network=ema, ridge=ridge,
-                         prior_alpha=None if ridge is None else ridge.alpha)
+                         prior_alpha=None if ridge is None else ridge.alpha_)
     best_loss, best_state, bad_epochs, step = math.inf, None, 0, 0
     first_epoch, seconds_before = 0, 0.0
     resumed = checkpointer.resume_state if checkpointer is not None else None

@@ -22,7 +22,7 @@ from conftest import FAST  # noqa: E402
 
 import spalstf  # noqa: E402
 from spalstf import api, selfcheck  # noqa: E402
-from spalstf.config import DEFAULT_PREDICTORS, Config  # noqa: E402
+from spalstf.config import DEFAULT_PREDICTORS  # noqa: E402
 from spalstf.prior.likelihood import CountLikelihood  # noqa: E402
 
 #: FAST's training settings with the default predictors (FAST adds the network, which is
@@ -61,7 +61,7 @@ def test_likelihood_depth_is_the_same_in_any_gene_order():
     values = np.log1p(counts / total * 1e4).astype(np.float32)
 
     def fitted(order):
-        predictor = CountLikelihood(Config(), profile_shares=shares[:, order],
+        predictor = CountLikelihood(profile_shares=shares[:, order],
                                     known_means=known_means[:, order], targets=targets,
                                     sizes=sizes)
         predictor.prepare(lambda: [values[:, order]])
