@@ -134,7 +134,7 @@ def test_the_predictor_names_are_those_the_prior_knows_and_the_network():
 
 
 def test_each_predictor_is_built_from_its_own_settings_of_a_config():
-    """Each predictor takes its own few settings (`settings`: parameter -> Config field), and
+    """Each predictor takes its own few settings (`config_fields`: parameter -> Config field), and
     `spalstf.prior.build` reads them from a Config; a saved state comes back with them."""
     import inspect
 
@@ -148,7 +148,7 @@ def test_each_predictor_is_built_from_its_own_settings_of_a_config():
             assert predictor.config is cfg
             continue
         parameters = inspect.signature(cls).parameters
-        for parameter, field_name in cls.settings.items():
+        for parameter, field_name in cls.config_fields.items():
             assert field_name in Config.fields() and parameter in parameters
             assert getattr(predictor, parameter) == getattr(cfg, field_name)
     assert build("ridge", cfg).alpha == 3.0 and build("knn", cfg).knn_neighbors == 7

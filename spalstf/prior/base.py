@@ -21,14 +21,15 @@ both the model's space and the reference's own statistics); `Reference.scalers` 
 the expression scale.
 
 Predictors are estimators in the scikit-learn manner: each takes its own few settings in its
-constructor (`RidgePrior(alpha=..., use_mixtures=...)`), and `settings` names the field of
+constructor (`RidgePrior(alpha=..., use_mixtures=...)`), and `config_fields` names the field of
 `spalstf.Config` each is read from, so that one factory (`BasePredictor.from_config`,
 `spalstf.prior.build`) builds any of them from a Config. The fitted arrays are keywords of the
 constructor too, named as `state()` names them: `from_state` is then the same for every
 predictor.
 
-A new predictor is one module in this package: a subclass with a unique `name`, registered in
-`spalstf.prior.PREDICTORS` so that saved models find it again.
+A new predictor is one module in this package: a subclass with a unique `name` and its
+`config_fields`, registered in `spalstf.prior.PREDICTORS` so that saved models find it again
+(and its name in `spalstf.config.PREDICTOR_NAMES`, for the command line's help).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Reference:
 class BasePredictor(ABC):
     """A base predictor of the target genes (see the module's docstring).
 
-    The constructor takes the predictor's own settings (those `settings` maps to fields of
+    The constructor takes the predictor's own settings (those `config_fields` maps to fields of
     `spalstf.Config`) and, by keyword, its fitted arrays (the entries of `state()`).
     """
 
@@ -102,7 +103,7 @@ class BasePredictor(ABC):
     #: Its constructor's settings and the field of `spalstf.Config` each is read from. Those of
     #: the sample stage may differ between fit and imputation: `from_state` takes the
     #: imputation's.
-    settings: ClassVar[Mapping[str, str]] = {}
+    config_fields: ClassVar[Mapping[str, str]] = {}
     #: It trains a diffusion network: a minute or more per fit on a CPU, so not a default
     #: predictor (`spalstf.config.DEFAULT_PREDICTORS`).
     network: ClassVar[bool] = False
@@ -112,10 +113,10 @@ class BasePredictor(ABC):
 
     @classmethod
     def from_config(cls, config: Config, **fitted: Any) -> BasePredictor:
-        """The predictor with its settings read from `config` (see `settings`), and the fitted
-        arrays `fitted` (keywords of the constructor; none: a predictor to `fit`)."""
+        """The predictor with its settings read from `config` (see `config_fields`), and the
+        fitted arrays `fitted` (keywords of the constructor; none: a predictor to `fit`)."""
         return cls(**{parameter: getattr(config, field)
-                      for parameter, field in cls.settings.items()}, **fitted)
+                      for parameter, field in cls.config_fields.items()}, **fitted)
 
     @abstractmethod
     def fit(self, reference: Reference, *, seed: int) -> None:

@@ -95,7 +95,7 @@ class CountLikelihood(BasePredictor):
 
     name = "likelihood"
     reads = EXPRESSION
-    settings = {"use_mixtures": "prior_mixtures", "scale_factor": "scale_factor"}
+    config_fields = {"use_mixtures": "prior_mixtures", "scale_factor": "scale_factor"}
 
     def __init__(self, *, use_mixtures: bool = True, scale_factor: float = 1e4,
                  profile_shares: np.ndarray | None = None,

@@ -88,7 +88,7 @@ class AlignedNeighbours(BasePredictor):
 
     name = "aligned"
     reads = EXPRESSION
-    settings = {"knn_neighbors": "knn_neighbors", "use_mixtures": "prior_mixtures"}
+    config_fields = {"knn_neighbors": "knn_neighbors", "use_mixtures": "prior_mixtures"}
 
     def __init__(self, *, knn_neighbors: int = 50, use_mixtures: bool = True,
                  atlas: np.ndarray | None = None, mixtures: np.ndarray | None = None,
@@ -153,7 +153,7 @@ class ReferenceNeighbours(BasePredictor):
 
     name = "knn"
     reads = EXPRESSION
-    settings = {"knn_neighbors": "knn_neighbors"}
+    config_fields = {"knn_neighbors": "knn_neighbors"}
 
     def __init__(self, *, knn_neighbors: int = 50, known_log: np.ndarray | None = None,
                  targets: np.ndarray | None = None) -> None:

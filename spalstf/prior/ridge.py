@@ -145,7 +145,7 @@ class RidgePrior(BasePredictor):
 
     name = "ridge"
     reads = MODEL
-    settings = {"alpha": "prior_alpha", "use_mixtures": "prior_mixtures"}
+    config_fields = {"alpha": "prior_alpha", "use_mixtures": "prior_mixtures"}
 
     def __init__(self, *, alpha: float | None = None, use_mixtures: bool = True,
                  weights: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:

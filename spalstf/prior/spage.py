@@ -54,7 +54,7 @@ class SpageProjection(ProfilePredictor):
 
     name = "spage"
     reads = EXPRESSION
-    settings = {"knn_neighbors": "knn_neighbors"}
+    config_fields = {"knn_neighbors": "knn_neighbors"}
 
     def __init__(self, *, knn_neighbors: int = 50, profiles: np.ndarray | None = None,
                  n_known: int | None = None) -> None:

@@ -62,7 +62,7 @@ class TransportMapping(ProfilePredictor):
 
     name = "transport"
     reads = EXPRESSION
-    settings = {"use_mixtures": "prior_mixtures"}
+    config_fields = {"use_mixtures": "prior_mixtures"}
 
     def __init__(self, *, use_mixtures: bool = True, profiles: np.ndarray | None = None,
                  n_known: int | None = None) -> None:
