@@ -42,18 +42,24 @@ sys.path.insert(0, str(ROOT))
 
 import spalstf  # noqa: E402
 from spalstf.cli.commands import format_weights  # noqa: E402
+from spalstf.config import DEFAULT_PREDICTORS  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
+from spalstf.prior import AlignedNeighbours, ReferenceNeighbours  # noqa: E402
 
+#: The default predictors and the diffusion network (the predictor names are the package's:
+#: `spalstf.config.DEFAULT_PREDICTORS`), and the neighbour averages among them.
+WITH_NETWORK = (*DEFAULT_PREDICTORS, "network")
+NEIGHBOURS = (AlignedNeighbours.name, ReferenceNeighbours.name)
 WHOLE = dict(self_check=False, residual_weight=1.0, spatial_weight=0.0, expression_weight=0.0,
              knn_weight=0.0)
 #: name -> (description, options of spalstf.impute)
 ROWS = {
     "default": ("defaults (the self-check learns the stack's weights)", {}),
     "no-network": ("defaults without the network's column", {"predictors": [
-        "ridge", "ridge_aligned", "aligned", "knn", "spage", "transport"]}),
+        p for p in WITH_NETWORK if p != "network"]}),
     "no-knn": ("defaults without the neighbour columns (aligned, knn)",
-               {"predictors": ["ridge", "ridge_aligned", "spage", "transport", "network"]}),
+               {"predictors": [p for p in WITH_NETWORK if p not in NEIGHBOURS]}),
     "no-expression": ("defaults without the expression context (expression_weight 0)",
                       {"expression_weight": 0.0}),
     "whole": ("diffusion whole: no self-check, residual_weight 1, no spatial or expression "

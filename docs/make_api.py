@@ -231,7 +231,10 @@ def config_md(cls) -> str:
     comments: dict[str, str] = {}
     pending: list[str] = []
     last = ("", "")  # the last commented field and its comment
-    for line in inspect.getsource(cls).splitlines():
+    # the fields are declared in the stages' classes Config inherits, in their order
+    source = "\n".join(inspect.getsource(c) for c in reversed(cls.__mro__)
+                       if dataclasses.is_dataclass(c))
+    for line in source.splitlines():
         s = line.strip()
         if s.startswith("#:"):
             pending.append(s[2:].strip())

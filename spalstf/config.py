@@ -12,6 +12,15 @@ fields, or ``config=spalstf.Config(depth=2)``) overrides the defaults; keyword o
 - ``readout``: what the imputed values are (expression or at the cell's depth, the share of the
   diffusion's refinement); may differ at imputation.
 
+Each stage's fields are one small dataclass (`ModelSettings`, `TrainSettings`,
+`SampleSettings`, `ReadoutSettings`; ``config.settings("train")`` gives a Config's), and
+`Config` inherits the four: its fields stay flat (``Config(depth=2)``, ``cfg.depth``,
+`dataclasses.replace` and `asdict`, and the flat dict a saved model stores all work as before)
+while each stage is declared, documented and usable on its own. Composing the four as
+attributes (``cfg.model.depth``) would have made every reader of a setting across the package,
+and every saved model's config, go through a translation layer for no gain in what a field
+means.
+
 The sample and readout fields marked ``prior`` (``Config.fields("sample", "readout",
 prior=True)``) change the prior's own prediction: the self-check chooses them on the prior
 alone, before any sampling. The four parts of the method (DESIGN.md "The method") can each be
@@ -37,15 +46,19 @@ MODEL, TRAIN, SAMPLE, READOUT = "model", "train", "sample", "readout"
 STAGES = (MODEL, TRAIN, SAMPLE, READOUT)
 #: The stages that may differ between fit and imputation (they act at sampling time only).
 INFERENCE_STAGES = (SAMPLE, READOUT)
-#: The base predictors a model may fit (`Config.predictors`; `spalstf.prior.PREDICTORS` and the
-#: network).
+#: The base predictors a model may fit (`Config.predictors`), in the order of a model's columns:
+#: the `name` of each class of `spalstf.prior.PREDICTORS`, in its order, and "network" (the
+#: model's own diffusion network). Written here, not read from the classes, because this module
+#: loads no torch (`spalstf --help` lists the names); tests/test_config.py checks that the two
+#: agree, and the R tests and the benchmarks read the names from here.
 PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "likelihood",
                    "network", "masked")
 #: The networks, which are not default predictors: training the diffusion for the main fit
 #: and the self-check's inner fits costs about a minute or more per fit on a CPU, beyond the
 #: time target of a 5-fold cross-validation (10 x the SpaGE-style baseline + 60 s), and in the
 #: stack they earned little weight where measured (benchmarks/results/stack_network*.md,
-#: stack_masked.md); add "network" or "masked" to use them.
+#: stack_masked.md); add "network" or "masked" to use them. Those of `spalstf.prior` declare it
+#: (`BasePredictor.network`).
 NETWORKS = ("network", "masked")
 #: The default: every base predictor but the networks.
 DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p not in NETWORKS)
@@ -57,10 +70,9 @@ def _setting(stage: str, default: Any, *, prior: bool = False) -> Any:
 
 
 @dataclass
-class Config:
-    """Settings of a SpaLSTF model. All fields have documented defaults."""
+class ModelSettings:
+    """The model stage: the representation, the network and the prior, fixed at fit."""
 
-    # --- model: the representation, the network and the prior, fixed at fit ---------------
     #: Target sum of the per-cell normalisation (over the known genes), before log1p.
     scale_factor: float = _setting(MODEL, 1e4)
     #: How the known genes of the ST are put on the reference's scale before entering the model:
@@ -126,7 +138,11 @@ class Config:
     #: Noise schedule: "cosine" (improved DDPM) or "linear".
     beta_schedule: str = _setting(MODEL, "cosine")
 
-    # --- train: how the network is trained, fixed at fit ----------------------------------
+
+@dataclass
+class TrainSettings:
+    """The train stage: how the network is trained, fixed at fit."""
+
     #: Maximum passes over the reference (early stopping, max_steps and max_time may stop
     #: sooner).
     epochs: int = _setting(TRAIN, 60)
@@ -164,7 +180,12 @@ class Config:
     #: sampling); the CPU always computes in float32.
     mixed_precision: bool = _setting(TRAIN, True)
 
-    # --- sample: how the ST is read and the diffusion sampled; may differ at imputation ---
+
+@dataclass
+class SampleSettings:
+    """The sample stage: how the ST is read and the diffusion sampled; may differ at
+    imputation."""
+
     #: Spatial context of the ST (spalstf.spatial): the known genes entering the model are
     #: (1 - spatial_weight) x the cell's own + spatial_weight x the mean of its
     #: `spatial_neighbors` nearest cells in space. Used only when the ST has coordinates.
@@ -201,7 +222,11 @@ class Config:
     #: Bound each step's predicted x0 to the range of the reference (clip_denoised).
     clip_denoised: bool = _setting(SAMPLE, True)
 
-    # --- readout: what the imputed values are; may differ at imputation -------------------
+
+@dataclass
+class ReadoutSettings:
+    """The readout stage: what the imputed values are; may differ at imputation."""
+
     #: Between the two outputs (`output`, below): with output "expression", the imputation is
     #: (1 - depth_weight) x the expression + depth_weight x the value at the cell's depth (1 is
     #: "at_depth"). Needs
@@ -232,6 +257,20 @@ class Config:
     #: diffusion's refinement whole, 0 returns the prior alone.
     residual_weight: float = _setting(READOUT, 1.0)
 
+
+#: The settings class of each stage.
+STAGE_SETTINGS = {MODEL: ModelSettings, TRAIN: TrainSettings, SAMPLE: SampleSettings,
+                  READOUT: ReadoutSettings}
+
+
+@dataclass
+class Config(ReadoutSettings, SampleSettings, TrainSettings, ModelSettings):
+    """Settings of a SpaLSTF model. All fields have documented defaults.
+
+    Every field of the four stages (`ModelSettings`, `TrainSettings`, `SampleSettings`,
+    `ReadoutSettings`), flat, in that order.
+    """
+
     def __post_init__(self) -> None:
         if isinstance(self.predictors, list):  # JSON and R give lists; a Config holds tuples
             self.predictors = tuple(self.predictors)
@@ -248,6 +287,10 @@ class Config:
         return tuple(f.name for f in dataclasses.fields(cls)
                      if (not stages or f.metadata["stage"] in stages)
                      and (prior is None or f.metadata["prior"] == prior))
+
+    def settings(self, stage: str) -> Any:
+        """The fields of `stage` alone, as its settings class (`STAGE_SETTINGS`)."""
+        return STAGE_SETTINGS[stage](**{name: getattr(self, name) for name in self.fields(stage)})
 
     @classmethod
     def stage(cls, name: str) -> str:

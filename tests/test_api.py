@@ -141,7 +141,8 @@ def test_the_estimate_reads_the_models_pseudo_spots(tiny_pair, tiny_model, tmp_p
         aligned = tiny_model.predictors["aligned"]
         other = copy.copy(tiny_model)
         other.predictors = {**tiny_model.predictors, "aligned": AlignedNeighbours(
-            aligned.config, atlas=aligned.atlas, mixtures=mixtures, n_known=aligned.n_known)}
+            knn_neighbors=aligned.knn_neighbors, atlas=aligned.atlas, mixtures=mixtures,
+            n_known=aligned.n_known)}
         return other
 
     # pseudo-spots whose targets lie far above every atlas cell's pull the estimate up

@@ -123,10 +123,33 @@ def test_the_predictor_names_are_those_the_prior_knows_and_the_network():
     from spalstf.config import DEFAULT_PREDICTORS, NETWORKS, PREDICTOR_NAMES
     from spalstf.prior import PREDICTORS
 
-    assert set(PREDICTOR_NAMES) == {*PREDICTORS, "network"}
+    # config.py declares the names without loading torch (`spalstf --help` lists them); the
+    # classes of spalstf.prior, registered in the same order, are the predictors themselves
+    assert [p for p in PREDICTOR_NAMES if p != "network"] == list(PREDICTORS)
     # the networks cost a minute or more per fit on a CPU: options, not defaults
-    assert set(NETWORKS) == {"network", "masked"}
+    assert set(NETWORKS) == {"network", *(n for n, cls in PREDICTORS.items() if cls.network)}
     assert Config().predictors == DEFAULT_PREDICTORS == tuple(p for p in PREDICTORS
                                                               if p not in NETWORKS)
     # a model.json holds lists, and a list given by a user works too
     assert Config.from_dict({"predictors": ["ridge", "knn"]}).predictors == ("ridge", "knn")
+
+
+def test_each_predictor_is_built_from_its_own_settings_of_a_config():
+    """Each predictor takes its own few settings (`config_fields`: parameter -> Config field), and
+    `spalstf.prior.build` reads them from a Config; a saved state comes back with them."""
+    import inspect
+
+    from spalstf.prior import PREDICTORS, MaskedNetwork, build
+
+    cfg = Config(knn_neighbors=7, prior_mixtures=False, prior_alpha=3.0, scale_factor=500.0)
+    for name, cls in PREDICTORS.items():
+        predictor = build(name, cfg)
+        assert type(predictor) is cls and predictor.name == name
+        if cls is MaskedNetwork:  # a network's settings are the whole Config
+            assert predictor.config is cfg
+            continue
+        parameters = inspect.signature(cls).parameters
+        for parameter, field_name in cls.config_fields.items():
+            assert field_name in Config.fields() and parameter in parameters
+            assert getattr(predictor, parameter) == getattr(cfg, field_name)
+    assert build("ridge", cfg).alpha == 3.0 and build("knn", cfg).knn_neighbors == 7

@@ -23,7 +23,7 @@ from conftest import FAST  # noqa: E402
 import spalstf  # noqa: E402
 from spalstf import _validate  # noqa: E402
 from spalstf.combine import expected  # noqa: E402
-from spalstf.config import DEFAULT_PREDICTORS, Config  # noqa: E402
+from spalstf.config import DEFAULT_PREDICTORS  # noqa: E402
 from spalstf.model import core  # noqa: E402
 from spalstf.prior.likelihood import CountLikelihood  # noqa: E402
 
@@ -63,7 +63,7 @@ def test_likelihood_depth_is_the_same_in_any_gene_order():
     values = np.log1p(counts / total * 1e4).astype(np.float32)
 
     def fitted(order):
-        predictor = CountLikelihood(Config(), profile_shares=shares[:, order],
+        predictor = CountLikelihood(profile_shares=shares[:, order],
                                     known_means=known_means[:, order], targets=targets,
                                     sizes=sizes)
         predictor.prepare(lambda: [values[:, order]])

@@ -65,8 +65,8 @@ class MeanPredictor(BasePredictor):
     name = "mean"
     reads = EXPRESSION
 
-    def __init__(self, config, mean=None):
-        super().__init__(config)
+    def __init__(self, *, mean=None):
+        super().__init__()
         self.mean = mean
 
     def fit(self, reference, *, seed):
@@ -78,16 +78,12 @@ class MeanPredictor(BasePredictor):
     def state(self):
         return {"mean": self.mean}
 
-    @classmethod
-    def from_state(cls, state, config):
-        return cls(config, state["mean"])
-
 
 def test_a_blend_sums_its_parts_each_read_on_its_own_scale(tiny_model):
     rng = np.random.default_rng(3)
     n_known = len(tiny_model.known_genes)
     target = rng.normal(size=(30, len(tiny_model.target_genes)))
-    mean = MeanPredictor(tiny_model.config)
+    mean = MeanPredictor()
     mean.fit(Reference(np.zeros((30, n_known)), target, rows=np.arange(10)), seed=0)
     np.testing.assert_allclose(mean.mean, target[:10].mean(0))
     ridge = RidgePrior.from_state(tiny_model.predictors["ridge"].state(), tiny_model.config)
@@ -99,7 +95,7 @@ def test_a_blend_sums_its_parts_each_read_on_its_own_scale(tiny_model):
         asked.append(scale)
         return {MODEL: model_space, EXPRESSION: expression}[scale][cells]
 
-    blend = Blend([(ridge, 0.75), (mean, 0.25), (MeanPredictor(tiny_model.config), 0.0)])
+    blend = Blend([(ridge, 0.75), (mean, 0.25), (MeanPredictor(), 0.0)])
     blend.prepare(read, 12, block=5)
     cells = np.arange(4, 12)
     got = blend.predict(read, cells)

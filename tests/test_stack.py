@@ -8,7 +8,6 @@ from conftest import FAST
 import spalstf
 from spalstf.combine.columns import ColumnSource, candidate_columns
 from spalstf.combine.stack import Stack, learn_weights
-from spalstf.config import Config
 from spalstf.data import as_expression
 from spalstf.evaluate import metrics
 from spalstf.preprocess import Standardizer
@@ -103,7 +102,8 @@ def _reference(model):
                                  AlignedRidge, CountLikelihood])
 def test_each_new_predictor_is_chunk_free_and_survives_saving(tiny_model, cls):
     reference, ridge = _reference(tiny_model)
-    predictor = (AlignedRidge.of(ridge) if cls is AlignedRidge else cls(tiny_model.config))
+    predictor = (AlignedRidge.of(ridge) if cls is AlignedRidge
+                 else cls.from_config(tiny_model.config))
     if cls is not AlignedRidge:
         predictor.fit(reference, seed=0)
     st = np.abs(np.random.default_rng(4).normal(2, 1, size=(90, len(tiny_model.known_genes))))
@@ -122,7 +122,7 @@ def test_each_new_predictor_is_chunk_free_and_survives_saving(tiny_model, cls):
 def test_predictors_that_align_the_st_need_their_prepare(tiny_model):
     reference, _ = _reference(tiny_model)
     for cls in (SpageProjection, TransportMapping, CountLikelihood):
-        predictor = cls(tiny_model.config)
+        predictor = cls.from_config(tiny_model.config)
         predictor.fit(reference, seed=0)
         with pytest.raises(RuntimeError, match="prepare must run before predict"):
             predictor.predict(np.zeros((2, len(tiny_model.known_genes)), np.float32))
@@ -143,7 +143,7 @@ def _likelihood_fitted_on_types(rng, shares_by_type, type_targets):
     known_z, target_z = scalers[0].transform(known), scalers[1].transform(target)
     reference = Reference(known_z, target_z, scalers=scalers,
                           atlas=np.concatenate([known_z, target_z], axis=1))
-    predictor = CountLikelihood(Config(prior_mixtures=False))
+    predictor = CountLikelihood(use_mixtures=False)
     predictor.fit(reference, seed=0)
     return predictor, scalers[1]
 
@@ -178,7 +178,7 @@ def test_the_count_likelihood_learns_the_st_depth_and_capture_from_the_st():
 
 def test_the_count_likelihood_gives_an_all_zero_cell_the_reference_mean(tiny_model):
     reference, _ = _reference(tiny_model)
-    predictor = CountLikelihood(tiny_model.config)
+    predictor = CountLikelihood.from_config(tiny_model.config)
     predictor.fit(reference, seed=0)
     st = np.abs(np.random.default_rng(6).normal(2, 1, size=(40, len(tiny_model.known_genes))))
     predictor.prepare(lambda: iter([st]))
@@ -192,7 +192,7 @@ def test_the_transport_never_holds_a_cells_by_cells_matrix(tiny_model, monkeypat
     chunk's plan is chunk x profiles: memory is bounded whatever the number of ST cells."""
     monkeypatch.setattr(transport_module, "LANDMARKS", 64)
     reference, _ = _reference(tiny_model)
-    predictor = TransportMapping(tiny_model.config)
+    predictor = TransportMapping.from_config(tiny_model.config)
     predictor.fit(reference, seed=0)
     n_profiles = len(predictor.profiles)
     shapes = []

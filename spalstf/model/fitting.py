@@ -25,12 +25,12 @@ from spalstf.model.saved import plain
 from spalstf.network import needs_neighbours
 from spalstf.preprocess import Standardizer
 from spalstf.prior import (
-    PREDICTORS,
     AlignedNeighbours,
     AlignedRidge,
     BasePredictor,
     Reference,
     RidgePrior,
+    build,
 )
 from spalstf.train.checkpoint import Checkpointer, data_fingerprint
 from spalstf.train.denoiser import TrainingData, train
@@ -113,9 +113,9 @@ def fit_parts(expr: Expression, known: list[str], targets: list[str], *, cfg: Co
         raise ValueError("`checkpoint` and `resume` checkpoint the network's training, and "
                          "`predictors` leaves the network out")
     if ridge is None:  # no network, or a network without the ridge prior: fitted here
-        ridge = RidgePrior(cfg)
+        ridge = RidgePrior.from_config(cfg)
         ridge.fit(reference, seed=seed)
-        info["prior_alpha"] = ridge.alpha
+        info["prior_alpha"] = ridge.alpha_
     # the ridge first: the fixed blend's first part, as the network reads it
     predictors: dict[str, BasePredictor] = {ridge.name: ridge}
     for name in cfg.predictors:
@@ -124,12 +124,12 @@ def fit_parts(expr: Expression, known: list[str], targets: list[str], *, cfg: Co
         if name == AlignedRidge.name:
             predictors[name] = AlignedRidge.of(ridge)
             continue
-        predictor = PREDICTORS[name](cfg)
+        predictor = build(name, cfg)
         predictor.fit(reference, seed=seed)
         predictors[name] = predictor
     if AlignedNeighbours.name not in predictors and cfg.combine == "blend" \
             and cfg.knn_weight > 0:  # the fixed blend reads it
-        predictors[AlignedNeighbours.name] = AlignedNeighbours(cfg)
+        predictors[AlignedNeighbours.name] = build(AlignedNeighbours.name, cfg)
         predictors[AlignedNeighbours.name].fit(reference, seed=seed)
     info["timings"] = {"fit_seconds": time.perf_counter() - start}
     # how well the known genes predict each target in the reference (held-out cells): the

@@ -308,8 +308,8 @@ def predictors_of_network(network, config: Config, atlas: np.ndarray | None,
         {"weights": network.prior_weights.detach().cpu().numpy(),
          "bias": network.prior_bias.detach().cpu().numpy()}, config)}
     if atlas is not None:
-        out[AlignedNeighbours.name] = AlignedNeighbours(config, atlas=atlas, mixtures=mixtures,
-                                                        n_known=n_known)
+        out[AlignedNeighbours.name] = AlignedNeighbours.from_config(
+            config, atlas=atlas, mixtures=mixtures, n_known=n_known)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The prior: fast base predictors of the target genes, which the diffusion refines.
+"""The prior: fast base predictors of the target genes, each a column of the learnt combination.
 
 - `base`: the interface (`BasePredictor`) and the reference predictors are fitted on.
 - `ridge`: the ridge map from known to target genes (`RidgePrior`), its penalty by GCV.
@@ -10,14 +10,19 @@
   (`CountLikelihood`).
 - `masked`: the masked-gene network, trained on the ST's known genes too (`MaskedNetwork`).
 
-A new predictor is one module here, registered in `PREDICTORS`.
+Each predictor is an estimator with its own few settings (`base`); `build` makes one from a
+`spalstf.Config`. A new predictor is one module here, its class registered in `PREDICTORS`
+(and its name in `spalstf.config.PREDICTOR_NAMES`, which `spalstf --help` lists without
+loading torch; tests/test_config.py checks the two agree).
 """
 
+from spalstf.config import Config
 from spalstf.prior.base import (
     EXPRESSION,
     MODEL,
     STAT_CELLS,
     BasePredictor,
+    ProfilePredictor,
     Reference,
     landmarks,
     spaced_blocks,
@@ -47,15 +52,25 @@ from spalstf.prior.spots import (
 )
 from spalstf.prior.transport import TransportMapping
 
-#: Every predictor by name: how a saved model finds the class of each state it holds.
+#: Every predictor by its class's `name`, in the order of `spalstf.config.PREDICTOR_NAMES`:
+#: how a saved model finds the class of each state it holds, and how `build` finds the class
+#: of a name of `Config.predictors`.
 PREDICTORS: dict[str, type[BasePredictor]] = {
     cls.name: cls for cls in (RidgePrior, AlignedRidge, AlignedNeighbours, ReferenceNeighbours,
                                SpageProjection, TransportMapping, CountLikelihood,
                                MaskedNetwork)}
 
+
+def build(name: str, config: Config) -> BasePredictor:
+    """The predictor `name` (a key of `PREDICTORS`), not yet fitted, with its settings read
+    from `config`: the one factory of the model's fitting."""
+    return PREDICTORS[name].from_config(config)
+
+
 __all__ = ["ALPHA_GRID", "ESTIMATE_MIXTURES_PER_SIZE", "EXPRESSION", "MIXTURES_PER_SIZE",
            "MIXTURE_SIZES", "MODEL", "PREDICTORS", "STAT_CELLS", "AlignedNeighbours",
            "AlignedRidge", "BasePredictor", "CountLikelihood", "MaskedNetwork",
-           "Reference", "ReferenceNeighbours", "RidgePrior", "SpageProjection", "TransportMapping", "choose_alpha",
-           "fit_prior", "fit_ridge", "knn_estimate", "landmarks", "pseudo_spots", "spaced_blocks",
+           "ProfilePredictor", "Reference", "ReferenceNeighbours", "RidgePrior",
+           "SpageProjection", "TransportMapping", "build", "choose_alpha", "fit_prior",
+           "fit_ridge", "knn_estimate", "landmarks", "pseudo_spots", "spaced_blocks",
            "unit_rows"]

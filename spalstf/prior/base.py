@@ -20,8 +20,16 @@ by their own statistics. `fit` always sees the reference standardised (its z-sco
 both the model's space and the reference's own statistics); `Reference.scalers` lead back to
 the expression scale.
 
-A new predictor is one module in this package: a subclass with a unique `name`, registered in
-`spalstf.prior.PREDICTORS` so that saved models find it again.
+Predictors are estimators in the scikit-learn manner: each takes its own few settings in its
+constructor (`RidgePrior(alpha=..., use_mixtures=...)`), and `config_fields` names the field of
+`spalstf.Config` each is read from, so that one factory (`BasePredictor.from_config`,
+`spalstf.prior.build`) builds any of them from a Config. The fitted arrays are keywords of the
+constructor too, named as `state()` names them: `from_state` is then the same for every
+predictor.
+
+A new predictor is one module in this package: a subclass with a unique `name` and its
+`config_fields`, registered in `spalstf.prior.PREDICTORS` so that saved models find it again
+(and its name in `spalstf.config.PREDICTOR_NAMES`, for the command line's help).
 """
 
 from __future__ import annotations
@@ -71,25 +79,44 @@ class Reference:
         """The cells to fit on, as an index array."""
         return np.arange(self.known.shape[0]) if self.rows is None else np.asarray(self.rows)
 
+    def atlas_for(self, predictor: str, *, scalers: bool = False) -> np.ndarray:
+        """The atlas, for the `predictor` that reads it (its name in words); a ValueError
+        when there is none (or, `scalers`, no way back to the expression scale)."""
+        if self.atlas is None or (scalers and self.scalers is None):
+            raise ValueError(f"the {predictor} needs the reference's atlas"
+                             + (" and its scalers (the way back to the expression scale)"
+                                if scalers else ""))
+        return self.atlas
+
 
 class BasePredictor(ABC):
     """A base predictor of the target genes (see the module's docstring).
 
-    Parameters
-    ----------
-    config
-        The settings it reads (its own fields of `spalstf.Config`). Those of the sample stage
-        may differ between fit and imputation: `from_state` takes the imputation's.
+    The constructor takes the predictor's own settings (those `config_fields` maps to fields of
+    `spalstf.Config`) and, by keyword, its fitted arrays (the entries of `state()`).
     """
 
     #: Unique name: the key of its state in the model file and of its weight in a `Blend`.
     name: ClassVar[str]
     #: The scale of the known genes it reads: `MODEL` or `EXPRESSION`.
     reads: ClassVar[str] = MODEL
+    #: Its constructor's settings and the field of `spalstf.Config` each is read from. Those of
+    #: the sample stage may differ between fit and imputation: `from_state` takes the
+    #: imputation's.
+    config_fields: ClassVar[Mapping[str, str]] = {}
+    #: It trains a diffusion network: a minute or more per fit on a CPU, so not a default
+    #: predictor (`spalstf.config.DEFAULT_PREDICTORS`).
+    network: ClassVar[bool] = False
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self) -> None:
         self.device = torch.device("cpu")
+
+    @classmethod
+    def from_config(cls, config: Config, **fitted: Any) -> BasePredictor:
+        """The predictor with its settings read from `config` (see `config_fields`), and the
+        fitted arrays `fitted` (keywords of the constructor; none: a predictor to `fit`)."""
+        return cls(**{parameter: getattr(config, field)
+                      for parameter, field in cls.config_fields.items()}, **fitted)
 
     @abstractmethod
     def fit(self, reference: Reference, *, seed: int) -> None:
@@ -107,12 +134,16 @@ class BasePredictor(ABC):
 
     @abstractmethod
     def state(self) -> dict[str, np.ndarray]:
-        """The fitted arrays (numpy only), enough for `from_state` to rebuild the predictor."""
+        """The fitted arrays (numpy only), enough for `from_state` to rebuild the predictor:
+        each entry is the constructor's keyword of the same name."""
 
     @classmethod
-    @abstractmethod
     def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> BasePredictor:
-        """The predictor saved as `state`, reading the settings of `config`."""
+        """The predictor saved as `state`, with its settings read from `config`. A 0-d integer
+        entry (a count such as `n_known`) becomes an int."""
+        return cls.from_config(config, **{
+            key: int(value) if np.ndim(value) == 0 and np.asarray(value).dtype.kind in "iu"
+            else np.asarray(value) for key, value in state.items()})
 
     #: Entries of `state()` that may be absent (the others must be there).
     optional_state: ClassVar[tuple[str, ...]] = ()
@@ -170,6 +201,24 @@ class BasePredictor(ABC):
                     f"({', '.join(str(w) for w in expected)}{',' if len(expected) == 1 else ''})"
                     f" for model.json's {n_known} known and {n_target} target genes"
                     f"{f' ({named})' if named else ''}")
+
+
+class ProfilePredictor(BasePredictor):
+    """A predictor whose fitted state is reference profiles: `profiles`, (n_profiles,
+    n_known + n_target) known then target genes in model space (atlas cells, pseudo-spots),
+    and `n_known`, how many of the columns are known genes."""
+
+    def __init__(self, *, profiles: np.ndarray | None = None,
+                 n_known: int | None = None) -> None:
+        super().__init__()
+        self.profiles, self.n_known = profiles, n_known
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"profiles": self.profiles, "n_known": np.asarray(self.n_known, dtype=np.int64)}
+
+    @classmethod
+    def state_shapes(cls, n_known: int, n_target: int) -> dict:
+        return {"profiles": ("profiles", n_known + n_target), "n_known": n_known}
 
 
 #: ST cells (evenly spaced) whose known genes give the statistics of `prepare`: they bound its

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from spalstf.config import Config
 from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference, landmarks
 from spalstf.prior.transport import reference_profiles
 
@@ -87,15 +86,23 @@ def median_gene_pcc(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 
 class CountLikelihood(BasePredictor):
-    """Targets of each ST cell as the posterior mean over clusters of reference profiles."""
+    """Targets of each ST cell as the posterior mean over clusters of reference profiles.
+
+    `use_mixtures`: cluster pseudo-spots beside the atlas cells (`Config.prior_mixtures`);
+    `scale_factor`: the per-cell normalisation's target sum (`Config.scale_factor`), which
+    leads log-normalised values back to shares.
+    """
 
     name = "likelihood"
     reads = EXPRESSION
+    config_fields = {"use_mixtures": "prior_mixtures", "scale_factor": "scale_factor"}
 
-    def __init__(self, config: Config, *, profile_shares: np.ndarray | None = None,
+    def __init__(self, *, use_mixtures: bool = True, scale_factor: float = 1e4,
+                 profile_shares: np.ndarray | None = None,
                  known_means: np.ndarray | None = None, targets: np.ndarray | None = None,
                  sizes: np.ndarray | None = None) -> None:
-        super().__init__(config)
+        super().__init__()
+        self.use_mixtures, self.scale_factor = use_mixtures, scale_factor
         #: (clusters, n_known) mean known-gene shares, (clusters, n_known) mean known genes
         #: and (clusters, n_target) mean target genes in model space, (clusters,) profiles
         self.profile_shares, self.known_means = profile_shares, known_means
@@ -104,12 +111,11 @@ class CountLikelihood(BasePredictor):
         self._fitted: tuple | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
-        if reference.atlas is None or reference.scalers is None:
-            raise ValueError("the count-likelihood mixture needs the reference's atlas and "
-                             "its scalers (the way back to expression shares)")
+        reference.atlas_for("count-likelihood mixture", scalers=True)
         n_known = reference.known.shape[1]
         # other draws than the transport's (salt): the two err apart
-        profiles = reference_profiles(reference, self.config, seed=seed, salt=11)
+        profiles = reference_profiles(reference, use_mixtures=self.use_mixtures, seed=seed,
+                                      salt=11)
         known, target = profiles[:, :n_known], profiles[:, n_known:]
         n_clusters = max(1, min(N_CLUSTERS, len(profiles) // 5))
         labels = KMeans(n_clusters, n_init=1, random_state=seed % 2**32).fit_predict(known)
@@ -118,7 +124,7 @@ class CountLikelihood(BasePredictor):
         used = sizes > 0
         one_hot, sizes = one_hot[:, used], sizes[used]
         means = (one_hot.T / sizes[:, None])
-        profile_shares = shares(reference.scalers[0].inverse(known), self.config.scale_factor)
+        profile_shares = shares(reference.scalers[0].inverse(known), self.scale_factor)
         self.profile_shares = (means @ profile_shares).astype(np.float64)
         self.known_means = (means @ known).astype(np.float32)
         self.targets = (means @ target).astype(np.float32)
@@ -128,7 +134,7 @@ class CountLikelihood(BasePredictor):
     def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
         """The ST's capture per known gene and the likelihood's depth (see the module)."""
         super().prepare(st_blocks, device=device)
-        sf = self.config.scale_factor
+        sf = self.scale_factor
         values = landmarks(st_blocks, LANDMARKS)
         cell_shares = shares(values, sf)
         log_size = np.log(self.sizes / self.sizes.sum())
@@ -201,7 +207,7 @@ class CountLikelihood(BasePredictor):
             raise RuntimeError("CountLikelihood.prepare must run before predict (it learns the "
                                "capture and the depth on the whole ST)")
         log_q, depth, log_size = self._fitted
-        weights = posterior(shares(known, self.config.scale_factor), log_q, depth, log_size)
+        weights = posterior(shares(known, self.scale_factor), log_q, depth, log_size)
         return (weights @ self.targets).astype(np.float32)
 
     @property
@@ -228,9 +234,3 @@ class CountLikelihood(BasePredictor):
         if not (sizes > 0).all():
             raise ValueError(f"entry {prefix + 'sizes'!r} must hold the clusters' sizes, all "
                              f"above 0; received {sizes.min()} among them")
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> CountLikelihood:
-        return cls(config, **{k: np.asarray(state[k]) for k in
-                              ("profile_shares", "known_means", "targets", "sizes")})
-

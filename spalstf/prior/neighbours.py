@@ -9,12 +9,9 @@ so the two are blended (`spalstf.combine.blend.Blend`, `Config.knn_weight`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 
-from spalstf.config import Config
 from spalstf.network import NeighbourIndex
 from spalstf.preprocess import Standardizer
 from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
@@ -82,27 +79,30 @@ def knn_estimate(index: ProfileIndex | NeighbourIndex, known_z: np.ndarray, atla
 class AlignedNeighbours(BasePredictor):
     """The aligned-neighbour estimate over the model's atlas and pseudo-spots.
 
-    `atlas`: (n_atlas, n_known + n_target) reference cells in model space (the model's atlas,
-    the context's too); `mixtures`: pseudo-spots with the same columns, or None; `n_known`:
-    how many of the columns are known genes. Reads `Config.knn_neighbors` and, at fit,
-    `Config.prior_mixtures`.
+    `knn_neighbors`: the profiles a cell's estimate averages (`Config.knn_neighbors`);
+    `use_mixtures`: fit pseudo-spots beside the atlas (`Config.prior_mixtures`). Fitted:
+    `atlas`, (n_atlas, n_known + n_target) reference cells in model space (the model's atlas,
+    the context's too); `mixtures`, pseudo-spots with the same columns, or None; `n_known`,
+    how many of the columns are known genes.
     """
 
     name = "aligned"
     reads = EXPRESSION
+    config_fields = {"knn_neighbors": "knn_neighbors", "use_mixtures": "prior_mixtures"}
 
-    def __init__(self, config: Config, *, atlas: np.ndarray | None = None,
-                 mixtures: np.ndarray | None = None, n_known: int | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, *, knn_neighbors: int = 50, use_mixtures: bool = True,
+                 atlas: np.ndarray | None = None, mixtures: np.ndarray | None = None,
+                 n_known: int | None = None) -> None:
+        super().__init__()
+        self.knn_neighbors, self.use_mixtures = knn_neighbors, use_mixtures
         self.atlas, self.mixtures, self.n_known = atlas, mixtures, n_known
         self._search: tuple | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
-        if reference.atlas is None:
-            raise ValueError("the aligned-neighbour estimate needs the reference's atlas")
-        self.atlas, self.n_known = reference.atlas, reference.known.shape[1]
+        self.atlas = reference.atlas_for("aligned-neighbour estimate")
+        self.n_known = reference.known.shape[1]
         self.mixtures = None
-        if self.config.prior_mixtures and reference.scalers is not None:
+        if self.use_mixtures and reference.scalers is not None:
             # other mixtures than the ridge's (seed + 1), of every reference cell; beside the
             # atlas, not in the context's (the BiLSTM reads reference cells)
             self.mixtures = np.concatenate([
@@ -128,7 +128,7 @@ class AlignedNeighbours(BasePredictor):
                                "the ST over itself)")
         st_scaler, index, profiles = self._search
         return knn_estimate(index, st_scaler.transform(known), profiles, self.n_known,
-                            self.config.knn_neighbors)
+                            self.knn_neighbors)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"atlas": self.atlas, "n_known": np.asarray(self.n_known, dtype=np.int64)}
@@ -143,39 +143,34 @@ class AlignedNeighbours(BasePredictor):
         return {"atlas": ("cells", n_known + n_target),
                 "mixtures": ("mixtures", n_known + n_target), "n_known": n_known}
 
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> AlignedNeighbours:
-        mixtures = state.get("mixtures")
-        return cls(config, atlas=np.asarray(state["atlas"]),
-                   mixtures=None if mixtures is None else np.asarray(mixtures),
-                   n_known=int(state["n_known"]))
-
 
 class ReferenceNeighbours(BasePredictor):
-    """The plain neighbour average: the mean targets of each cell's `Config.knn_neighbors`
-    nearest reference cells by Euclidean distance between log-normalised known genes, with no
-    alignment of the two data sets (the kNN baseline of the benchmarks). Where the platforms
-    measure alike it keeps the reference's absolute levels, which the aligned estimate drops."""
+    """The plain neighbour average: the mean targets of each cell's `knn_neighbors`
+    (`Config.knn_neighbors`) nearest reference cells by Euclidean distance between
+    log-normalised known genes, with no alignment of the two data sets (the kNN baseline of the
+    benchmarks). Where the platforms measure alike it keeps the reference's absolute levels,
+    which the aligned estimate drops."""
 
     name = "knn"
     reads = EXPRESSION
+    config_fields = {"knn_neighbors": "knn_neighbors"}
 
-    def __init__(self, config: Config, *, known_log: np.ndarray | None = None,
+    def __init__(self, *, knn_neighbors: int = 50, known_log: np.ndarray | None = None,
                  targets: np.ndarray | None = None) -> None:
-        super().__init__(config)
+        super().__init__()
+        self.knn_neighbors = knn_neighbors
         #: (n_cells, n_known) log-normalised known genes and (n_cells, n_target) model-space
         #: targets of the reference cells of the atlas
         self.known_log, self.targets = known_log, targets
         self._index: ProfileIndex | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
-        if reference.atlas is None or reference.scalers is None:
-            raise ValueError("the neighbour average needs the reference's atlas and scalers")
+        atlas = reference.atlas_for("neighbour average", scalers=True)
         n_known = reference.known.shape[1]
         known_scaler = reference.scalers[0]
-        self.known_log = reference.atlas[:, :n_known] * known_scaler.std + known_scaler.mean
+        self.known_log = atlas[:, :n_known] * known_scaler.std + known_scaler.mean
         self.known_log = self.known_log.astype(np.float32)
-        self.targets = reference.atlas[:, n_known:].astype(np.float32)
+        self.targets = atlas[:, n_known:].astype(np.float32)
         self._index = None
 
     def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
@@ -185,7 +180,7 @@ class ReferenceNeighbours(BasePredictor):
     def predict(self, known: np.ndarray) -> np.ndarray:
         if self._index is None:
             self.prepare(lambda: iter(()), device=self.device)
-        idx, _ = self._index.query(known, min(self.config.knn_neighbors, len(self.targets)))
+        idx, _ = self._index.query(known, min(self.knn_neighbors, len(self.targets)))
         return self.targets[idx].mean(axis=1).astype(np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -194,8 +189,3 @@ class ReferenceNeighbours(BasePredictor):
     @classmethod
     def state_shapes(cls, n_known: int, n_target: int) -> dict:
         return {"known_log": ("cells", n_known), "targets": ("cells", n_target)}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> ReferenceNeighbours:
-        return cls(config, known_log=np.asarray(state["known_log"]),
-                   targets=np.asarray(state["targets"]))

@@ -9,12 +9,10 @@ the prior the samples are centred on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from spalstf.config import Config
 from spalstf.preprocess import Standardizer
 from spalstf.prior.base import EXPRESSION, MODEL, BasePredictor, Reference
 from spalstf.prior.spots import MIXTURE_SIZES, MIXTURES_PER_SIZE, pseudo_spots
@@ -136,34 +134,42 @@ def choose_alpha(gram: np.ndarray, cross: np.ndarray, squares: float, n: int) ->
 class RidgePrior(BasePredictor):
     """target ~ known @ weights + bias on standardised genes (`fit_prior`).
 
-    Reads `Config.prior_alpha` (None: chosen by GCV) and `Config.prior_mixtures` (fit on
-    pseudo-spots too). After `fit`, `alpha` is the penalty used.
+    Parameters
+    ----------
+    alpha
+        The penalty (`Config.prior_alpha`); None: chosen by GCV. After `fit`, `alpha_` is the
+        penalty used.
+    use_mixtures
+        Fit on pseudo-spots too (`Config.prior_mixtures`).
     """
 
     name = "ridge"
     reads = MODEL
+    config_fields = {"alpha": "prior_alpha", "use_mixtures": "prior_mixtures"}
 
-    def __init__(self, config: Config, *, weights: np.ndarray | None = None,
-                 bias: np.ndarray | None = None) -> None:
-        super().__init__(config)
-        self.weights, self.bias = weights, bias
-        self.alpha: float | None = None
+    def __init__(self, *, alpha: float | None = None, use_mixtures: bool = True,
+                 weights: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.alpha, self.use_mixtures = alpha, use_mixtures
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
+        self.bias = None if bias is None else np.asarray(bias, np.float32)
+        self.alpha_: float | None = None
         self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
         rows = reference.fit_rows()
         spots = None
-        if self.config.prior_mixtures and reference.scalers is not None and len(rows):
+        if self.use_mixtures and reference.scalers is not None and len(rows):
             def spots():
                 return pseudo_spots(reference, rows, seed=seed)
-        self.weights, self.bias, self.alpha = fit_prior(
-            reference.known, reference.target, rows, self.config.prior_alpha, spots=spots)
+        self.weights, self.bias, self.alpha_ = fit_prior(
+            reference.known, reference.target, rows, self.alpha, spots=spots)
         self._tensors = None
-        logger.debug("ridge prior: penalty %.4g on %d cells%s%s", self.alpha, len(rows),
-                    "" if spots is None else
-                    f" and {len(MIXTURE_SIZES) * MIXTURES_PER_SIZE} pseudo-spots",
-                    " (chosen by GCV, at least the number of rows)"
-                    if self.config.prior_alpha is None else "")
+        logger.debug("ridge prior: penalty %.4g on %d cells%s%s", self.alpha_, len(rows),
+                     "" if spots is None else
+                     f" and {len(MIXTURE_SIZES) * MIXTURES_PER_SIZE} pseudo-spots",
+                     " (chosen by GCV, at least the number of rows)"
+                     if self.alpha is None else "")
 
     def prepare(self, st_blocks, *, device: torch.device | str = "cpu") -> None:
         super().prepare(st_blocks, device=device)
@@ -185,39 +191,31 @@ class RidgePrior(BasePredictor):
     def state_shapes(cls, n_known: int, n_target: int) -> dict:
         return {"weights": (n_known, n_target), "bias": (n_target,)}
 
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> RidgePrior:
-        return cls(config, weights=np.asarray(state["weights"], np.float32),
-                   bias=np.asarray(state["bias"], np.float32))
 
-
-class AlignedRidge(BasePredictor):
+class AlignedRidge(RidgePrior):
     """The same ridge map read from the ST's known genes z-scored over the ST itself instead
     of with the reference's statistics: each data set aligned by its own (as SpaGE aligns
     two platforms), so a gene the ST measures at another level or spread than the reference
-    enters the map on the reference's footing. Shares `RidgePrior`'s weights."""
+    enters the map on the reference's footing. Fitted, saved and set as `RidgePrior` (whose
+    weights a model shares: `of`); only the reading differs."""
 
     name = "ridge_aligned"
     reads = EXPRESSION
 
-    def __init__(self, config: Config, *, weights: np.ndarray | None = None,
-                 bias: np.ndarray | None = None) -> None:
-        super().__init__(config)
-        self.weights, self.bias = weights, bias
+    def __init__(self, *, alpha: float | None = None, use_mixtures: bool = True,
+                 weights: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+        super().__init__(alpha=alpha, use_mixtures=use_mixtures, weights=weights, bias=bias)
         self._scaler = None
 
     @classmethod
     def of(cls, ridge: RidgePrior) -> AlignedRidge:
         """The aligned reading of a fitted `RidgePrior` (the same arrays)."""
-        return cls(ridge.config, weights=ridge.weights, bias=ridge.bias)
-
-    def fit(self, reference: Reference, *, seed: int) -> None:
-        ridge = RidgePrior(self.config)
-        ridge.fit(reference, seed=seed)
-        self.weights, self.bias = ridge.weights, ridge.bias
+        return cls(alpha=ridge.alpha, use_mixtures=ridge.use_mixtures, weights=ridge.weights,
+                   bias=ridge.bias)
 
     def prepare(self, st_blocks, *, device: torch.device | str = "cpu") -> None:
-        super().prepare(st_blocks, device=device)
+        # the ST's own statistics, not `RidgePrior.prepare`'s tensors: it reads another scale
+        BasePredictor.prepare(self, st_blocks, device=device)
         self._scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
 
     def predict(self, known: np.ndarray) -> np.ndarray:
@@ -225,15 +223,3 @@ class AlignedRidge(BasePredictor):
             raise RuntimeError("AlignedRidge.prepare must run before predict (it z-scores the "
                                "ST over itself)")
         return (self._scaler.transform(known) @ self.weights + self.bias).astype(np.float32)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"weights": self.weights, "bias": self.bias}
-
-    @classmethod
-    def state_shapes(cls, n_known: int, n_target: int) -> dict:
-        return {"weights": (n_known, n_target), "bias": (n_target,)}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> AlignedRidge:
-        return cls(config, weights=np.asarray(state["weights"], np.float32),
-                   bias=np.asarray(state["bias"], np.float32))

@@ -11,14 +11,11 @@ prediction does not depend on the other cells of its chunk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 
-from spalstf.config import Config
 from spalstf.preprocess import Standardizer
-from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
+from spalstf.prior.base import EXPRESSION, Blocks, ProfilePredictor, Reference
 from spalstf.prior.neighbours import ProfileIndex, unit_rows
 
 #: Principal vectors whose cosine between the two data sets is at most this are dropped (the
@@ -50,23 +47,24 @@ def spage_weights(distance: np.ndarray) -> np.ndarray:
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-class SpageProjection(BasePredictor):
-    """SpaGE-style prediction over the reference cells of the model's atlas."""
+class SpageProjection(ProfilePredictor):
+    """SpaGE-style prediction over the reference cells of the model's atlas (`profiles`,
+    z-scored over the reference), from each cell's `knn_neighbors` nearest
+    (`Config.knn_neighbors`)."""
 
     name = "spage"
     reads = EXPRESSION
+    config_fields = {"knn_neighbors": "knn_neighbors"}
 
-    def __init__(self, config: Config, *, profiles: np.ndarray | None = None,
+    def __init__(self, *, knn_neighbors: int = 50, profiles: np.ndarray | None = None,
                  n_known: int | None = None) -> None:
-        super().__init__(config)
-        #: (n_cells, n_known + n_target) reference cells, z-scored over the reference
-        self.profiles, self.n_known = profiles, n_known
+        super().__init__(profiles=profiles, n_known=n_known)
+        self.knn_neighbors = knn_neighbors
         self._search: tuple | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
-        if reference.atlas is None:
-            raise ValueError("the SpaGE-style projection needs the reference's atlas")
-        self.profiles, self.n_known = reference.atlas, reference.known.shape[1]
+        self.profiles = reference.atlas_for("SpaGE-style projection")
+        self.n_known = reference.known.shape[1]
         self._search = None
 
     def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
@@ -101,21 +99,10 @@ class SpageProjection(BasePredictor):
                                "ST with the reference over the whole data set)")
         st_scaler, projection, ref_unit, index = self._search
         query = unit_rows(st_scaler.transform(known) @ projection)
-        k = min(self.config.knn_neighbors, len(ref_unit))
+        k = min(self.knn_neighbors, len(ref_unit))
         idx, _ = index.query(query, k)
         # cosine distances of unit vectors, from the neighbours' own rows (exact)
         distance = 1.0 - np.einsum("ckd,cd->ck", ref_unit[idx], query)
         weights = spage_weights(distance)
         targets = self.profiles[:, self.n_known:]
         return np.einsum("ck,ckg->cg", weights, targets[idx]).astype(np.float32)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"profiles": self.profiles, "n_known": np.asarray(self.n_known, dtype=np.int64)}
-
-    @classmethod
-    def state_shapes(cls, n_known: int, n_target: int) -> dict:
-        return {"profiles": ("cells", n_known + n_target), "n_known": n_known}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> SpageProjection:
-        return cls(config, profiles=np.asarray(state["profiles"]), n_known=int(state["n_known"]))

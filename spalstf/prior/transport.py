@@ -16,14 +16,11 @@ which depends on the cell and the fixed potentials only. No cells x cells matrix
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 
-from spalstf.config import Config
 from spalstf.preprocess import Standardizer
-from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference, landmarks
+from spalstf.prior.base import EXPRESSION, Blocks, ProfilePredictor, Reference, landmarks
 from spalstf.prior.neighbours import unit_rows
 from spalstf.prior.spots import pseudo_spots
 
@@ -40,40 +37,42 @@ PROFILE_CELLS = 1500
 PROFILE_MIXTURES_PER_SIZE = 125
 
 
-def reference_profiles(reference: Reference, config: Config, *, seed: int,
+def reference_profiles(reference: Reference, *, use_mixtures: bool, seed: int,
                        salt: int = 7) -> np.ndarray:
     """(profiles, n_known + n_target) in model space: at most `PROFILE_CELLS` atlas cells (a
-    seeded subset) and, with `Config.prior_mixtures`, `PROFILE_MIXTURES_PER_SIZE` pseudo-spots
-    of each size. `salt` tells the draws of two predictors apart."""
+    seeded subset) and, with `use_mixtures` (`Config.prior_mixtures`),
+    `PROFILE_MIXTURES_PER_SIZE` pseudo-spots of each size. `salt` tells the draws of two
+    predictors apart."""
     atlas = reference.atlas
     rng = np.random.default_rng([seed, salt])
     if len(atlas) > PROFILE_CELLS:
         atlas = atlas[np.sort(rng.choice(len(atlas), PROFILE_CELLS, replace=False))]
     parts = [atlas.astype(np.float32)]
-    if config.prior_mixtures and reference.scalers is not None:
+    if use_mixtures and reference.scalers is not None:
         parts += [np.concatenate(block, axis=1).astype(np.float32)
                   for block in pseudo_spots(reference, reference.fit_rows(), seed=seed + salt,
                                             per_size=PROFILE_MIXTURES_PER_SIZE)]
     return np.concatenate(parts)
 
 
-class TransportMapping(BasePredictor):
-    """Targets of each ST cell through its row of the transport plan (model space)."""
+class TransportMapping(ProfilePredictor):
+    """Targets of each ST cell through its row of the transport plan (model space), over
+    `profiles`: reference cells and, with `use_mixtures` (`Config.prior_mixtures`),
+    pseudo-spots."""
 
     name = "transport"
     reads = EXPRESSION
+    config_fields = {"use_mixtures": "prior_mixtures"}
 
-    def __init__(self, config: Config, *, profiles: np.ndarray | None = None,
+    def __init__(self, *, use_mixtures: bool = True, profiles: np.ndarray | None = None,
                  n_known: int | None = None) -> None:
-        super().__init__(config)
-        #: (n_profiles, n_known + n_target) reference cells and pseudo-spots, model space
-        self.profiles, self.n_known = profiles, n_known
+        super().__init__(profiles=profiles, n_known=n_known)
+        self.use_mixtures = use_mixtures
         self._plan: tuple | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
-        if reference.atlas is None:
-            raise ValueError("the transport mapping needs the reference's atlas")
-        self.profiles = reference_profiles(reference, self.config, seed=seed)
+        reference.atlas_for("transport mapping")
+        self.profiles = reference_profiles(reference, use_mixtures=self.use_mixtures, seed=seed)
         self.n_known = reference.known.shape[1]
         self._plan = None
 
@@ -108,14 +107,3 @@ class TransportMapping(BasePredictor):
         query = torch.as_tensor(unit_rows(st_scaler.transform(known)), device=self.device)
         plan = torch.softmax((query @ ref_unit.T - 1.0) / EPSILON + potential, dim=1)
         return (plan @ targets).cpu().numpy().astype(np.float32)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"profiles": self.profiles, "n_known": np.asarray(self.n_known, dtype=np.int64)}
-
-    @classmethod
-    def state_shapes(cls, n_known: int, n_target: int) -> dict:
-        return {"profiles": ("profiles", n_known + n_target), "n_known": n_known}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> TransportMapping:
-        return cls(config, profiles=np.asarray(state["profiles"]), n_known=int(state["n_known"]))

@@ -138,7 +138,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
     ridge = None
     if config.prior == "ridge":  # fitted on the training cells only (validation held out)
-        ridge = RidgePrior(config)
+        ridge = RidgePrior.from_config(config)
         ridge.fit(Reference(data.known, data.target, scalers=data.scalers, depth=data.depth,
                             rows=train_rows), seed=seed)
         network.prior_weights.copy_(torch.as_tensor(ridge.weights))
@@ -221,7 +221,7 @@ def train(data: TrainingData, config: Config, *, seed: int = 0, device: torch.de
     result = TrainResult(network=done.network, history=done.history,
                          stop_reason=done.stop_reason, best_epoch=done.best_epoch,
                          seconds=done.seconds, ridge=ridge,
-                         prior_alpha=None if ridge is None else ridge.alpha)
+                         prior_alpha=None if ridge is None else ridge.alpha_)
     logger.log(phase_level(), "trained %d epochs (%d updates) in %.1f s (%s); best epoch %d",
                len(result.history), done.updates, result.seconds, result.stop_reason, result.best_epoch)
     return result

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -41,14 +40,20 @@ def row_keys(values: np.ndarray) -> list[str]:
 
 
 class MaskedNetwork(BasePredictor):
-    """Targets of each ST cell sampled by the masked-gene network (model space)."""
+    """Targets of each ST cell sampled by the masked-gene network (model space).
+
+    `config`: its settings are a network's, those of the model, train and sample stages of
+    `spalstf.Config` (it trains one in `prepare`), so it takes the whole Config.
+    """
 
     name = "masked"
     reads = MODEL
+    network = True
 
     def __init__(self, config: Config, *, rows: np.ndarray | None = None,
                  n_known: int | None = None, seed: int = 0) -> None:
-        super().__init__(config)
+        super().__init__()
+        self.config = config
         #: (cells, n_known + n_target) the reference cells trained on (the atlas), model space
         self.rows, self.n_known, self.seed = rows, n_known, seed
         self.model = None  # the `spalstf.prior.masked.sample.MaskedModel` trained by prepare
@@ -95,6 +100,5 @@ class MaskedNetwork(BasePredictor):
         return {"rows": ("cells", n_known + n_target), "n_known": n_known, "seed": ()}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray], config: Config) -> MaskedNetwork:
-        return cls(config, rows=np.asarray(state["rows"]), n_known=int(state["n_known"]),
-                   seed=int(state["seed"]))
+    def from_config(cls, config: Config, **fitted) -> MaskedNetwork:
+        return cls(config, **fitted)
