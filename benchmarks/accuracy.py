@@ -14,6 +14,13 @@ time per method, the best baseline per set), ``<name>_per_gene.csv`` and
     .venv/bin/python benchmarks/accuracy.py --baselines --name baselines_all   # no spalstf
     .venv/bin/python benchmarks/accuracy.py --jobs 3    # three data sets side by side
     .venv/bin/python benchmarks/accuracy.py --datasets osmfish --methods mean,knn,spage
+
+Pooled-spot sets (`SPOTS`, not in the default run): the cells of osmFISH, ExSeq and STARmap
+summed into square spots of about 5 and about 20 cells (:func:`spalstf.datasets.pool_spots`,
+seed 0), the reference unchanged; named ``<set>_spots5`` and ``<set>_spots20``:
+
+    .venv/bin/python benchmarks/accuracy.py --datasets osmfish_spots5,osmfish_spots20,\
+        exseq_cortex_spots5,exseq_cortex_spots20,starmap_cortex_spots5,starmap_cortex_spots20
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ from spalstf.evaluate.cv import cross_validate  # noqa: E402
 DATA = ROOT / ".." / "shared" / "data"
 REAL = ("osmfish", "visium_brain", "visium_lymph", "exseq_cortex", "starmap_cortex")
 DATASETS = REAL + ("simulated",)
+#: Spot sets with a known truth: single-cell-resolution sets pooled into spots of about
+#: ``SPOT_SIZES`` cells each (`load_set`).
+POOLED = ("osmfish", "exseq_cortex", "starmap_cortex")
+SPOT_SIZES = (5, 20)
+SPOTS = tuple(f"{name}_spots{size}" for name in POOLED for size in SPOT_SIZES)
 #: Every method compared, spalstf last; ``--baselines`` runs all but spalstf.
 BASELINES = ("mean", "knn", "spage", "ridge", "tangram")
 METHODS = BASELINES + ("spalstf",)
@@ -54,6 +66,20 @@ def simulated():
     from spalstf.datasets import simulate
 
     return simulate(n_st=1000, n_sc=1500, n_genes=120, n_measured=60, seed=0)
+
+
+def load_set(name: str):
+    """(st, reference) of a data set of this benchmark: `simulated`, a pair of
+    ``../shared/data``, or one of `SPOTS` (its ST pooled into spots, its reference as is)."""
+    if name == "simulated":
+        return simulated()
+    if name in SPOTS:
+        from spalstf.datasets import pool_spots
+
+        base, size = name.rsplit("_spots", 1)
+        st, sc = L.load(base, data_dir=DATA)
+        return pool_spots(st, cells_per_spot=int(size), seed=0), sc
+    return L.load(name, data_dir=DATA)
 
 
 def tangram_mode(sc) -> str:
@@ -120,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python benchmarks/accuracy.py "
     cmd += " ".join(sys.argv[1:] if argv is None else argv)
     names = [d for d in args.datasets.split(",") if d]
-    unknown = [n for n in names if n != "simulated" and n not in L.DATASETS]
+    unknown = [n for n in names if n not in ("simulated", *SPOTS) and n not in L.DATASETS]
     if unknown:
-        ap.error(f"--datasets: unknown {unknown}; expected some of {list(DATASETS)}")
+        ap.error(f"--datasets: unknown {unknown}; expected some of {list(DATASETS + SPOTS)}")
     jobs = max(1, min(args.jobs, len(names)))
     start = time.perf_counter()
     done: dict[str, dict] = {}
@@ -165,7 +191,7 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool) -> dict
     summary and per-gene rows; or why it was skipped."""
     logging.basicConfig(level=logging.WARNING)  # in a worker process too
     try:
-        st, sc = simulated() if name == "simulated" else L.load(name, data_dir=DATA)
+        st, sc = load_set(name)
     except (FileNotFoundError, ImportError, TypeError) as err:
         return str(err)
     t0 = time.perf_counter()

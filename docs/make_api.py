@@ -75,8 +75,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("spalstf.pl.metric_boxplot", "spalstf.pl.metric_boxplot"),
         ("spalstf.pl.loss_curve", "spalstf.pl.loss_curve"),
     ]),
-    ("Data sets", "The simulator, the real pair shipped with the package and the readers of "
-     "real paired data.", [
+    ("Data sets", "The simulator, the real pair shipped with the package, the readers of "
+     "real paired data and the pooling of cells into spots.", [
         ("spalstf.datasets.simulate", "spalstf.datasets._simulate.simulate"),
         ("spalstf.datasets.load", "spalstf.datasets._loaders.load"),
         ("spalstf.datasets.osmfish_example", "spalstf.datasets._loaders.osmfish_example"),
@@ -84,6 +84,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("spalstf.datasets.read_li_format", "spalstf.datasets._loaders.read_li_format"),
         ("spalstf.datasets.read_rctd_pair", "spalstf.datasets._loaders.read_rctd_pair"),
         ("spalstf.datasets.read_rctd_csv", "spalstf.datasets._loaders.read_rctd_csv"),
+        ("spalstf.datasets.pool_spots", "spalstf.datasets._spots.pool_spots"),
     ]),
     ("Files", "`.h5ad` through anndata; R's `.rds` through rpy2 (`pip install 'spalstf[r]'` "
      "and R).", [
