@@ -56,7 +56,7 @@ def pair() -> tuple[ad.AnnData, ad.AnnData]:
     return st[:, known].copy(), sc
 
 
-@pytest.mark.parametrize("name", ["mean", "knn", "spage", "ridge"])
+@pytest.mark.parametrize("name", ["mean", "libsize", "knn", "spage", "ridge"])
 def test_baseline_contract(name: str, pair: tuple[ad.AnnData, ad.AnnData]) -> None:
     st_known, sc = pair
     st0, sc0 = st_known.copy(), sc.copy()
@@ -79,6 +79,17 @@ def test_reference_mean_hand_computed() -> None:
     # the third reference cell has no known-gene count: left out; library over known genes
     expected = (np.log1p(2 / 2 * 1e4) + np.log1p(0.0)) / 2
     np.testing.assert_allclose(out, [[expected], [expected]])
+
+
+def test_library_size_is_depth_alone(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    # log1p(L / L * 1e4) for every cell and gene: on the known-gene-normalised scale the depth
+    # prediction is a constant; expm1(value) * L / 1e4 gives the depth L back
+    st_known, sc = pair
+    out = B.get_method("libsize")(st_known, sc, TARGETS, seed=0)
+    np.testing.assert_allclose(out, np.log1p(1e4))
+    depth = np.asarray(st_known.X).sum(axis=1)
+    np.testing.assert_allclose(np.expm1(out[:, 0]) * depth / 1e4, depth, rtol=1e-12)
+    assert "libsize" in B.BASELINES
 
 
 def test_knn_k1_copies_the_nearest_reference_cell() -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "BASELINES",
     "get_method",
     "reference_mean",
+    "library_size",
     "knn",
     "spage",
     "ridge",
@@ -125,6 +126,25 @@ def reference_mean(
     """
     st_x, _, sc_y, _ = _prepare(st_known, sc, target_genes)
     return np.repeat(sc_y.mean(axis=0, keepdims=True), st_x.shape[0], axis=0)
+
+
+def library_size(
+    st_known: ad.AnnData, sc: ad.AnnData, target_genes: Sequence[str], *, seed: int = 0
+) -> np.ndarray:
+    """Depth alone: every held-out gene of a cell predicted by the cell's total count over the
+    known genes, ``L``.
+
+    What it measures: how much of a score is sequencing depth and nothing else. On the raw-counts
+    scale (Li et al. 2022's truth, ``protocol="li2022"`` of :func:`spalstf.cross_validate`) its
+    prediction is ``L`` itself, so its per-gene Pearson is that of the cells' depth with the
+    gene's counts: the part of any method's counts-scale score a method gets by knowing only how
+    deep each cell was sequenced. On the log-normalised scale of this module the same prediction
+    is ``log1p(L / L * 1e4) = log1p(1e4)``, a constant (it says nothing about composition), so
+    its correlations there are undefined (NaN); the cross-validation turns it back into ``L``
+    with the same depth conversion it applies to every method.
+    """
+    st_x, _, _, _ = _prepare(st_known, sc, target_genes)
+    return np.full((st_x.shape[0], len(list(target_genes))), np.log1p(SCALE))
 
 
 def knn(
@@ -389,6 +409,7 @@ def spalstf_method(
 #: Methods callable by name in :func:`spalstf.cross_validate`.
 BASELINES: dict[str, MethodFn] = {
     "mean": reference_mean,
+    "libsize": library_size,
     "knn": knn,
     "spage": spage,
     "ridge": ridge,

@@ -172,7 +172,7 @@ def cross_validate(
         ``random_state`` of the split, and the ``seed`` passed to each method.
     methods
         Names from :data:`spalstf.evaluate.baselines.BASELINES` (``"mean"``, ``"knn"``,
-        ``"spage"``, ``"ridge"``, ``"tangram"``, ``"gimvi"``, ``"spalstf"``), a comma-separated
+        ``"spage"``, ``"ridge"``, ``"tangram"``, ``"gimvi"``, ``"spalstf"``, ``"libsize"``), a comma-separated
         string of them, callables, or a mapping ``{name: name or callable}``. A callable has
         the signature ``method(st_known, sc, target_genes, *, seed) -> ndarray`` of
         :mod:`spalstf.evaluate.baselines`: ST cells x targets, log-normalised, non-negative.
