@@ -70,8 +70,9 @@ def tangram_mode(sc) -> str:
 
 def overview(summaries: dict[str, pd.DataFrame],
              truth: str = "lognorm") -> tuple[str, pd.DataFrame]:
-    """One row per data set and method (log-normalised truth): median PCC, SPCC and wall time;
-    and the best baseline per set (highest median PCC, spalstf and the constant mean aside)."""
+    """One row per data set and method (``truth``, log-normalised by default): median PCC,
+    SPCC and wall time; and the best baseline per set (highest median PCC, spalstf, the
+    constant mean and the library size aside)."""
     rows = []
     for name, s in summaries.items():
         t = s.xs(truth)
@@ -230,8 +231,8 @@ def write(out: Path, name: str, cmd: str, sections: list[str], per_gene: list[pd
     allg = pd.concat(per_gene, ignore_index=True)
     with atomic_path(out / f"{name}_per_gene.csv") as tmp:
         allg.to_csv(tmp, index=False, float_format="%.4f")
-    plot_per_gene(allg, out / f"{name}_per_gene.png")
     li = protocol == "li2022"
+    plot_per_gene(allg, out / f"{name}_per_gene.png", truth="counts" if li else "lognorm")
     table, _ = overview(summaries, "counts" if li else "lognorm")
     md = [
         "# Accuracy benchmark (leave-genes-out cross-validation)",
