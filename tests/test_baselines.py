@@ -56,7 +56,7 @@ def pair() -> tuple[ad.AnnData, ad.AnnData]:
     return st[:, known].copy(), sc
 
 
-@pytest.mark.parametrize("name", ["mean", "knn", "spage", "ridge"])
+@pytest.mark.parametrize("name", ["mean", "libsize", "knn", "spage", "ridge"])
 def test_baseline_contract(name: str, pair: tuple[ad.AnnData, ad.AnnData]) -> None:
     st_known, sc = pair
     st0, sc0 = st_known.copy(), sc.copy()
@@ -79,6 +79,17 @@ def test_reference_mean_hand_computed() -> None:
     # the third reference cell has no known-gene count: left out; library over known genes
     expected = (np.log1p(2 / 2 * 1e4) + np.log1p(0.0)) / 2
     np.testing.assert_allclose(out, [[expected], [expected]])
+
+
+def test_library_size_is_depth_alone(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    # log1p(L / L * 1e4) for every cell and gene: on the known-gene-normalised scale the depth
+    # prediction is a constant; expm1(value) * L / 1e4 gives the depth L back
+    st_known, sc = pair
+    out = B.get_method("libsize")(st_known, sc, TARGETS, seed=0)
+    np.testing.assert_allclose(out, np.log1p(1e4))
+    depth = np.asarray(st_known.X).sum(axis=1)
+    np.testing.assert_allclose(np.expm1(out[:, 0]) * depth / 1e4, depth, rtol=1e-12)
+    assert "libsize" in B.BASELINES
 
 
 def test_knn_k1_copies_the_nearest_reference_cell() -> None:
@@ -227,3 +238,40 @@ def test_tangram_seed_zero_is_reproducible_and_leaves_global_rngs(
     np.testing.assert_array_equal(a, b)
     c = B.tangram(st_known, sc, TARGETS, seed=1, num_epochs=50)
     assert not np.array_equal(a, c)
+
+
+@needs_tangram
+def test_tangram_cells_maps_cells_with_the_count_prior(
+    pair: tuple[ad.AnnData, ad.AnnData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tangram as tg
+
+    st_known, sc = pair
+    st0, sc0 = st_known.copy(), sc.copy()
+    calls: list[dict] = []
+    real_map, real_project = tg.map_cells_to_space, tg.project_genes
+    projections: list[np.ndarray] = []
+
+    def spy(ad_sc, ad_sp, **kwargs):
+        # Li et al.'s inputs: the ST as raw counts, the reference log-normalised
+        np.testing.assert_array_equal(ad_sp.X, np.asarray(st_known.X))
+        calls.append({"mode": kwargs["mode"], "density_prior": kwargs["density_prior"]})
+        return real_map(ad_sc, ad_sp, **kwargs)
+
+    def project(*args, **kwargs):
+        out = real_project(*args, **kwargs)
+        projections.append(np.asarray(out[:, [g.lower() for g in TARGETS]].X))
+        return out
+
+    monkeypatch.setattr(tg, "map_cells_to_space", spy)
+    monkeypatch.setattr(tg, "project_genes", project)
+    out = B.get_method("tangram_cells")(st_known, sc, TARGETS, seed=0, num_epochs=30)
+    assert calls == [{"mode": "cells", "density_prior": "rna_count_based"}]
+    assert out.shape == (st_known.n_obs, len(TARGETS)) and np.isfinite(out).all()
+    np.testing.assert_array_equal(st_known.X, st0.X)
+    np.testing.assert_array_equal(sc.X, sc0.X)
+    # turned back into counts at each cell's depth, it is Tangram's own projection
+    depth = np.asarray(st_known.X, dtype=np.float64).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.expm1(out) * depth / 1e4, projections[0], rtol=1e-5, atol=1e-9)
+    again = B.get_method("tangram_cells")(st_known, sc, TARGETS, seed=0, num_epochs=30)
+    np.testing.assert_array_equal(out, again)

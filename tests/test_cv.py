@@ -189,3 +189,76 @@ def test_markdown_table_keeps_bars_inside_a_cell() -> None:
     cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
     assert len(set(cells)) == 1, table
     assert rows[2] == "| ridge\\|spatial\\|expression | 0.500 |"
+
+
+@pytest.fixture(scope="module")
+def wide_pair() -> tuple[ad.AnnData, ad.AnnData]:
+    return tiny_pair(n_st=40, n_sc=60, n_genes=23)
+
+
+def test_li2022_uses_ten_unshuffled_folds_and_adds_libsize(
+    wide_pair: tuple[ad.AnnData, ad.AnnData],
+) -> None:
+    st, sc = wide_pair
+    res = cross_validate(st, sc, methods="mean", protocol="li2022", clustering=False)
+    genes = list(st.var_names)
+    kf = KFold(n_splits=10)  # Li et al.'s kfold: no shuffle
+    assert res.folds == [[genes[i] for i in t] for _, t in kf.split(genes)]
+    assert res.protocol == "li2022"
+    assert set(res.per_gene["method"]) == {"mean", "libsize"}
+    assert set(res.counts_predictions) == {"mean", "libsize"}
+    # the project protocol keeps its 5 shuffled folds and leaves the counts predictions empty
+    proj = cross_validate(st, sc, methods="mean", clustering=False)
+    assert proj.folds == gene_folds(genes, 5, 0) and proj.counts_predictions == {}
+    assert set(proj.per_gene["method"]) == {"mean"}
+
+
+def _known_depth(st_known: ad.AnnData) -> np.ndarray:
+    return np.asarray(st_known.X, dtype=np.float64).sum(axis=1)
+
+
+def test_li2022_scores_counts_at_each_cells_depth(wide_pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    st, sc = wide_pair
+    x = np.asarray(st.X, dtype=np.float64)
+    genes = list(st.var_names)
+
+    def depth_scaled_truth(st_known, sc_, target_genes, *, seed):
+        # the truth's counts on the log-normalised scale of the known genes: turned back into
+        # counts at the cell's depth, they are the truth itself
+        return lognormalize(x[:, [genes.index(g) for g in target_genes]], _known_depth(st_known))
+
+    res = cross_validate(
+        st, sc, methods={"exact": depth_scaled_truth}, protocol="li2022", clustering=False
+    )
+    counts = res.per_gene.query("truth == 'counts' and method == 'exact'")
+    varying = [g for g in genes if x[:, genes.index(g)].std() > 0]
+    np.testing.assert_allclose(counts.set_index("gene").loc[varying, "pcc"], 1.0, atol=1e-9)
+    np.testing.assert_allclose(res.counts_predictions["exact"].to_numpy(), x, rtol=1e-5)
+    # under the project protocol the same log values against raw counts are not exact
+    proj = cross_validate(st, sc, methods={"exact": depth_scaled_truth}, clustering=False)
+    assert proj.per_gene.query("truth == 'counts'")["pcc"].median() < 0.999
+
+
+def test_li2022_libsize_is_the_depth_truth_correlation(
+    wide_pair: tuple[ad.AnnData, ad.AnnData],
+) -> None:
+    from scipy.stats import pearsonr
+
+    st, sc = wide_pair
+    x = np.asarray(st.X, dtype=np.float64)
+    genes = list(st.var_names)
+    res = cross_validate(st, sc, methods="libsize", protocol="li2022", clustering=False)
+    rows = res.per_gene.query("truth == 'counts' and method == 'libsize'").set_index("gene")
+    for held in res.folds:
+        depth = np.delete(x, [genes.index(g) for g in held], axis=1).sum(axis=1)
+        for g in held:
+            want = pearsonr(depth, x[:, genes.index(g)])[0]
+            assert rows.loc[g, "pcc"] == pytest.approx(want, abs=1e-9)
+    # on the log-normalised scale it is a constant: no correlation
+    assert res.per_gene.query("truth == 'lognorm'")["pcc"].isna().all()
+
+
+def test_bad_protocol_is_refused(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    st, sc = pair
+    with pytest.raises(ValueError, match="`protocol`.*'li2022'.*'Li'"):
+        cross_validate(st, sc, methods="mean", protocol="Li", clustering=False)

@@ -39,10 +39,12 @@ __all__ = [
     "BASELINES",
     "get_method",
     "reference_mean",
+    "library_size",
     "knn",
     "spage",
     "ridge",
     "tangram",
+    "tangram_cells",
     "gimvi",
     "spalstf_method",
     "lognormalize",
@@ -125,6 +127,25 @@ def reference_mean(
     """
     st_x, _, sc_y, _ = _prepare(st_known, sc, target_genes)
     return np.repeat(sc_y.mean(axis=0, keepdims=True), st_x.shape[0], axis=0)
+
+
+def library_size(
+    st_known: ad.AnnData, sc: ad.AnnData, target_genes: Sequence[str], *, seed: int = 0
+) -> np.ndarray:
+    """Depth alone: every held-out gene of a cell predicted by the cell's total count over the
+    known genes, ``L``.
+
+    What it measures: how much of a score is sequencing depth and nothing else. On the raw-counts
+    scale (Li et al. 2022's truth, ``protocol="li2022"`` of :func:`spalstf.cross_validate`) its
+    prediction is ``L`` itself, so its per-gene Pearson is that of the cells' depth with the
+    gene's counts: the part of any method's counts-scale score a method gets by knowing only how
+    deep each cell was sequenced. On the log-normalised scale of this module the same prediction
+    is ``log1p(L / L * 1e4) = log1p(1e4)``, a constant (it says nothing about composition), so
+    its correlations there are undefined (NaN); the cross-validation turns it back into ``L``
+    with the same depth conversion it applies to every method.
+    """
+    st_x, _, _, _ = _prepare(st_known, sc, target_genes)
+    return np.full((st_x.shape[0], len(list(target_genes))), np.log1p(SCALE))
 
 
 def knn(
@@ -257,21 +278,7 @@ def tangram(
     (``mode="cells"``, a cells x spots map trained for ``num_epochs``) takes hours on a CPU for
     the references of ../shared/data (osmFISH: more than 25 minutes for one fold of five).
     """
-    import torch
-
-    root = logging.getLogger()
-    level = root.level
-    try:
-        import tangram as tg
-    except ImportError as err:
-        raise ImportError(
-            "method 'tangram' needs tangram-sc: pip install 'spalstf[benchmark]' "
-            "(or pip install tangram-sc)"
-        ) from err
-    finally:
-        # tangram's import sets the root logger to INFO, which would flood the caller's output
-        # with its per-run messages (and everyone else's INFO records)
-        root.setLevel(level)
+    tg = _import_tangram("tangram")
     st_x, sc_x, sc_y, known = _prepare(st_known, sc, target_genes)
     targets = list(target_genes)
     ad_sp = ad.AnnData(st_x.astype(np.float32))
@@ -290,6 +297,45 @@ def tangram(
         key = "leiden"
         ad_sc.obs[key] = pd.Categorical(leiden_clusters(sc_x, seed=seed).astype(str))
     tg.pp_adatas(ad_sc, ad_sp, genes=known)
+    ad_map = _seeded_map(
+        tg,
+        ad_sc,
+        ad_sp,
+        seed=seed,
+        device=device,
+        mode=mode,
+        cluster_label=key if mode == "clusters" else None,
+        num_epochs=num_epochs,
+    )
+    ad_ge = tg.project_genes(
+        adata_map=ad_map, adata_sc=ad_sc, cluster_label=key if mode == "clusters" else None
+    )
+    return np.clip(_projected(ad_ge, targets), 0.0, None)
+
+
+def _import_tangram(method: str) -> Any:
+    root = logging.getLogger()
+    level = root.level
+    try:
+        import tangram as tg
+    except ImportError as err:
+        raise ImportError(
+            f"method {method!r} needs tangram-sc: pip install 'spalstf[benchmark]' "
+            "(or pip install tangram-sc)"
+        ) from err
+    finally:
+        # tangram's import sets the root logger to INFO, which would flood the caller's output
+        # with its per-run messages (and everyone else's INFO records)
+        root.setLevel(level)
+    return tg
+
+
+def _seeded_map(tg: Any, ad_sc: ad.AnnData, ad_sp: ad.AnnData, *, seed: int, device: str,
+                **options: Any) -> ad.AnnData:
+    """``tg.map_cells_to_space`` with numpy's and torch's generators seeded inside saved
+    states."""
+    import torch
+
     # Tangram draws its starting map from numpy's global generator and seeds it (and torch's)
     # only when `random_state` is truthy, so seed 0 gave a different map on every call. Seed
     # both here, inside saved states, so that the caller's generators are left as they were.
@@ -299,21 +345,15 @@ def tangram(
         with torch.random.fork_rng(devices=cuda):
             np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
-            ad_map = tg.map_cells_to_space(
-                ad_sc,
-                ad_sp,
-                mode=mode,
-                cluster_label=key if mode == "clusters" else None,
-                device=device,
-                num_epochs=num_epochs,
-                random_state=seed,
-                verbose=False,
+            return tg.map_cells_to_space(
+                ad_sc, ad_sp, device=device, random_state=seed, verbose=False, **options
             )
     finally:
         np.random.set_state(np_state)
-    ad_ge = tg.project_genes(
-        adata_map=ad_map, adata_sc=ad_sc, cluster_label=key if mode == "clusters" else None
-    )
+
+
+def _projected(ad_ge: ad.AnnData, targets: Sequence[str]) -> np.ndarray:
+    """The targets' columns of ``tg.project_genes``'s output, in the order of ``targets``."""
     names = [g.lower() for g in targets]  # Tangram lower-cases gene names
     # project_genes leaves out genes its clusters' profiles hold none of (zero in every kept
     # reference cell): Tangram's projection of them is 0
@@ -322,7 +362,54 @@ def tangram(
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     out = np.zeros((ad_ge.n_obs, len(names)), np.float64)
     out[:, [names.index(n) for n in present]] = x
-    return np.clip(out, 0.0, None)
+    return out
+
+
+def tangram_cells(
+    st_known: ad.AnnData,
+    sc: ad.AnnData,
+    target_genes: Sequence[str],
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    num_epochs: int = 1000,
+) -> np.ndarray:
+    """Tangram as Li et al. 2022 run it (QuKunLab/SpatialBenchmarking,
+    ``Benchmarking/SpatialGenes.py``, ``Tangram_impute``): the reference
+    ``sc.pp.normalize_total`` (to the median total over all its genes) and ``log1p``, the ST
+    as raw counts, ``pp_adatas`` on the known genes, ``map_cells_to_space`` in cells mode with
+    its default count-based density prior (``density_prior="rna_count_based"``: spots with
+    more counts receive more cells) and ``project_genes``. Needs the ``benchmark`` extra; a
+    cells x spots map, so minutes per fold on a CPU for references of ten thousand cells.
+
+    Tangram's projection already carries each spot's depth (through the density prior), so it
+    is returned as ``log1p(projection / L * 1e4)``, ``L`` the cell's known-gene total: on the
+    log-normalised scale of this module, and turned back by
+    :func:`spalstf.evaluate.cv.expected_counts` into Tangram's own output, which is what the
+    ``"li2022"`` protocol of :func:`spalstf.cross_validate` scores against the raw counts, as
+    their code does.
+    """
+    tg = _import_tangram("tangram_cells")
+    targets = list(target_genes)
+    _, _, _, known = _prepare(st_known, sc, targets)
+    st_c = _counts(st_known, known)
+    ad_sp = ad.AnnData(st_c.astype(np.float32))
+    ad_sp.var_names = known
+    x = sc.X.toarray() if sp.issparse(sc.X) else np.asarray(sc.X)
+    total = x.sum(axis=1)
+    keep = total > 0
+    x = x[keep].astype(np.float64)
+    # scanpy's normalize_total default: every cell to the median total of the cells
+    ad_sc = ad.AnnData(np.log1p(x / total[keep, None] * np.median(total[keep])).astype(np.float32))
+    ad_sc.var_names = list(sc.var_names)
+    tg.pp_adatas(ad_sc, ad_sp, genes=known)
+    ad_map = _seeded_map(
+        tg, ad_sc, ad_sp, seed=seed, device=device, mode="cells", num_epochs=num_epochs,
+        density_prior="rna_count_based",
+    )
+    proj = np.clip(_projected(tg.project_genes(adata_map=ad_map, adata_sc=ad_sc), targets), 0,
+                   None)
+    return lognormalize(proj, st_c.sum(axis=1))
 
 
 def gimvi(
@@ -389,10 +476,12 @@ def spalstf_method(
 #: Methods callable by name in :func:`spalstf.cross_validate`.
 BASELINES: dict[str, MethodFn] = {
     "mean": reference_mean,
+    "libsize": library_size,
     "knn": knn,
     "spage": spage,
     "ridge": ridge,
     "tangram": tangram,
+    "tangram_cells": tangram_cells,
     "gimvi": gimvi,
     "spalstf": spalstf_method,
 }

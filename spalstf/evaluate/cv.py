@@ -1,4 +1,11 @@
-"""Leave-genes-out cross-validation: the protocol of Li et al. 2022 and of the SpaLSTF paper."""
+"""Leave-genes-out cross-validation, under two protocols.
+
+- ``"project"`` (the default): 5 shuffled gene folds; each method's log-normalised prediction
+  scored against the ST's log-normalised values and, as is, against its raw counts.
+- ``"li2022"``: the published protocol of Li et al. 2022 (Nature Methods; code
+  QuKunLab/SpatialBenchmarking): 10 gene folds in the genes' order, each method's prediction
+  turned into counts at each cell's own depth and scored against the ST's raw counts.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +23,17 @@ import scipy.sparse as sp
 
 from spalstf.data import as_expression, check_values
 from spalstf.evaluate import metrics as _m
-from spalstf.evaluate.baselines import BASELINES, lognormalize
+from spalstf.evaluate.baselines import BASELINES, SCALE, lognormalize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cross_validate", "CrossValidationResult", "gene_folds"]
+__all__ = ["cross_validate", "CrossValidationResult", "gene_folds", "expected_counts", "PROTOCOLS"]
 
 TRUTHS = ("lognorm", "counts")
+#: Scoring protocols of :func:`cross_validate`.
+PROTOCOLS = ("project", "li2022")
+#: Gene folds per protocol when ``n_folds`` is not given.
+DEFAULT_FOLDS = {"project": 5, "li2022": 10}
 
 
 @dataclass
@@ -34,7 +45,8 @@ class CrossValidationResult:
     per_gene
         One row per (truth, method, fold, gene): columns ``truth`` (``"lognorm"``: the ST's
         ``log1p(count / total over all its shared genes * 1e4)``; ``"counts"``: raw counts, as
-        Li et al. score), ``method``, ``fold``, ``gene`` and the metrics ``pcc``, ``spcc``,
+        Li et al. score; under ``protocol="li2022"`` the prediction is first turned into
+        counts, see :func:`cross_validate`), ``method``, ``fold``, ``gene`` and the metrics ``pcc``, ``spcc``,
         ``ssim``, ``rmse``, ``js``.
     summary
         One row per (truth, method): median and mean over genes of each metric with the count
@@ -44,15 +56,22 @@ class CrossValidationResult:
         (all folds).
     predictions
         Per method, the assembled cells x shared-genes prediction (each gene predicted while
-        hidden).
+        hidden), as the method returned it (log-normalised).
     folds
         The held-out genes of each fold.
+    protocol
+        The scoring protocol (``"project"`` or ``"li2022"``).
+    counts_predictions
+        Under ``protocol="li2022"``, per method, the assembled counts-scale prediction that was
+        scored against the raw counts (expected counts at each cell's depth); else empty.
     """
 
     per_gene: pd.DataFrame
     summary: pd.DataFrame
     predictions: dict[str, pd.DataFrame] = field(repr=False)
     folds: list[list[str]]
+    protocol: str = "project"
+    counts_predictions: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def table(self, truth: str = "lognorm", stat: str = "median") -> pd.DataFrame:
         """A compact methods x metrics table: ``stat`` (median or mean) of each metric, the
@@ -70,9 +89,12 @@ class CrossValidationResult:
         return pd.DataFrame(cols)
 
 
-def gene_folds(genes: Sequence[str], n_folds: int = 5, seed: int = 0) -> list[list[str]]:
+def gene_folds(
+    genes: Sequence[str], n_folds: int = 5, seed: int = 0, *, shuffle: bool = True
+) -> list[list[str]]:
     """Held-out genes per fold: scikit-learn ``KFold(n_folds, shuffle=True, random_state=seed)``
-    over ``genes`` in the given order."""
+    over ``genes`` in the given order; with ``shuffle=False``, ``KFold(n_folds)``: contiguous
+    runs of ``genes`` in their order (``seed`` unused), as Li et al.'s ``kfold`` splits."""
     from sklearn.model_selection import KFold
 
     genes = list(genes)
@@ -81,8 +103,34 @@ def gene_folds(genes: Sequence[str], n_folds: int = 5, seed: int = 0) -> list[li
             f"`n_folds` must be between 2 and the number of shared genes ({len(genes)}); "
             f"received {n_folds}."
         )
-    kf = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    kf = (KFold(n_splits=n_folds, shuffle=True, random_state=seed) if shuffle
+          else KFold(n_splits=n_folds))
     return [[genes[i] for i in test] for _, test in kf.split(np.arange(len(genes)))]
+
+
+def expected_counts(prediction: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """A log-normalised prediction turned into counts: ``expm1(prediction) * depth / 1e4``.
+
+    The package's log-normalised scale is ``log1p(count / depth * 1e4)`` with ``depth`` the
+    cell's total over the known genes (``spalstf.preprocess``, ``scale_factor=1e4``), so this is
+    the count the prediction stands for at each cell's own depth: the expected count when the
+    prediction is the log of an expected proportion (not the mean of the log). It brings back
+    the depth that the normalisation took out, which is what a raw-counts truth rewards.
+
+    Parameters
+    ----------
+    prediction
+        Cells x genes, log-normalised.
+    depth
+        One total per cell: its count over the known genes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells x genes, a new array.
+    """
+    d = np.asarray(depth, dtype=np.float64).reshape(-1, 1)
+    return np.expm1(np.asarray(prediction, dtype=np.float64)) * d / SCALE
 
 
 def _matrix(adata: ad.AnnData, layer: str | None, name: str) -> Any:
@@ -139,7 +187,7 @@ def cross_validate(
     st: ad.AnnData,
     sc: ad.AnnData,
     *,
-    n_folds: int = 5,
+    n_folds: int | None = None,
     seed: int = 0,
     methods: str | Sequence[str | Callable] | Mapping[str, Callable | str] = (
         "mean",
@@ -151,6 +199,7 @@ def cross_validate(
     genes: Sequence[str] | None = None,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     clustering: bool = True,
+    protocol: str = "project",
 ) -> CrossValidationResult:
     """Leave-genes-out cross-validation of imputation methods.
 
@@ -160,6 +209,20 @@ def cross_validate(
     the whole reference, and predicts the held-out genes. The ST is first cut to the shared
     genes, as the benchmark does; the reference keeps all its genes.
 
+    ``protocol="li2022"`` scores as the published benchmark of Li et al. 2022 (Nature Methods)
+    does, after its code (QuKunLab/SpatialBenchmarking: ``Benchmarking.py``, ``kfold``:
+    ``KFold(n_splits=k)`` over the gene list, unshuffled; ``Benchmarking/GenesMetrics.py``,
+    ``count.pearsonr``: per-gene ``scipy.stats.pearsonr`` of the imputed values against the
+    ST's raw count file): 10 folds of contiguous genes in ``st``'s order (``seed`` then only
+    seeds the methods), and the ``"counts"`` truth compared with each method's prediction
+    turned into counts, :func:`expected_counts`: ``expm1(prediction) * L / 1e4`` with ``L`` the
+    cell's total over that fold's known genes, the expected count at the cell's own depth (every
+    method here predicts on the log-normalised scale of ``spalstf.preprocess``). Raw counts
+    carry each cell's depth, so much of a score on them is depth alone: the ``"libsize"``
+    baseline, added to ``methods`` under this protocol when absent (the reference ``"mean"``
+    scores the same there: a constant per gene times the depth). The ``"lognorm"`` truth is
+    scored as in the project protocol, on the same folds.
+
     Parameters
     ----------
     st
@@ -167,12 +230,12 @@ def cross_validate(
     sc
         Reference, cells x genes, raw counts; ``obs["cell_type"]`` used by methods that want it.
     n_folds
-        Number of gene folds.
+        Number of gene folds; None: 5 under the project protocol, 10 under ``"li2022"``.
     seed
         ``random_state`` of the split, and the ``seed`` passed to each method.
     methods
         Names from :data:`spalstf.evaluate.baselines.BASELINES` (``"mean"``, ``"knn"``,
-        ``"spage"``, ``"ridge"``, ``"tangram"``, ``"gimvi"``, ``"spalstf"``), a comma-separated
+        ``"spage"``, ``"ridge"``, ``"tangram"``, ``"gimvi"``, ``"spalstf"``, ``"libsize"``), a comma-separated
         string of them, callables, or a mapping ``{name: name or callable}``. A callable has
         the signature ``method(st_known, sc, target_genes, *, seed) -> ndarray`` of
         :mod:`spalstf.evaluate.baselines`: ST cells x targets, log-normalised, non-negative.
@@ -185,19 +248,30 @@ def cross_validate(
     clustering
         Also compare Leiden clusters of the truth and of each assembled prediction
         (:func:`spalstf.metrics.clustering_scores`, with scanpy).
+    protocol
+        ``"project"`` (the default: shuffled folds, predictions scored as returned) or
+        ``"li2022"`` (Li et al. 2022's unshuffled folds, predictions scored against raw counts
+        on the counts scale), described above.
 
     Returns
     -------
     CrossValidationResult
         ``per_gene`` (truth, method, fold, gene, metrics), ``summary`` (per truth and method:
-        medians, means, NaN counts, AS, clustering, wall time), ``predictions``, ``folds``.
-        Inputs are not modified.
+        medians, means, NaN counts, AS, clustering, wall time), ``predictions``, ``folds``,
+        ``protocol`` and (under ``"li2022"``) ``counts_predictions``. Inputs are not modified.
     """
     if not isinstance(st, ad.AnnData) or not isinstance(sc, ad.AnnData):
         raise TypeError(
             f"`st` and `sc` must be AnnData; received {type(st).__name__} and {type(sc).__name__}."
         )
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"`protocol` must be one of {PROTOCOLS}; received {protocol!r}.")
+    if n_folds is None:
+        n_folds = DEFAULT_FOLDS[protocol]
     fns = _resolve_methods(methods, method_options)
+    if protocol == "li2022" and "libsize" not in fns:
+        # the reader of a raw-counts score needs to see how much of it is depth alone
+        fns["libsize"] = BASELINES["libsize"]
     # Counts are checked up front: a NaN or a log-normalised matrix would otherwise give NaN
     # or meaningless scores, not an error.
     for data, layer, arg in ((st, st_layer, "st"), (sc, sc_layer, "sc")):
@@ -215,7 +289,7 @@ def cross_validate(
         shared = [g for g in shared if g in wanted]
     if len(set(shared)) != len(shared):
         raise ValueError("`st` has duplicate gene names among the shared genes.")
-    folds = gene_folds(shared, n_folds, seed)
+    folds = gene_folds(shared, n_folds, seed, shuffle=protocol == "project")
     logger.info(
         "Cross-validation: %d shared genes, %d folds, methods %s", len(shared), n_folds, list(fns)
     )
@@ -237,8 +311,11 @@ def cross_validate(
     rows: list[pd.DataFrame] = []
     preds: dict[str, pd.DataFrame] = {}
     times: dict[str, float] = {}
+    li = protocol == "li2022"
+    counts_preds: dict[str, pd.DataFrame] = {}
     for name, fn in fns.items():
         full = np.full(counts.shape, np.nan)
+        full_counts = np.full(counts.shape, np.nan)
         elapsed = 0.0
         for f, held in enumerate(folds):
             held_set = set(held)
@@ -265,10 +342,16 @@ def cross_validate(
                 )
             idx = [shared.index(g) for g in held]
             full[:, idx] = p
+            scored = {"lognorm": p, "counts": p}
+            if li:
+                # the depth the methods' normalisation took out: the fold's known-gene total
+                depth = np.delete(counts, idx, axis=1).sum(axis=1)
+                scored["counts"] = expected_counts(p, depth)
+                full_counts[:, idx] = scored["counts"]
             for tname, t in truths.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    s = _m.score_genes(t[:, idx], p, held).reset_index()
+                    s = _m.score_genes(t[:, idx], scored[tname], held).reset_index()
                 s.insert(0, "fold", f)
                 s.insert(0, "method", name)
                 s.insert(0, "truth", tname)
@@ -276,6 +359,10 @@ def cross_validate(
             logger.info("%s fold %d: %.2fs", name, f, elapsed)
         times[name] = elapsed
         preds[name] = pd.DataFrame(full.astype(np.float32), index=st.obs_names, columns=shared)
+        if li:
+            counts_preds[name] = pd.DataFrame(
+                full_counts.astype(np.float32), index=st.obs_names, columns=shared
+            )
 
     per_gene = pd.concat(rows, ignore_index=True)
     summary = _m.summarize(per_gene, by=["truth", "method"])
@@ -298,4 +385,11 @@ def cross_validate(
         for c in ("ari", "ami", "nmi", "homogeneity"):
             summary[c] = [clus[meth][c] for _, meth in summary.index]
     summary["wall_time_s"] = [times[meth] for _, meth in summary.index]
-    return CrossValidationResult(per_gene=per_gene, summary=summary, predictions=preds, folds=folds)
+    return CrossValidationResult(
+        per_gene=per_gene,
+        summary=summary,
+        predictions=preds,
+        folds=folds,
+        protocol=protocol,
+        counts_predictions=counts_preds,
+    )
