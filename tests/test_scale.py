@@ -285,3 +285,34 @@ def test_each_st_cell_is_smoothed_at_most_twice_per_imputation(tiny_model, tiny_
     assert out.uns["spalstf"]["params"]["expression_weight"] > 0
     times = np.bincount(np.concatenate(reads), minlength=st.n_obs)
     assert times.min() >= 1 and times.max() <= 2, times
+
+
+def test_views_read_a_chunk_at_a_time_give_the_held_result_with_one_search(tiny_pair,
+                                                                           monkeypatch):
+    """Above HELD_VIEW_BYTES the views are read a chunk at a time: the default path then gives
+    the values of held views, and each cell's expression neighbours are searched once per
+    pass over the cells (the statistics' and the predictions'), shared by every predictor and
+    by the expression and spatial views."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16)
+    held = spalstf.impute(st, sc, **opts)
+    searched = []
+    graph = columns_module.expression_graph
+
+    def counting(*args, **kwargs):
+        neighbours, rows = graph(*args, **kwargs), []
+        searched.append(rows)
+
+        def search(cells):
+            rows.append(np.array(cells))
+            return neighbours(cells)
+        return search
+
+    monkeypatch.setattr(columns_module, "expression_graph", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    chunked = spalstf.impute(st, sc, **opts)
+    _assert_same_result(chunked, held)
+    assert len(searched) == 3  # the self-check's two folds and the run: one graph each
+    for rows in searched:
+        times = np.bincount(np.concatenate(rows), minlength=st.n_obs)
+        assert times.max() <= 2, times
