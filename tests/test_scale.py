@@ -316,3 +316,26 @@ def test_views_read_a_chunk_at_a_time_give_the_held_result_with_one_search(tiny_
     for rows in searched:
         times = np.bincount(np.concatenate(rows), minlength=st.n_obs)
         assert times.max() <= 2, times
+
+
+def test_profile_searches_reusing_the_shared_scratch_find_the_nearest_profiles():
+    """`ProfileIndex` computes its distances in a scratch shared by every index and reused from
+    call to call: indices of other sizes, and queries of other sizes in between, leave each
+    query's neighbours those of a plain search."""
+    from spalstf.prior.neighbours import ProfileIndex
+
+    rng = np.random.default_rng(0)
+    small, large = ProfileIndex(rng.normal(size=(30, 5))), ProfileIndex(rng.normal(size=(90, 5)))
+    default = ProfileIndex.max_elements
+    ProfileIndex.max_elements = 90 * 7  # blocks of 7 queries in the large index
+    try:
+        for index, queries in ((large, rng.normal(size=(20, 5))),
+                               (small, rng.normal(size=(3, 5))),
+                               (large, rng.normal(size=(11, 5)))):
+            idx, dist = index.query(queries, 4)
+            profiles = index.profiles.numpy()
+            plain = ((queries[:, None, :] - profiles[None]) ** 2).sum(axis=2)
+            np.testing.assert_array_equal(idx, np.argsort(plain, axis=1)[:, :4])
+            np.testing.assert_allclose(dist, np.sqrt(np.sort(plain, axis=1)[:, :4]))
+    finally:
+        ProfileIndex.max_elements = default
