@@ -326,16 +326,18 @@ def test_profile_searches_reusing_the_shared_scratch_find_the_nearest_profiles()
 
     rng = np.random.default_rng(0)
     small, large = ProfileIndex(rng.normal(size=(30, 5))), ProfileIndex(rng.normal(size=(90, 5)))
-    default = ProfileIndex.max_elements
+    default = ProfileIndex.max_elements, ProfileIndex.scratch_kept
     ProfileIndex.max_elements = 90 * 7  # blocks of 7 queries in the large index
+    ProfileIndex.scratch_kept = 30 * 3  # the small index's 3 queries: kept; the large's not
     try:
         for index, queries in ((large, rng.normal(size=(20, 5))),
                                (small, rng.normal(size=(3, 5))),
                                (large, rng.normal(size=(11, 5)))):
             idx, dist = index.query(queries, 4)
+            assert (index.device in ProfileIndex._scratch) == (index is small)
             profiles = index.profiles.numpy()
             plain = ((queries[:, None, :] - profiles[None]) ** 2).sum(axis=2)
             np.testing.assert_array_equal(idx, np.argsort(plain, axis=1)[:, :4])
             np.testing.assert_allclose(dist, np.sqrt(np.sort(plain, axis=1)[:, :4]))
     finally:
-        ProfileIndex.max_elements = default
+        ProfileIndex.max_elements, ProfileIndex.scratch_kept = default

@@ -247,15 +247,17 @@ class ColumnSource:
         for s in range(0, len(cells), step):
             for name, view in parts:
                 predictor = self.prepared[name, view]
-                parts[name, view].append(predictor.predict(
-                    self.read(view, predictor.reads, cells[s:s + step])))
+                # on the output scale at once (elementwise: as over all cells), so that the
+                # chunks held are those of the result, not a model-space copy besides
+                parts[name, view].append(model.target_scaler.inverse(predictor.predict(
+                    self.read(view, predictor.reads, cells[s:s + step]))).astype(np.float32))
         for name, view in pairs:
             if name == NETWORK:
-                model_space = self._network(view, cells, progress)
+                expression[name, view] = model.target_scaler.inverse(
+                    self._network(view, cells, progress)).astype(np.float32)
             else:
-                model_space = np.concatenate(parts.pop((name, view))) if len(cells) else (
-                    np.zeros((0, len(model.target_genes)), np.float32))
-            expression[name, view] = model.target_scaler.inverse(model_space).astype(np.float32)
+                expression[name, view] = np.concatenate(parts.pop((name, view))) if len(
+                    cells) else np.zeros((0, len(model.target_genes)), np.float32)
         depth = None
         for name_ in self.columns:
             name, view, readout = parse(name_)

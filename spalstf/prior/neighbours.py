@@ -37,6 +37,9 @@ class ProfileIndex:
     #: threshold) is memory the system maps and zeroes anew each time, which took as long as
     #: the matrix product itself (cProfile of the default command line at 10^4 cells).
     _scratch: dict = {}
+    #: Elements of each scratch matrix kept between queries (64 MiB: a chunk of 256 cells
+    #: against 32,768 profiles); a larger scratch is released after its query.
+    scratch_kept = 2**23
 
     def __init__(self, profiles: np.ndarray, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -62,6 +65,8 @@ class ProfileIndex:
             order = np.lexsort((idx, values), axis=1)
             out_idx.append(np.take_along_axis(idx, order, axis=1))
             out_dist.append(np.sqrt(np.clip(np.take_along_axis(values, order, axis=1), 0, None)))
+        if self._scratch.get(self.device, torch.empty(0)).numel() > 2 * self.scratch_kept:
+            del self._scratch[self.device]  # a large query's: not held for the rest of the run
         if not out_idx:
             return np.zeros((0, k), np.int64), np.zeros((0, k))
         return np.concatenate(out_idx).astype(np.int64), np.concatenate(out_dist)
