@@ -67,6 +67,7 @@ def expected_at_depth(values: np.ndarray, depth: np.ndarray, *,
     decay = np.exp(-values)
     out = values + c * (0.5 * np.expm1(-values) * decay)
     done = np.zeros(values.shape, dtype=bool)
+    cell = np.arange(len(per_count))[:, None]  # each entry's cell (the axis before the genes)
     # Fewer counts: the exact sum, in bands of the mean so that small means (most entries of
     # sparse data) sum few terms; each band's last count lies > 9 sd above its largest mean.
     for upper, last in _POISSON_BANDS:
@@ -74,12 +75,15 @@ def expected_at_depth(values: np.ndarray, depth: np.ndarray, *,
         if not band.any():
             continue
         done |= band
-        lam_b, c_b = lam[band], c[band]
+        lam_b = lam[band]
+        # log1p(k c) depends on the cell alone: computed per cell and count, then gathered
+        # (the same float32 values as computed per entry, at a fraction of the log1p calls)
+        cell_b = np.broadcast_to(cell, values.shape)[band]
         pmf = np.exp(-lam_b)
         acc = np.zeros_like(lam_b)
         for k in range(1, last + 1):  # P(K = k) by the recurrence P(k) = P(k - 1) lam / k
             pmf = pmf * lam_b / k
-            acc += pmf * np.log1p(k * c_b)
+            acc += pmf * np.log1p(k * per_count[:, 0])[cell_b]
         out[band] = acc
     out[..., depth <= 0, :] = 0.0
     return out.astype(np.float32, copy=False)

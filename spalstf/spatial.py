@@ -217,7 +217,8 @@ EXPRESSION_COMPONENTS = 30
 
 def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
                                read_values: Callable[[np.ndarray], np.ndarray], n_cells: int,
-                               k: int, weight: float, device: Any = "cpu", block: int = 1024
+                               k: int, weight: float, device: Any = "cpu", block: int = 1024,
+                               *, graph: Callable[[np.ndarray], np.ndarray] | None = None
                                ) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap `read_values(rows)` so that each row is mixed with its expression neighbours' mean.
 
@@ -235,6 +236,17 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
     """
     if weight == 0 or n_cells < 2:
         return read_values
+    if graph is None:
+        graph = expression_graph(read_graph, n_cells, k, device=device, block=block)
+    return smoothed_reader(read_values, graph, weight)
+
+
+def expression_graph(read_graph: Callable[[np.ndarray], np.ndarray], n_cells: int, k: int, *,
+                     device: Any = "cpu", block: int = 1024
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """`neighbours(rows)`: the (len(rows), k') expression neighbours of `expression_smoothed_reader`
+    (its docstring says how they are found). Apart from it, so that views smoothed over the same
+    graph (the expression and spatial views of one ST) search it once. Needs n_cells >= 2."""
     landmarks = np.unique(np.linspace(0, n_cells - 1, min(n_cells, EXPRESSION_LANDMARKS))
                           .astype(np.int64))
     k = min(k, len(landmarks) - 1)
@@ -258,4 +270,4 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
         query = scaler.transform(read_graph(idx)) @ axes
         return landmarks[index.query(query, k, self_index=position[idx])[0]]
 
-    return smoothed_reader(read_values, expression_neighbours, weight)
+    return expression_neighbours

@@ -285,3 +285,59 @@ def test_each_st_cell_is_smoothed_at_most_twice_per_imputation(tiny_model, tiny_
     assert out.uns["spalstf"]["params"]["expression_weight"] > 0
     times = np.bincount(np.concatenate(reads), minlength=st.n_obs)
     assert times.min() >= 1 and times.max() <= 2, times
+
+
+def test_views_read_a_chunk_at_a_time_give_the_held_result_with_one_search(tiny_pair,
+                                                                           monkeypatch):
+    """Above HELD_VIEW_BYTES the views are read a chunk at a time: the default path then gives
+    the values of held views, and each cell's expression neighbours are searched once per
+    pass over the cells (the statistics' and the predictions'), shared by every predictor and
+    by the expression and spatial views."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16)
+    held = spalstf.impute(st, sc, **opts)
+    searched = []
+    graph = columns_module.expression_graph
+
+    def counting(*args, **kwargs):
+        neighbours, rows = graph(*args, **kwargs), []
+        searched.append(rows)
+
+        def search(cells):
+            rows.append(np.array(cells))
+            return neighbours(cells)
+        return search
+
+    monkeypatch.setattr(columns_module, "expression_graph", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    chunked = spalstf.impute(st, sc, **opts)
+    _assert_same_result(chunked, held)
+    assert len(searched) == 3  # the self-check's two folds and the run: one graph each
+    for rows in searched:
+        times = np.bincount(np.concatenate(rows), minlength=st.n_obs)
+        assert times.max() <= 2, times
+
+
+def test_profile_searches_reusing_the_shared_scratch_find_the_nearest_profiles():
+    """`ProfileIndex` computes its distances in a scratch shared by every index and reused from
+    call to call: indices of other sizes, and queries of other sizes in between, leave each
+    query's neighbours those of a plain search."""
+    from spalstf.prior.neighbours import ProfileIndex
+
+    rng = np.random.default_rng(0)
+    small, large = ProfileIndex(rng.normal(size=(30, 5))), ProfileIndex(rng.normal(size=(90, 5)))
+    default = ProfileIndex.max_elements, ProfileIndex.scratch_kept
+    ProfileIndex.max_elements = 90 * 7  # blocks of 7 queries in the large index
+    ProfileIndex.scratch_kept = 30 * 3  # the small index's 3 queries: kept; the large's not
+    try:
+        for index, queries in ((large, rng.normal(size=(20, 5))),
+                               (small, rng.normal(size=(3, 5))),
+                               (large, rng.normal(size=(11, 5)))):
+            idx, dist = index.query(queries, 4)
+            assert (index.device in ProfileIndex._scratch) == (index is small)
+            profiles = index.profiles.numpy()
+            plain = ((queries[:, None, :] - profiles[None]) ** 2).sum(axis=2)
+            np.testing.assert_array_equal(idx, np.argsort(plain, axis=1)[:, :4])
+            np.testing.assert_allclose(dist, np.sqrt(np.sort(plain, axis=1)[:, :4]))
+    finally:
+        ProfileIndex.max_elements, ProfileIndex.scratch_kept = default

@@ -24,7 +24,13 @@ from spalstf.data import Expression
 from spalstf.diffusion.sample import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
 from spalstf.prior.base import EXPRESSION, MODEL, BasePredictor, spaced_blocks
-from spalstf.spatial import coordinates, expression_smoothed_reader, neighbours, smoothed_reader
+from spalstf.spatial import (
+    coordinates,
+    expression_graph,
+    expression_smoothed_reader,
+    neighbours,
+    smoothed_reader,
+)
 
 #: The column name of the network's predictions.
 NETWORK = "network"
@@ -139,12 +145,27 @@ class ColumnSource:
             if xy is None:
                 raise ValueError("a column reads the spatial view, but the ST has no "
                                  "coordinates (`spatial`)")
+        self._graph: Callable[[np.ndarray], np.ndarray] | None = None
         self.readers = {v: self._view(v, xy) for v in needed_views}
         if expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES:
-            for view, reader in self.readers.items():
-                held = np.concatenate([reader(np.arange(s, min(s + BLOCK, expr.n_cells)))
-                                       for s in range(0, expr.n_cells, BLOCK)])
+            # a block of cells through every view in turn, so that the views smoothed over the
+            # expression graph share each block's search (`_expression_graph`)
+            parts: dict[str, list[np.ndarray]] = {view: [] for view in self.readers}
+            for s in range(0, expr.n_cells, BLOCK):
+                block = np.arange(s, min(s + BLOCK, expr.n_cells))
+                for view, reader in self.readers.items():
+                    parts[view].append(reader(block))
+            for view, blocks in parts.items():
+                held = np.concatenate(blocks)
                 self.readers[view] = lambda cells, held=held: held[cells]
+            spaced = None
+        else:
+            # The cells every predictor's `prepare` reads, read (and smoothed) once per view
+            # for all of them, in the same blocks: each read them anew before.
+            spaced = {view: [] for view in self.readers}
+            for cells in spaced_blocks(lambda cells: cells, expr.n_cells, config.batch_size)():
+                for view, reader in self.readers.items():
+                    spaced[view].append(reader(cells))
         scaler = model.known_scaler
         if config.align == "per_dataset":
             scaler = Standardizer.fit_blocks(lambda: (
@@ -158,9 +179,15 @@ class ColumnSource:
                 continue
             original = model.predictors[name]
             predictor = type(original).from_state(original.state(), config)
-            predictor.prepare(spaced_blocks(
-                lambda cells, v=view, s=predictor.reads: self.read(v, s, cells),
-                expr.n_cells, config.batch_size), device=device)
+            if spaced is None:
+                blocks = spaced_blocks(
+                    lambda cells, v=view, s=predictor.reads: self.read(v, s, cells),
+                    expr.n_cells, config.batch_size)
+            else:
+                def blocks(v=view, s=predictor.reads):
+                    return (b if s == EXPRESSION else self.scaler.transform(b)
+                            for b in spaced[v])
+            predictor.prepare(blocks, device=device)
             self.prepared[name, view] = predictor
 
     def _normalised(self, rows: np.ndarray) -> np.ndarray:
@@ -179,8 +206,20 @@ class ColumnSource:
             # cells, so a chunk or subsample reads what the whole run reads
             values = expression_smoothed_reader(self._normalised, values, n,
                                                 cfg.expression_neighbors,
-                                                cfg.expression_weight, self.device)
+                                                cfg.expression_weight, self.device,
+                                                graph=self._expression_graph())
         return remembering_last(values)
+
+    def _expression_graph(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The expression neighbours of any cells (`spalstf.spatial.expression_graph`), one
+        search shared by the views smoothed over it: they ask for the same cells in turn."""
+        cfg, n = self.config, self.expr.n_cells
+        if cfg.expression_weight == 0 or n < 2:
+            return None
+        if self._graph is None:
+            self._graph = remembering_last(expression_graph(
+                self._normalised, n, cfg.expression_neighbors, device=self.device))
+        return self._graph
 
     def read(self, view: str, scale: str, cells: np.ndarray) -> np.ndarray:
         """The known genes of `cells` in `view` on `scale` (`EXPRESSION` or `MODEL`)."""
@@ -198,19 +237,27 @@ class ColumnSource:
         model, cfg = self.model, self.config
         out: dict[str, np.ndarray] = {}
         expression: dict[tuple[str, str], np.ndarray] = {}
-        for name, view, _ in (parse(c) for c in self.columns):
-            if (name, view) in expression:
-                continue
-            if name == NETWORK:
-                model_space = self._network(view, cells, progress)
-            else:
+        pairs = list(dict.fromkeys((name, view) for name, view, _ in map(parse, self.columns)))
+        # The base predictors a chunk of cells at a time, each chunk read once per view for all
+        # of them (each view's reader remembers its last chunk): read predictor by predictor,
+        # a view's chunks were smoothed again for each predictor where views are not held.
+        step = max(1, cfg.batch_size)
+        parts: dict[tuple[str, str], list[np.ndarray]] = {
+            pair: [] for pair in pairs if pair[0] != NETWORK}
+        for s in range(0, len(cells), step):
+            for name, view in parts:
                 predictor = self.prepared[name, view]
-                step = max(1, cfg.batch_size)
-                model_space = np.concatenate([
-                    predictor.predict(self.read(view, predictor.reads, cells[s:s + step]))
-                    for s in range(0, len(cells), step)]) if len(cells) else np.zeros(
-                        (0, len(model.target_genes)), np.float32)
-            expression[name, view] = model.target_scaler.inverse(model_space).astype(np.float32)
+                # on the output scale at once (elementwise: as over all cells), so that the
+                # chunks held are those of the result, not a model-space copy besides
+                parts[name, view].append(model.target_scaler.inverse(predictor.predict(
+                    self.read(view, predictor.reads, cells[s:s + step]))).astype(np.float32))
+        for name, view in pairs:
+            if name == NETWORK:
+                expression[name, view] = model.target_scaler.inverse(
+                    self._network(view, cells, progress)).astype(np.float32)
+            else:
+                expression[name, view] = np.concatenate(parts.pop((name, view))) if len(
+                    cells) else np.zeros((0, len(model.target_genes)), np.float32)
         depth = None
         for name_ in self.columns:
             name, view, readout = parse(name_)
