@@ -228,7 +228,8 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
                else "on Leiden clusters of the reference's known genes: it has no cell types")
         mode = f" Tangram in clusters mode ({why})."
     head = (
-        f"## {name}\n\nST {st.n_obs} cells x {st.n_vars} genes, reference {sc.n_obs} x "
+        f"## {name}\n\nST {st.n_obs} {'spots' if 'spots' in st.uns else 'cells'} x "
+        f"{st.n_vars} genes, reference {sc.n_obs} x "
         f"{sc.n_vars}, {n_shared} shared genes; run took {time.perf_counter() - t0:.0f} s."
         + mode
     )
