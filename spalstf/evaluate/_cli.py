@@ -155,7 +155,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--methods",
         default="spalstf,spage,knn",
-        help="comma-separated: mean, knn, spage, ridge, tangram, gimvi, spalstf "
+        help="comma-separated: mean, libsize, knn, spage, ridge, tangram, tangram_cells, gimvi, spalstf "
         "(default: %(default)s)",
     )
     p.add_argument("--out", required=True, help="output folder (created)")

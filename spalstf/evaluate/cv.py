@@ -234,9 +234,9 @@ def cross_validate(
     seed
         ``random_state`` of the split, and the ``seed`` passed to each method.
     methods
-        Names from :data:`spalstf.evaluate.baselines.BASELINES` (``"mean"``, ``"knn"``,
-        ``"spage"``, ``"ridge"``, ``"tangram"``, ``"gimvi"``, ``"spalstf"``, ``"libsize"``), a comma-separated
-        string of them, callables, or a mapping ``{name: name or callable}``. A callable has
+        Names from :data:`spalstf.evaluate.baselines.BASELINES` (``"mean"``, ``"libsize"``,
+        ``"knn"``, ``"spage"``, ``"ridge"``, ``"tangram"``, ``"tangram_cells"``, ``"gimvi"``,
+        ``"spalstf"``), a comma-separated string of them, callables, or a mapping ``{name: name or callable}``. A callable has
         the signature ``method(st_known, sc, target_genes, *, seed) -> ndarray`` of
         :mod:`spalstf.evaluate.baselines`: ST cells x targets, log-normalised, non-negative.
     st_layer, sc_layer
