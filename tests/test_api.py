@@ -25,7 +25,9 @@ def test_impute_returns_a_new_anndata_with_the_documented_slots(tiny_pair):
     assert out.X.dtype == np.float32 and out.X.shape == (st.n_obs, 5)
     assert np.all(out.X >= 0) and np.all(np.isfinite(out.X))
     assert out.layers["std"].shape == out.X.shape and np.all(out.layers["std"] >= 0)
-    pd.testing.assert_frame_equal(out.obs, st.obs)
+    # obs copied, with each cell's known-gene depth beside it (raw-counts input)
+    pd.testing.assert_frame_equal(out.obs.drop(columns="spalstf_depth"), st.obs)
+    assert out.layers["counts"].shape == out.X.shape
     np.testing.assert_array_equal(out.obsm["spatial"], st.obsm["spatial"])
     info = out.uns["spalstf"]
     assert info["version"] == spalstf.__version__ and info["seed"] == 1

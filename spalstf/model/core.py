@@ -44,6 +44,8 @@ from spalstf.model import saved
 from spalstf.model.fitting import fit_parts
 from spalstf.model.predict import (
     add_confidence,
+    counts_at_depth,
+    known_depth,
     layer_names,
     pack,
     predict_blend,
@@ -200,7 +202,12 @@ class Model:
         model's, `spalstf.combine.intervals`; with log-normalised input: the normalised
         conformal one) and `layers["std"]` its half-width over the normal quantile. Without
         it (the fixed blend): no interval, and `layers["std"]` the standard deviation over the
-        network's samples where there is a network (n_samples > 1). For a DataFrame: a
+        network's samples where there is a network (n_samples > 1). With raw-counts input,
+        `obs["spalstf_depth"]` each cell's total over the known genes and `layers["counts"]`
+        the imputations put back on the ST's count scale at that depth, ``expm1(X) x depth /
+        scale_factor`` (the scale on which Li et al. 2022 score; X predicts the log-normalised
+        value the ST would measure, so this is that prediction in counts, not the mean of a
+        count distribution). For a DataFrame: a
         DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
         `out`: the path of the .h5ad written (the same AnnData, on disk).
         """
@@ -279,6 +286,11 @@ class Model:
         stacked = self._uses_stack(cfg)
         layers = layer_names(self, cfg, stacked)
         confidence = self._gene_confidence(self_check)
+        # counts input: each cell's known-gene depth, to put the values back on the count
+        # scale (layers["counts"], obs["spalstf_depth"]) as the ST measures them
+        depth = None if log_norm else known_depth(self, expr, first, last)
+        if depth is not None:
+            layers = [*layers, "counts"]
         writer = sink = None
         if out is not None:
             from spalstf.io import H5adWriter
@@ -286,9 +298,14 @@ class Model:
             head = pack(expr, None, {}, self.output_names, {}, rows=slice(first, last),
                         spatial=spatial)
             add_confidence(head, confidence)
+            if depth is not None:
+                head.obs["spalstf_depth"] = depth
             writer = H5adWriter(out, head, layers=layers, overwrite=overwrite)
 
             def sink(rows, mean, extra):
+                if depth is not None:
+                    extra = {**extra, "counts": counts_at_depth(mean, depth[rows],
+                                                                cfg.scale_factor)}
                 writer.write(rows, mean, extra)
         try:
             predict = predict_stack if stacked else predict_blend
@@ -326,12 +343,17 @@ class Model:
         if writer is not None:
             writer.write_uns({"spalstf": plain(info)})
             return writer.close()
+        if depth is not None and expr.kind == "anndata":
+            extra = {**extra, "counts": counts_at_depth(mean, depth, cfg.scale_factor)}
         if shard is not None:
-            return pack(expr, mean, extra, self.output_names, info, rows=slice(first, last),
-                        spatial=spatial)
-        result = pack(expr, mean, extra, self.output_names, info, spatial=spatial)
-        if expr.kind == "anndata":
-            add_confidence(result, confidence)
+            result = pack(expr, mean, extra, self.output_names, info,
+                          rows=slice(first, last), spatial=spatial)
+        else:
+            result = pack(expr, mean, extra, self.output_names, info, spatial=spatial)
+            if expr.kind == "anndata":
+                add_confidence(result, confidence)
+        if depth is not None and expr.kind == "anndata":
+            result.obs["spalstf_depth"] = depth
         return result
 
     def _gene_confidence(self, self_check: dict | None) -> dict | None:

@@ -169,6 +169,29 @@ def predict_blend(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
     return mean, ({} if std is None else {"std": std})
 
 
+#: Cells whose known-gene totals `known_depth` reads at a time (a dense cells x known block).
+DEPTH_CHUNK = 65_536
+
+
+def known_depth(model: Any, expr: Expression, first: int, last: int) -> np.ndarray:
+    """Each cell's total count over the model's known genes, cells [first, last): the depth
+    the log-normalised scale divides out (``log1p(count / depth x scale_factor)``)."""
+    genes = st_known_genes(model, expr)
+    out = np.empty(last - first, dtype=np.float64)
+    for start in range(first, last, DEPTH_CHUNK):
+        stop = min(start + DEPTH_CHUNK, last)
+        out[start - first:stop - first] = expr.columns(genes, slice(start, stop)).sum(axis=1)
+    return out
+
+
+def counts_at_depth(values: np.ndarray, depth: np.ndarray, scale_factor: float) -> np.ndarray:
+    """``layers["counts"]``: log-normalised `values` (cells x genes) put back on the ST's count
+    scale at each cell's own `depth`, ``expm1(values) x depth / scale_factor`` (float32)."""
+    per_count = (np.asarray(depth, np.float64) / scale_factor)[:, None]
+    with np.errstate(over="ignore"):
+        return (np.expm1(np.asarray(values, np.float64)) * per_count).astype(np.float32)
+
+
 def depth_share(cfg: Config) -> float:
     """The share of the value at the cell's depth in the output (`Config.depth_weight`)."""
     return 1.0 if cfg.output == "at_depth" else float(cfg.depth_weight)
