@@ -136,8 +136,10 @@ def run_set(name: str, options: dict) -> dict:
         genes.extend(fold_genes)
         real = per_gene_pcc(truth, pred)
         expected = res.var["expected_pcc"].to_numpy()[keep]
+        expected_sd = (res.var["expected_pcc_sd"].to_numpy()[keep]
+                       if "expected_pcc_sd" in res.var else np.full(len(expected), np.nan))
         pcc_rows.append(pd.DataFrame({"gene": fold_genes, "fold": fold, "real": real,
-                                      "expected": expected}))
+                                      "expected": expected, "expected_sd": expected_sd}))
         check = res.uns["spalstf"].get("self_check") or {}
         runs.append({"fold": fold, "hidden": check.get("median_pcc", np.nan),
                      "estimate": check.get("expected_median_pcc", np.nan),
@@ -148,7 +150,7 @@ def run_set(name: str, options: dict) -> dict:
     pcc = pd.concat(pcc_rows, ignore_index=True)
     run = pd.DataFrame(runs)
     mean_score = {k: float(np.mean(np.concatenate(v))) for k, v in scores.items()}
-    ok = pcc.dropna()
+    ok = pcc.dropna(subset=["real", "expected"])
     all_values = np.concatenate(scores["spalstf"])  # only its size is used: values scored
     row = {
         "dataset": name,
@@ -168,6 +170,10 @@ def run_set(name: str, options: dict) -> dict:
         "exp_bias": float(ok["expected"].median() - ok["real"].median()),
         "exp_mae": float(np.mean(np.abs(ok["expected"] - ok["real"]))),
         "real_spread": float(ok["real"].quantile(0.9) - ok["real"].quantile(0.1)),
+        # genes whose real PCC lies within expected_pcc +- the 90% normal quantile x its sd
+        "exp_cov90": float(np.mean(np.abs(ok["expected"] - ok["real"])
+                                   <= stats.norm.ppf(0.95) * ok["expected_sd"]))
+        if ok["expected_sd"].notna().any() else float("nan"),
         "hidden_bias": float(np.nanmean(run["hidden"] - run["real"])),
         "run_bias": float(np.nanmean(run["estimate"] - run["real"])),
         "run_covered": int(((run["lower"] <= run["real"]) & (run["real"] <= run["upper"])).sum()),
@@ -183,7 +189,8 @@ def write(out: Path, name: str, cmd: str, rows: list[dict], pcc: pd.DataFrame) -
                 "score_range", "score_constant", "score_decile", "ratio_range",
                 "ratio_decile"]]
     exp = tab[["dataset", "real_median", "exp_median", "exp_bias", "exp_spearman", "exp_mae",
-               "real_spread", "hidden_bias", "run_bias", "run_covered", "seconds_per_fold"]]
+               "real_spread", "exp_cov90", "hidden_bias", "run_bias", "run_covered",
+               "seconds_per_fold"]]
     text = (f"# Uncertainty: 90% intervals and expected accuracy on held-out genes\n\n"
             f"Command: `{cmd}`\n\n"
             "Interval score: mean over values of width + 20 x each miss (lower is better); "
@@ -193,7 +200,8 @@ def write(out: Path, name: str, cmd: str, rows: list[dict], pcc: pd.DataFrame) -
             + markdown_table(show.set_index("dataset").round(3), index_name="data set")
             + "\n\n"
             "Expected vs real per-gene PCC (exp_*: `var['expected_pcc']`; median bias = median "
-            "expected - median real). The run's estimate against the fold's real median, mean "
+            "expected - median real; exp_cov90: held-out genes whose real PCC lies within "
+            "expected_pcc +- 1.645 x `var['expected_pcc_sd']`). The run's estimate against the fold's real median, mean "
             "over the 5 folds: hidden_bias for the hidden known genes' median "
             "(`self_check.median_pcc`, half the panel), run_bias for the estimate with all "
             "known genes (`self_check.expected_median_pcc`); run_covered: folds whose real "
@@ -221,7 +229,7 @@ def write(out: Path, name: str, cmd: str, rows: list[dict], pcc: pd.DataFrame) -
     axes[1].set_xticks(x, tab["dataset"], rotation=30, ha="right")
     axes[1].set_title("interval score / reference's (lower is better)")
     axes[1].legend(fontsize=8)
-    for ds, part in pcc.dropna().groupby("dataset", sort=False):
+    for ds, part in pcc.dropna(subset=["real", "expected"]).groupby("dataset", sort=False):
         axes[2].scatter(part["real"], part["expected"], s=8, label=ds)
     lim = [min(-0.1, pcc[["real", "expected"]].min().min()), 1]
     axes[2].plot(lim, lim, "k", lw=0.8)

@@ -289,9 +289,10 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     the normal quantile; with the fixed blend, no interval, and with the network among the
     predictors `layers["std"]` the standard deviation over its samples (n_samples > 1). With a self-check: `uns["spalstf"]["self_check"]` (median and
     per-gene PCC/SPCC of the hidden known genes, the weights learnt, every candidate column's
-    score, the interval's coverage, the calibration) and, per imputed gene, `var["expected_pcc"]`: the gene's predictability
-    in the reference (`var["reference_pcc"]`) mapped to an expected PCC on this ST by the
-    line fitted over the self-check's genes (trust it as far as `calibration["r"]` says).
+    score, the interval's coverage, the calibration) and, per imputed gene, `var["expected_pcc"]`: its expected PCC
+    on this ST, learnt on the self-check's genes from its predictability in the reference
+    (`var["reference_pcc"]`), the agreement of the base predictions and the spread of the
+    prediction, its median the run's `expected_median_pcc`; `var["expected_pcc_sd"]` how sure.
     numpy / scipy `st`: a numpy array (cells x genes). DataFrame `st`: a DataFrame (index of
     `st`, imputed genes as columns).
     """

@@ -119,9 +119,11 @@ def test_the_summary_and_the_per_gene_expectation_are_stored(tiny_pair, tmp_path
     # the line read per gene is the one refitted at the full panel, the half panel's kept
     cal = check["calibration"]
     assert set(cal) == set(expected["half_panel_line"]) == {"intercept", "slope", "r", "n"}
-    np.testing.assert_allclose(out.var["expected_pcc"],
-                               accuracy.expected_pcc(cal, out.var["reference_pcc"]),
-                               rtol=1e-5)
+    # the per-gene values: the model's (agreement and spread need the stack's statistics on
+    # the ST), centred on the run's estimate
+    assert expected["gene_model"]["n"] == st.n_vars
+    assert np.median(out.var["expected_pcc"]) == pytest.approx(check["expected_median_pcc"],
+                                                               abs=1e-6)
     # the CLI prints it on a line of its own, after the self-check's
     text = _format_self_check(check)
     first, second = text.split("\n")

@@ -230,9 +230,16 @@ def test_imputed_genes_get_a_calibrated_expected_accuracy(tiny_pair):
     conf = out.uns["spalstf"]["gene_confidence"]
     cal = out.uns["spalstf"]["self_check"]["calibration"]
     assert conf["genes"] == genes and set(cal) == {"intercept", "slope", "r", "n"}
-    expected = accuracy.expected_pcc(cal, conf["reference_pcc"])
-    np.testing.assert_allclose(out.var["expected_pcc"], expected, rtol=1e-6)
+    # the per-gene model's values, their median the run's expected median PCC
+    check = out.uns["spalstf"]["self_check"]
+    assert list(check["expected"]["gene_model"]["features"]) == list(accuracy.GENE_FEATURES)
+    assert np.median(out.var["expected_pcc"]) == pytest.approx(check["expected_median_pcc"],
+                                                               abs=1e-6)
     assert np.all(np.abs(out.var["expected_pcc"]) <= 1)
+    np.testing.assert_allclose(out.var["expected_pcc"], conf["expected_pcc"], rtol=1e-6)
+    # how sure each value is: the model's cross-fitted error and the run's standard error
+    sd = np.hypot(check["expected"]["gene_model"]["residual_sd"], check["expected_median_pcc_se"])
+    np.testing.assert_allclose(out.var["expected_pcc_sd"], sd, rtol=1e-6)
 
 
 def test_model_self_check_scores_the_known_genes_and_leaves_the_network_alone(tiny_model,

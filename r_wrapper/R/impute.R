@@ -82,9 +82,12 @@
 #'
 #' Each imputed gene's expected accuracy comes with a self-check too (Python's
 #' \code{var["expected_pcc"]} and \code{var["reference_pcc"]}): \code{expected_pcc}, its
-#' expected PCC on this data, read from \code{reference_pcc}, how well the known genes
-#' predict it in the reference, along \code{calibration}. They are the columns
-#' \code{expected_pcc} and \code{reference_pcc} of the feature meta data of the assay
+#' expected PCC on this data, learnt on the self-check's hidden genes from
+#' \code{reference_pcc} (how well the known genes predict it in the reference), the
+#' agreement of the base predictions and the spread of the prediction, its median set to
+#' \code{expected_median_pcc}; \code{expected_pcc_sd}, how far a gene's PCC strays from it.
+#' They are the columns \code{expected_pcc}, \code{expected_pcc_sd} and
+#' \code{reference_pcc} of the feature meta data of the assay
 #' \code{new.assay.name} (Seurat: \code{object[["SpaLSTF"]][[]]}), of the \code{rowData} of
 #' the alternative experiment (SingleCellExperiment), or \code{attr(x, "expected_pcc")} and
 #' \code{attr(x, "reference_pcc")}, named by gene (matrices); absent without a self-check.
@@ -292,8 +295,13 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   if (is.null(confidence) || is.null(confidence$genes)) return(NULL)
   idx <- match(genes, as.character(unlist(confidence$genes)))
   if (anyNA(idx)) return(NULL)
-  data.frame(expected_pcc = as.numeric(unlist(confidence$expected_pcc))[idx],
-             reference_pcc = as.numeric(unlist(confidence$reference_pcc))[idx])
+  out <- data.frame(expected_pcc = as.numeric(unlist(confidence$expected_pcc))[idx],
+                    reference_pcc = as.numeric(unlist(confidence$reference_pcc))[idx])
+  # how sure each expected_pcc is (Python's var["expected_pcc_sd"]; absent in older runs)
+  if (!is.null(confidence$expected_pcc_sd)) {
+    out$expected_pcc_sd <- as.numeric(unlist(confidence$expected_pcc_sd))[idx]
+  }
+  out
 }
 
 # "SpaLSTF self-check: median PCC ..., SPCC ... over n hidden known genes (weights: the three
@@ -681,6 +689,10 @@ Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALS
   if (!is.null(res$confidence)) {
     attr(out, "expected_pcc") <- stats::setNames(res$confidence$expected_pcc, rownames(out))
     attr(out, "reference_pcc") <- stats::setNames(res$confidence$reference_pcc, rownames(out))
+    if (!is.null(res$confidence$expected_pcc_sd)) {
+      attr(out, "expected_pcc_sd") <- stats::setNames(res$confidence$expected_pcc_sd,
+                                                      rownames(out))
+    }
   }
   out
 }

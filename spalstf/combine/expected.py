@@ -7,9 +7,17 @@ predictors hide 1/2, 1/4 and 1/8 of the known genes (`panel_curve`), a saturatin
 their median PCC is extrapolated to all the known genes (`full_panel`), and the estimate's
 standard error and interval come from resampling the genes.
 
-Per gene, the confidence is a line (`calibrate`) from each gene's predictability in the
-reference (`reference_predictability`, which every fit records for its targets) to its PCC on
-the ST, read off for the imputed genes by `expected_pcc`.
+Per gene, the confidence is learnt on the self-check's hidden known genes from three pieces of
+evidence about each gene (`gene_features`): its predictability in the reference
+(`reference_predictability`, which every fit records for its targets), how far the stack's
+base predictions agree on it across the ST's cells, and how much the combined prediction
+varies across them. A small ridge (`fit_gene_model`, its error cross-fitted over the
+self-check's folds) maps them to the gene's PCC on the ST; `expected_pcc` reads it off for the
+imputed genes and `centred` sets the median of the imputed genes' values to the run's estimate
+(`full_panel`), which is right on average where the per-gene values, carried across from
+genes measured with half the panel, were not (0.05 low on Visium brain). Without the agreement
+and spread (a model saved before them, or the fixed blend), a line from the predictability
+alone (`calibrate`) is read.
 
 The groups of genes hidden in turn (`inner_folds`) are drawn here, as the cheap curve hides
 them as the self-check (`spalstf.combine.selfcheck`) does.
@@ -82,6 +90,130 @@ def expected_pcc(calibration: Mapping[str, float], reference_pcc: Sequence[float
     ref = np.asarray(reference_pcc, np.float64)
     out = calibration["intercept"] + calibration["slope"] * np.nan_to_num(ref)
     return np.clip(out, -1.0, 1.0)
+
+
+def centred(values: Sequence[float], median: float) -> np.ndarray:
+    """`values` shifted so that their median is `median` (the run's expected median PCC), in
+    [-1, 1]; unchanged where `median` or every value is not finite (a model saved without
+    the run's estimate)."""
+    values = np.asarray(values, np.float64)
+    ok = np.isfinite(values)
+    if median is None or not np.isfinite(median) or not ok.any():
+        return values.copy()
+    return np.clip(values + (float(median) - float(np.median(values[ok]))), -1.0, 1.0)
+
+
+#: The per-gene evidence of `fit_gene_model`, in its order (see `gene_features`). Chosen on
+#: held-out genes of six sets, each set's choice made on the other five
+#: (benchmarks/results/expected_features.md): the model chosen for four of the six, with the
+#: highest mean Spearman r with the real per-gene PCC (0.60; the predictability alone 0.39),
+#: above the predictability alone on all six (STARmap 0.40 against -0.04).
+GENE_FEATURES = ("reference_pcc", "agreement", "spread")
+#: The ridge penalty of `fit_gene_model`, per gene, on standardised features.
+GENE_PENALTY = 0.1
+
+
+def gene_features(statistics: Any, weights: Mapping[str, float],
+                  reference_pcc: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per gene, the evidence `fit_gene_model` reads, from the statistics of the stack's
+    columns over the ST's cells (`spalstf.combine.stack.Stack.statistics`: per column its
+    mean and sd, and the sd of the weighted sum of z-scores) and their `weights`:
+
+    ``reference_pcc``: the gene's predictability in the reference; ``agreement``: the sd of the
+    weighted sum of the columns' z-scores over the sum of the weights (1 where the base
+    predictions agree on every cell, less where they disagree: where kNN, SpaGE, the ridge and
+    the likelihood agree the prediction tends to be right); ``spread``: the weighted sd of the
+    columns across cells, which is the sd of the combined prediction (a gene predicted flat
+    has little to correlate).
+
+    No other prediction is made: the statistics are those the stack combines with.
+    """
+    names = [n for n in weights if weights[n] > 0]
+    total = float(sum(weights[n] for n in names)) or 1.0
+    agreement = np.asarray(statistics.z_sd, np.float64) / total
+    spread = sum(weights[n] * np.asarray(statistics.sd[n], np.float64) for n in names) / total
+    return {"reference_pcc": np.asarray(reference_pcc, np.float64),
+            "agreement": agreement, "spread": np.asarray(spread, np.float64)}
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray, float]:
+    """(mean, scale, coefficients, intercept) of a ridge of `y` on standardised `x`."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = (x - mean) / scale
+    gram = z.T @ z + penalty * len(y) * np.eye(z.shape[1])
+    coef = np.linalg.solve(gram, z.T @ (y - y.mean()))
+    return mean, scale, coef, float(y.mean())
+
+
+def fit_gene_model(features: Mapping[str, Sequence[float]], pcc: Sequence[float], *,
+                   fold_of: Sequence[int], penalty: float = GENE_PENALTY) -> dict[str, Any]:
+    """A ridge from the per-gene evidence (`features`: name -> one value per gene, as
+    `gene_features` gives) to each gene's PCC on the ST (`pcc`, the self-check's hidden
+    genes), on features standardised over these genes.
+
+    ``residual_sd``: how far one gene's PCC strays from the model, cross-fitted (each group of
+    `fold_of` predicted by the model fitted on the others, so not flattered by the genes
+    fitted); ``r``: the Spearman correlation of those cross-fitted predictions with the PCC.
+    Genes with a value missing are left out; with fewer than 4 genes, or a feature without a
+    finite value, the model is flat (the genes' mean PCC).
+    """
+    from scipy import stats
+
+    names = list(features)
+    y = np.asarray(pcc, np.float64)
+    folds = np.asarray(fold_of)
+    x = np.column_stack([np.asarray(features[n], np.float64) for n in names]) if names \
+        else np.empty((len(y), 0))
+    if x.shape[0] != len(y) or len(folds) != len(y):
+        raise ValueError(f"`features` (each), `pcc` and `fold_of` must have one value per gene; "
+                         f"received {x.shape[0]}, {len(y)} and {len(folds)}")
+    if not penalty > 0:
+        raise ValueError(f"`penalty` must be > 0; received {penalty!r}")
+    ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
+    flat = {"features": names, "mean": [0.0] * len(names), "scale": [1.0] * len(names),
+            "coef": [0.0] * len(names),
+            "intercept": float(np.mean(y[np.isfinite(y)])) if np.isfinite(y).any() else 0.0,
+            "residual_sd": float(np.std(y[np.isfinite(y)], ddof=1))
+            if np.isfinite(y).sum() > 1 else float("nan"), "r": float("nan"),
+            "n": int(ok.sum())}
+    if ok.sum() < 4 or not names:
+        return flat
+    x, y, folds = x[ok], y[ok], folds[ok]
+    mean, scale, coef, intercept = _ridge(x, y, penalty)
+    crossed = np.empty_like(y)
+    for fold in np.unique(folds):
+        own = folds == fold
+        if own.all() or (~own).sum() < 2:  # one group only: no genes to fit on
+            crossed[own] = intercept
+            continue
+        m, s, c, i = _ridge(x[~own], y[~own], penalty)
+        crossed[own] = i + ((x[own] - m) / s) @ c
+    residual = y - crossed
+    r = stats.spearmanr(crossed, y)[0] if np.std(crossed) > 0 and np.std(y) > 0 else np.nan
+    return {"features": names, "mean": [float(v) for v in mean],
+            "scale": [float(v) for v in scale], "coef": [float(v) for v in coef],
+            "intercept": intercept, "residual_sd": float(np.std(residual, ddof=1)),
+            "r": float(r), "n": int(len(y))}
+
+
+def predict_gene_model(model: Mapping[str, Any],
+                       features: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """The expected PCC of each gene from its `features` (as `fit_gene_model` was given) by
+    the `model` that function fitted, in [-1, 1]; a missing value counts as the fitted genes'
+    mean."""
+    missing = [n for n in model["features"] if n not in features]
+    if missing:
+        raise ValueError(f"`features` lacks {missing} of the model's {list(model['features'])}")
+    out = None
+    for name, mean, scale, coef in zip(model["features"], model["mean"], model["scale"],
+                                       model["coef"], strict=True):
+        z = np.nan_to_num((np.asarray(features[name], np.float64) - mean) / scale)
+        out = coef * z if out is None else out + coef * z
+    values = float(model["intercept"]) + (0.0 if out is None else out)
+    return np.clip(np.asarray(values, np.float64), -1.0, 1.0)
 
 
 #: The extra, cheap measurement of how the accuracy grows with the number of known genes: a

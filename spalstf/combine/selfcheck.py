@@ -46,10 +46,13 @@ from spalstf._logging import inner_steps
 from spalstf.combine.expected import (
     CURVE_CELLS,
     CURVE_MULTIPLES,
+    GENE_FEATURES,
     REFERENCE_CELLS,
     calibrate,
     expected_pcc,
+    fit_gene_model,
     full_panel,
+    gene_features,
     inner_folds,
     nanmedian,
     panel_curve,
@@ -98,7 +101,8 @@ class SelfCheckResult:
     expected
         The run's expected accuracy with all its known genes (`full_panel`): ``median_pcc``,
         its ``se`` and ``lower``/``upper`` bounds, the curve it was extrapolated along, and
-        ``gene_sd``, how far one gene's PCC strays from the per-gene line.
+        ``gene_sd``, how far one gene's PCC strays from the per-gene line, and ``gene_model``,
+        the per-gene model of the expected PCC (`hidden_gene_model`) that the imputation reads.
     """
 
     per_gene: pd.DataFrame
@@ -407,6 +411,24 @@ def extrapolate(result: SelfCheckResult, inner: InnerPredictions, st_expr, sc_ex
     result.expected["gene_sd"] = float(np.std(residual[ok], ddof=1)) if ok.sum() > 2 \
         else float("nan")
     result.calibration = full
+    if result.stack is not None:
+        result.expected["gene_model"] = hidden_gene_model(result.stack, inner, names,
+                                                          reference, carried_pcc)
+
+
+def hidden_gene_model(stack: Stack, inner: InnerPredictions, names: Sequence[str],
+                      reference: np.ndarray, pcc: np.ndarray) -> dict[str, Any]:
+    """The per-gene model of the expected PCC (`spalstf.combine.expected.fit_gene_model`)
+    learnt on the hidden genes `names` (in that order: their full-panel predictability in the
+    reference `reference` and their PCC carried to the full panel `pcc`), with the agreement
+    and spread of the stack's columns on them over the scored cells, as the imputation reads
+    them on its landmark cells. The error is cross-fitted over the self-check's folds."""
+    position = {g: i for i, g in enumerate(inner.genes)}
+    order = np.array([position[g] for g in names])
+    features = gene_features(stack.statistics(inner.columns), stack.weights, reference)
+    features = {k: (v if k == "reference_pcc" else v[order]) for k, v in features.items()}
+    return fit_gene_model({k: features[k] for k in GENE_FEATURES}, pcc,
+                          fold_of=np.asarray(inner.fold_of)[order])
 
 
 def wanted(self_check: bool | str, n_known: int) -> bool:

@@ -35,7 +35,12 @@ from spalstf._validate import (
 from spalstf._version import __version__
 from spalstf.combine import selfcheck
 from spalstf.combine.columns import ColumnSource
-from spalstf.combine.expected import expected_pcc
+from spalstf.combine.expected import (
+    centred,
+    expected_pcc,
+    gene_features,
+    predict_gene_model,
+)
 from spalstf.combine.stack import Stack
 from spalstf.config import Config
 from spalstf.data import Expression, as_expression, check_values, match_genes
@@ -51,6 +56,7 @@ from spalstf.model.predict import (
     predict_blend,
     predict_stack,
     st_known_genes,
+    stack_landmarks,
 )
 from spalstf.model.saved import plain
 from spalstf.preprocess import Standardizer
@@ -285,7 +291,14 @@ class Model:
         n_cells = last - first
         stacked = self._uses_stack(cfg)
         layers = layer_names(self, cfg, stacked)
-        confidence = self._gene_confidence(self_check)
+        landmarks = None
+        if stacked and self_check is not None:
+            # the stack's statistics on landmark cells, read once: they combine the columns
+            # and give each gene's evidence for its expected accuracy
+            landmarks = stack_landmarks(self, expr, cfg, log_normalized=log_norm, seed=seed,
+                                        device=dev, spatial=spatial, progress=progress)
+        confidence = self._gene_confidence(
+            self_check, None if landmarks is None else landmarks.statistics)
         # counts input: each cell's known-gene depth, to put the values back on the count
         # scale (layers["counts"], obs["spalstf_depth"]) as the ST measures them
         depth = None if log_norm else known_depth(self, expr, first, last)
@@ -311,7 +324,7 @@ class Model:
             predict = predict_stack if stacked else predict_blend
             mean, extra = predict(self, expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
                                   spatial=spatial, progress=progress, rows=(first, last),
-                                  sink=sink)
+                                  sink=sink, **({"landmarks": landmarks} if stacked else {}))
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -356,16 +369,35 @@ class Model:
             result.obs["spalstf_depth"] = depth
         return result
 
-    def _gene_confidence(self, self_check: dict | None) -> dict | None:
-        """Per-gene confidence: each target's predictability in the reference, mapped to an
-        expected PCC on this ST by the self-check's calibration (None without them)."""
+    def _gene_confidence(self, self_check: dict | None, statistics: Any = None
+                         ) -> dict | None:
+        """Per-gene confidence (None without a self-check's calibration): each target's
+        expected PCC on this ST, by the self-check's per-gene model from the gene's evidence
+        (`spalstf.combine.expected.gene_features`: the predictability in the reference, and
+        from the stack's `statistics` on this ST the agreement of its columns and the spread
+        of the prediction), or where the model or the statistics are missing by the line from
+        the predictability alone; its median set to the run's expected median PCC
+        (`centred`), and ``expected_pcc_sd``, how far one gene's PCC strays from its value
+        (the model's cross-fitted error and the run estimate's standard error together)."""
         if self_check is None or not self_check.get("calibration") \
                 or "reference_pcc" not in self.info:
             return None
-        return {"genes": list(self.output_names),
-                "reference_pcc": list(self.info["reference_pcc"]),
-                "expected_pcc": [float(v) for v in expected_pcc(
-                    self_check["calibration"], self.info["reference_pcc"])]}
+        reference = np.asarray(self.info["reference_pcc"], np.float64)
+        expected = self_check.get("expected")
+        expected = expected if isinstance(expected, Mapping) else {}
+        gene_model = expected.get("gene_model")
+        if isinstance(gene_model, Mapping) and statistics is not None and self.stack is not None:
+            values = predict_gene_model(gene_model, gene_features(statistics,
+                                                                  self.stack.weights, reference))
+            stray = float(gene_model.get("residual_sd", np.nan))
+        else:
+            values = expected_pcc(self_check["calibration"], reference)
+            stray = float(expected.get("gene_sd", np.nan))
+        values = centred(values, float(self_check.get("expected_median_pcc", np.nan)))
+        sd = float(np.hypot(stray, float(self_check.get("expected_median_pcc_se", 0.0))))
+        return {"genes": list(self.output_names), "reference_pcc": [float(v) for v in reference],
+                "expected_pcc": [float(v) for v in values],
+                "expected_pcc_sd": [sd] * len(values)}
 
     def _uses_stack(self, cfg: Config) -> bool:
         """Whether an imputation with `cfg` combines by the learnt stack (else: the blend)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,22 +56,48 @@ def layer_names(model: Any, cfg: Config, stacked: bool) -> list[str]:
     return ["std"] if with_std else []
 
 
-def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
-                  device: torch.device, spatial: Any, progress: bool,
-                  rows: tuple[int, int] | None = None, sink=None):
-    """(values, layers) of the cells [rows) by the learnt stack: its columns are
-    predicted on evenly spaced landmark cells of the whole ST for their statistics, then
-    chunk by chunk (see `spalstf.combine.stack`)."""
+@dataclass
+class Landmarks:
+    """The stack's columns on evenly spaced landmark cells of the whole ST (`cells`): their
+    `source`, predictions (`values`: column -> cells x genes) and `statistics`."""
+
+    source: ColumnSource
+    cells: np.ndarray
+    values: dict[str, np.ndarray]
+    statistics: Any
+
+
+def stack_landmarks(model: Any, expr: Expression, cfg: Config, *, log_normalized: bool,
+                    seed: int, device: torch.device, spatial: Any,
+                    progress: bool) -> Landmarks:
+    """The stack's columns predicted on landmark cells of the whole ST and their statistics,
+    which `predict_stack` combines with (and which give each gene's evidence for its expected
+    accuracy, `spalstf.combine.expected.gene_features`)."""
     stack = model.stack
-    first, last = (0, expr.n_cells) if rows is None else rows
     source = model.columns(expr, cfg, stack.columns, log_normalized=log_normalized,
                            seed=seed, device=device, spatial=spatial)
     cap = max(1, STACK_STAT_BYTES // (4 * len(model.target_genes) * len(stack.columns)))
-    landmarks = np.unique(np.linspace(0, expr.n_cells - 1,
-                                      min(expr.n_cells, STACK_LANDMARKS, cap)).astype(int))
-    everything = len(landmarks) == expr.n_cells
-    at_landmarks = source.predict(landmarks, progress=progress)
-    stats = stack.statistics(at_landmarks)
+    cells = np.unique(np.linspace(0, expr.n_cells - 1,
+                                  min(expr.n_cells, STACK_LANDMARKS, cap)).astype(int))
+    values = source.predict(cells, progress=progress)
+    return Landmarks(source, cells, values, stack.statistics(values))
+
+
+def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
+                  device: torch.device, spatial: Any, progress: bool,
+                  rows: tuple[int, int] | None = None, sink=None,
+                  landmarks: Landmarks | None = None):
+    """(values, layers) of the cells [rows) by the learnt stack: its columns are
+    predicted on evenly spaced landmark cells of the whole ST for their statistics
+    (`stack_landmarks`, or `landmarks` where the caller has them), then chunk by chunk (see
+    `spalstf.combine.stack`)."""
+    stack = model.stack
+    first, last = (0, expr.n_cells) if rows is None else rows
+    if landmarks is None:
+        landmarks = stack_landmarks(model, expr, cfg, log_normalized=log_normalized, seed=seed,
+                                    device=device, spatial=spatial, progress=progress)
+    source, at_landmarks, stats = landmarks.source, landmarks.values, landmarks.statistics
+    everything = len(landmarks.cells) == expr.n_cells
     z = float(norm.ppf((1 + stack.level) / 2))
     # the count model's interval reads each cell's total over the known genes (counts
     # input); log-normalised input keeps the normalised conformal interval
@@ -247,8 +274,10 @@ def pack(expr: Expression, mean: np.ndarray | None, layers: Mapping[str, np.ndar
 
 
 def add_confidence(result: Any, confidence: dict | None) -> None:
-    """var["expected_pcc"] and var["reference_pcc"] of an AnnData result (see
-    `Model.impute`), in memory or the annotations of a streamed file alike."""
+    """var["expected_pcc"], var["expected_pcc_sd"] (where the run has it) and
+    var["reference_pcc"] of an AnnData result (see `Model.impute`), in memory or the
+    annotations of a streamed file alike."""
     if confidence is not None:
-        for column in ("expected_pcc", "reference_pcc"):
-            result.var[column] = np.asarray(confidence[column], np.float32)
+        for column in ("expected_pcc", "expected_pcc_sd", "reference_pcc"):
+            if column in confidence:
+                result.var[column] = np.asarray(confidence[column], np.float32)
