@@ -426,14 +426,18 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   if (!is.null(confidence)) rownames(confidence) <- rownames(mean)
   # lower / upper: the interval, present where the learnt stack combined the predictions;
   # confidence: expected_pcc and reference_pcc per gene (rows: the genes of `mean`), or NULL
+  # counts: the values at each cell's depth (raw-counts input), or NULL
   list(mean = mean, std = layer(parts$std), lower = layer(parts$lower),
-       upper = layer(parts$upper), provenance = parts$provenance, self_check = self_check,
+       upper = layer(parts$upper), counts = layer(parts$counts),
+       provenance = parts$provenance, self_check = self_check,
        confidence = confidence, python = res)
 }
 
 # ----------------------------------------------------------------------------- methods
 #' @describeIn Impute For Seurat objects: adds the assay \code{new.assay.name} whose \code{data}
-#'   slot holds the imputations (its \code{counts} slot stays empty), the assay
+#'   slot holds the imputations (its \code{counts} slot, with raw-counts input, the same
+#'   values as counts at each cell's depth: \code{expm1(data) * depth / 1e4}, the depth the
+#'   cell's total over the known genes; else empty), the assay
 #'   \code{paste0(new.assay.name, ".std")} whose \code{data} slot holds their uncertainty
 #'   (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}) and, with the stack, the assays
 #'   \code{paste0(new.assay.name, ".lower")} and \code{paste0(new.assay.name, ".upper")}
@@ -513,7 +517,8 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   }
   requested <- rownames(res$mean)
   object <- .add_imputation(object, res$mean, res$std, new.assay.name, res$provenance,
-                            lower = res$lower, upper = res$upper, confidence = res$confidence)
+                            lower = res$lower, upper = res$upper, confidence = res$confidence,
+                            counts = res$counts)
   if (set.default) SeuratObject::DefaultAssay(object) <- new.assay.name
   params <- c(list(genes = requested, assay = assay, slot = slot,
                    new.assay.name = new.assay.name,
@@ -549,14 +554,19 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 # (the interval), so that subset(), merge() and the plots keep them aligned. `mean`, `std`,
 # `lower`, `upper`: genes x cells, the requested gene names as row names (kept in the feature
 # meta data column feature_name; Seurat spells `_` as `-`), the cells of `object` as column
-# names. A companion assay left from an earlier run that this one does not give is removed:
+# names; `counts` (the same shape, or NULL) goes to the counts slot of `new.assay.name`. A companion assay left from an earlier run that this one does not give is removed:
 # it would no longer match the new values. `confidence`: NULL or .gene_confidence()'s
 # data.frame (rows: the genes of `mean`), whose columns expected_pcc and reference_pcc join
 # the feature meta data of `new.assay.name`. Shared by Impute() and
 # spalstf.io.write_rds(base =) (R/rds.R), so both write the same object.
 .add_imputation <- function(object, mean, std, new.assay.name, provenance = NULL,
-                            lower = NULL, upper = NULL, confidence = NULL) {
+                            lower = NULL, upper = NULL, confidence = NULL,
+                            counts = NULL) {
   extra <- list(std = std, lower = lower, upper = upper)
+  if (!is.null(counts) && !identical(dimnames(counts), dimnames(mean))) {
+    stop("Internal error: the imputed counts must have the genes and cells of the values.",
+         call. = FALSE)
+  }
   if (!identical(colnames(mean), colnames(object)) ||
       any(vapply(extra, function(m) !is.null(m) && !identical(dimnames(m), dimnames(mean)),
                  TRUE))) {
@@ -569,7 +579,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
     warning(sprintf("Assay%s %s replaced.", if (length(present) > 1L) "s" else "",
                     .and_list(paste0("\"", present, "\""))), call. = FALSE)
   }
-  a <- .data_assay(mean, new.assay.name)
+  a <- .data_assay(mean, new.assay.name, counts = counts)
   if (!is.null(provenance)) SeuratObject::Misc(a, slot = "spalstf") <- provenance
   if (!is.null(confidence)) {
     if (!identical(rownames(confidence), rownames(mean))) {
@@ -596,11 +606,20 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 }
 
 # An assay named `name` whose data slot holds `values` (genes x cells, any gene names: Seurat
-# spells `_` as `-`, the names as given stay in the feature meta data column feature_name).
-.data_assay <- function(values, name) {
+# spells `_` as `-`, the names as given stay in the feature meta data column feature_name)
+# and, where given, whose counts slot holds `counts` (the same genes and cells).
+.data_assay <- function(values, name, counts = NULL) {
   requested <- rownames(values)
   rownames(values) <- .seurat_safe_names(requested)
-  a <- SeuratObject::CreateAssayObject(data = values)
+  if (is.null(counts)) {
+    a <- SeuratObject::CreateAssayObject(data = values)
+  } else {
+    # CreateAssayObject takes counts or data, not both: counts first (all genes and cells
+    # kept), then the values as the data slot
+    rownames(counts) <- rownames(values)
+    a <- SeuratObject::CreateAssayObject(counts = counts, min.cells = 0, min.features = 0)
+    a <- SeuratObject::SetAssayData(a, slot = "data", new.data = values)
+  }
   a@meta.features[[.feature_name_col]] <- requested
   SeuratObject::Key(a) <- .assay_key(name)
   a
@@ -612,7 +631,8 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 }
 
 #' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
-#'   \code{new.assay.name} with assays \code{logcounts} (the imputations), \code{std} and,
+#'   \code{new.assay.name} with assays \code{logcounts} (the imputations), \code{counts}
+#'   (with raw-counts input: the same values as counts at each cell's depth), \code{std} and,
 #'   with the stack, \code{lower} and \code{upper} (the interval), and, with a
 #'   self-check, the \code{rowData} columns \code{expected_pcc} and \code{reference_pcc}; the
 #'   parameters and the self-check summary (\code{$self_check}) go to
@@ -638,7 +658,7 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
   res <- .impute_core(st_ad, ref, genes, identical(slot, "data"), opts, check, where$py,
                       verbose = opts$progress)
   assays <- list(logcounts = res$mean)
-  for (what in c("std", "lower", "upper")) {
+  for (what in c("counts", "std", "lower", "upper")) {
     if (!is.null(res[[what]])) assays[[what]] <- res[[what]]
   }
   alt <- SingleCellExperiment::SingleCellExperiment(assays = assays)
@@ -659,7 +679,8 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
 #' @describeIn Impute For genes x cells matrices (\code{matrix} or any \code{Matrix}, e.g.
 #'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
 #'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "lower")} and
-#'   \code{attr(, "upper")} the interval (with the stack), \code{attr(, "spalstf")} the
+#'   \code{attr(, "upper")} the interval (with the stack), \code{attr(, "counts")} the
+#'   values as counts at each cell's depth (raw-counts input), \code{attr(, "spalstf")} the
 #'   provenance, \code{attr(, "self_check")} the self-check summary and, with it,
 #'   \code{attr(, "expected_pcc")} and \code{attr(, "reference_pcc")} (named by gene).
 #' @param log.normalized Matrices only: both inputs hold log-normalised values.
@@ -684,6 +705,7 @@ Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALS
   attr(out, "std") <- res$std
   attr(out, "lower") <- res$lower
   attr(out, "upper") <- res$upper
+  attr(out, "counts") <- res$counts
   attr(out, "spalstf") <- res$provenance
   attr(out, "self_check") <- res$self_check
   if (!is.null(res$confidence)) {

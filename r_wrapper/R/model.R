@@ -107,7 +107,8 @@ print.SpaLSTFModel <- function(x, ...) {
 #' @return A genes x cells matrix of log-normalised imputations (the model's target genes),
 #'   with \code{attr(, "std")} their uncertainty and, when the model holds a learnt stack
 #'   (see \code{\link{Impute}}), \code{attr(, "lower")} and \code{attr(, "upper")} the
-#'   interval. To add the assays of the values and of their uncertainty to a Seurat object
+#'   interval; with raw counts (\code{slot = "counts"}), \code{attr(, "counts")} the values
+#'   as counts at each cell's depth. To add the assays of the values and of their uncertainty to a Seurat object
 #'   instead, call \code{\link{Impute}(object, model)}.
 #' @importFrom stats predict
 #' @export
@@ -123,6 +124,7 @@ predict.SpaLSTFModel <- function(object, newdata, assay = NULL, slot = "counts",
   attr(out, "std") <- res$std
   attr(out, "lower") <- res$lower
   attr(out, "upper") <- res$upper
+  attr(out, "counts") <- res$counts
   attr(out, "spalstf") <- res$provenance
   out
 }

@@ -258,9 +258,10 @@ def plain(value: Any) -> Any:
 
 def result_parts(result) -> dict:
     """Parts of an imputation result (AnnData from spalstf) for R: the values, and the layers
-    "std" and, where the learnt stack made them, "lower" and "upper" (the interval)."""
+    "std" and, where the learnt stack made them, "lower" and "upper" (the interval), and,
+    with raw-counts input, "counts" (the values at each cell's depth)."""
     layers = {name: matrix_to_parts(np.asarray(result.layers[name])) if name in result.layers
-              else None for name in ("std", "lower", "upper")}
+              else None for name in ("std", "lower", "upper", "counts")}
     return {
         "obs_names": np.asarray([str(v) for v in result.obs_names], dtype=str),
         "var_names": np.asarray([str(v) for v in result.var_names], dtype=str),

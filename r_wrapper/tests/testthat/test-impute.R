@@ -19,6 +19,13 @@ test_that("Impute on Seurat adds an assay, keeps names and leaves the rest alone
   expect_identical(a@meta.features$feature_name, genes)
   expect_identical(colnames(vals), colnames(st))
   expect_true(all(is.finite(as.matrix(vals))) && all(as.matrix(vals) >= 0))
+  # the counts slot: the same values at each cell's depth, its total over the known genes
+  counts <- as.matrix(SeuratObject::GetAssayData(a, slot = "counts"))
+  expect_identical(dimnames(counts), dimnames(vals))
+  known <- setdiff(rownames(st), genes)
+  depth <- Matrix::colSums(SeuratObject::GetAssayData(st, slot = "counts")[
+    intersect(known, rownames(objs$ref)), , drop = FALSE])
+  expect_equal(counts, sweep(expm1(as.matrix(vals)), 2, depth / 1e4, `*`), tolerance = 1e-5)
   std <- SeuratObject::GetAssayData(out, assay = "SpaLSTF.std", slot = "data")
   expect_identical(dimnames(std), dimnames(vals))
   expect_true(all(std >= 0) && any(std > 0))
@@ -183,6 +190,8 @@ test_that("FitSpaLSTF, predict, SaveSpaLSTF and LoadSpaLSTF agree", {
                        epochs = 1L, verbose = FALSE, st = objs$st)
   pl <- predict(learnt, objs$st, verbose = FALSE)
   expect_identical(dim(attr(pl, "lower")), dim(pl))
+  expect_identical(dimnames(attr(pl, "counts")), dimnames(pl))
+  expect_true(all(attr(pl, "counts") >= 0) && any(attr(pl, "counts") > 0))
   expect_true(all(attr(pl, "lower") >= 0 & attr(pl, "lower") <= attr(pl, "upper")) &&
                 any(attr(pl, "upper") > attr(pl, "lower")))
   # a model as the reference of Impute

@@ -136,8 +136,11 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   expect_identical(check$interval$level, 0.8)
   alt <- SingleCellExperiment::altExp(out, "SpaLSTF")
   expect_identical(SummarizedExperiment::assayNames(alt),
-                   c("logcounts", "std", "lower", "upper"))
+                   c("logcounts", "counts", "std", "lower", "upper"))
   a <- function(n) SummarizedExperiment::assay(alt, n)
+  # counts: the values at each cell's depth, its total over the known genes
+  expect_equal(unname(a("counts")), unname(sweep(expm1(a("logcounts")), 2,
+                                                  colSums(d$st) / 1e4, `*`)), tolerance = 1e-5)
   check_interval(a("logcounts"), a("std"), a("lower"), a("upper"), 0.8)
   rows <- SummarizedExperiment::rowData(alt)
   check_expected(check, stats::setNames(rows$expected_pcc, rownames(alt)),
@@ -158,7 +161,7 @@ test_that("Impute on SingleCellExperiment and matrices stores the self-check; sp
   expect_null(attr(flat, "expected_pcc"))
   # without a self-check, the SCE has no interval assays either
   expect_identical(SummarizedExperiment::assayNames(
-    SingleCellExperiment::altExp(from_obj, "SpaLSTF")), c("logcounts", "std"))
+    SingleCellExperiment::altExp(from_obj, "SpaLSTF")), c("logcounts", "counts", "std"))
   mc <- do.call(Impute, c(list(d$st, d$ref, genes = "G17", self.check.folds = 2L), FAST))
   check <- attr(mc, "self_check")
   check_summary(check, length(d$known))
