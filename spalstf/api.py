@@ -292,6 +292,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     score, the interval's coverage, the calibration) and, per imputed gene, `var["expected_pcc"]`: the gene's predictability
     in the reference (`var["reference_pcc"]`) mapped to an expected PCC on this ST by the
     line fitted over the self-check's genes (trust it as far as `calibration["r"]` says).
+    With "deconvolution" among the predictors: `obsm["spalstf_proportions"]`, each cell's or
+    spot's proportions of the reference's cell types (or clusters), a DataFrame.
     numpy / scipy `st`: a numpy array (cells x genes). DataFrame `st`: a DataFrame (index of
     `st`, imputed genes as columns).
     """

@@ -44,6 +44,7 @@ from spalstf.model import saved
 from spalstf.model.fitting import fit_parts
 from spalstf.model.predict import (
     add_confidence,
+    add_proportions,
     layer_names,
     pack,
     predict_blend,
@@ -200,7 +201,10 @@ class Model:
         model's, `spalstf.combine.intervals`; with log-normalised input: the normalised
         conformal one) and `layers["std"]` its half-width over the normal quantile. Without
         it (the fixed blend): no interval, and `layers["std"]` the standard deviation over the
-        network's samples where there is a network (n_samples > 1). For a DataFrame: a
+        network's samples where there is a network (n_samples > 1). With the "deconvolution"
+        predictor: `obsm["spalstf_proportions"]`, cells x units (the reference's cell types,
+        or clusters), each unit's share of the cell's known-gene counts (rows sum to 1; see
+        `spalstf.prior.deconvolve`). For a DataFrame: a
         DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
         `out`: the path of the .h5ad written (the same AnnData, on disk).
         """
@@ -286,6 +290,8 @@ class Model:
             head = pack(expr, None, {}, self.output_names, {}, rows=slice(first, last),
                         spatial=spatial)
             add_confidence(head, confidence)
+            add_proportions(self, head, expr, cfg, log_normalized=log_norm, seed=seed,
+                            device=dev, spatial=spatial, rows=(first, last))
             writer = H5adWriter(out, head, layers=layers, overwrite=overwrite)
 
             def sink(rows, mean, extra):
@@ -326,12 +332,17 @@ class Model:
         if writer is not None:
             writer.write_uns({"spalstf": plain(info)})
             return writer.close()
+        proportions = dict(log_normalized=log_norm, seed=seed, device=dev, spatial=spatial,
+                           rows=(first, last))
         if shard is not None:
-            return pack(expr, mean, extra, self.output_names, info, rows=slice(first, last),
-                        spatial=spatial)
+            result = pack(expr, mean, extra, self.output_names, info, rows=slice(first, last),
+                          spatial=spatial)
+            add_proportions(self, result, expr, cfg, **proportions)
+            return result
         result = pack(expr, mean, extra, self.output_names, info, spatial=spatial)
         if expr.kind == "anndata":
             add_confidence(result, confidence)
+        add_proportions(self, result, expr, cfg, **proportions)
         return result
 
     def _gene_confidence(self, self_check: dict | None) -> dict | None:
