@@ -60,21 +60,29 @@ CAPTURE_ROUNDS = 30
 ROUND_ITERATIONS = 10
 #: ST cells (evenly spaced) the capture is learnt on.
 LANDMARKS = 1000
+#: Bytes of a unit's name kept in the model file (`encode_names`).
+NAME_BYTES = 128
 #: Smallest share of a known gene in a unit, relative to a uniform share: a gene a unit never
 #: shows in the reference may still appear in a spot (noise, another platform).
 FLOOR = 1e-3
 
 
 def encode_names(names: list[str]) -> np.ndarray:
-    """Unit names as uint8 (UTF-8, newline-separated): the model file holds numeric arrays only."""
-    return np.frombuffer("\n".join(names).encode("utf-8"), dtype=np.uint8).copy()
+    """Unit names as a (units, `NAME_BYTES`) uint8 array, each row a name's UTF-8 bytes (cut
+    at `NAME_BYTES`) padded with zeros: the model file holds numeric arrays only."""
+    out = np.zeros((len(names), NAME_BYTES), np.uint8)
+    for row, name in zip(out, names, strict=True):
+        raw = name.encode("utf-8")[:NAME_BYTES]
+        row[:len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
 
 
 def decode_names(encoded: np.ndarray | None, n_units: int) -> list[str]:
-    """The names `encode_names` stored (unit1... when none are)."""
-    if encoded is None or len(encoded) == 0:
+    """The names `encode_names` stored (unit1, unit2, ... when none are)."""
+    if encoded is None or np.size(encoded) == 0:
         return [f"unit{i + 1}" for i in range(n_units)]
-    return bytes(np.asarray(encoded, np.uint8)).decode("utf-8").split("\n")
+    return [bytes(row).rstrip(b"\0").decode("utf-8", errors="replace")
+            for row in np.asarray(encoded, np.uint8)]
 
 
 def fit_proportions(cell_shares: np.ndarray, profiles: np.ndarray, *,
@@ -203,7 +211,8 @@ class SpotDeconvolution(BasePredictor):
     @classmethod
     def state_shapes(cls, n_known: int, n_target: int) -> dict:
         return {"unit_shares": ("units", n_known), "unit_targets": ("units", n_target),
-                "target_mean": (n_target,), "target_std": (n_target,), "sizes": ("units",)}
+                "target_mean": (n_target,), "target_std": (n_target,), "sizes": ("units",),
+                "unit_names": ("units", NAME_BYTES)}
 
     @classmethod
     def check_state(cls, state: Mapping[str, np.ndarray], n_known: int, n_target: int, *,
