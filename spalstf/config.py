@@ -61,8 +61,13 @@ PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transpo
 #: (`BasePredictor.network`).
 NETWORKS = ("network", "masked")
 #: Base predictors that are not defaults either: the spot deconvolution
-#: (`spalstf.prior.deconvolve`) did not earn its place across the data sets where measured
-#: (benchmarks/results/stack_deconvolution.md); add it for spot data.
+#: (`spalstf.prior.deconvolve`). Added to the defaults, the stack's 5-fold median PCC moved
+#: by -0.006 to +0.009 over 12 sets (mean +0.002; 8 up, 2 level, 2 down: the starmap_cortex
+#: spots), never down on a single-cell set, and leaving data sets out kept it for every set
+#: (benchmarks/results/stack_deconvolution.md); but it costs about 1 s per 10^4 ST cells
+#: per view on one core (benchmarks/results/deconvolution_time.md), about 5 minutes of the
+#: 10 for 10^6 cells in three views, for a gain within the folds' spread. Add it for
+#: spot data, and for the cell-type proportions it returns.
 OPTIONAL = ("deconvolution",)
 #: The default: every base predictor but the networks and `OPTIONAL`.
 DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p not in NETWORKS + OPTIONAL)
