@@ -69,8 +69,8 @@ LEVEL = 0.9
 
 
 def pair(name: str):
-    return accuracy.simulated() if name == "simulated" else spalstf.datasets.load(
-        name, data_dir=accuracy.DATA)
+    """(st, reference) of a set of benchmarks/accuracy.py (its pooled-spot sets too)."""
+    return accuracy.load_set(name)
 
 
 def dense(x) -> np.ndarray:

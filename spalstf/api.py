@@ -293,6 +293,8 @@ def impute(st: Any, sc: Any, genes: Sequence[str] | None = None, *,
     on this ST, learnt on the self-check's genes from its predictability in the reference
     (`var["reference_pcc"]`), the agreement of the base predictions and the spread of the
     prediction, its median the run's `expected_median_pcc`; `var["expected_pcc_sd"]` how sure.
+    With "deconvolution" among the predictors: `obsm["spalstf_proportions"]`, each cell's or
+    spot's proportions of the reference's cell types (or clusters), a DataFrame.
     numpy / scipy `st`: a numpy array (cells x genes). DataFrame `st`: a DataFrame (index of
     `st`, imputed genes as columns).
     """

@@ -52,7 +52,7 @@ INFERENCE_STAGES = (SAMPLE, READOUT)
 #: loads no torch (`spalstf --help` lists the names); tests/test_config.py checks that the two
 #: agree, and the R tests and the benchmarks read the names from here.
 PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transport", "likelihood",
-                   "network", "masked")
+                   "deconvolution", "network", "masked")
 #: The networks, which are not default predictors: training the diffusion for the main fit
 #: and the self-check's inner fits costs about a minute or more per fit on a CPU, beyond the
 #: time target of a 5-fold cross-validation (10 x the SpaGE-style baseline + 60 s), and in the
@@ -60,8 +60,17 @@ PREDICTOR_NAMES = ("ridge", "ridge_aligned", "aligned", "knn", "spage", "transpo
 #: stack_masked.md); add "network" or "masked" to use them. Those of `spalstf.prior` declare it
 #: (`BasePredictor.network`).
 NETWORKS = ("network", "masked")
-#: The default: every base predictor but the networks.
-DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p not in NETWORKS)
+#: Base predictors that are not defaults either: the spot deconvolution
+#: (`spalstf.prior.deconvolve`). Added to the defaults, the stack's 5-fold median PCC moved
+#: by -0.006 to +0.009 over 12 sets (mean +0.002; 8 up, 2 level, 2 down: the starmap_cortex
+#: spots), never down on a single-cell set, and leaving data sets out kept it for every set
+#: (benchmarks/results/stack_deconvolution.md); but it costs about 1 s per 10^4 ST cells
+#: per view on one core (benchmarks/results/deconvolution_time.md), about 5 minutes of the
+#: 10 for 10^6 cells in three views, for a gain within the folds' spread. Add it for
+#: spot data, and for the cell-type proportions it returns.
+OPTIONAL = ("deconvolution",)
+#: The default: every base predictor but the networks and `OPTIONAL`.
+DEFAULT_PREDICTORS = tuple(p for p in PREDICTOR_NAMES if p not in NETWORKS + OPTIONAL)
 
 
 def _setting(stage: str, default: Any, *, prior: bool = False) -> Any:
@@ -123,8 +132,10 @@ class ModelSettings:
     #: estimate), "knn" (plain neighbours in log-normalised known-gene space), "spage" (the
     #: SpaGE-style projection), "transport" (the Tangram-style optimal-transport mapping),
     #: "likelihood" (reference clusters weighed by the likelihood of the cell's counts),
-    #: "network" (the SpaLSTF diffusion) and "masked" (the same trained on the ST's known
-    #: genes too, `spalstf.prior.masked`); the two networks are not defaults. Leave
+    #: "deconvolution" (each spot a mixture of the reference's cell types or clusters, its
+    #: proportions returned in the imputation's ``obsm["spalstf_proportions"]``; not a
+    #: default), "network" (the SpaLSTF diffusion) and "masked" (the same trained on the ST's
+    #: known genes too, `spalstf.prior.masked`); the two networks are not defaults. Leave
     #: some out for ablations. Without "network" no network is trained, and the fixed blend
     #: (`combine="blend"`, or a run without a self-check) is the ridge and neighbour prior alone.
     predictors: tuple = _setting(MODEL, DEFAULT_PREDICTORS)

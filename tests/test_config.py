@@ -120,7 +120,7 @@ def test_config_as_a_dict_is_the_same_as_keywords(tiny_pair):
 
 
 def test_the_predictor_names_are_those_the_prior_knows_and_the_network():
-    from spalstf.config import DEFAULT_PREDICTORS, NETWORKS, PREDICTOR_NAMES
+    from spalstf.config import DEFAULT_PREDICTORS, NETWORKS, OPTIONAL, PREDICTOR_NAMES
     from spalstf.prior import PREDICTORS
 
     # config.py declares the names without loading torch (`spalstf --help` lists them); the
@@ -128,8 +128,8 @@ def test_the_predictor_names_are_those_the_prior_knows_and_the_network():
     assert [p for p in PREDICTOR_NAMES if p != "network"] == list(PREDICTORS)
     # the networks cost a minute or more per fit on a CPU: options, not defaults
     assert set(NETWORKS) == {"network", *(n for n, cls in PREDICTORS.items() if cls.network)}
-    assert Config().predictors == DEFAULT_PREDICTORS == tuple(p for p in PREDICTORS
-                                                              if p not in NETWORKS)
+    assert Config().predictors == DEFAULT_PREDICTORS == tuple(
+        p for p in PREDICTORS if p not in NETWORKS + OPTIONAL)
     # a model.json holds lists, and a list given by a user works too
     assert Config.from_dict({"predictors": ["ridge", "knn"]}).predictors == ("ridge", "knn")
 

@@ -49,6 +49,7 @@ from spalstf.model import saved
 from spalstf.model.fitting import fit_parts
 from spalstf.model.predict import (
     add_confidence,
+    add_proportions,
     counts_at_depth,
     known_depth,
     layer_names,
@@ -213,8 +214,10 @@ class Model:
         the imputations put back on the ST's count scale at that depth, ``expm1(X) x depth /
         scale_factor`` (the scale on which Li et al. 2022 score; X predicts the log-normalised
         value the ST would measure, so this is that prediction in counts, not the mean of a
-        count distribution). For a DataFrame: a
-        DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
+        count distribution). With the "deconvolution" predictor:
+        `obsm["spalstf_proportions"]`, cells x units (the reference's cell types, or
+        clusters), each unit's share of the cell's known-gene counts (rows sum to 1; see
+        `spalstf.prior.deconvolve`). For a DataFrame: a DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
         `out`: the path of the .h5ad written (the same AnnData, on disk).
         """
         if log_normalized is not None:
@@ -313,6 +316,8 @@ class Model:
             add_confidence(head, confidence)
             if depth is not None:
                 head.obs["spalstf_depth"] = depth
+            add_proportions(self, head, expr, cfg, log_normalized=log_norm, seed=seed,
+                            device=dev, spatial=spatial, rows=(first, last))
             writer = H5adWriter(out, head, layers=layers, overwrite=overwrite)
 
             def sink(rows, mean, extra):
@@ -358,6 +363,8 @@ class Model:
             return writer.close()
         if depth is not None and expr.kind == "anndata":
             extra = {**extra, "counts": counts_at_depth(mean, depth, cfg.scale_factor)}
+        proportions = dict(log_normalized=log_norm, seed=seed, device=dev, spatial=spatial,
+                           rows=(first, last))
         if shard is not None:
             result = pack(expr, mean, extra, self.output_names, info,
                           rows=slice(first, last), spatial=spatial)
@@ -367,6 +374,7 @@ class Model:
                 add_confidence(result, confidence)
         if depth is not None and expr.kind == "anndata":
             result.obs["spalstf_depth"] = depth
+        add_proportions(self, result, expr, cfg, **proportions)
         return result
 
     def _gene_confidence(self, self_check: dict | None, statistics: Any = None

@@ -45,6 +45,16 @@ BLOCK = 8192
 DENSE_TRAINING_BYTES = 512 * 2**20
 
 
+def atlas_cell_types(expr: Expression, rows: np.ndarray | None, atlas_rows: np.ndarray
+                     ) -> np.ndarray | None:
+    """The atlas cells' types: the reference AnnData's ``obs["cell_type"]`` (None without)."""
+    obs = getattr(expr.source, "obs", None) if expr.kind == "anndata" else None
+    if obs is None or "cell_type" not in obs:
+        return None
+    types = np.asarray(obs["cell_type"].astype(str))
+    return (types if rows is None else types[rows])[atlas_rows]
+
+
 def fit_parts(expr: Expression, known: list[str], targets: list[str], *, cfg: Config,
               log_normalized: bool, seed: int, device: torch.device, progress: bool,
               saving: tuple = (None, 1, None)) -> dict[str, Any]:
@@ -92,7 +102,8 @@ def fit_parts(expr: Expression, known: list[str], targets: list[str], *, cfg: Co
         cfg.scale_factor, factor, out=np.zeros_like(factor), where=factor > 0)
     data = TrainingData(known_z, target_z, atlas, self_index=self_index,
                         scalers=(known_scaler, target_scaler), depth=depth)
-    reference = Reference(known_z, target_z, scalers=data.scalers, depth=depth, atlas=atlas)
+    reference = Reference(known_z, target_z, scalers=data.scalers, depth=depth, atlas=atlas,
+                          cell_types=atlas_cell_types(expr, rows, atlas_rows))
     logger.log(phase_level(), "fitting on %d reference cells: %d known genes -> %d target "
                "genes", n, len(known), len(targets))
     history: list[dict] = []

@@ -27,7 +27,7 @@ from spalstf.data import Expression, check_values, match_genes
 from spalstf.diffusion.sample import impute_cells
 from spalstf.model.saved import plain
 from spalstf.preprocess import depth_blend, expected_at_depth
-from spalstf.prior import MODEL
+from spalstf.prior import EXPRESSION, MODEL, SpotDeconvolution, spaced_blocks
 from spalstf.spatial import coordinates
 
 #: Landmark cells (evenly spaced over the ST) whose predictions give each stack column's
@@ -271,6 +271,36 @@ def pack(expr: Expression, mean: np.ndarray | None, layers: Mapping[str, np.ndar
     if expr.kind == "dataframe":
         return pd.DataFrame(mean, index=expr.source.index[rows].copy(), columns=list(names))
     return mean
+
+
+def add_proportions(model: Any, result: Any, expr: Expression, cfg: Config, *,
+                    log_normalized: bool, seed: int, device: torch.device, spatial: Any,
+                    rows: tuple[int, int]) -> None:
+    """The spot deconvolution's proportions of the cells [rows) in an AnnData result's
+    ``obsm["spalstf_proportions"]`` (cells x units: each unit's share of the cell's known-gene
+    counts, rows summing to 1; the units are the reference's cell types or clusters), read
+    from each cell's own known genes (the raw view), when the model has the "deconvolution"
+    predictor (`spalstf.prior.deconvolve`); nothing otherwise."""
+    import anndata
+
+    fitted = model.predictors.get(SpotDeconvolution.name)
+    if fitted is None or not isinstance(result, anndata.AnnData):
+        return
+    source = ColumnSource(model, expr, st_known_genes(model, expr), cfg, [],
+                          log_normalized=log_normalized, spatial=spatial, seed=seed,
+                          device=device, views=["raw"])
+
+    def read(cells: np.ndarray) -> np.ndarray:
+        return source.read("raw", EXPRESSION, cells)
+
+    predictor = SpotDeconvolution.from_state(fitted.state(), cfg)
+    predictor.prepare(spaced_blocks(read, expr.n_cells, cfg.batch_size), device=device)
+    step = max(cfg.batch_size, 1024)
+    parts = [predictor.proportions(read(np.arange(s, min(s + step, rows[1]))))
+             for s in range(rows[0], rows[1], step)]
+    values = np.concatenate(parts) if parts else np.zeros((0, len(predictor.names)))
+    result.obsm["spalstf_proportions"] = pd.DataFrame(
+        values.astype(np.float32), index=result.obs_names.copy(), columns=predictor.names)
 
 
 def add_confidence(result: Any, confidence: dict | None) -> None:

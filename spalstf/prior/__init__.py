@@ -8,6 +8,8 @@
 - `transport`: the Tangram-style optimal-transport mapping (`TransportMapping`).
 - `likelihood`: reference clusters weighed by the likelihood of a cell's counts
   (`CountLikelihood`).
+- `deconvolve`: each cell or spot as a mixture of reference units, its proportions by Poisson
+  maximum likelihood (`SpotDeconvolution`).
 - `masked`: the masked-gene network, trained on the ST's known genes too (`MaskedNetwork`).
 
 Each predictor is an estimator with its own few settings (`base`); `build` makes one from a
@@ -27,6 +29,7 @@ from spalstf.prior.base import (
     landmarks,
     spaced_blocks,
 )
+from spalstf.prior.deconvolve import SpotDeconvolution
 from spalstf.prior.likelihood import CountLikelihood
 from spalstf.prior.masked import MaskedNetwork
 from spalstf.prior.neighbours import (
@@ -58,7 +61,7 @@ from spalstf.prior.transport import TransportMapping
 PREDICTORS: dict[str, type[BasePredictor]] = {
     cls.name: cls for cls in (RidgePrior, AlignedRidge, AlignedNeighbours, ReferenceNeighbours,
                                SpageProjection, TransportMapping, CountLikelihood,
-                               MaskedNetwork)}
+                               SpotDeconvolution, MaskedNetwork)}
 
 
 def build(name: str, config: Config) -> BasePredictor:
@@ -71,6 +74,6 @@ __all__ = ["ALPHA_GRID", "ESTIMATE_MIXTURES_PER_SIZE", "EXPRESSION", "MIXTURES_P
            "MIXTURE_SIZES", "MODEL", "PREDICTORS", "STAT_CELLS", "AlignedNeighbours",
            "AlignedRidge", "BasePredictor", "CountLikelihood", "MaskedNetwork",
            "ProfilePredictor", "Reference", "ReferenceNeighbours", "RidgePrior",
-           "SpageProjection", "TransportMapping", "build", "choose_alpha", "fit_prior",
+           "SpageProjection", "SpotDeconvolution", "TransportMapping", "build", "choose_alpha", "fit_prior",
            "fit_ridge", "knn_estimate", "landmarks", "pseudo_spots", "spaced_blocks",
            "unit_rows"]

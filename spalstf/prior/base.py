@@ -74,6 +74,9 @@ class Reference:
     atlas: np.ndarray | None = None
     #: the cells a predictor may fit on (None: all); training holds its validation cells out
     rows: np.ndarray | None = None
+    #: (n_atlas,) each atlas cell's type, the reference's ``obs["cell_type"]`` (None: none):
+    #: the units the spot deconvolution mixes (`spalstf.prior.deconvolve`)
+    cell_types: np.ndarray | None = None
 
     def fit_rows(self) -> np.ndarray:
         """The cells to fit on, as an index array."""
