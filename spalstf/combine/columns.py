@@ -154,11 +154,20 @@ class ColumnSource:
                 raise ValueError("a column reads the spatial view, but the ST has no "
                                  "coordinates (`spatial`)")
         self._graph: Callable[[np.ndarray], np.ndarray] | None = None
-        self.readers = {v: self._view(v, xy) for v in needed_views}
         read_anyway = expr.n_cells if n_predicted is None else (
             min(expr.n_cells, STAT_CELLS) + n_predicted)
-        if (expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES
-                and read_anyway >= expr.n_cells):
+        hold = (expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES
+                and read_anyway >= expr.n_cells)
+        #: Every cell's log-normalised known genes when the views are held: the smoothing of
+        #: a block reads the rows of its neighbours' neighbours, most of the ST, so each block
+        #: normalised (and smoothed in space) most cells again (the same rows: values alike).
+        self._held: np.ndarray | None = None
+        if hold:
+            self._held = np.concatenate([
+                self._normalised(np.arange(s, min(s + BLOCK, expr.n_cells)))
+                for s in range(0, expr.n_cells, BLOCK)])
+        self.readers = {v: self._view(v, xy) for v in needed_views}
+        if hold:
             # a block of cells through every view in turn, so that the views smoothed over the
             # expression graph share each block's search (`_expression_graph`)
             parts: dict[str, list[np.ndarray]] = {view: [] for view in self.readers}
@@ -204,6 +213,8 @@ class ColumnSource:
             self.prepared[name, view] = predictor
 
     def _normalised(self, rows: np.ndarray) -> np.ndarray:
+        if getattr(self, "_held", None) is not None:
+            return self._held[rows]
         return log_normalize(self.expr.columns(self.st_known, contiguous(rows)),
                              scale_factor=self.config.scale_factor,
                              log_normalized=self.log_normalized)[0]
@@ -214,6 +225,12 @@ class ColumnSource:
         if view == "spatial":
             values = smoothed_reader(self._normalised, neighbours(xy, cfg.spatial_neighbors),
                                      cfg.spatial_weight)
+            if self._held is not None:  # every cell once, not once per block that reads it
+                spatial = np.concatenate([values(np.arange(s, min(s + BLOCK, n)))
+                                          for s in range(0, n, BLOCK)])
+
+                def values(rows: np.ndarray, spatial=spatial) -> np.ndarray:
+                    return spatial[rows]
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
             # cells, so a chunk or subsample reads what the whole run reads
