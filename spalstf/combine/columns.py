@@ -158,11 +158,12 @@ class ColumnSource:
             min(expr.n_cells, STAT_CELLS) + n_predicted)
         hold = (expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES
                 and read_anyway >= expr.n_cells)
-        #: Every cell's log-normalised known genes when the views are held: the smoothing of
-        #: a block reads the rows of its neighbours' neighbours, most of the ST, so each block
-        #: normalised (and smoothed in space) most cells again (the same rows: values alike).
+        #: Every cell's log-normalised known genes, where they (and their spatial smoothing)
+        #: fit in HELD_VIEW_BYTES: the smoothing of a block reads the rows of its neighbours'
+        #: neighbours, most of the ST, so each block normalised (and smoothed in space) most
+        #: cells again (the same rows: values alike), held views or not.
         self._held: np.ndarray | None = None
-        if hold:
+        if hold or expr.n_cells * len(st_known) * 4 * 2 <= HELD_VIEW_BYTES:
             self._held = np.concatenate([
                 self._normalised(np.arange(s, min(s + BLOCK, expr.n_cells)))
                 for s in range(0, expr.n_cells, BLOCK)])
