@@ -201,10 +201,23 @@ def smoothed_reader(read: Callable[[np.ndarray], np.ndarray],
         if nb.shape[1] == 0:
             return own
         needed, inverse = np.unique(nb, return_inverse=True)
-        values = read(needed)[inverse.reshape(nb.shape)]  # (cells, k, genes)
-        return (1 - weight) * own + weight * values.mean(axis=1)
+        return (1 - weight) * own + weight * neighbour_mean(read(needed),
+                                                            inverse.reshape(nb.shape))
 
     return read_smoothed
+
+
+def neighbour_mean(values: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
+    """(cells, genes): the mean of `values`' rows `nbrs[i]` for each row i of `nbrs`.
+
+    The same numbers as ``values[nbrs].mean(axis=1)`` (which adds the k rows in order, then
+    divides by k), a third of its time: the (cells, k, genes) gather it makes first was most of
+    the smoothing's cost (cProfile of the default command line).
+    """
+    total = np.take(values, nbrs[:, 0], axis=0)
+    for j in range(1, nbrs.shape[1]):
+        total += np.take(values, nbrs[:, j], axis=0)
+    return np.true_divide(total, nbrs.shape[1], out=total)
 
 
 #: ST cells (evenly spaced) among which expression neighbours are searched: every cell up to

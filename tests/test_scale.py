@@ -341,3 +341,127 @@ def test_profile_searches_reusing_the_shared_scratch_find_the_nearest_profiles()
             np.testing.assert_allclose(dist, np.sqrt(np.sort(plain, axis=1)[:, :4]))
     finally:
         ProfileIndex.max_elements, ProfileIndex.scratch_kept = default
+
+
+def test_expression_searches_in_blocks_with_a_reused_scratch_find_the_exact_neighbours():
+    """`NeighbourIndex` ranks its candidates by a product into a scratch kept between blocks
+    and calls: blocks and calls of other sizes give each query the exact nearest rows (the
+    cell itself left out), as a plain pairwise sort does."""
+    from spalstf.network import NeighbourIndex
+
+    rng = np.random.default_rng(1)
+    atlas = rng.normal(size=(200, 6)).astype(np.float32)
+    index = NeighbourIndex(atlas)
+    index.max_elements = 200 * 7  # blocks of 7 queries
+    for rows in (np.arange(0, 30), np.arange(50, 53), np.arange(100, 200)):
+        idx, _ = index.query(atlas[rows], 5, self_index=rows)
+        plain = ((atlas[rows, None, :].astype(np.float64) - atlas[None]) ** 2).sum(axis=2)
+        plain[np.arange(len(rows)), rows] = np.inf
+        np.testing.assert_array_equal(idx, np.argsort(plain, axis=1, kind="stable")[:, :5])
+
+
+def test_float32_profile_searches_find_the_float64_neighbours():
+    """The float32 path of `ProfileIndex` returns the float64 path's neighbours: certified
+    where the k-th and the next are far apart, and by the float64 path where they are not
+    (here: profiles repeated, so the k-th ties with the next)."""
+    from spalstf.prior.neighbours import ProfileIndex
+
+    rng = np.random.default_rng(2)
+    profiles = rng.normal(size=(300, 20)).astype(np.float32)
+    profiles[150:] = profiles[:150]  # every profile twice: ties at every border
+    queries = rng.normal(size=(40, 20)).astype(np.float32)
+    exact = ProfileIndex(profiles).query(queries, 7)
+    fast = ProfileIndex(profiles)
+    fast.float32 = True
+    idx, dist = fast.query(queries, 7)
+    assert fast.uncertified > 0  # the ties took the float64 path
+    for got, want in zip(idx, exact[0], strict=True):
+        assert set(got) == set(want)
+    np.testing.assert_allclose(dist, exact[1], rtol=1e-5, atol=1e-5)
+    distinct = ProfileIndex(profiles[:150])
+    distinct.float32 = True
+    idx, _ = distinct.query(queries, 7)
+    assert distinct.uncertified == 0
+    np.testing.assert_array_equal(np.sort(idx, axis=1),
+                                  np.sort(ProfileIndex(profiles[:150]).query(queries, 7)[0],
+                                          axis=1))
+
+
+def test_float32_searches_are_used_only_from_the_size_threshold(tiny_pair, monkeypatch):
+    """Below `FLOAT32_SEARCH_CELLS` ST cells no profile search takes the float32 path (the
+    outputs stay those of float64 searches); with the threshold lowered to the ST's size the
+    searches take it, and the imputation is the same to float rounding."""
+    from spalstf.prior.neighbours import ProfileIndex
+
+    st, sc = tiny_pair
+    calls = []
+    original = ProfileIndex._query_float32
+
+    def counting(self, queries, k):
+        calls.append(len(queries))
+        return original(self, queries, k)
+
+    monkeypatch.setattr(ProfileIndex, "_query_float32", counting)
+    opts = dict(seed=0, progress=False, batch_size=16)
+    exact = spalstf.impute(st, sc, **opts)
+    assert not calls
+    monkeypatch.setattr(columns_module, "FLOAT32_SEARCH_CELLS", st.n_obs)
+    fast = spalstf.impute(st, sc, **opts)
+    assert sum(calls) > st.n_obs
+    np.testing.assert_allclose(fast.X, exact.X, atol=1e-4)
+
+
+def test_a_source_predicting_few_cells_reads_only_them_and_the_statistics_cells(
+        tiny_model, tiny_pair, monkeypatch):
+    """A `ColumnSource` told it will predict few cells (the self-check's) does not compute the
+    views of every cell: only those `prepare` reads and those predicted, with the values of a
+    source that holds every view."""
+    from spalstf.model.predict import st_known_genes
+    from spalstf.prior import base
+
+    st, _ = tiny_pair
+    cfg = tiny_model.config.replace(batch_size=16)
+    expr = as_expression(st)
+    columns = ["knn|expression|expression", "ridge|spatial|expression"]
+    opts = dict(log_normalized=False, spatial=None, seed=0, device=torch.device("cpu"))
+    searched = []
+    graph = columns_module.expression_graph
+
+    def counting(*args, **kwargs):
+        neighbours = graph(*args, **kwargs)
+
+        def search(cells):
+            searched.append(np.array(cells))
+            return neighbours(cells)
+        return search
+
+    monkeypatch.setattr(columns_module, "expression_graph", counting)
+    known = st_known_genes(tiny_model, expr)
+    held = columns_module.ColumnSource(tiny_model, expr, known, cfg, columns, **opts)
+    assert len(np.unique(np.concatenate(searched))) == st.n_obs
+    # statistics on 10 cells, 5 cells predicted: 15 of the 60 read
+    monkeypatch.setattr(columns_module, "STAT_CELLS", 10)
+    monkeypatch.setattr(columns_module, "spaced_blocks", lambda read, n, block: base.spaced_blocks(
+        read, n, block, max_cells=10))
+    held = columns_module.ColumnSource(tiny_model, expr, known, cfg, columns, **opts)
+    searched.clear()
+    few = columns_module.ColumnSource(tiny_model, expr, known, cfg, columns, n_predicted=5,
+                                      **opts)
+    cells = np.array([3, 17, 30, 41, 58])
+    got, want = few.predict(cells), held.predict(cells)
+    assert len(np.unique(np.concatenate(searched))) <= 15
+    for name in columns:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_neighbour_mean_is_numpys_mean_of_the_gathered_rows(dtype):
+    from spalstf.spatial import neighbour_mean
+
+    rng = np.random.default_rng(3)
+    values = (rng.random((80, 9)) * 50).astype(dtype)
+    for k in (1, 2, 8, 15):
+        nbrs = rng.integers(0, 80, size=(30, k))
+        got = neighbour_mean(values, nbrs)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, values[nbrs].mean(axis=1))

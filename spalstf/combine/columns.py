@@ -23,7 +23,8 @@ from spalstf.config import Config
 from spalstf.data import Expression
 from spalstf.diffusion.sample import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
-from spalstf.prior.base import EXPRESSION, MODEL, BasePredictor, spaced_blocks
+from spalstf.prior.base import EXPRESSION, MODEL, STAT_CELLS, BasePredictor, spaced_blocks
+from spalstf.prior.neighbours import FLOAT32_SEARCH_CELLS, search_in_float32
 from spalstf.spatial import (
     coordinates,
     expression_graph,
@@ -125,11 +126,18 @@ class ColumnSource:
         Views to read besides those of the columns (`read`).
     log_normalized, spatial, seed, device
         As `Model.impute`'s.
+    n_predicted
+        How many cells `predict` will be asked for (None: every cell). The views of every cell
+        are held only where they fit in `HELD_VIEW_BYTES` and most cells would be read anyway
+        (the cells `prepare` reads, `spalstf.prior.base.STAT_CELLS`, and those predicted):
+        the self-check predicts a few thousand cells, and computing the views of a larger ST
+        for all of them was most of its cost. Values do not depend on it.
     """
 
     def __init__(self, model: Any, expr: Expression, st_known: list[str], config: Config,
                  columns: Sequence[str], *, log_normalized: bool, spatial: Any, seed: int,
-                 device: torch.device, views: Sequence[str] = ()) -> None:
+                 device: torch.device, views: Sequence[str] = (),
+                 n_predicted: int | None = None) -> None:
         self.model, self.expr, self.st_known = model, expr, st_known
         self.config, self.seed, self.device = config, seed, device
         self.log_normalized = log_normalized
@@ -146,8 +154,21 @@ class ColumnSource:
                 raise ValueError("a column reads the spatial view, but the ST has no "
                                  "coordinates (`spatial`)")
         self._graph: Callable[[np.ndarray], np.ndarray] | None = None
+        read_anyway = expr.n_cells if n_predicted is None else (
+            min(expr.n_cells, STAT_CELLS) + n_predicted)
+        hold = (expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES
+                and read_anyway >= expr.n_cells)
+        #: Every cell's log-normalised known genes, where they (and their spatial smoothing)
+        #: fit in HELD_VIEW_BYTES: the smoothing of a block reads the rows of its neighbours'
+        #: neighbours, most of the ST, so each block normalised (and smoothed in space) most
+        #: cells again (the same rows: values alike), held views or not.
+        self._held: np.ndarray | None = None
+        if hold or expr.n_cells * len(st_known) * 4 * 2 <= HELD_VIEW_BYTES:
+            self._held = np.concatenate([
+                self._normalised(np.arange(s, min(s + BLOCK, expr.n_cells)))
+                for s in range(0, expr.n_cells, BLOCK)])
         self.readers = {v: self._view(v, xy) for v in needed_views}
-        if expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES:
+        if hold:
             # a block of cells through every view in turn, so that the views smoothed over the
             # expression graph share each block's search (`_expression_graph`)
             parts: dict[str, list[np.ndarray]] = {view: [] for view in self.readers}
@@ -188,9 +209,13 @@ class ColumnSource:
                     return (b if s == EXPRESSION else self.scaler.transform(b)
                             for b in spaced[v])
             predictor.prepare(blocks, device=device)
+            if expr.n_cells >= FLOAT32_SEARCH_CELLS:  # the per-cell cost of large runs
+                search_in_float32(predictor)
             self.prepared[name, view] = predictor
 
     def _normalised(self, rows: np.ndarray) -> np.ndarray:
+        if getattr(self, "_held", None) is not None:
+            return self._held[rows]
         return log_normalize(self.expr.columns(self.st_known, contiguous(rows)),
                              scale_factor=self.config.scale_factor,
                              log_normalized=self.log_normalized)[0]
@@ -201,6 +226,12 @@ class ColumnSource:
         if view == "spatial":
             values = smoothed_reader(self._normalised, neighbours(xy, cfg.spatial_neighbors),
                                      cfg.spatial_weight)
+            if self._held is not None:  # every cell once, not once per block that reads it
+                spatial = np.concatenate([values(np.arange(s, min(s + BLOCK, n)))
+                                          for s in range(0, n, BLOCK)])
+
+                def values(rows: np.ndarray, spatial=spatial) -> np.ndarray:
+                    return spatial[rows]
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
             # cells, so a chunk or subsample reads what the whole run reads

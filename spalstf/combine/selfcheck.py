@@ -275,7 +275,8 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
                         device=device, progress=False)
         columns = candidate_columns(model, cfg, views, readouts)
         source = model.columns(st_expr, cfg, columns, log_normalized=log_normalized,
-                               seed=seed, device=device, spatial=spatial)
+                               seed=seed, device=device, spatial=spatial,
+                               n_predicted=len(rows))
         for name, values in source.predict(rows).items():
             predictions.setdefault(name, []).append(values)
         reference_pcc.update(zip(hidden, model.info["reference_pcc"], strict=True))

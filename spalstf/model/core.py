@@ -412,13 +412,14 @@ class Model:
         return cfg.combine == "stack" and self.stack is not None
 
     def columns(self, expr: Expression, cfg: Config, columns: Sequence[str], *,
-                log_normalized: bool, seed: int, device: torch.device, spatial: Any
-                ) -> ColumnSource:
-        """A `spalstf.combine.columns.ColumnSource` of `columns` on the ST `expr` (prepared)."""
+                log_normalized: bool, seed: int, device: torch.device, spatial: Any,
+                n_predicted: int | None = None) -> ColumnSource:
+        """A `spalstf.combine.columns.ColumnSource` of `columns` on the ST `expr` (prepared;
+        `n_predicted`: how many cells it will predict, None for all)."""
         st_known = st_known_genes(self, expr)
         check_values(expr, log_normalized=log_normalized, arg="st")
         return ColumnSource(self, expr, st_known, cfg, columns, log_normalized=log_normalized,
-                            spatial=spatial, seed=seed, device=device)
+                            spatial=spatial, seed=seed, device=device, n_predicted=n_predicted)
 
     # --- self-check -------------------------------------------------------------------------
     @shows_progress

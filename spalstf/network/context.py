@@ -71,6 +71,7 @@ class NeighbourIndex:
         self.distance_scale = float(np.sqrt(max(self.atlas_known.shape[1], 1)))
         #: Query cells whose certificate failed at the first candidate pool (diagnostics).
         self.widened = 0
+        self._scratch: torch.Tensor | None = None
 
     def query(self, known: np.ndarray, k: int, self_index: np.ndarray | None = None):
         """Indices and scaled distances of the k nearest atlas cells, nearest first.
@@ -104,7 +105,13 @@ class NeighbourIndex:
         """The k nearest (indices, exact distances) of each row of one block of queries."""
         n_atlas, n_known = self.atlas_known.shape
         query_sq = (query.double() ** 2).sum(dim=1).float()
-        approx = query_sq[:, None] + self.atlas_sq[None, :] - 2.0 * (query @ self.atlas_known.T)
+        # |a|^2 - 2 q.a in one pass into a reused scratch (a fresh (rows x atlas) matrix per
+        # block, and the copies of a longer expression, are memory the system maps and zeroes
+        # each time: most of the search's time); |q|^2 is the same for a whole row, so it
+        # changes no row's order and is added to the few values kept (below). The candidates'
+        # distances are then computed exactly, so the result does not depend on this rounding.
+        approx = torch.addmm(self.atlas_sq[None, :], query, self.atlas_known.T, alpha=-2.0,
+                             out=self._buffer(len(query)))
         if own is not None:
             own_rows = (own >= 0).nonzero()[:, 0]
             approx[own_rows, own[own_rows]] = float("inf")
@@ -118,7 +125,9 @@ class NeighbourIndex:
         while len(pending):
             pool = min(pool, n_atlas)
             taken = min(pool + 1, n_atlas)  # one more: the nearest cell left outside the pool
-            near, cand = torch.topk(approx[pending], taken, dim=1, largest=False, sorted=True)
+            rows = approx if len(pending) == len(query) else approx[pending]
+            near, cand = torch.topk(rows, taken, dim=1, largest=False, sorted=True)
+            near = near + query_sq[pending, None]
             border = near[:, pool] if taken > pool else torch.full_like(near[:, 0], float("inf"))
             idx, dist = self._exact(query[pending], cand[:, :pool],
                                     None if own is None else own[pending], k)
@@ -130,6 +139,14 @@ class NeighbourIndex:
             pending = pending[~certain]
             pool *= 8
         return out_idx, out_dist
+
+    def _buffer(self, rows: int) -> torch.Tensor:
+        """A (rows x atlas) float32 scratch matrix, kept by the index and reused block to
+        block (it holds at most `max_elements` floats)."""
+        size = rows * self.atlas_known.shape[0]
+        if self._scratch is None or self._scratch.numel() < size:
+            self._scratch = torch.empty(size, dtype=torch.float32, device=self.device)
+        return self._scratch[:size].view(rows, self.atlas_known.shape[0])
 
     def _exact(self, query: torch.Tensor, cand: torch.Tensor, own: torch.Tensor | None, k: int):
         """Pairwise (exact, order-free) distances to the candidates; the k nearest, ties by row."""

@@ -45,10 +45,21 @@ class ProfileIndex:
         self.device = torch.device(device)
         self.profiles = torch.as_tensor(np.asarray(profiles, np.float64), device=self.device)
         self.squares = (self.profiles ** 2).sum(dim=1)
+        #: Search in two stages (`_query_float32`): set on large STs (`search_in_float32`).
+        self.float32 = False
+        self._profiles32: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: Queries of the float32 path that took the float64 one (diagnostics).
+        self.uncertified = 0
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, distances) of each query's k nearest profiles, nearest first."""
         k = min(k, self.profiles.shape[0])
+        if self.float32 and k < self.profiles.shape[0]:
+            return self._query_float32(queries, k)
+        return self._query_float64(queries, k)
+
+    def _query_float64(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`query` by float64 matrix products of whole blocks (the exact path)."""
         step = max(1, self.max_elements // max(self.profiles.shape[0], 1))
         out_idx, out_dist = [], []
         for start in range(0, len(queries), step):
@@ -71,6 +82,58 @@ class ProfileIndex:
             return np.zeros((0, k), np.int64), np.zeros((0, k))
         return np.concatenate(out_idx).astype(np.int64), np.concatenate(out_dist)
 
+    def _query_float32(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`query` by a float32 matrix product, about 1.5x as fast on a CPU, for large STs.
+
+        A bound on the float32 rounding of the squared distances certifies, query by query,
+        that the k nearest profiles are those of the float64 path (the gap between the k-th
+        and the next is wider than the rounding); queries it does not certify take the float64
+        path. Within a certified set, profiles are ranked by their float32 distances (then by
+        row), so two members within float32 rounding of each other may come in the other order
+        than the float64 path's, and the distances returned are float32-precise. The
+        predictors read the set (means over it) and recompute the distances they weigh."""
+        if self._profiles32 is None:
+            self._profiles32 = (self.profiles.float(), self.squares.float())
+        profiles32, squares32 = self._profiles32
+        n_profiles, n_dims = self.profiles.shape
+        largest_square = float(self.squares.max())
+        step = max(1, self.max_elements // max(n_profiles, 1))
+        out_idx = np.empty((len(queries), k), np.int64)
+        out_dist = np.empty((len(queries), k), np.float64)
+        for start in range(0, len(queries), step):
+            block = np.asarray(queries[start:start + step])
+            q = torch.as_tensor(block, dtype=torch.float32, device=self.device)
+            q_sq = (q.double() ** 2).sum(dim=1)
+            flat = self._scratch.get((self.device, "float32"))
+            size = len(q) * n_profiles
+            if flat is None or flat.numel() < size:
+                flat = self._scratch[self.device, "float32"] = torch.empty(
+                    size, dtype=torch.float32, device=self.device)
+            # |p|^2 - 2 q.p in one pass (|q|^2 is the same along a row: it changes no order)
+            approx = torch.addmm(squares32[None], q, profiles32.T, alpha=-2.0,
+                                 out=flat[:size].view(len(q), n_profiles))
+            near, idx = torch.topk(approx, k + 1, dim=1, largest=False, sorted=True)
+            near, idx = near.double().cpu().numpy(), idx.cpu().numpy()
+            # float32 rounding of |p|^2 - 2 q.p (and of q and p themselves), bounded
+            # generously, as `spalstf.network.NeighbourIndex` bounds its own
+            slack = 4.0 * (n_dims + 2) * 2.0 ** -24 * (q_sq.cpu().numpy() + largest_square)
+            certain = near[:, k] - near[:, k - 1] > 2 * slack
+            near, idx = near[:, :k], idx[:, :k]
+            order = np.lexsort((idx, near), axis=1)  # ties by profile row
+            rows = slice(start, start + len(q))
+            out_idx[rows] = np.take_along_axis(idx, order, axis=1)
+            out_dist[rows] = np.sqrt(np.clip(np.take_along_axis(near, order, axis=1)
+                                             + q_sq.cpu().numpy()[:, None], 0, None))
+            self.uncertified += int((~certain).sum())
+            if not certain.all():
+                doubt = np.flatnonzero(~certain)
+                i, d = self._query_float64(block[doubt], k)
+                out_idx[start + doubt], out_dist[start + doubt] = i, d
+        flat = self._scratch.get((self.device, "float32"))
+        if flat is not None and flat.numel() > 2 * self.scratch_kept:
+            del self._scratch[self.device, "float32"]  # a large query's: not held further
+        return out_idx, out_dist
+
     def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Two (rows x profiles) float64 matrices of the shared scratch (`_scratch`)."""
         size = rows * self.profiles.shape[0]
@@ -80,6 +143,21 @@ class ProfileIndex:
                                                             device=self.device)
         shape = (rows, self.profiles.shape[0])
         return flat[:size].view(shape), flat[size:2 * size].view(shape)
+
+
+#: ST size (cells) from which the base predictors' profile searches take the two-stage float32
+#: path (`ProfileIndex._query_float32`): the per-cell cost of large runs; below it every search
+#: is the float64 one, so smaller data sets get bit-identical outputs.
+FLOAT32_SEARCH_CELLS = 50000
+
+
+def search_in_float32(predictor: object) -> None:
+    """Switch the profile searches a prepared predictor holds (as attributes, or inside a
+    tuple attribute) to the float32 path (`ProfileIndex._query_float32`)."""
+    for value in vars(predictor).values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, ProfileIndex):
+                item.float32 = True
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
