@@ -47,8 +47,9 @@ cat(sprintf("ST: %d genes x %d spots; reference: %d genes x %d cells; %d genes s
             nrow(st), ncol(st), nrow(ref), ncol(ref), length(intersect(rownames(st), rownames(ref)))))
 
 # 1. Impute: genes = NULL imputes every reference gene the ST lacks. The result is an
-#    alternative experiment "SpaLSTF" (assays logcounts, std, and lower / upper: the 90%
-#    interval the self-check calibrated on the ST's own genes); the counts are untouched.
+#    alternative experiment "SpaLSTF" (assays logcounts, counts: the same values as counts at
+#    each spot's depth, std, and lower / upper: the 90% interval the self-check calibrated on
+#    the ST's own genes); the object's own counts are untouched.
 # --fast: a small network trained briefly; other spalstf options go by their Python names.
 small <- list(d_model = 32L, depth = 1L, lstm_hidden = 16L, n_neighbors = 4L)
 settings <- if (fast) c(list(epochs = 3L, n.steps = 3L, n.samples = 2L, verbose = FALSE), small) else list()

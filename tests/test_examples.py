@@ -156,7 +156,7 @@ def test_seurat_quickstart(tmp_path):
 def test_sce_quickstart(tmp_path):
     out = _run(["Rscript", str(EXAMPLES / "sce_quickstart.R"), str(DATA / "visium_brain"),
                 "--fast", "--out=o"], tmp_path)
-    assert "assays(4): logcounts std lower upper" in out
+    assert "assays(5): logcounts counts std lower upper" in out
     assert "wrote o/sce_quickstart.png" in out  # the map of a gene and of its uncertainty
     assert _is_png(tmp_path / "o" / "sce_quickstart.png")
     assert "spalstf" in out.split("method")[-1]  # the cross-validation table
