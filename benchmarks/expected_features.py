@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from uncertainty import DATASETS, SCALE, dense, load, per_gene_pcc  # noqa: E402
+from uncertainty import DATASETS, SCALE, dense, fold_truth, load, per_gene_pcc  # noqa: E402
 
 import spalstf  # noqa: E402
 from spalstf._atomic import atomic_path  # noqa: E402
@@ -121,12 +121,7 @@ def run_set(name: str) -> list[dict]:
     counts = dense(st.X)
     runs = []
     for fold, held in enumerate(gene_folds(shared, 5, 0)):
-        known = [g for g in shared if g not in set(held)]
-        kidx = [shared.index(g) for g in known]
-        hidx = [shared.index(g) for g in held]
-        total = counts[:, kidx].sum(1, keepdims=True)
-        truth = np.log1p(np.divide(counts[:, hidx] * SCALE, total,
-                                   out=np.zeros((len(counts), len(hidx))), where=total > 0))
+        known, truth = fold_truth(counts, shared, held)
         with Recorder() as rec:
             res = spalstf.impute(st[:, known].copy(), sc, genes=list(held), seed=0,
                                  progress=False)

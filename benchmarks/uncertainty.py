@@ -69,6 +69,19 @@ def dense(m) -> np.ndarray:
     return np.asarray(m.toarray() if hasattr(m, "toarray") else m, dtype=np.float64)
 
 
+def fold_truth(counts: np.ndarray, shared: list[str], held: list[str]
+               ) -> tuple[list[str], np.ndarray]:
+    """(the fold's known genes, the held-out genes' truth): each held-out gene's
+    ``log1p(count / the cell's total over the known genes * SCALE)``, 0 in empty cells."""
+    known = [g for g in shared if g not in set(held)]
+    kidx = [shared.index(g) for g in known]
+    hidx = [shared.index(g) for g in held]
+    total = counts[:, kidx].sum(1, keepdims=True)
+    truth = np.log1p(np.divide(counts[:, hidx] * SCALE, total,
+                               out=np.zeros((len(counts), len(hidx))), where=total > 0))
+    return known, truth
+
+
 def interval_score(truth, lower, upper, alpha: float = ALPHA) -> np.ndarray:
     """Per value: width + 2/alpha x the distance by which the truth falls outside."""
     return ((upper - lower) + (2 / alpha) * np.clip(lower - truth, 0, None)
@@ -111,12 +124,7 @@ def run_set(name: str, options: dict) -> dict:
     genes, cov_rows, scores, pcc_rows, runs = [], [], {}, [], []
     seconds = []
     for fold, held in enumerate(gene_folds(shared, 5, 0)):
-        known = [g for g in shared if g not in set(held)]
-        kidx = [shared.index(g) for g in known]
-        hidx = [shared.index(g) for g in held]
-        total = counts[:, kidx].sum(1, keepdims=True)
-        truth = np.log1p(np.divide(counts[:, hidx] * SCALE, total,
-                                   out=np.zeros((len(counts), len(hidx))), where=total > 0))
+        known, truth = fold_truth(counts, shared, held)
         t0 = time.perf_counter()
         res = spalstf.impute(st[:, known].copy(), sc, genes=list(held), seed=0, progress=False,
                              **options)
