@@ -426,9 +426,13 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
   if (!is.null(confidence)) rownames(confidence) <- rownames(mean)
   # lower / upper: the interval, present where the learnt stack combined the predictions;
   # confidence: expected_pcc and reference_pcc per gene (rows: the genes of `mean`), or NULL
-  # counts: the values at each cell's depth (raw-counts input), or NULL
+  # counts: the values at each cell's depth (raw-counts input), or NULL; proportions: units x
+  # cells, the spot deconvolution's (with the "deconvolution" predictor), or NULL
+  proportions <- if (!is.null(parts$proportions)) {
+    .matrix_from_parts(parts$proportions, as.character(parts$proportion_units), cells)
+  }
   list(mean = mean, std = layer(parts$std), lower = layer(parts$lower),
-       upper = layer(parts$upper), counts = layer(parts$counts),
+       upper = layer(parts$upper), counts = layer(parts$counts), proportions = proportions,
        provenance = parts$provenance, self_check = self_check,
        confidence = confidence, python = res)
 }
@@ -441,7 +445,10 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 #'   \code{paste0(new.assay.name, ".std")} whose \code{data} slot holds their uncertainty
 #'   (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}) and, with the stack, the assays
 #'   \code{paste0(new.assay.name, ".lower")} and \code{paste0(new.assay.name, ".upper")}
-#'   holding the interval (keys \code{"spalstflower_"}, \code{"spalstfupper_"}); the
+#'   holding the interval (keys \code{"spalstflower_"}, \code{"spalstfupper_"}), and with
+#'   the \code{"deconvolution"} predictor the assay \code{paste0(new.assay.name,
+#'   ".proportions")}, whose \code{data} slot holds each cell's or spot's proportions of the
+#'   reference's cell types (or clusters), units x cells; the
 #'   Python provenance in \code{Misc(object[[new.assay.name]], "spalstf")}, each gene's
 #'   \code{expected_pcc} and \code{reference_pcc} (with a self-check) in its feature meta
 #'   data, parameters and the
@@ -499,9 +506,10 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   companions <- .companion_assay_names(new.assay.name)
   if (assay %in% c(new.assay.name, companions)) {
     stop(sprintf(paste0("`new.assay.name` (\"%s\", and \"%s\", \"%s\", \"%s\" for the ",
-                        "standard deviation and the interval) must "),
+                        "standard deviation and the interval, \"%s\" for the proportions) ",
+                        "must "),
                  new.assay.name, companions[["std"]], companions[["lower"]],
-                 companions[["upper"]]),
+                 companions[["upper"]], companions[["proportions"]]),
          sprintf("differ from `assay`, the input (\"%s\").", assay), call. = FALSE)
   }
   opts <- .py_options(seed, device, n.samples, n.steps, epochs, verbose, list(...))
@@ -518,7 +526,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
   requested <- rownames(res$mean)
   object <- .add_imputation(object, res$mean, res$std, new.assay.name, res$provenance,
                             lower = res$lower, upper = res$upper, confidence = res$confidence,
-                            counts = res$counts)
+                            counts = res$counts, proportions = res$proportions)
   if (set.default) SeuratObject::DefaultAssay(object) <- new.assay.name
   params <- c(list(genes = requested, assay = assay, slot = slot,
                    new.assay.name = new.assay.name,
@@ -526,6 +534,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
                    reference = if (inherits(ref, "SpaLSTFModel")) "SpaLSTFModel" else "fit",
                    spalstf.version = .spalstf_py_version()), opts)
   if (!is.null(res$lower)) params$interval.assay.names <- unname(companions[c("lower", "upper")])
+  if (!is.null(res$proportions)) params$proportions.assay.name <- companions[["proportions"]]
   params$self_check <- res$self_check
   object <- .set_tool(object, params)
   object <- SeuratObject::LogSeuratCommand(object = object)
@@ -539,7 +548,8 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 # interval's bounds, named by what they hold.
 .companion_assay_names <- function(new.assay.name) {
   c(std = .std_assay_name(new.assay.name), lower = paste0(new.assay.name, ".lower"),
-    upper = paste0(new.assay.name, ".upper"))
+    upper = paste0(new.assay.name, ".upper"),
+    proportions = paste0(new.assay.name, ".proportions"))
 }
 
 # "a", "a" and "b", "a", "b" and "c".
@@ -554,14 +564,16 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 # (the interval), so that subset(), merge() and the plots keep them aligned. `mean`, `std`,
 # `lower`, `upper`: genes x cells, the requested gene names as row names (kept in the feature
 # meta data column feature_name; Seurat spells `_` as `-`), the cells of `object` as column
-# names; `counts` (the same shape, or NULL) goes to the counts slot of `new.assay.name`. A companion assay left from an earlier run that this one does not give is removed:
+# names; `counts` (the same shape, or NULL) goes to the counts slot of `new.assay.name`, and
+# `proportions` (units x cells, or NULL: the spot deconvolution's) to the assay
+# paste0(new.assay.name, ".proportions"). A companion assay left from an earlier run that this one does not give is removed:
 # it would no longer match the new values. `confidence`: NULL or .gene_confidence()'s
 # data.frame (rows: the genes of `mean`), whose columns expected_pcc and reference_pcc join
 # the feature meta data of `new.assay.name`. Shared by Impute() and
 # spalstf.io.write_rds(base =) (R/rds.R), so both write the same object.
 .add_imputation <- function(object, mean, std, new.assay.name, provenance = NULL,
                             lower = NULL, upper = NULL, confidence = NULL,
-                            counts = NULL) {
+                            counts = NULL, proportions = NULL) {
   extra <- list(std = std, lower = lower, upper = upper)
   if (!is.null(counts) && !identical(dimnames(counts), dimnames(mean))) {
     stop("Internal error: the imputed counts must have the genes and cells of the values.",
@@ -573,6 +585,11 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
     stop("Internal error: the imputed values, their standard deviation and interval must ",
          "have the cells of the object, in its order.", call. = FALSE)
   }
+  if (!is.null(proportions) && !identical(colnames(proportions), colnames(object))) {
+    stop("Internal error: the proportions must have the cells of the object, in its order.",
+         call. = FALSE)
+  }
+  extra$proportions <- proportions  # its rows are the units, not the genes
   names.extra <- .companion_assay_names(new.assay.name)
   present <- intersect(c(new.assay.name, names.extra), SeuratObject::Assays(object))
   if (length(present)) {
@@ -633,7 +650,10 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 #' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
 #'   \code{new.assay.name} with assays \code{logcounts} (the imputations), \code{counts}
 #'   (with raw-counts input: the same values as counts at each cell's depth), \code{std} and,
-#'   with the stack, \code{lower} and \code{upper} (the interval), and, with a
+#'   with the stack, \code{lower} and \code{upper} (the interval), with the
+#'   \code{"deconvolution"} predictor the alternative experiment
+#'   \code{paste0(new.assay.name, ".proportions")} (assay \code{proportions}: units x cells),
+#'   and, with a
 #'   self-check, the \code{rowData} columns \code{expected_pcc} and \code{reference_pcc}; the
 #'   parameters and the self-check summary (\code{$self_check}) go to
 #'   \code{metadata(object)[["SpaLSTF"]]}.
@@ -666,6 +686,10 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
     SummarizedExperiment::rowData(alt)[[column]] <- res$confidence[[column]]
   }
   SingleCellExperiment::altExp(object, new.assay.name) <- alt
+  if (!is.null(res$proportions)) {
+    SingleCellExperiment::altExp(object, paste0(new.assay.name, ".proportions")) <-
+      SingleCellExperiment::SingleCellExperiment(assays = list(proportions = res$proportions))
+  }
   md <- S4Vectors::metadata(object)
   md[["SpaLSTF"]] <- c(list(genes = rownames(res$mean), assay = assay %||% "counts",
                             slot = slot, new.assay.name = new.assay.name,
@@ -680,7 +704,9 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
 #'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
 #'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "lower")} and
 #'   \code{attr(, "upper")} the interval (with the stack), \code{attr(, "counts")} the
-#'   values as counts at each cell's depth (raw-counts input), \code{attr(, "spalstf")} the
+#'   values as counts at each cell's depth (raw-counts input), \code{attr(, "proportions")}
+#'   the spot deconvolution's proportions (units x cells; with the \code{"deconvolution"}
+#'   predictor), \code{attr(, "spalstf")} the
 #'   provenance, \code{attr(, "self_check")} the self-check summary and, with it,
 #'   \code{attr(, "expected_pcc")} and \code{attr(, "reference_pcc")} (named by gene).
 #' @param log.normalized Matrices only: both inputs hold log-normalised values.
@@ -706,6 +732,7 @@ Impute.matrix <- function(object, reference, genes = NULL, log.normalized = FALS
   attr(out, "lower") <- res$lower
   attr(out, "upper") <- res$upper
   attr(out, "counts") <- res$counts
+  attr(out, "proportions") <- res$proportions
   attr(out, "spalstf") <- res$provenance
   attr(out, "self_check") <- res$self_check
   if (!is.null(res$confidence)) {

@@ -108,7 +108,8 @@ print.SpaLSTFModel <- function(x, ...) {
 #'   with \code{attr(, "std")} their uncertainty and, when the model holds a learnt stack
 #'   (see \code{\link{Impute}}), \code{attr(, "lower")} and \code{attr(, "upper")} the
 #'   interval; with raw counts (\code{slot = "counts"}), \code{attr(, "counts")} the values
-#'   as counts at each cell's depth. To add the assays of the values and of their uncertainty to a Seurat object
+#'   as counts at each cell's depth; with the \code{"deconvolution"} predictor,
+#'   \code{attr(, "proportions")} the spots' proportions of reference units. To add the assays of the values and of their uncertainty to a Seurat object
 #'   instead, call \code{\link{Impute}(object, model)}.
 #' @importFrom stats predict
 #' @export
@@ -125,6 +126,7 @@ predict.SpaLSTFModel <- function(object, newdata, assay = NULL, slot = "counts",
   attr(out, "lower") <- res$lower
   attr(out, "upper") <- res$upper
   attr(out, "counts") <- res$counts
+  attr(out, "proportions") <- res$proportions
   attr(out, "spalstf") <- res$provenance
   out
 }

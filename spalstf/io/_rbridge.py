@@ -259,9 +259,15 @@ def plain(value: Any) -> Any:
 def result_parts(result) -> dict:
     """Parts of an imputation result (AnnData from spalstf) for R: the values, and the layers
     "std" and, where the learnt stack made them, "lower" and "upper" (the interval), and,
-    with raw-counts input, "counts" (the values at each cell's depth)."""
+    with raw-counts input, "counts" (the values at each cell's depth); with the spot
+    deconvolution, "proportions" (units x cells in R) and their unit names."""
     layers = {name: matrix_to_parts(np.asarray(result.layers[name])) if name in result.layers
               else None for name in ("std", "lower", "upper", "counts")}
+    proportions = result.obsm.get("spalstf_proportions")
+    if proportions is not None:
+        units = [str(u) for u in getattr(proportions, "columns", range(proportions.shape[1]))]
+        layers["proportions"] = matrix_to_parts(np.asarray(proportions))
+        layers["proportion_units"] = np.asarray(units, dtype=str)
     return {
         "obs_names": np.asarray([str(v) for v in result.obs_names], dtype=str),
         "var_names": np.asarray([str(v) for v in result.var_names], dtype=str),

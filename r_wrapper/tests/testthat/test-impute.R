@@ -26,6 +26,14 @@ test_that("Impute on Seurat adds an assay, keeps names and leaves the rest alone
   depth <- Matrix::colSums(SeuratObject::GetAssayData(st, slot = "counts")[
     intersect(known, rownames(objs$ref)), , drop = FALSE])
   expect_equal(counts, sweep(expm1(as.matrix(vals)), 2, depth / 1e4, `*`), tolerance = 1e-5)
+  # FAST has the spot deconvolution: each spot's proportions of the reference's cell types
+  props <- as.matrix(SeuratObject::GetAssayData(out, assay = "SpaLSTF.proportions",
+                                                slot = "data"))
+  expect_identical(dimnames(props), list(c("A", "B"), colnames(st)))
+  expect_true(all(props >= 0) && isTRUE(all.equal(unname(colSums(props)), rep(1, ncol(st)),
+                                                  tolerance = 1e-5)))
+  expect_identical(SeuratObject::Tool(out, "Impute")$proportions.assay.name,
+                   "SpaLSTF.proportions")
   std <- SeuratObject::GetAssayData(out, assay = "SpaLSTF.std", slot = "data")
   expect_identical(dimnames(std), dimnames(vals))
   expect_true(all(std >= 0) && any(std > 0))
@@ -43,8 +51,8 @@ test_that("Impute on Seurat adds an assay, keeps names and leaves the rest alone
   # a second run replaces the assays (the default one too), saying so
   expect_warning(twice <- do.call(Impute, c(list(again, objs$ref, genes = "G17",
                                                 assay = "Spatial"), FAST)),
-                 paste0("Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\" and ",
-                        "\"SpaLSTF.upper\" replaced"))
+                 paste0("Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\", ",
+                        "\"SpaLSTF.upper\" and \"SpaLSTF.proportions\" replaced"))
   expect_identical(rownames(twice[["SpaLSTF.std"]]), "G17")
   expect_identical(rownames(twice[["SpaLSTF.upper"]]), "G17")
   expect_error(Impute(st, objs$ref, genes = "G17", assay = "Spatial", new.assay.name = "Spatial"),
@@ -103,6 +111,9 @@ test_that("Impute on matrices and SingleCellExperiment gives the Seurat values",
   skip_if_no_sce()
   d <- tiny_counts()
   objs <- tiny_seurat(d)
+  # the same data in every format: a matrix carries no cell types, so neither does the
+  # Seurat reference here (the spot deconvolution in FAST would use them as its units)
+  objs$ref$cell_type <- NULL
   genes <- c("G17", "GENE_U1")
   seu <- do.call(Impute, c(list(objs$st, objs$ref, genes = genes), FAST))
   ref_vals <- as.matrix(SeuratObject::GetAssayData(seu, assay = "SpaLSTF", slot = "data"))
@@ -128,6 +139,13 @@ test_that("Impute on matrices and SingleCellExperiment gives the Seurat values",
                tolerance = 1e-6)
   expect_identical(S4Vectors::metadata(out)$SpaLSTF$genes, genes)
   expect_identical(SummarizedExperiment::assay(out, "counts"), d$st)
+  # the spot deconvolution's proportions (units: clusters of this untyped reference), the
+  # same from the matrix and the SingleCellExperiment
+  props <- SummarizedExperiment::assay(
+    SingleCellExperiment::altExp(out, "SpaLSTF.proportions"), "proportions")
+  expect_identical(colnames(props), colnames(sce))
+  expect_equal(unname(colSums(props)), rep(1, ncol(sce)), tolerance = 1e-5)
+  expect_equal(props, attr(m, "proportions"), tolerance = 1e-6)
   # the uncertainty of the alternative experiment follows column subsetting
   keep <- colnames(sce)[c(9, 3, 20)]
   alt_std <- SummarizedExperiment::assay(alt, "std")
@@ -191,6 +209,7 @@ test_that("FitSpaLSTF, predict, SaveSpaLSTF and LoadSpaLSTF agree", {
   pl <- predict(learnt, objs$st, verbose = FALSE)
   expect_identical(dim(attr(pl, "lower")), dim(pl))
   expect_identical(dimnames(attr(pl, "counts")), dimnames(pl))
+  expect_null(attr(pl, "proportions"))  # the default predictors: no spot deconvolution
   expect_true(all(attr(pl, "counts") >= 0) && any(attr(pl, "counts") > 0))
   expect_true(all(attr(pl, "lower") >= 0 & attr(pl, "lower") <= attr(pl, "upper")) &&
                 any(attr(pl, "upper") > attr(pl, "lower")))

@@ -112,12 +112,14 @@ test_that("Impute on Seurat stores the stack's weights and interval, and message
   # match the new values, so its assays go (with the warning naming them)
   expect_warning(
     off <- do.call(Impute, c(list(out, objs$ref, genes = "G17", self.check = FALSE), FAST)),
-    "Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\" and \"SpaLSTF.upper\" replaced")
+    paste0("Assays \"SpaLSTF\", \"SpaLSTF.std\", \"SpaLSTF.lower\", \"SpaLSTF.upper\" and ",
+           "\"SpaLSTF.proportions\" replaced"))
   expect_null(SeuratObject::Tool(off, "Impute")$self_check)
   expect_null(SeuratObject::Tool(off, "Impute")$interval.assay.names)
   expect_false("expected_pcc" %in% names(off[["SpaLSTF"]][[]]))  # no self-check, no estimate
   expect_identical(SeuratObject::Misc(off[["SpaLSTF"]], "spalstf")$combination$kind, "blend")
-  expect_setequal(SeuratObject::Assays(off), c("Spatial", "SpaLSTF", "SpaLSTF.std"))
+  expect_setequal(SeuratObject::Assays(off),
+                  c("Spatial", "SpaLSTF", "SpaLSTF.std", "SpaLSTF.proportions"))
   expect_silent(do.call(Impute, c(list(objs$st, objs$ref, genes = "G17",
                                        self.check.folds = 2L, select = NULL), FAST)))
 })
