@@ -311,11 +311,6 @@ def learn(inner: InnerPredictions, *, level: float) -> SelfCheckResult:
     if inner.counts is not None:  # counts input: the per-value interval of the count model
         stack.calibrate_counts(inner.counts, inner.depth, combined, spread=spread, level=level,
                                scale_factor=inner.scale_factor)
-        # kept where it scores better than the normalised interval on the hidden genes
-        # (cross-fitted over the folds; `spalstf.combine.stack.cross_scores`)
-        stack.choose_interval(inner.own_truth, inner.counts, inner.depth, combined=combined,
-                              spread=spread, fold_of=inner.fold_of,
-                              scale_factor=inner.scale_factor)
     pcc, spcc = metrics.pcc(inner.truth, combined), metrics.spcc(inner.truth, combined)
     per_gene = pd.DataFrame({"gene": inner.genes, "fold": inner.fold_of, "pcc": pcc,
                              "spcc": spcc})

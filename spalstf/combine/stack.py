@@ -155,8 +155,10 @@ class Stack:
     #: the per-value interval of the count model (`spalstf.combine.intervals`), learnt where the
     #: self-check had counts; None: the normalised conformal interval above
     counts: CountInterval | None = None
-    #: the mean interval score of each interval on the hidden genes (cross-fitted), by which
-    #: `choose_interval` chose: {"normalised": ..., "counts": ...}; empty: not compared
+    #: models saved before the count model was kept always: the mean interval score of each
+    #: interval on the hidden genes (cross-fitted) by which their self-check chose
+    #: ({"normalised": ..., "counts": ...}; `counts` None where the normalised one won); read
+    #: and saved again as it was, never computed now (benchmarks/results/uncertainty.md)
     scores: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -225,19 +227,6 @@ class Stack:
         self.counts = intervals.fit(counts, depth, combined, spread, level=level,
                                     scale_factor=scale_factor)
 
-    def choose_interval(self, own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray, *,
-                        combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray,
-                        scale_factor: float) -> None:
-        """Keep the count model's interval only where, on the hidden genes, its interval score
-        (cross-fitted over the folds) is below the normalised interval's; the scores are kept
-        in `scores` (saved)."""
-        if self.counts is None:
-            return
-        self.scores = cross_scores(own_truth, counts, depth, combined, spread, fold_of,
-                                   level=self.level, scale_factor=scale_factor)
-        if self.scores and not self.scores["counts"] < self.scores["normalised"]:
-            self.counts = None
-
     def interval(self, combined: np.ndarray, spread: np.ndarray,
                  depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """(lower, upper) of each value, or None when the interval was not calibrated.
@@ -299,30 +288,3 @@ def columns_of(predictors: Sequence[str], views: Sequence[str],
                readouts: Sequence[str]) -> list[str]:
     """Every column of the predictors x views x readouts, in that order."""
     return [column(p, v, r) for p in predictors for v in views for r in readouts]
-
-
-def cross_scores(own_truth: np.ndarray, counts: np.ndarray, depth: np.ndarray,
-                 combined: np.ndarray, spread: np.ndarray, fold_of: np.ndarray, *,
-                 level: float, scale_factor: float) -> dict[str, float]:
-    """The mean interval score on the hidden genes of the normalised conformal interval
-    (``normalised``) and of the count model's (``counts``), each fold's genes scored with the
-    interval calibrated on the other folds' genes (cells x genes arrays; `fold_of` per gene).
-    Here, not in `spalstf.combine.intervals`, as it needs both kinds of interval."""
-    truth = np.asarray(own_truth, np.float64)
-    out = {"normalised": [], "counts": []}
-    for fold in np.unique(fold_of):
-        own, other = fold_of == fold, fold_of != fold
-        if not other.any():
-            return {}
-        stack = Stack({"ridge|raw|expression": 1.0})
-        stack.calibrate(truth[:, other], combined[:, other], spread[:, other], level=level)
-        model = intervals.fit(counts[:, other], depth[:, other], combined[:, other], spread[:, other],
-                    level=level, scale_factor=scale_factor)
-        bounds = stack.interval(combined[:, own], spread[:, own])
-        if bounds is None or model is None:
-            return {}
-        out["normalised"].append(intervals.interval_score(truth[:, own], *bounds, level) * own.sum())
-        out["counts"].append(intervals.interval_score(
-            truth[:, own], *model.interval(combined[:, own], spread[:, own], depth[:, own]),
-            level) * own.sum())
-    return {k: float(np.sum(v) / len(fold_of)) for k, v in out.items()}
