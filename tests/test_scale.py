@@ -465,3 +465,30 @@ def test_the_neighbour_mean_is_numpys_mean_of_the_gathered_rows(dtype):
         got = neighbour_mean(values, nbrs)
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, values[nbrs].mean(axis=1))
+
+
+def test_views_read_a_chunk_at_a_time_normalise_each_cell_once_where_the_values_fit(
+        tiny_pair, monkeypatch):
+    """Above HELD_VIEW_BYTES but within HELD_VALUES_BYTES every cell's log-normalised known
+    genes are held: the chunks' smoothing reads its neighbours' neighbours from them, so each
+    cell is normalised once per source (the self-check's two folds and the run), not once per
+    chunk that reads it, and the result is that of held views."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16)
+    held = spalstf.impute(st, sc, **opts)
+    normalised = []
+    plain = columns_module.log_normalize
+
+    def counting(known, *args, **kwargs):
+        normalised.append(len(known))
+        return plain(known, *args, **kwargs)
+
+    monkeypatch.setattr(columns_module, "log_normalize", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    chunked = spalstf.impute(st, sc, **opts)
+    _assert_same_result(chunked, held)
+    assert sum(normalised) == 3 * st.n_obs, normalised
+    normalised.clear()
+    monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)  # nothing held: many more reads
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert sum(normalised) > 3 * st.n_obs, normalised

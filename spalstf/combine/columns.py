@@ -44,6 +44,12 @@ BLOCK = 8192
 #: smoothing reads neighbours; every predictor reads every view); larger ones are read, and
 #: smoothed, a chunk at a time.
 HELD_VIEW_BYTES = 512 * 2**20
+#: Every cell's log-normalised known genes are held wherever they take at most this many bytes
+#: (float32), views held or not: where views are read a chunk at a time, the smoothing of a
+#: chunk reads its expression neighbours' spatial neighbours, scattered over the ST, and reading
+#: those rows from the input (a backed .h5ad from the command line) a chunk at a time made the
+#: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes.
+HELD_VALUES_BYTES = 1536 * 2**20
 
 
 def remembering_last(read: Callable[[np.ndarray], np.ndarray]
@@ -158,12 +164,15 @@ class ColumnSource:
             min(expr.n_cells, STAT_CELLS) + n_predicted)
         hold = (expr.n_cells * len(st_known) * 4 * len(needed_views) <= HELD_VIEW_BYTES
                 and read_anyway >= expr.n_cells)
-        #: Every cell's log-normalised known genes, where they (and their spatial smoothing)
-        #: fit in HELD_VIEW_BYTES: the smoothing of a block reads the rows of its neighbours'
-        #: neighbours, most of the ST, so each block normalised (and smoothed in space) most
-        #: cells again (the same rows: values alike), held views or not.
+        #: Every cell's log-normalised known genes, where they fit in HELD_VALUES_BYTES (and
+        #: their spatial smoothing too, where both fit in HELD_VIEW_BYTES): the smoothing of a
+        #: block reads the rows of its neighbours' neighbours, most of the ST, so each block
+        #: normalised (and smoothed in space) most cells again (the same rows: values alike),
+        #: held views or not.
         self._held: np.ndarray | None = None
-        if hold or expr.n_cells * len(st_known) * 4 * 2 <= HELD_VIEW_BYTES:
+        values_bytes = expr.n_cells * len(st_known) * 4
+        self._hold_spatial = hold or values_bytes * 2 <= HELD_VIEW_BYTES
+        if self._hold_spatial or values_bytes <= HELD_VALUES_BYTES:
             self._held = np.concatenate([
                 self._normalised(np.arange(s, min(s + BLOCK, expr.n_cells)))
                 for s in range(0, expr.n_cells, BLOCK)])
@@ -226,7 +235,8 @@ class ColumnSource:
         if view == "spatial":
             values = smoothed_reader(self._normalised, neighbours(xy, cfg.spatial_neighbors),
                                      cfg.spatial_weight)
-            if self._held is not None:  # every cell once, not once per block that reads it
+            if self._held is not None and self._hold_spatial:
+                # every cell once, not once per block that reads it
                 spatial = np.concatenate([values(np.arange(s, min(s + BLOCK, n)))
                                           for s in range(0, n, BLOCK)])
 
