@@ -41,6 +41,17 @@ def depth_blend(expression: np.ndarray, at_depth: np.ndarray, weight: float) -> 
     return (1 - weight) * expression + weight * at_depth
 
 
+def counts_at_depth(values: np.ndarray, depth: np.ndarray, *,
+                    scale_factor: float = 1e4) -> np.ndarray:
+    """Log-normalised `values` (cells x genes) put back on the count scale at each cell's own
+    `depth` (its total over the known genes): ``expm1(values) x depth / scale_factor``, float64,
+    a new array. The count the value stands for (the output's ``layers["counts"]``, the scale on
+    which Li et al. 2022 score), not the mean of a count distribution; an overflow is inf."""
+    d = np.asarray(depth, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        return np.expm1(np.asarray(values, dtype=np.float64)) * d / scale_factor
+
+
 def expected_at_depth(values: np.ndarray, depth: np.ndarray, *,
                       scale_factor: float = 1e4) -> np.ndarray:
     """What the ST would measure at each cell's depth, zeros included (``output="at_depth"``).

@@ -11,7 +11,7 @@ from conftest import FAST, as_counts
 
 import spalstf
 from spalstf.config import DEFAULT_PREDICTORS
-from spalstf.model.predict import counts_at_depth
+from spalstf.preprocess import counts_at_depth
 
 DEFAULT = {**FAST, "predictors": DEFAULT_PREDICTORS}
 
@@ -55,5 +55,5 @@ def test_log_normalised_input_has_no_depth_and_no_counts(tiny_pair, tiny_model):
 
 def test_counts_at_depth_overflows_to_inf_not_nan():
     values = np.array([[0.0, np.log1p(1e4), 800.0]], np.float32)
-    out = counts_at_depth(values, np.array([10.0]), 1e4)
+    out = counts_at_depth(values, np.array([10.0]), scale_factor=1e4)
     assert out[0, 0] == 0 and np.isclose(out[0, 1], 10.0) and np.isinf(out[0, 2])

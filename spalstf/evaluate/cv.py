@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from spalstf.data import as_expression, check_values
 from spalstf.evaluate import metrics as _m
 from spalstf.evaluate.baselines import BASELINES, SCALE, lognormalize
+from spalstf.preprocess import counts_at_depth
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,7 @@ def expected_counts(prediction: np.ndarray, depth: np.ndarray) -> np.ndarray:
     numpy.ndarray
         Cells x genes, a new array.
     """
-    d = np.asarray(depth, dtype=np.float64).reshape(-1, 1)
-    return np.expm1(np.asarray(prediction, dtype=np.float64)) * d / SCALE
+    return counts_at_depth(prediction, depth, scale_factor=SCALE)
 
 
 def _matrix(adata: ad.AnnData, layer: str | None, name: str) -> Any:

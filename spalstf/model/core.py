@@ -50,7 +50,6 @@ from spalstf.model.fitting import fit_parts
 from spalstf.model.predict import (
     add_confidence,
     add_proportions,
-    counts_at_depth,
     known_depth,
     layer_names,
     pack,
@@ -60,7 +59,7 @@ from spalstf.model.predict import (
     stack_landmarks,
 )
 from spalstf.model.saved import plain
-from spalstf.preprocess import Standardizer
+from spalstf.preprocess import Standardizer, counts_at_depth
 from spalstf.prior import AlignedNeighbours, BasePredictor
 from spalstf.spatial import resolve
 
@@ -307,6 +306,10 @@ class Model:
         depth = None if log_norm else known_depth(self, expr, first, last)
         if depth is not None:
             layers = [*layers, "counts"]
+
+        def counts_layer(values, cell_depth):
+            return counts_at_depth(values, cell_depth,
+                                   scale_factor=cfg.scale_factor).astype(np.float32)
         writer = sink = None
         if out is not None:
             from spalstf.io import H5adWriter
@@ -322,14 +325,14 @@ class Model:
 
             def sink(rows, mean, extra):
                 if depth is not None:
-                    extra = {**extra, "counts": counts_at_depth(mean, depth[rows],
-                                                                cfg.scale_factor)}
+                    extra = {**extra, "counts": counts_layer(mean, depth[rows])}
                 writer.write(rows, mean, extra)
         try:
             predict = predict_stack if stacked else predict_blend
             mean, extra = predict(self, expr, cfg, log_normalized=log_norm, seed=seed, device=dev,
                                   spatial=spatial, progress=progress, rows=(first, last),
-                                  sink=sink, **({"landmarks": landmarks} if stacked else {}))
+                                  sink=sink,
+                                  **({"landmarks": landmarks, "depth": depth} if stacked else {}))
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -362,7 +365,7 @@ class Model:
             writer.write_uns({"spalstf": plain(info)})
             return writer.close()
         if depth is not None and expr.kind == "anndata":
-            extra = {**extra, "counts": counts_at_depth(mean, depth, cfg.scale_factor)}
+            extra = {**extra, "counts": counts_layer(mean, depth)}
         proportions = dict(log_normalized=log_norm, seed=seed, device=dev, spatial=spatial,
                            rows=(first, last))
         if shard is not None:

@@ -86,11 +86,12 @@ def stack_landmarks(model: Any, expr: Expression, cfg: Config, *, log_normalized
 def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: bool, seed: int,
                   device: torch.device, spatial: Any, progress: bool,
                   rows: tuple[int, int] | None = None, sink=None,
-                  landmarks: Landmarks | None = None):
+                  landmarks: Landmarks | None = None, depth: np.ndarray | None = None):
     """(values, layers) of the cells [rows) by the learnt stack: its columns are
     predicted on evenly spaced landmark cells of the whole ST for their statistics
     (`stack_landmarks`, or `landmarks` where the caller has them), then chunk by chunk (see
-    `spalstf.combine.stack`)."""
+    `spalstf.combine.stack`). `depth`: the cells' known-gene totals (`known_depth`) where the
+    caller has them, else read here when the count model's interval needs them."""
     stack = model.stack
     first, last = (0, expr.n_cells) if rows is None else rows
     if landmarks is None:
@@ -101,8 +102,10 @@ def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
     z = float(norm.ppf((1 + stack.level) / 2))
     # the count model's interval reads each cell's total over the known genes (counts
     # input); log-normalised input keeps the normalised conformal interval
-    st_known = (st_known_genes(model, expr)
-                if stack.counts is not None and not log_normalized else None)
+    if stack.counts is None or log_normalized:
+        depth = None
+    elif depth is None:
+        depth = known_depth(model, expr, first, last)
     values = extra = None
     if sink is None:
         values = np.empty((last - first, len(model.target_genes)), dtype=np.float32)
@@ -115,9 +118,8 @@ def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
                  else source.predict(cells))
         mean = stack.combine(preds, stats)
         layers = {}
-        depth = (None if st_known is None else
-                 expr.columns(st_known, cells).sum(axis=1, keepdims=True))
-        bounds = stack.interval(mean, stack.spread(preds), depth)
+        bounds = stack.interval(mean, stack.spread(preds),
+                                None if depth is None else depth[cells - first, None])
         if bounds is not None:
             # the interval may be asymmetric (the count model's): std is its half-width
             layers = {"std": ((bounds[1] - bounds[0]) / (2 * z)).astype(np.float32),
@@ -209,14 +211,6 @@ def known_depth(model: Any, expr: Expression, first: int, last: int) -> np.ndarr
         stop = min(start + DEPTH_CHUNK, last)
         out[start - first:stop - first] = expr.columns(genes, slice(start, stop)).sum(axis=1)
     return out
-
-
-def counts_at_depth(values: np.ndarray, depth: np.ndarray, scale_factor: float) -> np.ndarray:
-    """``layers["counts"]``: log-normalised `values` (cells x genes) put back on the ST's count
-    scale at each cell's own `depth`, ``expm1(values) x depth / scale_factor`` (float32)."""
-    per_count = (np.asarray(depth, np.float64) / scale_factor)[:, None]
-    with np.errstate(over="ignore"):
-        return (np.expm1(np.asarray(values, np.float64)) * per_count).astype(np.float32)
 
 
 def depth_share(cfg: Config) -> float:
