@@ -138,6 +138,48 @@ def test_write_adds_imputed_assay_to_a_seurat_object(tmp_path):
         write_rds(res, tmp_path / "again.rds", base=out)
 
 
+@needs_data
+def test_a_result_added_to_a_seurat_object_brings_what_impute_adds_in_r(tmp_path):
+    """Interval, counts at depth, spot proportions and per-gene expected accuracy: the
+    assays and feature meta data SpaLSTF::Impute() adds, in the object's cell order."""
+    st = read_rds(DATA / "seurat" / "st_seurat.rds")
+    rng = np.random.default_rng(1)
+    cells = st.obs_names[::-1]
+    genes = ["CD3E", "MY_GENE"]
+    res = ad.AnnData(X=rng.random((st.n_obs, 2)), obs=pd.DataFrame(index=cells),
+                     var=pd.DataFrame(index=genes))
+    res.layers["std"] = res.X * 0.1
+    res.layers["lower"] = res.X - 0.5
+    res.layers["upper"] = res.X + 0.5
+    depth = rng.integers(50, 500, st.n_obs).astype(float)
+    res.layers["counts"] = np.expm1(res.X) * depth[:, None] / 1e4
+    shares = rng.dirichlet(np.ones(3), st.n_obs)
+    res.obsm["spalstf_proportions"] = pd.DataFrame(shares, index=cells, columns=["B", "T", "M"])
+    res.uns["spalstf"] = {"version": "0.1.0", "gene_confidence": {
+        "genes": genes, "reference_pcc": [0.7, 0.2], "expected_pcc": [0.55, 0.1],
+        "expected_pcc_sd": [0.08, 0.08]}}
+    out = write_rds(res, tmp_path / "full.rds", base=DATA / "seurat" / "st_seurat.rds")
+    order = res[st.obs_names]
+    for suffix, name in ((".lower", "lower"), (".upper", "upper")):
+        back = read_rds(out, assay="SpaLSTF" + suffix, slot="data")
+        assert list(back.obs_names) == list(st.obs_names)
+        np.testing.assert_allclose(_dense(back.X), order.layers[name], rtol=1e-6)
+    counts = read_rds(out, assay="SpaLSTF", slot="counts")
+    np.testing.assert_allclose(_dense(counts.X), order.layers["counts"], rtol=1e-6)
+    props = read_rds(out, assay="SpaLSTF.proportions", slot="data")
+    assert list(props.var_names) == ["B", "T", "M"]
+    np.testing.assert_allclose(_dense(props.X), shares[::-1], rtol=1e-6)
+    meta = _r(f'readRDS("{out}")[["SpaLSTF"]]@meta.features$expected_pcc_sd')
+    np.testing.assert_allclose(np.asarray(meta), [0.08, 0.08])
+    expected = _r(f'readRDS("{out}")[["SpaLSTF"]]@meta.features$expected_pcc')
+    np.testing.assert_allclose(np.asarray(expected), [0.55, 0.1])
+    # another layer written as the values: its companions would not match it, none are added
+    only = write_rds(res, tmp_path / "std_only.rds", base=DATA / "seurat" / "st_seurat.rds",
+                     layer="std")
+    assays = set(_r(f'SeuratObject::Assays(readRDS("{only}"))'))
+    assert "SpaLSTF.lower" not in assays and "SpaLSTF.proportions" not in assays
+
+
 def test_a_result_written_as_a_new_object_keeps_its_uncertainty_in_an_assay(tmp_path):
     res = ad.AnnData(X=np.array([[0.5, 1.0], [2.0, 0.0], [1.5, 0.25]], dtype=np.float32),
                      obs=pd.DataFrame(index=["a", "b", "c"]),

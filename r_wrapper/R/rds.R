@@ -89,15 +89,20 @@
 }
 
 # Writes the AnnData whose parts are `parts` to `path` as a Seurat object.
-# `base` (a path or NULL): add the values as the imputation assays `new.assay.name` and
-# paste0(new.assay.name, ".std") (from `std`, matrix parts or NULL), and ".lower" / ".upper"
-# (from `lower` / `upper`, the interval, when given) to the Seurat object in `base`, as
-# Impute() does. Otherwise a new object with the assay `assay`: X in the `slot`
-# ("counts", with the layer "data" or "logcounts" as data slot when there is one; or "data"),
-# and `std` in the assay paste0(assay, ".std").
+# `base` (a path or NULL): add to the Seurat object in `base`, as Impute() does (the same
+# .add_imputation()), the values as the assay `new.assay.name`, with the genes' expected
+# accuracy (`provenance$gene_confidence`, when there) as feature meta data and, when given,
+# `counts` (the values at each cell's depth) as its counts slot; the assays
+# paste0(new.assay.name, ".std") (from `std`, matrix parts or NULL), ".lower" / ".upper"
+# (from `lower` / `upper`, the interval) and ".proportions" (from `proportions`, the parts of
+# the cells x units obsm matrix, whose units are `proportion.units`), each when given.
+# Otherwise a new object with the assay `assay`: X in the `slot` ("counts", with the layer
+# "data" or "logcounts" as data slot when there is one; or "data"), and `std` in the assay
+# paste0(assay, ".std").
 .rds_write <- function(path, parts, base = NULL, assay = "RNA", new.assay.name = "SpaLSTF",
                        slot = "counts", std = NULL, provenance = NULL, lower = NULL,
-                       upper = NULL) {
+                       upper = NULL, counts = NULL, proportions = NULL,
+                       proportion.units = NULL) {
   .need(c("SeuratObject", "Seurat"), "Writing a Seurat object")
   cells <- as.character(parts$obs$index)
   genes <- as.character(parts$var$index)
@@ -120,8 +125,15 @@
     ord <- match(colnames(obj), cells)
     mean <- values(parts$x)[, ord, drop = FALSE]
     ordered <- function(p) if (!is.null(p)) values(p)[, ord, drop = FALSE] else NULL
+    confidence <- .gene_confidence(provenance$gene_confidence, genes)
+    if (!is.null(confidence)) rownames(confidence) <- rownames(mean)
+    shares <- if (!is.null(proportions)) {
+      .matrix_from_parts(proportions, as.character(proportion.units), cells)[, ord, drop = FALSE]
+    }
     obj <- .add_imputation(obj, mean, ordered(std), new.assay.name, provenance,
-                           lower = ordered(lower), upper = ordered(upper))
+                           lower = ordered(lower), upper = ordered(upper),
+                           confidence = confidence, counts = ordered(counts),
+                           proportions = shares)
   } else {
     slot <- match.arg(slot, c("counts", "data"))
     obj <- .seurat_from_parts(parts, assay = assay,

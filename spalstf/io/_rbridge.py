@@ -256,22 +256,29 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def result_parts(result) -> dict:
-    """Parts of an imputation result (AnnData from spalstf) for R: the values, and the layers
-    "std" and, where the learnt stack made them, "lower" and "upper" (the interval), and,
-    with raw-counts input, "counts" (the values at each cell's depth); with the spot
-    deconvolution, "proportions" (units x cells in R) and their unit names."""
+def result_layers(result, *, names=("std", "lower", "upper", "counts")) -> dict:
+    """The matrices of an imputation result (AnnData from spalstf) beside its values, as parts
+    for R: of the layers `names`, "std" and, where the learnt stack made them, "lower" and
+    "upper" (the interval), and, with raw-counts input, "counts" (the values at each cell's
+    depth), each None where absent; with the spot deconvolution, "proportions" (units x
+    cells in R) and "proportion_units", their unit names."""
     layers = {name: matrix_to_parts(np.asarray(result.layers[name])) if name in result.layers
-              else None for name in ("std", "lower", "upper", "counts")}
+              else None for name in names}
     proportions = result.obsm.get("spalstf_proportions")
     if proportions is not None:
         units = [str(u) for u in getattr(proportions, "columns", range(proportions.shape[1]))]
         layers["proportions"] = matrix_to_parts(np.asarray(proportions))
         layers["proportion_units"] = np.asarray(units, dtype=str)
+    return layers
+
+
+def result_parts(result) -> dict:
+    """Parts of an imputation result (AnnData from spalstf) for R: the values, the matrices
+    of `result_layers` and the provenance (``uns["spalstf"]``)."""
     return {
         "obs_names": np.asarray([str(v) for v in result.obs_names], dtype=str),
         "var_names": np.asarray([str(v) for v in result.var_names], dtype=str),
         "x": matrix_to_parts(np.asarray(result.X)),
-        **layers,
+        **result_layers(result),
         "provenance": plain(result.uns.get("spalstf", {})),
     }

@@ -251,7 +251,12 @@ def write_rds(adata: Any, path: str | os.PathLike, *, base: str | os.PathLike | 
         An .rds holding a Seurat object with the same cells: the result is that object with
         the assays ``new_assay`` (``data`` = ``X``) and ``new_assay + ".std"`` (``data`` =
         ``layers["std"]``, when present) added, as ``SpaLSTF::Impute`` adds them in R (the
-        same R code); assays of these names are replaced, with a warning.
+        same R code); assays of these names are replaced, with a warning. An imputation
+        result brings, as there, its interval (assays ``".lower"`` and ``".upper"``), its
+        ``layers["counts"]`` (the ``counts`` slot of ``new_assay``), its
+        ``obsm["spalstf_proportions"]`` (assay ``".proportions"``, units x cells) and its
+        genes' ``expected_pcc``, ``expected_pcc_sd`` and ``reference_pcc`` (feature meta
+        data of ``new_assay``), where the run made them.
     assay
         Name of the assay of a new Seurat object.
     new_assay
@@ -304,9 +309,18 @@ def write_rds(adata: Any, path: str | os.PathLike, *, base: str | os.PathLike | 
     if "std" in adata.layers and layer is None and (slot == "data" or base is not None):
         std = bridge.matrix_to_parts(adata.layers["std"])
     provenance = bridge.plain(adata.uns["spalstf"]) if is_result and base is not None else None
+    # Added to `base`, an imputation result brings what Impute() adds in R: its interval, its
+    # values at each cell's depth and its spot proportions, where the run made them (the same
+    # parts the R package receives); not when another layer stands in for the values.
+    companions = {}
+    if is_result and base is not None and layer is None:
+        every = bridge.result_layers(adata, names=("lower", "upper", "counts"))
+        companions = {name: _to_r(every.get(name))
+                      for name in ("lower", "upper", "counts", "proportions")}
+        companions["proportion.units"] = _to_r(every.get("proportion_units"))
     # saveRDS writes in place: write beside the target and rename, so that an interrupted
     # write never leaves a half .rds under the final name.
     with atomic_path(path, overwrite=overwrite) as tmp:
         _call("write", str(tmp), _to_r(parts), ri.NULL if base is None else str(base),
-              assay, new_assay, slot, _to_r(std), _to_r(provenance))
+              assay, new_assay, slot, _to_r(std), _to_r(provenance), **companions)
     return path
