@@ -50,7 +50,8 @@ quantiles of the count, exact for Poisson and NB components, then log1p(count / 
   network in the stack, `NETWORK_OPTIONS`): ``network_mixture``, the network's samples of each
   value as an equally weighted NB mixture at the cell's depth (size chosen as above), tails
   calibrated; ``network_quantiles``, the samples' own 5-95% widened by the split-conformal
-  margin of the hidden values.
+  margin of the hidden values; ``network_raw`` (a diagnostic, nothing calibrated): the
+  samples' own 5-95%.
 
 The self-check's inner fits record their own posteriors and samples (each fold's hidden genes
 from that fold's model), so these too are learnt on the hidden genes only.
@@ -113,6 +114,8 @@ CANDIDATES = ("nb", "cqr_linear", "cqr_boosted", "nb_asymmetric", "nb_mondrian",
               "lik_mixture_nb", "lik_mixture_at_m", "lik_mixture_conformal", "lik_mixture_tempered",
               "network_mixture", "network_quantiles")
 DIAGNOSTIC = ("oracle_level",)
+#: Diagnostics of the per-cell distributions (not candidates: nothing calibrated).
+DISTRIBUTION_DIAGNOSTIC = ("network_raw",)
 #: The candidates measured before the per-cell distributions (``--candidates distributions``
 #: leaves them out: the quantile regressions cost most of the scoring).
 EARLIER = set(CANDIDATES[1:9]) | set(DIAGNOSTIC)
@@ -493,6 +496,9 @@ CALIBRATION_VALUES = 60_000
 TEMPERS = (1.0, 0.25, 0.0)
 
 
+#: Counts `Mixture.quantiles` walks up one at a time; the values whose quantile lies beyond
+#: (a heavy NB tail at a tiny tail level) are found by bisection.
+WALK = 2000
 #: Sizes (NB dispersion) of the mixtures' components tried (`with_size`); inf: Poisson.
 SIZES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0, math.inf)
 
@@ -557,16 +563,39 @@ class Mixture:
                 lp, step = self.size * np.log(p), np.log1p(-p)
         active, cdf, x = np.arange(len(mu)), np.zeros(len(mu)), 0
         while active.size:
+            if x >= WALK:  # the few values left in a long tail: by bisection instead
+                self._bisect(active, levels, out)
+                break
             cdf = cdf + (w[active] * np.exp(lp)).sum(1)
             hit = (cdf[None] >= levels[:, None] - 1e-12) & np.isnan(out[:, active])
             rows, cols = np.nonzero(hit)
             out[rows, active[cols]] = x
-            still = np.isnan(out[:, active]).any(0) & (x < 10 ** 6)
+            still = np.isnan(out[:, active]).any(0)
             active, cdf, lp, step = active[still], cdf[still], lp[still], step[still]
             x += 1
             grow = (0.0 if math.isinf(self.size) else np.log(x - 1 + self.size))
             lp = lp + step + grow - np.log(x)
         return np.nan_to_num(out, nan=float(x))
+
+    def _bisect(self, rows: np.ndarray, levels: np.ndarray, out: np.ndarray) -> None:
+        """`quantiles` of the values `rows` not reached yet, by bisection on their CDF."""
+        part = Mixture(self.w.numpy()[rows], self.mu.numpy()[rows], self.depth[rows],
+                       self.size)
+        for i, p in enumerate(levels):
+            todo = np.isnan(out[i, rows])
+            if not todo.any():
+                continue
+            low = np.full(len(rows), float(WALK) - 1)
+            high = np.full(len(rows), 2.0 * WALK)
+            while not (part.cdf(high) >= p - 1e-12).all():
+                high = np.where(part.cdf(high) >= p - 1e-12, high, high * 2)
+            while (high - low > 1).any():
+                mid = np.floor((low + high) / 2)
+                reached = part.cdf(mid) >= p - 1e-12
+                open_ = high - low > 1
+                high = np.where(open_ & reached, mid, high)
+                low = np.where(open_ & ~reached, mid, low)
+            out[i, rows[todo]] = high[todo]
 
     def quantile(self, p: float) -> np.ndarray:
         return self.quantiles((p,))[0]
@@ -787,6 +816,10 @@ def distribution_candidates(r: dict, truth_shape: tuple[int, int]
         margin = float(np.quantile(s, min(1.0, math.ceil((len(s) + 1) * (1 - ALPHA)) / len(s)),
                                    method="higher"))
         v = r["o_net"].astype(np.float64)
+        # the diagnostic: the samples' own 5-95%, not calibrated (nothing learnt on the hidden
+        # genes: what the network says of itself)
+        res["network_raw"] = (np.quantile(v, ALPHA / 2, axis=0),
+                              np.quantile(v, 1 - ALPHA / 2, axis=0), 0.0)
         res["network_quantiles"] = (
             np.clip(np.quantile(v, ALPHA / 2, axis=0) - margin, 0, None),
             np.quantile(v, 1 - ALPHA / 2, axis=0) + margin, time.perf_counter() - start)
@@ -960,7 +993,8 @@ def network_section(table: pd.DataFrame, steps: int) -> str:
     cost = table.pivot(index="method", columns="dataset", values="cost")
     order = [m for m in ("imputation", "nb", "lik_mixture", "lik_mixture_nb",
                          "lik_mixture_at_m", "lik_mixture_conformal", "network_mixture",
-                         "network_quantiles", "decile", "range") if m in ratio.index]
+                         "network_quantiles", "network_raw", "decile", "range")
+             if m in ratio.index]
     shown = [m for m in order if m in CANDIDATES]
     return (f"\n## The SpaLSTF network's samples (`--network`: the network added to the "
             f"predictors, {NETWORK_OPTIONS['n_samples']} samples per cell, trained for {steps} "
@@ -1007,7 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     global SCORED
     SCORED = (None if args.candidates == "all" else
-              {"nb"} | set(CANDIDATES) - EARLIER - {"lik_mixture_tempered"}
+              {"nb", *DISTRIBUTION_DIAGNOSTIC} | set(CANDIDATES) - EARLIER
+              - {"lik_mixture_tempered"}
               if args.candidates == "distributions" else set(args.candidates.split(",")))
     cmd = "python benchmarks/intervals.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)

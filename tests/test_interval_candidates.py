@@ -126,3 +126,18 @@ def test_posterior_mixture_moved_to_the_combined_level():
     plain = bench.posterior_mixture(weights, targets, depth, cells, genes)
     np.testing.assert_allclose((plain.w.numpy() * plain.mu.numpy()).sum(1),
                                (weights @ np.expm1(targets))[cells, genes])
+
+
+def test_mixture_quantiles_beyond_the_walk_by_bisection():
+    bench = load_benchmark()
+    w = np.array([[1.0], [1.0]])
+    mu = np.array([[5.0], [1500.0]])
+    for size in (np.inf, 0.5):
+        mixture = bench.Mixture(w, mu, np.full(2, 1e4), size)
+        got = mixture.quantiles((0.05, 0.999))
+        for i in range(2):
+            for j, p in enumerate((0.05, 0.999)):
+                q = got[j, i]
+                below = bench.Mixture(w[i:i + 1], mu[i:i + 1], np.ones(1), size)
+                assert below.cdf(np.array([q]))[0] >= p - 1e-12
+                assert below.cdf(np.array([q - 1]))[0] < p
