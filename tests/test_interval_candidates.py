@@ -56,3 +56,88 @@ def test_leave_sets_out_chooses_on_the_other_sets_within_the_coverage_window():
                   "coverage": 0.9}]
     chosen = bench.leave_sets_out(pd.DataFrame(rows)).set_index("left_out")["chosen"]
     assert chosen.to_dict() == {"a": "nb_by_rank", "b": "nb_by_rank", "c": "cqr_linear"}
+
+
+def brute_quantile(w, mu, p, size):
+    """The smallest count whose mixture CDF reaches p, by scipy over every count."""
+    from scipy import stats
+
+    counts = np.arange(0, 2000)[:, None]
+    if np.isinf(size):
+        cdf = stats.poisson.cdf(counts, mu[None])
+    else:
+        cdf = stats.nbinom.cdf(counts, size, size / (size + mu[None]))
+    return int(np.argmax((cdf * w[None]).sum(1) >= p - 1e-12))
+
+
+def test_mixture_quantiles_are_those_of_the_mixture_poisson_and_nb():
+    bench = load_benchmark()
+    rng = np.random.default_rng(1)
+    w = rng.dirichlet(np.ones(3), 40)
+    mu = rng.gamma(1.0, 10.0, (40, 3))
+    mu[0] = 0.0  # a component (here all) surely 0
+    mu[1, 0] = 400.0  # a deep cell: large counts, no underflow
+    for size in (np.inf, 2.0):
+        mixture = bench.Mixture(w, mu, np.full(40, 500.0), size)
+        got = mixture.quantiles((0.05, 0.95))
+        for i in range(40):
+            assert got[0, i] == brute_quantile(w[i], mu[i], 0.05, size)
+            assert got[1, i] == brute_quantile(w[i], mu[i], 0.95, size)
+    # on the truth's scale: log1p(count / depth x 1e4); a depth of 0 gives 0
+    mixture = bench.Mixture(w[:2], mu[:2], np.array([500.0, 0.0]))
+    low, high = mixture.interval((0.05, 0.05))
+    assert low[1] == high[1] == 0.0
+    assert high[0] == 0.0  # all components at 0
+
+
+def test_mixture_tails_calibrated_on_hidden_counts_cover_new_counts():
+    """Counts drawn from a wider distribution than the mixture says: the tails learnt on one
+    draw cover 90% of another, where the uncalibrated 5-95% covers less."""
+    bench = load_benchmark()
+    rng = np.random.default_rng(2)
+
+    def draw(n):
+        w = rng.dirichlet(np.ones(4), n)
+        mu = rng.gamma(2.0, 5.0, (n, 4))
+        k = np.array([rng.choice(4, p=row) for row in w])
+        true_mu = mu[np.arange(n), k] * rng.gamma(2.0, 0.5, n)  # extra spread
+        return bench.Mixture(w, mu, np.full(n, 100.0)), rng.poisson(true_mu)
+
+    hidden, x_hidden = draw(3000)
+    new, x_new = draw(3000)
+    levels = hidden.tail_levels(x_hidden)
+    low, high = new.quantiles((levels[0], 1 - levels[1]))
+    assert 0.87 <= ((x_new >= low) & (x_new <= high)).mean() <= 0.93
+    low, high = new.quantiles((0.05, 0.95))
+    assert ((x_new >= low) & (x_new <= high)).mean() < 0.87
+
+
+def test_posterior_mixture_moved_to_the_combined_level():
+    bench = load_benchmark()
+    rng = np.random.default_rng(3)
+    weights = rng.dirichlet(np.ones(5), 6)
+    targets = rng.uniform(0, 2, (5, 3))
+    depth = np.full(6 * 3, 1e4)
+    cells, genes = bench.everywhere((6, 3))
+    m = np.full(len(cells), np.log1p(3.0))
+    mixture = bench.posterior_mixture(weights, targets, depth, cells, genes, m=m)
+    mean = (mixture.w.numpy() * mixture.mu.numpy()).sum(1)
+    np.testing.assert_allclose(mean, 3.0)  # expm1(m) x depth / 1e4
+    plain = bench.posterior_mixture(weights, targets, depth, cells, genes)
+    np.testing.assert_allclose((plain.w.numpy() * plain.mu.numpy()).sum(1),
+                               (weights @ np.expm1(targets))[cells, genes])
+
+
+def test_mixture_quantiles_beyond_the_walk_by_bisection():
+    bench = load_benchmark()
+    w = np.array([[1.0], [1.0]])
+    mu = np.array([[5.0], [1500.0]])
+    for size in (np.inf, 0.5):
+        mixture = bench.Mixture(w, mu, np.full(2, 1e4), size)
+        got = mixture.quantiles((0.05, 0.999))
+        for i in range(2):
+            for j, p in enumerate((0.05, 0.999)):
+                q = got[j, i]
+                below = bench.Mixture(w[i:i + 1], mu[i:i + 1], np.ones(1), size)
+                assert below.cdf(np.array([q]))[0] >= p - 1e-12
+                assert below.cdf(np.array([q - 1]))[0] < p
