@@ -362,8 +362,10 @@ def test_expression_searches_in_blocks_with_a_reused_scratch_find_the_exact_neig
 
 def test_float32_profile_searches_find_the_float64_neighbours():
     """The float32 path of `ProfileIndex` returns the float64 path's neighbours: certified
-    where the k-th and the next are far apart, and by the float64 path where they are not
-    (here: profiles repeated, so the k-th ties with the next)."""
+    where the k-th and the next are far apart, and decided in float64 where they are not
+    (here: profiles repeated, so the k-th ties with the next: the copy of the lower row, as
+    the exact pairwise distances rank them; the float64 product's rounding may split such
+    a tie either way)."""
     from spalstf.prior.neighbours import ProfileIndex
 
     rng = np.random.default_rng(2)
@@ -374,8 +376,10 @@ def test_float32_profile_searches_find_the_float64_neighbours():
     fast = ProfileIndex(profiles)
     fast.float32 = True
     idx, dist = fast.query(queries, 7)
-    assert fast.uncertified > 0  # the ties took the float64 path
-    for got, want in zip(idx, exact[0], strict=True):
+    assert fast.uncertified > 0  # the ties were decided in float64
+    plain = ((queries[:, None, :].astype(np.float64) - profiles[None]) ** 2).sum(axis=2)
+    ranked = np.argsort(plain, axis=1, kind="stable")[:, :7]  # ties by row
+    for got, want in zip(idx, ranked, strict=True):
         assert set(got) == set(want)
     np.testing.assert_allclose(dist, exact[1], rtol=1e-5, atol=1e-5)
     distinct = ProfileIndex(profiles[:150])
@@ -385,6 +389,42 @@ def test_float32_profile_searches_find_the_float64_neighbours():
     np.testing.assert_array_equal(np.sort(idx, axis=1),
                                   np.sort(ProfileIndex(profiles[:150]).query(queries, 7)[0],
                                           axis=1))
+
+
+def test_float32_near_ties_at_the_kth_profile_are_settled_among_the_candidates():
+    """A near-tie at the k-th profile (within float32 rounding) is decided among the float32
+    candidates by float64 distances, not by a float64 search over every profile, and gives the
+    float64 path's neighbours; a query whose candidates are all within rounding of the k-th
+    (no gap after the pool) still takes the float64 search."""
+    from spalstf.prior.neighbours import ProfileIndex
+
+    rng = np.random.default_rng(3)
+    profiles = rng.normal(size=(400, 30)) * 10  # large squares: a wide rounding bound
+    queries = rng.normal(size=(60, 30)) * 10
+    k = 6
+    # each query's 6th and 7th nearest profiles 1e-9 apart in squared distance: far below
+    # float32 rounding, far above float64's
+    for q in range(len(queries)):
+        d2 = ((profiles - queries[q]) ** 2).sum(axis=1)
+        order = np.argsort(d2)
+        direction = profiles[order[6]] - queries[q]
+        target = d2[order[5]] + 1e-9
+        profiles[order[6]] = queries[q] + direction * np.sqrt(target / (direction ** 2).sum())
+    exact = ProfileIndex(profiles).query(queries, k)
+    fast = ProfileIndex(profiles)
+    fast.float32 = True
+    idx, dist = fast.query(queries, k)
+    assert fast.uncertified > 0 and fast.full_searches == 0
+    np.testing.assert_array_equal(np.sort(idx, axis=1), np.sort(exact[0], axis=1))
+    np.testing.assert_allclose(dist, exact[1], rtol=1e-5)
+    same = np.repeat(profiles[:1], 40, axis=0)  # 40 copies: all candidates tie at the border
+    tied = ProfileIndex(np.vstack([profiles, same]))
+    tied.float32, tied.margin = True, 4
+    idx, _ = tied.query(same[:1] + 1e-3, k)
+    assert tied.full_searches == 1
+    np.testing.assert_array_equal(np.sort(idx, axis=1),
+                                  np.sort(ProfileIndex(np.vstack([profiles, same])).query(
+                                      same[:1] + 1e-3, k)[0], axis=1))
 
 
 def test_float32_searches_are_used_only_from_the_size_threshold(tiny_pair, monkeypatch):

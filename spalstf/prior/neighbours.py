@@ -16,6 +16,7 @@ from spalstf.network import NeighbourIndex
 from spalstf.preprocess import Standardizer
 from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
 from spalstf.prior.spots import ESTIMATE_MIXTURES_PER_SIZE, pseudo_spots
+from spalstf.spatial import neighbour_mean
 
 
 class ProfileIndex:
@@ -40,6 +41,9 @@ class ProfileIndex:
     #: Elements of each scratch matrix kept between queries (64 MiB: a chunk of 256 cells
     #: against 32,768 profiles); a larger scratch is released after its query.
     scratch_kept = 2**23
+    #: Candidates beyond the k-th among which the float32 path decides a near-tie at the k-th
+    #: in float64 (`_query_float32`).
+    margin = 32
 
     def __init__(self, profiles: np.ndarray, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -48,8 +52,10 @@ class ProfileIndex:
         #: Search in two stages (`_query_float32`): set on large STs (`search_in_float32`).
         self.float32 = False
         self._profiles32: tuple[torch.Tensor, torch.Tensor] | None = None
-        #: Queries of the float32 path that took the float64 one (diagnostics).
+        #: Queries of the float32 path not certified by it alone (diagnostics), and those of
+        #: them that took the float64 search over every profile.
         self.uncertified = 0
+        self.full_searches = 0
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, distances) of each query's k nearest profiles, nearest first."""
@@ -87,11 +93,20 @@ class ProfileIndex:
 
         A bound on the float32 rounding of the squared distances certifies, query by query,
         that the k nearest profiles are those of the float64 path (the gap between the k-th
-        and the next is wider than the rounding); queries it does not certify take the float64
-        path. Within a certified set, profiles are ranked by their float32 distances (then by
+        and the next is wider than the rounding); queries it does not certify are decided as
+        below. Within a certified set, profiles are ranked by their float32 distances (then by
         row), so two members within float32 rounding of each other may come in the other order
         than the float64 path's, and the distances returned are float32-precise. The
-        predictors read the set (means over it) and recompute the distances they weigh."""
+        predictors read the set (means over it) and recompute the distances they weigh.
+
+        A query not certified so (a near-tie at the k-th profile: 40% of the queries of the
+        neighbour average in 300 genes, whose squared norms, and so whose rounding bound, are
+        large) is decided among its `margin` next candidates instead of by a float64 search
+        over every profile: where the gap after them is wider than the rounding, no other
+        profile can be among the k nearest, and the candidates within the rounding of the k-th
+        are ranked by their float64 distances (`_settle_border`); the set is then ranked as a
+        certified one. Only queries without that gap take the float64 path
+        (`full_searches`)."""
         if self._profiles32 is None:
             self._profiles32 = (self.profiles.float(), self.squares.float())
         profiles32, squares32 = self._profiles32
@@ -112,27 +127,73 @@ class ProfileIndex:
             # |p|^2 - 2 q.p in one pass (|q|^2 is the same along a row: it changes no order)
             approx = torch.addmm(squares32[None], q, profiles32.T, alpha=-2.0,
                                  out=flat[:size].view(len(q), n_profiles))
-            near, idx = torch.topk(approx, k + 1, dim=1, largest=False, sorted=True)
-            near, idx = near.double().cpu().numpy(), idx.cpu().numpy()
+            pool = min(k + self.margin, n_profiles - 1)  # candidates beyond the k-th
+            near, cand = torch.topk(approx, pool + 1, dim=1, largest=False, sorted=True)
+            near, cand = near.double().cpu().numpy(), cand.cpu().numpy()
             # float32 rounding of |p|^2 - 2 q.p (and of q and p themselves), bounded
             # generously, as `spalstf.network.NeighbourIndex` bounds its own
             slack = 4.0 * (n_dims + 2) * 2.0 ** -24 * (q_sq.cpu().numpy() + largest_square)
             certain = near[:, k] - near[:, k - 1] > 2 * slack
-            near, idx = near[:, :k], idx[:, :k]
-            order = np.lexsort((idx, near), axis=1)  # ties by profile row
+            # the k-th and the next within rounding, but every profile outside the pool
+            # certainly farther than the k-th: decided among the pool in float64
+            in_pool = ~certain & (near[:, pool] - near[:, k - 1] > 2 * slack)
+            top, idx = near[:, :k], cand[:, :k]
+            order = np.lexsort((idx, top), axis=1)  # ties by profile row
             rows = slice(start, start + len(q))
             out_idx[rows] = np.take_along_axis(idx, order, axis=1)
-            out_dist[rows] = np.sqrt(np.clip(np.take_along_axis(near, order, axis=1)
+            out_dist[rows] = np.sqrt(np.clip(np.take_along_axis(top, order, axis=1)
                                              + q_sq.cpu().numpy()[:, None], 0, None))
             self.uncertified += int((~certain).sum())
-            if not certain.all():
-                doubt = np.flatnonzero(~certain)
+            if in_pool.any():
+                doubt = np.flatnonzero(in_pool)
+                chosen = self._settle_border(block[doubt], near[doubt], cand[doubt],
+                                             slack[doubt], k)
+                places = np.nonzero(chosen)[1].reshape(len(doubt), k)  # ascending per query
+                top = np.take_along_axis(near[doubt], places, axis=1)
+                idx = np.take_along_axis(cand[doubt], places, axis=1)
+                order = np.lexsort((idx, top), axis=1)  # as the certified queries
+                out_idx[start + doubt] = np.take_along_axis(idx, order, axis=1)
+                out_dist[start + doubt] = np.sqrt(np.clip(
+                    np.take_along_axis(top, order, axis=1)
+                    + q_sq.cpu().numpy()[doubt, None], 0, None))
+            rest = ~certain & ~in_pool
+            if rest.any():
+                doubt = np.flatnonzero(rest)
+                self.full_searches += len(doubt)
                 i, d = self._query_float64(block[doubt], k)
                 out_idx[start + doubt], out_dist[start + doubt] = i, d
         flat = self._scratch.get((self.device, "float32"))
         if flat is not None and flat.numel() > 2 * self.scratch_kept:
             del self._scratch[self.device, "float32"]  # a large query's: not held further
         return out_idx, out_dist
+
+    def _settle_border(self, queries: np.ndarray, near: np.ndarray, cand: np.ndarray,
+                       slack: np.ndarray, k: int) -> np.ndarray:
+        """(rows, pool) mask of each query's k nearest among its float32 candidates `cand`
+        (`near`: their float32 values, ascending; the last column the nearest outside the
+        pool). Candidates farther than the rounding below the k-th are in; those within the
+        rounding of it (the border, every profile near it: the caller checked the gap after the
+        pool) are ranked by their float64 squared distances in the float64 path's form
+        (``(|q|^2 + |p|^2) - (2 q) p'``), ties by profile row, for the places left."""
+        pool = cand.shape[1] - 1
+        kth = near[:, k - 1:k]
+        sure = near[:, :pool] < kth - 2 * slack[:, None]
+        border = ~sure & (near[:, :pool] <= kth + 2 * slack[:, None])
+        rows, places = np.nonzero(border)
+        members = cand[rows, places]
+        q = torch.as_tensor(np.asarray(queries, np.float64)[rows], device=self.device)
+        p = self.profiles[torch.as_tensor(members, device=self.device)]
+        d2 = (((q ** 2).sum(dim=1) + self.squares[torch.as_tensor(members,
+                                                                  device=self.device)])
+              - ((2 * q) * p).sum(dim=1)).cpu().numpy()
+        order = np.lexsort((members, d2, rows))  # by query, then distance, then row
+        rows, places = rows[order], places[order]
+        first = np.searchsorted(rows, rows)  # each pair's query's first pair
+        left = k - sure.sum(axis=1)  # places the border fills, per query
+        taken = np.arange(len(rows)) - first < left[rows]
+        chosen = sure
+        chosen[rows[taken], places[taken]] = True
+        return chosen
 
     def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Two (rows x profiles) float64 matrices of the shared scratch (`_scratch`)."""
@@ -223,15 +284,17 @@ class AlignedNeighbours(BasePredictor):
                                                                             self.mixtures])
         known = profiles[:, :self.n_known]
         index = ProfileIndex(unit_rows(Standardizer.fit(known).transform(known)), self.device)
-        self._search = (st_scaler, index, torch.as_tensor(profiles, device=self.device))
+        # the target columns alone (`knn_estimate` with no known columns): gathering whole
+        # profiles for each neighbour and dropping their known genes moved 2.5x the memory
+        targets = np.ascontiguousarray(profiles[:, self.n_known:])
+        self._search = (st_scaler, index, torch.as_tensor(targets, device=self.device))
 
     def predict(self, known: np.ndarray) -> np.ndarray:
         if self._search is None:
             raise RuntimeError("AlignedNeighbours.prepare must run before predict (it z-scores "
                                "the ST over itself)")
-        st_scaler, index, profiles = self._search
-        return knn_estimate(index, st_scaler.transform(known), profiles, self.n_known,
-                            self.knn_neighbors)
+        st_scaler, index, targets = self._search
+        return knn_estimate(index, st_scaler.transform(known), targets, 0, self.knn_neighbors)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"atlas": self.atlas, "n_known": np.asarray(self.n_known, dtype=np.int64)}
@@ -284,7 +347,8 @@ class ReferenceNeighbours(BasePredictor):
         if self._index is None:
             self.prepare(lambda: iter(()), device=self.device)
         idx, _ = self._index.query(known, min(self.knn_neighbors, len(self.targets)))
-        return self.targets[idx].mean(axis=1).astype(np.float32)
+        # numpy's mean of the gathered rows, without the (cells, k, targets) gather
+        return neighbour_mean(self.targets, idx).astype(np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"known_log": self.known_log, "targets": self.targets}
