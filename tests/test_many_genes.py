@@ -89,3 +89,28 @@ def test_the_panel_measurements_of_a_sample_of_genes_match_those_of_all():
                                           **kw)
     assert sample.shape == (10,) and np.isfinite(sample).all()
     assert np.corrcoef(sample, everyone[columns])[0, 1] > 0.8
+
+
+def test_spage_copies_over_the_same_profiles_share_the_reference_axes(tiny_model, tiny_pair,
+                                                                       monkeypatch):
+    from spalstf.prior import spage
+
+    st, _ = tiny_pair
+    original = tiny_model.predictors["spage"]
+    x = np.log1p(np.asarray(st[:, tiny_model.known_genes].X, np.float64))
+    computed = []
+    monkeypatch.setattr(spage, "principal_axes", lambda cov, n: computed.append(n) or
+                        spage.np.linalg.eigh(cov)[1][:, ::-1][:, :n].T)
+    spage._LAST_REFERENCE_AXES.clear()
+    out = []
+    for shift in (0.0, 0.0, 0.5):  # views: each a fresh copy of the model's predictor
+        copy = type(original).from_state(original.state(), tiny_model.config)
+        copy.prepare(lambda s=shift: iter([x + s]))
+        out.append(copy.predict(x))
+    # the ST's axes each time; the reference's once for all copies
+    assert len(computed) == 3 + 1
+    np.testing.assert_array_equal(out[0], out[1])
+    spage._LAST_REFERENCE_AXES.clear()
+    fresh = type(original).from_state(original.state(), tiny_model.config)
+    fresh.prepare(lambda: iter([x + 0.5]))
+    np.testing.assert_array_equal(fresh.predict(x), out[2])
