@@ -25,6 +25,7 @@ them as the self-check (`spalstf.combine.selfcheck`) does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -236,7 +237,8 @@ MAX_RATIO = 1.5
 def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[str], *,
                 n_folds: int, seed: int, scale_factor: float, log_normalized: bool,
                 alpha: float | None = None, multiples: Sequence[int] = CURVE_MULTIPLES,
-                max_cells: int = CURVE_CELLS) -> dict[str, Any]:
+                max_cells: int = CURVE_CELLS,
+                scored: Sequence[str] | None = None) -> dict[str, Any]:
     """How a cheap predictor's accuracy grows with the number of known genes, measured here.
 
     For each number of groups K in `n_folds` x `multiples` (at most one gene a group), the
@@ -251,6 +253,10 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
     K), ``st`` and ``st_knn`` (K x genes: the ridge's and the neighbours' PCC on the ST cells
     against the genes normalised over all of `names`, as the self-check's truth) and
     ``reference`` (K x genes: the ridge's PCC on the other half of the reference's cells).
+    `scored`: the genes whose PCC is measured, the columns of those arrays (default: all of
+    `names`); the groups hidden are those of all the known genes still, so the numbers of
+    known genes are the same, but only the scored genes are predicted (on panels of thousands
+    of genes, the self-check's sample: `spalstf.combine.selfcheck.MAX_SCORED_GENES`).
     """
     from spalstf.evaluate import metrics
     from spalstf.preprocess import log_normalize
@@ -258,6 +264,9 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
 
     names = list(names)
     n = len(names)
+    position = {g: i for i, g in enumerate(names)}
+    scored = names if scored is None else list(scored)
+    column_of = {g: i for i, g in enumerate(scored)}
     rng = np.random.default_rng([seed, 7])
     st_rows = np.sort(rng.choice(len(st_counts), min(len(st_counts), max_cells), replace=False))
     st_counts = np.asarray(st_counts[st_rows], np.float64)
@@ -268,11 +277,14 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
     counts_of_k = sorted({min(n, n_folds * m) for m in multiples})
     n_known, st_pcc, ref_pcc, knn_pcc = [], [], [], []
     for k in counts_of_k:
-        st_row, ref_row, knn_row = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        st_row, ref_row, knn_row = (np.full(len(scored), np.nan) for _ in range(3))
         folds = inner_folds(names, k, seed)
         for hidden in folds:
-            h = np.array([names.index(g) for g in hidden])
-            kn = np.setdiff1d(np.arange(n), h)
+            kn = np.setdiff1d(np.arange(n), [position[g] for g in hidden])
+            hidden = [g for g in hidden if g in column_of]
+            if not hidden:
+                continue
+            h = np.array([position[g] for g in hidden])
             ref_x, ref_y = log_normalize(ref_counts[:, kn], ref_counts[:, h],
                                          scale_factor=scale_factor,
                                          log_normalized=log_normalized)
@@ -284,18 +296,19 @@ def panel_curve(st_counts: np.ndarray, ref_counts: np.ndarray, names: Sequence[s
             y_sd = np.where(y_sd > 0, y_sd, 1.0)
             weights = fit_ridge(((ref_x - mean) / sd)[fit_half].astype(np.float64),
                                 ((ref_y - y_mean) / y_sd)[fit_half].astype(np.float64), alpha)
+            out = np.array([column_of[g] for g in hidden])
             with np.errstate(invalid="ignore", divide="ignore"):
-                st_row[h] = metrics.pcc(truth[:, h], ((st_x - mean) / sd) @ weights)
-                ref_row[h] = metrics.pcc(ref_y[~fit_half], ((ref_x[~fit_half] - mean) / sd)
-                                         @ weights)
-                knn_row[h] = metrics.pcc(truth[:, h], _neighbour_mean(
+                st_row[out] = metrics.pcc(truth[:, h], ((st_x - mean) / sd) @ weights)
+                ref_row[out] = metrics.pcc(ref_y[~fit_half], ((ref_x[~fit_half] - mean) / sd)
+                                           @ weights)
+                knn_row[out] = metrics.pcc(truth[:, h], _neighbour_mean(
                     st_x, ref_x[fit_half], ref_y[fit_half], CURVE_NEIGHBOURS))
         n_known.append(n - n / k)
         st_pcc.append(st_row)
         ref_pcc.append(ref_row)
         knn_pcc.append(knn_row)
     return {"n_known": np.array(n_known), "st": np.array(st_pcc), "st_knn": np.array(knn_pcc),
-            "reference": np.array(ref_pcc), "names": names}
+            "reference": np.array(ref_pcc), "names": scored}
 
 
 def _neighbour_mean(st_x: np.ndarray, ref_x: np.ndarray, ref_y: np.ndarray,
@@ -411,19 +424,33 @@ def nanmedian(values: np.ndarray) -> float:
 
 def panel_reference_pcc(ref_counts: np.ndarray, names: Sequence[str], *, n_groups: int,
                         seed: int, scale_factor: float, log_normalized: bool,
-                        alpha: float | None) -> np.ndarray:
+                        alpha: float | None, scored: Sequence[str] | None = None
+                        ) -> np.ndarray:
     """Each known gene's predictability in the reference (`reference_predictability`, as the
     model reads each imputed gene's) from the other known genes, hiding them in `n_groups`
     groups (so with nearly all the known genes, as the imputed genes are read with all of
-    them), each group's cells normalised over the genes left known."""
+    them), each group's cells normalised over the genes left known.
+
+    `scored`: the genes measured (default: all of `names`), in their order. Only they are
+    hidden then, in groups of at most the default's size (len(names) / `n_groups`): as many
+    known genes are left each time, with fewer fits (on a 5,000-gene panel, 4 groups of the
+    self-check's 1,000 scored genes instead of 16 of all 5,000)."""
     from spalstf.preprocess import log_normalize
 
     names = list(names)
     n = len(names)
+    position = {g: i for i, g in enumerate(names)}
     counts = np.asarray(ref_counts, np.float64)
-    out = np.full(n, np.nan)
-    for hidden in inner_folds(names, min(n, n_groups), seed):
-        h = np.array([names.index(g) for g in hidden])
+    if scored is None:
+        scored, groups = names, inner_folds(names, min(n, n_groups), seed)
+    else:
+        scored = list(scored)
+        groups = inner_folds(scored, max(1, min(len(scored), math.ceil(
+            len(scored) * min(n, n_groups) / max(n, 1)))), seed)
+    column_of = {g: i for i, g in enumerate(scored)}
+    out = np.full(len(scored), np.nan)
+    for hidden in groups:
+        h = np.array([position[g] for g in hidden])
         kn = np.setdiff1d(np.arange(n), h)
         x, y = log_normalize(counts[:, kn], counts[:, h], scale_factor=scale_factor,
                              log_normalized=log_normalized)
@@ -433,5 +460,6 @@ def panel_reference_pcc(ref_counts: np.ndarray, names: Sequence[str], *, n_group
             return (v - v.mean(0)) / np.where(sd > 0, sd, 1.0)
 
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[h] = reference_predictability(z(x), z(y), alpha=alpha, seed=seed)
+            out[[column_of[g] for g in hidden]] = reference_predictability(
+                z(x), z(y), alpha=alpha, seed=seed)
     return out

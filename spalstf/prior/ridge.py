@@ -60,11 +60,44 @@ def fit_ridge(known: np.ndarray, target: np.ndarray, alpha: float | None,
     `choose_alpha`); `return_alpha` also returns the penalty used.
     """
     rows = np.arange(known.shape[0]) if rows is None else np.asarray(rows)
+    if (isinstance(known, np.ndarray) and isinstance(target, np.ndarray)
+            and known.shape[1] >= DUAL_MIN_GENES and known.shape[1] > len(rows)):
+        return _fit_ridge_dual(known[rows], target[rows], alpha, return_alpha=return_alpha)
     _, _, _, gram, cross, squares = _moments(known, target, rows, block)
     squares = float(squares.sum())
     if alpha is None:
         alpha = choose_alpha(gram, cross, squares, len(rows))
     weights = np.linalg.solve(gram + alpha * np.eye(gram.shape[0]), cross).astype(np.float32)
+    return (weights, float(alpha)) if return_alpha else weights
+
+
+#: Known genes from which `fit_ridge` solves in its dual form where there are more known genes
+#: than cells: the same weights and penalty (up to float rounding) from the cells x cells kernel
+#: instead of the genes x genes Gram matrix. With 5,000 known genes the self-check's cheap
+#: measurements of predictability (`spalstf.combine.expected`: 2,500 or 500 cells a fit) spent
+#: most of their time in eigen-decompositions of 5,000 x 5,000 Gram matrices. Above any panel
+#: of the data sets the outputs are pinned on (at most 558 known genes), so those keep the
+#: primal path and their exact numbers.
+DUAL_MIN_GENES = 1000
+
+
+def _fit_ridge_dual(x: np.ndarray, y: np.ndarray, alpha: float | None, *,
+                    return_alpha: bool = False):
+    """`fit_ridge` on arrays with more columns than rows: W = X' (XX' + alpha I)^-1 Y.
+
+    The Gram matrix X'X has the kernel XX''s non-zero eigenvalues, and its other
+    eigen-directions are orthogonal to X'Y, so `choose_alpha`'s generalised cross-validation
+    reads the same sums from the kernel's eigen-decomposition (an eigenvector u with
+    eigenvalue e stands for X'u / sqrt(e), whose projection of X'Y is sqrt(e) u'Y)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    kernel = x @ x.T
+    eig, vec = np.linalg.eigh(kernel)
+    eig = np.clip(eig, 0.0, None)
+    rotated = vec.T @ y  # (cells, targets)
+    if alpha is None:
+        alpha = choose_alpha_eigen(eig, eig * (rotated ** 2).sum(axis=1),
+                                   float((y ** 2).sum()), len(x))
+    weights = (x.T @ (vec @ (rotated / (eig + alpha)[:, None]))).astype(np.float32)
     return (weights, float(alpha)) if return_alpha else weights
 
 
@@ -119,6 +152,14 @@ def choose_alpha(gram: np.ndarray, cross: np.ndarray, squares: float, n: int) ->
     eig, vec = np.linalg.eigh(gram)
     eig = np.clip(eig, 0.0, None)
     proj = ((vec.T @ cross) ** 2).sum(axis=1)  # per eigen-direction, summed over targets
+    return choose_alpha_eigen(eig, proj, squares, n)
+
+
+def choose_alpha_eigen(eig: np.ndarray, proj: np.ndarray, squares: float, n: int) -> float:
+    """`choose_alpha` from the Gram matrix's eigenvalues `eig` and the squared projections of
+    x'y on its eigen-directions, summed over targets (`proj`)."""
+    if n < 2:
+        return float(max(n, 1))
     best, best_alpha = np.inf, float(n)
     for unit in ALPHA_GRID:
         alpha = unit * n

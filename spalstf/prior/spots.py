@@ -26,6 +26,9 @@ MIXTURES_PER_SIZE = 2000
 #: Pseudo-spots of each size the model keeps beside its atlas for the aligned-neighbour
 #: estimate (`spalstf.prior.AlignedNeighbours`): a spot's nearest profiles may then be mixtures.
 ESTIMATE_MIXTURES_PER_SIZE = 500
+#: `pseudo_spots` computes every reference cell's expression once where it takes at most this
+#: many bytes (float64; 80 MB at 10^4 cells x 1,000 genes), else block by block as drawn.
+EXPRESSED_BYTES = 512 * 2**20
 
 
 def pseudo_spots(data: Reference, rows: np.ndarray, *, seed: int,
@@ -49,15 +52,27 @@ def pseudo_spots(data: Reference, rows: np.ndarray, *, seed: int,
     def expression(values: np.ndarray, scaler) -> np.ndarray:  # back to count x factor
         return np.expm1(values.astype(np.float64) * scaler.std + scaler.mean)
 
+    # Each pool cell's expression computed once, where it fits in EXPRESSED_BYTES, rather than
+    # once per mixture that draws it (each cell about 7 times on average): the same values
+    # (elementwise), gathered. With 5,000 known genes this was the largest part of the ridge
+    # prior's fit (profile in benchmarks/results/scale_default.md).
+    expressed = None
+    if len(pool) * (data.known.shape[1] + data.target.shape[1]) * 8 <= EXPRESSED_BYTES:
+        expressed = (expression(np.asarray(data.known[pool]), known_scaler),
+                     expression(np.asarray(data.target[pool]), target_scaler))
     for size in MIXTURE_SIZES:
         for start in range(0, per_size, block):
-            members = pool[rng.integers(0, len(pool), (min(block, per_size - start), size))]
+            picks = rng.integers(0, len(pool), (min(block, per_size - start), size))
+            members = pool[picks]
             flat = members.ravel()
             weight = (np.ones(len(flat)) if depth is None else depth[flat])[:, None]
             out = []
-            for values, scaler in ((data.known[flat], known_scaler),
-                                   (data.target[flat], target_scaler)):
-                mixed = (expression(values, scaler) * weight).reshape(*members.shape, -1).sum(1)
+            for side, scaler in enumerate((known_scaler, target_scaler)):
+                if expressed is not None:
+                    values = expressed[side][picks.ravel()]
+                else:
+                    values = expression((data.known, data.target)[side][flat], scaler)
+                mixed = (values * weight).reshape(*members.shape, -1).sum(1)
                 mixed /= weight.reshape(members.shape).sum(1, keepdims=True)
                 out.append((np.log1p(mixed) - scaler.mean) / scaler.std)
             yield out[0], out[1]

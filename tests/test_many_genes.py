@@ -1,0 +1,116 @@
+"""Panels of thousands of known genes (issue 27, Xenium 5k): the bounds that keep the costs that
+grow with the known genes small, each engaging only above a panel size the pinned outputs
+never reach, tried here with the threshold lowered."""
+
+import numpy as np
+import pytest
+from conftest import FAST
+
+import spalstf
+from spalstf.combine import expected as accuracy
+from spalstf.combine import selfcheck
+from spalstf.prior import ridge
+
+
+def test_the_dual_ridge_gives_the_primal_weights_and_penalty(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 1100))
+    y = x[:, :20] @ rng.normal(size=(20, 7)) + rng.normal(size=(120, 7)) * 3
+    assert x.shape[1] >= ridge.DUAL_MIN_GENES  # more genes than cells: the dual path
+    for alpha in (None, 30.0):
+        dual, dual_alpha = ridge.fit_ridge(x, y, alpha, return_alpha=True)
+        monkeypatch.setattr(ridge, "DUAL_MIN_GENES", 10**9)
+        primal, primal_alpha = ridge.fit_ridge(x, y, alpha, return_alpha=True)
+        monkeypatch.undo()
+        assert dual_alpha == primal_alpha
+        np.testing.assert_allclose(dual, primal, rtol=1e-4, atol=1e-6)
+    # on rows of a larger matrix, as `reference_predictability` fits its halves
+    rows = np.arange(0, 120, 2)
+    np.testing.assert_allclose(ridge.fit_ridge(x, y, 30.0, rows=rows),
+                               ridge.fit_ridge(x[rows], y[rows], 30.0))
+
+
+def test_a_fold_scores_a_seeded_sample_of_its_hidden_genes_only_when_it_hides_many():
+    hidden = [f"g{i:03d}" for i in range(30)]
+    assert selfcheck.scored_genes(hidden, 0, 1) == hidden  # under MAX_SCORED_GENES: all
+    some = selfcheck.scored_genes(hidden, 0, 1, max_genes=8)
+    assert len(some) == 8 and some == sorted(some) and set(some) <= set(hidden)
+    assert some == selfcheck.scored_genes(hidden, 0, 1, max_genes=8)  # seeded
+    assert some != selfcheck.scored_genes(hidden, 0, 2, max_genes=8)  # per fold
+
+
+def test_the_self_check_bound_engages_on_large_panels_and_keeps_its_results_sane(
+        tiny_pair, monkeypatch):
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:3]
+    full = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2, seed=0,
+                          **FAST).uns["spalstf"]["self_check"]
+    monkeypatch.setattr(selfcheck, "MAX_SCORED_GENES", 6)  # 22 known genes: 11 hidden a fold
+    out = spalstf.impute(st, sc, genes, self_check=True, self_check_folds=2, seed=0, **FAST)
+    check = out.uns["spalstf"]["self_check"]
+    assert check["n_genes"] == 12 and set(check["genes"]) < set(st.var_names)
+    assert sorted(np.bincount(check["fold"])) == [6, 6]
+    # the scored genes are a sample of those the full self-check scored, with the same folds
+    fold_of = dict(zip(full["genes"], full["fold"], strict=True))
+    assert all(fold_of[g] == f for g, f in zip(check["genes"], check["fold"], strict=True))
+    assert np.isfinite(check["median_pcc"]) and abs(check["median_pcc"]) <= 1
+    assert np.isfinite(check["expected_median_pcc"])
+    assert check["expected_median_pcc"] == pytest.approx(full["expected_median_pcc"], abs=0.25)
+    assert np.isfinite(out.var["expected_pcc"]).all()
+    assert np.isfinite(out.X).all()
+
+
+def _counts(n_genes, n_cells, seed=0):
+    rng = np.random.default_rng(seed)
+    loadings = rng.gamma(2.0, 1.0, size=(4, n_genes))
+    rate = rng.gamma(0.6, 1.0, size=(n_cells, 4)) @ loadings
+    return rng.poisson(rate / rate.sum(1, keepdims=True) * 1500.0).astype(np.float64)
+
+
+def test_the_panel_measurements_of_a_sample_of_genes_match_those_of_all():
+    st, ref = _counts(40, 300, seed=1), _counts(40, 600)
+    names = [f"g{i:02d}" for i in range(40)]
+    some = names[3::4]
+    kw = dict(seed=0, scale_factor=1e4, log_normalized=False)
+    curve = accuracy.panel_curve(st, ref, names, n_folds=2, **kw)
+    part = accuracy.panel_curve(st, ref, names, n_folds=2, scored=some, **kw)
+    # the same groups hidden (the same known genes), only the sample predicted
+    columns = [names.index(g) for g in some]
+    np.testing.assert_allclose(part["n_known"], curve["n_known"])
+    for key in ("st", "st_knn", "reference"):
+        np.testing.assert_allclose(part[key], curve[key][:, columns], rtol=1e-6, atol=1e-9)
+    everyone = accuracy.panel_reference_pcc(ref, names, n_groups=8, alpha=None, **kw)
+    # all the genes as the sample: the default's groups
+    np.testing.assert_array_equal(
+        accuracy.panel_reference_pcc(ref, names, n_groups=8, alpha=None, scored=names, **kw),
+        everyone)
+    # a sample of 10 hidden in groups of at most 40 / 8 genes: 2 fits, as many known genes
+    sample = accuracy.panel_reference_pcc(ref, names, n_groups=8, alpha=None, scored=some,
+                                          **kw)
+    assert sample.shape == (10,) and np.isfinite(sample).all()
+    assert np.corrcoef(sample, everyone[columns])[0, 1] > 0.8
+
+
+def test_spage_copies_over_the_same_profiles_share_the_reference_axes(tiny_model, tiny_pair,
+                                                                       monkeypatch):
+    from spalstf.prior import spage
+
+    st, _ = tiny_pair
+    original = tiny_model.predictors["spage"]
+    x = np.log1p(np.asarray(st[:, tiny_model.known_genes].X, np.float64))
+    computed = []
+    monkeypatch.setattr(spage, "principal_axes", lambda cov, n: computed.append(n) or
+                        spage.np.linalg.eigh(cov)[1][:, ::-1][:, :n].T)
+    spage._LAST_REFERENCE_AXES.clear()
+    out = []
+    for shift in (0.0, 0.0, 0.5):  # views: each a fresh copy of the model's predictor
+        copy = type(original).from_state(original.state(), tiny_model.config)
+        copy.prepare(lambda s=shift: iter([x + s]))
+        out.append(copy.predict(x))
+    # the ST's axes each time; the reference's once for all copies
+    assert len(computed) == 3 + 1
+    np.testing.assert_array_equal(out[0], out[1])
+    spage._LAST_REFERENCE_AXES.clear()
+    fresh = type(original).from_state(original.state(), tiny_model.config)
+    fresh.prepare(lambda: iter([x + 0.5]))
+    np.testing.assert_array_equal(fresh.predict(x), out[2])
