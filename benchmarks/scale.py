@@ -38,18 +38,56 @@ def _size(text: str) -> int:
 
 
 # --- simulated data (a child process, not measured) ---------------------------------------------
+#: Above this many ST cells the simulator's own memory (13.6 GiB at 10^6 cells) would outgrow
+#: the machine: larger STs are tiles of a simulation of this size (`tiled`).
+SIMULATED_CELLS = 200_000
+
+
 def make_data(st_path: Path, sc_path: Path, n_st: int, n_sc: int, known: int,
               targets: int) -> None:
-    """The ST (known genes, coordinates) and reference (every gene) of one simulation."""
+    """The ST (known genes, coordinates) and reference (every gene) of one simulation; above
+    `SIMULATED_CELLS` ST cells, the ST is that simulation tiled (`tiled`)."""
     import spalstf
 
-    st, sc = spalstf.datasets.simulate(n_st=n_st, n_sc=n_sc, n_genes=known + targets,
-                                       n_measured=known, seed=0)
+    st, sc = spalstf.datasets.simulate(n_st=min(n_st, SIMULATED_CELLS), n_sc=n_sc,
+                                       n_genes=known + targets, n_measured=known, seed=0)
     for key in ("truth", "unmeasured_counts"):  # the score's, not the user's
         st.obsm.pop(key, None)
+    if n_st > SIMULATED_CELLS:
+        st = tiled(st, n_st)
     st.write_h5ad(st_path)
     if not sc_path.exists():
         sc.write_h5ad(sc_path)
+
+
+def tiled(st, n_st: int, *, keep: float = 0.9, seed: int = 0):
+    """An ST of `n_st` cells from copies of `st` laid side by side in space (each copy shifted
+    along x past the previous one), every copy after the first with its counts thinned
+    binomially to `keep` of them, so that no two cells are the same: the tissue repeated, as a
+    larger section of it would look, at the simulator's per-cell cost of this size."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(st.X, dtype=np.float32)
+    xy = np.asarray(st.obsm["spatial"], dtype=np.float32)
+    step = float(xy[:, 0].max() - xy[:, 0].min()) * 1.05
+    x = np.empty((n_st, st.n_vars), np.float32)
+    spatial = np.empty((n_st, xy.shape[1]), np.float32)
+    frames = []
+    for copy, start in enumerate(range(0, n_st, st.n_obs)):
+        rows = slice(start, min(start + st.n_obs, n_st))
+        n = rows.stop - rows.start
+        x[rows] = counts[:n] if copy == 0 else rng.binomial(
+            counts[:n].astype(np.int64), keep).astype(np.float32)
+        spatial[rows] = xy[:n] + np.float32([copy * step] + [0.0] * (xy.shape[1] - 1))
+        frame = st.obs.iloc[:n].copy()
+        frame.index = [f"{name}_{copy}" for name in frame.index]
+        frames.append(frame)
+    out = ad.AnnData(x, obs=pd.concat(frames), var=st.var.copy())
+    out.obsm["spatial"] = spatial
+    return out
 
 
 def run_measured(cmd: list[str], env: dict, cwd: str) -> dict:
