@@ -8,7 +8,8 @@ genes), predicts them from the rest with every base prediction of the model (the
 expression or at the cell's depth), and scores them against their measured values: per-gene
 Pearson (PCC) and Spearman (SPCC) correlations, on the log-normalised scale (on panels of
 thousands of genes, a seeded sample of `MAX_SCORED_GENES` hidden genes a fold is predicted and
-scored: the cost no longer grows with the panel). Target genes are never read (the ST is only ever read through the known genes of the main run).
+scored: the cost no longer grows with the panel). Target genes are never read (the ST is only
+ever read through the known genes of the main run).
 
 From the same hidden genes it learns:
 
@@ -297,8 +298,8 @@ def inner_predictions(st_expr, sc_expr, known_pairs: Sequence[tuple[str, str]], 
         # a user sees one line per fold, not a bar flashing by for each inner fit.
         with inner_steps():
             model = fit(sc_expr, [ref_of[g] for g in inner_known],
-                        [ref_of[g] for g in targets], list(targets), inner_cfg, log_normalized=log_normalized, seed=seed,
-                        device=device, progress=False)
+                        [ref_of[g] for g in targets], list(targets), inner_cfg,
+                        log_normalized=log_normalized, seed=seed, device=device, progress=False)
         columns = candidate_columns(model, cfg, views, readouts)
         source = model.columns(st_expr, cfg, columns, log_normalized=log_normalized,
                                seed=seed, device=device, spatial=spatial,

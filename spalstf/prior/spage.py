@@ -11,6 +11,8 @@ prediction does not depend on the other cells of its chunk.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -35,7 +37,8 @@ def principal_axes(covariance: np.ndarray, n: int) -> np.ndarray:
 #: The reference's principal axes of the last `prepare` (its profiles, n, the axes): the stack
 #: prepares a copy of the predictor per view of the ST, each over the same profiles (the model's
 #: array, shared by the copies), and with 5,000 known genes each eigen-decomposition of their
-#: covariance took about 30 s of CPU, three times a run.
+#: covariance took about 30 s of CPU, three times a run. The profiles are held by a weak
+#: reference: the cache does not keep a finished model's array alive.
 _LAST_REFERENCE_AXES: list = []
 
 
@@ -43,10 +46,10 @@ def reference_axes(profiles: np.ndarray, ref_z: np.ndarray, n: int) -> np.ndarra
     """`principal_axes` of the z-scored reference profiles `ref_z` (made from `profiles`),
     computed again only when the profiles (the same array) or `n` change."""
     last = _LAST_REFERENCE_AXES
-    if last and last[0] is profiles and last[1] == (ref_z.shape, n):
+    if last and last[0]() is profiles and last[1] == (ref_z.shape, n):
         return last[2]
     axes = principal_axes(ref_z.T @ ref_z / len(ref_z), n)
-    last[:] = [profiles, (ref_z.shape, n), axes]
+    last[:] = [weakref.ref(profiles), (ref_z.shape, n), axes]
     return axes
 
 
