@@ -33,7 +33,7 @@ mixture of counts at the cell's depth read on the truth's scale (`Mixture`: the 
 quantiles of the count, exact for Poisson and NB components, then log1p(count / depth x 1e4)):
 
 - ``lik_mixture``: the count likelihood's posterior over its reference clusters
-  (`spalstf.prior.likelihood.posterior`, read from the cell's own known genes), each cluster's
+  (`CountLikelihood.cluster_posterior`, read from the cell's own known genes), each cluster's
   target expression at the cell's depth as a Poisson count (the `TOP` heaviest clusters per
   cell); each tail's probability calibrated on the hidden known genes (5% of their counts
   beyond it, as ``nb_asymmetric``);
@@ -104,7 +104,6 @@ from spalstf.combine import stack as stack_module  # noqa: E402
 from spalstf.diffusion import sample as sample_module  # noqa: E402
 from spalstf.evaluate._cli import markdown_table  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
-from spalstf.prior import likelihood  # noqa: E402
 from spalstf.prior.base import spaced_blocks  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "intervals"
@@ -147,10 +146,7 @@ def likelihood_posterior(source, cells: np.ndarray) -> tuple[np.ndarray, np.ndar
         predictor.prepare(spaced_blocks(source._normalised, source.expr.n_cells,
                                         source.config.batch_size), device=source.device)
         source._bench_lik = predictor
-    log_q, depth, log_size = predictor._fitted
-    weights = likelihood.posterior(likelihood.shares(source._normalised(cells),
-                                                     predictor.scale_factor),
-                                   log_q, depth, log_size)
+    weights = predictor.cluster_posterior(source._normalised(cells))
     return (weights.astype(np.float32),
             model.target_scaler.inverse(predictor.targets).astype(np.float32))
 

@@ -202,13 +202,17 @@ class CountLikelihood(BasePredictor):
                 score(i)
         return float(DEPTHS[int(np.argmax(scores))])
 
-    def predict(self, known: np.ndarray) -> np.ndarray:
+    def cluster_posterior(self, known: np.ndarray) -> np.ndarray:
+        """Each cell's posterior over the reference clusters (cells x clusters, rows summing
+        to 1) from its known genes (log-normalised, as `predict` reads them)."""
         if self._fitted is None:
             raise RuntimeError("CountLikelihood.prepare must run before predict (it learns the "
                                "capture and the depth on the whole ST)")
         log_q, depth, log_size = self._fitted
-        weights = posterior(shares(known, self.scale_factor), log_q, depth, log_size)
-        return (weights @ self.targets).astype(np.float32)
+        return posterior(shares(known, self.scale_factor), log_q, depth, log_size)
+
+    def predict(self, known: np.ndarray) -> np.ndarray:
+        return (self.cluster_posterior(known) @ self.targets).astype(np.float32)
 
     @property
     def depth(self) -> float | None:
