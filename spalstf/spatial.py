@@ -254,14 +254,50 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
     return smoothed_reader(read_values, graph, weight)
 
 
+def expression_landmarks(n_cells: int) -> np.ndarray:
+    """The evenly spaced ST cells among which `expression_graph` searches (sorted indices):
+    every cell up to EXPRESSION_LANDMARKS, so every expression neighbour is one of them."""
+    return np.unique(np.linspace(0, n_cells - 1, min(n_cells, EXPRESSION_LANDMARKS))
+                     .astype(np.int64))
+
+
+def held_rows_reader(read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
+                     n_cells: int, block: int = 8192) -> Callable[[np.ndarray], np.ndarray]:
+    """`read` with the values of `rows` (sorted cell indices) computed once, in blocks, and
+    held: any cells asked for are served from them where held, and read otherwise.
+
+    For a view read a chunk at a time that is then smoothed over the expression graph: every
+    expression neighbour is a landmark (`expression_landmarks`), so without it each chunk
+    computed its neighbours' values anew (for the spatial view: gathered and averaged their
+    spatial neighbours), most of the cost per cell above 2x10^5 cells (py-spy, 4x10^5 cells).
+    A row's values do not depend on the rows read with it (`smoothed_reader`), so the result
+    is the same as `read`'s.
+    """
+    held = np.concatenate([read(rows[s:s + block]) for s in range(0, len(rows), block)])
+    position = np.full(n_cells, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+
+    def read_held(idx: np.ndarray) -> np.ndarray:
+        at = position[idx]
+        kept = at >= 0
+        if kept.all():
+            return held[at]
+        out = np.empty((len(idx), held.shape[1]), dtype=held.dtype)
+        out[kept] = held[at[kept]]
+        if not kept.all():
+            out[~kept] = read(idx[~kept])
+        return out
+
+    return read_held
+
+
 def expression_graph(read_graph: Callable[[np.ndarray], np.ndarray], n_cells: int, k: int, *,
                      device: Any = "cpu", block: int = 1024
                      ) -> Callable[[np.ndarray], np.ndarray]:
     """`neighbours(rows)`: the (len(rows), k') expression neighbours of `expression_smoothed_reader`
     (its docstring says how they are found). Apart from it, so that views smoothed over the same
     graph (the expression and spatial views of one ST) search it once. Needs n_cells >= 2."""
-    landmarks = np.unique(np.linspace(0, n_cells - 1, min(n_cells, EXPRESSION_LANDMARKS))
-                          .astype(np.int64))
+    landmarks = expression_landmarks(n_cells)
     k = min(k, len(landmarks) - 1)
 
     def blocks():

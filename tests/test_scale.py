@@ -16,6 +16,7 @@ import torch
 from conftest import FAST
 
 import spalstf
+from spalstf import spatial as spatial_module
 from spalstf.cli import main
 from spalstf.combine import columns as columns_module
 from spalstf.data import CellRows, as_expression, cell_factors
@@ -532,3 +533,61 @@ def test_views_read_a_chunk_at_a_time_normalise_each_cell_once_where_the_values_
     monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)  # nothing held: many more reads
     _assert_same_result(spalstf.impute(st, sc, **opts), held)
     assert sum(normalised) > 3 * st.n_obs, normalised
+
+
+def test_held_rows_are_served_from_the_held_values_and_others_read():
+    from spalstf.spatial import held_rows_reader
+
+    values = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    asked = []
+
+    def read(rows):
+        asked.append(np.array(rows))
+        return values[rows] * 2
+
+    reader = held_rows_reader(read, np.array([3, 7, 20, 41]), 50, block=3)
+    assert [len(a) for a in asked] == [3, 1]  # the held rows, in blocks
+    asked.clear()
+    np.testing.assert_array_equal(reader(np.array([7, 41])), values[[7, 41]] * 2)
+    assert asked == []  # all held: nothing read
+    rows = np.array([0, 3, 8, 20, 49])
+    np.testing.assert_array_equal(reader(rows), values[rows] * 2)
+    np.testing.assert_array_equal(asked[0], [0, 8, 49])  # only the rows not held
+
+
+def test_chunked_spatial_views_hold_the_landmarks_values_with_the_same_result(tiny_pair,
+                                                                            monkeypatch):
+    """Where the spatial view is read a chunk at a time, the spatial values of the expression
+    graph's landmarks (every cell's expression neighbours) are held: the result is that of held
+    views, and of the path that recomputes them per chunk, and each landmark's spatial
+    smoothing is computed once per source instead of once per chunk that reads it."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16)
+    held = spalstf.impute(st, sc, **opts)
+    monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)  # some cells only
+    held_few = spalstf.impute(st, sc, **opts)
+    smoothed_rows = []
+    plain = columns_module.smoothed_reader
+
+    def counting(read, nbrs, weight):
+        reader = plain(read, nbrs, weight)
+        if callable(nbrs):  # the expression smoothing: not counted
+            return reader
+
+        def read_spatial(rows):
+            smoothed_rows.append(np.array(rows))
+            return reader(rows)
+        return read_spatial
+
+    monkeypatch.setattr(columns_module, "smoothed_reader", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    chunked = spalstf.impute(st, sc, **opts)
+    _assert_same_result(chunked, held_few)
+    landmarks = spatial_module.expression_landmarks(st.n_obs)
+    with_cache = np.bincount(np.concatenate(smoothed_rows), minlength=st.n_obs)[landmarks]
+    smoothed_rows.clear()
+    monkeypatch.setattr(columns_module, "LANDMARK_VIEW_BYTES", 0)  # recomputed per chunk
+    _assert_same_result(spalstf.impute(st, sc, **opts), held_few)
+    without = np.bincount(np.concatenate(smoothed_rows), minlength=st.n_obs)[landmarks]
+    assert with_cache.sum() < without.sum(), (with_cache.sum(), without.sum())
+    assert not np.allclose(held_few.X, held.X)  # the landmarks changed the neighbours

@@ -28,7 +28,9 @@ from spalstf.prior.neighbours import FLOAT32_SEARCH_CELLS, search_in_float32
 from spalstf.spatial import (
     coordinates,
     expression_graph,
+    expression_landmarks,
     expression_smoothed_reader,
+    held_rows_reader,
     neighbours,
     smoothed_reader,
 )
@@ -50,6 +52,10 @@ HELD_VIEW_BYTES = 512 * 2**20
 #: those rows from the input (a backed .h5ad from the command line) a chunk at a time made the
 #: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes.
 HELD_VALUES_BYTES = 1536 * 2**20
+#: Where the spatial view is read a chunk at a time, the spatial values of the expression
+#: graph's landmarks (every cell's expression neighbours) are held when they take at most this
+#: many bytes (24 MB at 300 known genes).
+LANDMARK_VIEW_BYTES = 256 * 2**20
 
 
 def remembering_last(read: Callable[[np.ndarray], np.ndarray]
@@ -242,6 +248,12 @@ class ColumnSource:
 
                 def values(rows: np.ndarray, spatial=spatial) -> np.ndarray:
                     return spatial[rows]
+            elif (self._expression_graph() is not None
+                  and len(expression_landmarks(n)) * len(self.st_known) * 4
+                  <= LANDMARK_VIEW_BYTES):
+                # the expression smoothing below reads the spatial values of expression
+                # neighbours, all landmarks: computed once, not once per chunk that reads them
+                values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
             # cells, so a chunk or subsample reads what the whole run reads
