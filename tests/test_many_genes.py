@@ -224,3 +224,29 @@ def test_a_new_fit_gets_a_new_reference_search(tiny_pair, few_components):
         x = _inputs(model, st)["knn"] if x is None else x
         indices.append(_index(_prepared(model, "aligned", x)))
     assert indices[0].profiles is not indices[1].profiles
+
+
+def test_the_expression_graph_of_a_large_panel_takes_its_axes_from_a_partial_decomposition(
+        monkeypatch):
+    from spalstf import spatial
+    from spalstf.prior import neighbours
+
+    rng = np.random.default_rng(4)
+    groups = rng.integers(0, 5, size=400)
+    values = rng.normal(size=(5, 60))[groups] * 2 + rng.normal(size=(400, 60))
+    read = values.__getitem__
+    calls = []
+    partial = neighbours.leading_axes
+    monkeypatch.setattr(neighbours, "leading_axes",
+                        lambda rows, n: calls.append(rows.shape) or partial(rows, n))
+    rows = np.arange(400)
+    full = spatial.expression_graph(read, 400, 8)(rows)
+    assert calls == []  # 60 genes: the full eigen-decomposition, as before
+    monkeypatch.setattr(neighbours, "COMPONENT_SEARCH_MIN_GENES", 50)
+    monkeypatch.setattr(spatial, "AXES_CELLS", 150)
+    part = spatial.expression_graph(read, 400, 8)(rows)
+    assert calls == [(134, 60)]  # every third of the 400 landmarks
+    assert part.shape == full.shape and (part != rows[:, None]).all()  # never the cell itself
+    # the same kind of neighbours: of the cell's own group, mostly
+    assert (groups[part] == groups[:, None]).mean() > 0.9
+    assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(part, full, strict=True)]) > 0.5
