@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from spalstf.network import NeighbourIndex
-from spalstf.preprocess import Standardizer
+from spalstf.preprocess import Standardizer, leading_axes
 
 logger = logging.getLogger(__name__)
 
@@ -260,11 +260,15 @@ def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
 
 
 def expression_graph(read_graph: Callable[[np.ndarray], np.ndarray], n_cells: int, k: int, *,
-                     device: Any = "cpu", block: int = 1024
+                     device: Any = "cpu", block: int = 1024, partial_axes: bool = False
                      ) -> Callable[[np.ndarray], np.ndarray]:
     """`neighbours(rows)`: the (len(rows), k') expression neighbours of `expression_smoothed_reader`
     (its docstring says how they are found). Apart from it, so that views smoothed over the same
-    graph (the expression and spatial views of one ST) search it once. Needs n_cells >= 2."""
+    graph (the expression and spatial views of one ST) search it once. Needs n_cells >= 2.
+    `partial_axes` (large panels: `spalstf.prior.neighbours.COMPONENT_SEARCH_MIN_GENES`): the
+    components from a randomised partial decomposition of at most `AXES_CELLS` landmarks' rows
+    (`spalstf.preprocess.leading_axes`) instead of the full eigen-decomposition of the
+    (genes x genes) covariance of every landmark."""
     landmarks = np.unique(np.linspace(0, n_cells - 1, min(n_cells, EXPRESSION_LANDMARKS))
                           .astype(np.int64))
     k = min(k, len(landmarks) - 1)
@@ -274,11 +278,7 @@ def expression_graph(read_graph: Callable[[np.ndarray], np.ndarray], n_cells: in
             yield None, read_graph(landmarks[start:start + block])
 
     scaler = Standardizer.fit_blocks(blocks)
-    n_genes = len(scaler.mean)
-    # imported here: spalstf.prior.neighbours imports this module
-    from spalstf.prior.neighbours import COMPONENT_SEARCH_MIN_GENES, leading_axes
-
-    if n_genes >= COMPONENT_SEARCH_MIN_GENES and len(landmarks) > 1:
+    if partial_axes:
         # large panels: a randomised partial decomposition of at most AXES_CELLS landmarks'
         # rows, not the (genes x genes) covariance of all of them and its full eigen-
         # decomposition (at 20,000 landmarks x 5,000 genes, about a minute per graph)

@@ -117,7 +117,7 @@ def test_spage_copies_over_the_same_profiles_share_the_reference_axes(tiny_model
 
 
 def test_leading_axes_span_the_full_decompositions_leading_subspace():
-    from spalstf.prior.neighbours import leading_axes
+    from spalstf.preprocess import leading_axes
 
     rng = np.random.default_rng(2)
     signal = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 40)) * 3
@@ -229,24 +229,46 @@ def test_a_new_fit_gets_a_new_reference_search(tiny_pair, few_components):
 def test_the_expression_graph_of_a_large_panel_takes_its_axes_from_a_partial_decomposition(
         monkeypatch):
     from spalstf import spatial
-    from spalstf.prior import neighbours
 
     rng = np.random.default_rng(4)
     groups = rng.integers(0, 5, size=400)
     values = rng.normal(size=(5, 60))[groups] * 2 + rng.normal(size=(400, 60))
     read = values.__getitem__
     calls = []
-    partial = neighbours.leading_axes
-    monkeypatch.setattr(neighbours, "leading_axes",
+    partial = spatial.leading_axes
+    monkeypatch.setattr(spatial, "leading_axes",
                         lambda rows, n: calls.append(rows.shape) or partial(rows, n))
     rows = np.arange(400)
     full = spatial.expression_graph(read, 400, 8)(rows)
-    assert calls == []  # 60 genes: the full eigen-decomposition, as before
-    monkeypatch.setattr(neighbours, "COMPONENT_SEARCH_MIN_GENES", 50)
+    assert calls == []  # the default: the full eigen-decomposition, as before
     monkeypatch.setattr(spatial, "AXES_CELLS", 150)
-    part = spatial.expression_graph(read, 400, 8)(rows)
+    part = spatial.expression_graph(read, 400, 8, partial_axes=True)(rows)
     assert calls == [(134, 60)]  # every third of the 400 landmarks
     assert part.shape == full.shape and (part != rows[:, None]).all()  # never the cell itself
     # the same kind of neighbours: of the cell's own group, mostly
     assert (groups[part] == groups[:, None]).mean() > 0.9
     assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(part, full, strict=True)]) > 0.5
+
+
+def test_a_large_panels_column_source_asks_its_graph_for_the_partial_axes(tiny_pair,
+                                                                           monkeypatch):
+    from spalstf.combine import columns as columns_module
+    from spalstf.prior import neighbours
+
+    st, sc = tiny_pair
+    genes = list(st.obsm["truth"].columns)[:3]
+    asked = []
+    graph = columns_module.expression_graph
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["partial_axes"])
+        return graph(*args, **kwargs)
+
+    monkeypatch.setattr(columns_module, "expression_graph", recording)
+    spalstf.impute(st, sc, genes, self_check=False, seed=0, **FAST)
+    assert asked and not any(asked)  # 22 known genes: the full decomposition
+    asked.clear()
+    monkeypatch.setattr(neighbours, "COMPONENT_SEARCH_MIN_GENES", 10)
+    out = spalstf.impute(st, sc, genes, self_check=False, seed=0, **FAST)
+    assert asked and all(asked)
+    assert np.isfinite(out.X).all()
