@@ -236,9 +236,11 @@ def search_in_float32(predictor: object) -> None:
 #: Known genes from which the profile searches of the neighbour average and the aligned estimate
 #: run in the reference's `SEARCH_COMPONENTS` leading principal components rather than in every
 #: known gene, and the SpaGE-style projection keeps at most that many principal vectors
-#: (`spalstf.prior.spage`), from partial eigen-decompositions (`leading_axes`): with 5,000
-#: known genes (Xenium 5k) the searches in 5,000 dimensions were the per-cell cost and the full
-#: 5,000 x 5,000 eigen-decompositions 40% of a run. The panel size of the dual ridge
+#: (`spalstf.prior.spage`), and the expression graph takes its axes from a sample of its
+#: landmarks (`spalstf.spatial.expression_graph`'s `partial_axes`), all from a randomised partial
+#: decomposition (`spalstf.preprocess.leading_axes`): with 5,000 known genes (Xenium 5k) the
+#: searches in 5,000 dimensions were the per-cell cost and the full 5,000 x 5,000
+#: eigen-decompositions 40% of a run. The panel size of the dual ridge
 #: (`spalstf.prior.ridge.DUAL_MIN_GENES`), above every panel the outputs are pinned on (at most
 #: 558 known genes), which keep their exact numbers.
 COMPONENT_SEARCH_MIN_GENES = 1000
