@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from spalstf.network import NeighbourIndex
-from spalstf.preprocess import Standardizer
+from spalstf.preprocess import Standardizer, leading_axes
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +226,11 @@ EXPRESSION_LANDMARKS = 20000
 #: Principal components of the ST's z-scored known genes in which expression neighbours are
 #: found: they keep the shared structure and drop much of each gene's own noise.
 EXPRESSION_COMPONENTS = 30
+#: Landmarks (evenly spaced among them) whose rows give those components on large panels
+#: (`spalstf.prior.neighbours.COMPONENT_SEARCH_MIN_GENES` known genes and more): 30 axes are
+#: well resolved by 10^4 cells, and a (landmarks x genes) float32 matrix stays at 200 MB for
+#: 5,000 genes.
+AXES_CELLS = 10000
 
 
 def expression_smoothed_reader(read_graph: Callable[[np.ndarray], np.ndarray],
@@ -292,11 +297,15 @@ def held_rows_reader(read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
 
 
 def expression_graph(read_graph: Callable[[np.ndarray], np.ndarray], n_cells: int, k: int, *,
-                     device: Any = "cpu", block: int = 1024
+                     device: Any = "cpu", block: int = 1024, partial_axes: bool = False
                      ) -> Callable[[np.ndarray], np.ndarray]:
     """`neighbours(rows)`: the (len(rows), k') expression neighbours of `expression_smoothed_reader`
     (its docstring says how they are found). Apart from it, so that views smoothed over the same
-    graph (the expression and spatial views of one ST) search it once. Needs n_cells >= 2."""
+    graph (the expression and spatial views of one ST) search it once. Needs n_cells >= 2.
+    `partial_axes` (large panels: `spalstf.prior.neighbours.COMPONENT_SEARCH_MIN_GENES`): the
+    components from a randomised partial decomposition of at most `AXES_CELLS` landmarks' rows
+    (`spalstf.preprocess.leading_axes`) instead of the full eigen-decomposition of the
+    (genes x genes) covariance of every landmark."""
     landmarks = expression_landmarks(n_cells)
     k = min(k, len(landmarks) - 1)
 
@@ -305,11 +314,23 @@ def expression_graph(read_graph: Callable[[np.ndarray], np.ndarray], n_cells: in
             yield None, read_graph(landmarks[start:start + block])
 
     scaler = Standardizer.fit_blocks(blocks)
-    covariance = sum(z.T @ z for z in (scaler.transform(g).astype(np.float64)
-                                       for _, g in blocks()))
-    # principal axes from the covariance's eigenvectors (deterministic; signs do not matter)
-    _, vectors = np.linalg.eigh(covariance / len(landmarks))
-    axes = vectors[:, ::-1][:, :min(EXPRESSION_COMPONENTS, vectors.shape[1])].astype(np.float32)
+    if partial_axes:
+        # large panels: a randomised partial decomposition of at most AXES_CELLS landmarks'
+        # rows, not the (genes x genes) covariance of all of them and its full eigen-
+        # decomposition (at 20,000 landmarks x 5,000 genes, about a minute per graph)
+        some = landmarks[::-(-len(landmarks) // AXES_CELLS)]
+        z = np.concatenate([scaler.transform(read_graph(some[start:start + block]))
+                            for start in range(0, len(some), block)])
+        axes = leading_axes(z, min(EXPRESSION_COMPONENTS, *z.shape)).T.astype(np.float32)
+        del z
+    else:
+        covariance = sum(z.T @ z for z in (scaler.transform(g).astype(np.float64)
+                                           for _, g in blocks()))
+        # principal axes from the covariance's eigenvectors (deterministic; signs do not
+        # matter)
+        _, vectors = np.linalg.eigh(covariance / len(landmarks))
+        axes = vectors[:, ::-1][:, :min(EXPRESSION_COMPONENTS, vectors.shape[1])].astype(
+            np.float32)
     index = NeighbourIndex(np.concatenate([scaler.transform(g) @ axes for _, g in blocks()]),
                            device=device)
     position = np.full(n_cells, -1, dtype=np.int64)

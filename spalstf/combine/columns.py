@@ -23,6 +23,7 @@ from spalstf.config import Config
 from spalstf.data import Expression
 from spalstf.diffusion.sample import impute_cells
 from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
+from spalstf.prior import neighbours as neighbours_module
 from spalstf.prior.base import EXPRESSION, MODEL, STAT_CELLS, BasePredictor, spaced_blocks
 from spalstf.prior.neighbours import FLOAT32_SEARCH_CELLS, search_in_float32
 from spalstf.spatial import (
@@ -271,7 +272,8 @@ class ColumnSource:
             return None
         if self._graph is None:
             self._graph = remembering_last(expression_graph(
-                self._normalised, n, cfg.expression_neighbors, device=self.device))
+                self._normalised, n, cfg.expression_neighbors, device=self.device,
+                partial_axes=len(self.st_known) >= neighbours_module.COMPONENT_SEARCH_MIN_GENES))
         return self._graph
 
     def read(self, view: str, scale: str, cells: np.ndarray) -> np.ndarray:

@@ -9,11 +9,15 @@ so the two are blended (`spalstf.combine.blend.Blend`, `Config.knn_weight`).
 
 from __future__ import annotations
 
+import copy
+import weakref
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from spalstf.network import NeighbourIndex
-from spalstf.preprocess import Standardizer
+from spalstf.preprocess import Standardizer, leading_axes
 from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
 from spalstf.prior.spots import ESTIMATE_MIXTURES_PER_SIZE, pseudo_spots
 from spalstf.spatial import neighbour_mean
@@ -56,6 +60,14 @@ class ProfileIndex:
         #: them that took the float64 search over every profile.
         self.uncertified = 0
         self.full_searches = 0
+
+    def own_switches(self) -> ProfileIndex:
+        """An index over the same profile tensors (not copied) with its own float32 switch and
+        diagnostics, both as a fresh index's (`shared_search`)."""
+        index = copy.copy(self)
+        index.float32, index._profiles32 = False, None
+        index.uncertified = index.full_searches = 0
+        return index
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, distances) of each query's k nearest profiles, nearest first."""
@@ -221,6 +233,62 @@ def search_in_float32(predictor: object) -> None:
                 item.float32 = True
 
 
+#: Known genes from which the profile searches of the neighbour average and the aligned estimate
+#: run in the reference's `SEARCH_COMPONENTS` leading principal components rather than in every
+#: known gene, and the SpaGE-style projection keeps at most that many principal vectors
+#: (`spalstf.prior.spage`), and the expression graph takes its axes from a sample of its
+#: landmarks (`spalstf.spatial.expression_graph`'s `partial_axes`), all from a randomised partial
+#: decomposition (`spalstf.preprocess.leading_axes`): with 5,000 known genes (Xenium 5k) the
+#: searches in 5,000 dimensions were the per-cell cost and the full 5,000 x 5,000
+#: eigen-decompositions 40% of a run. The panel size of the dual ridge
+#: (`spalstf.prior.ridge.DUAL_MIN_GENES`), above every panel the outputs are pinned on (at most
+#: 558 known genes), which keep their exact numbers.
+COMPONENT_SEARCH_MIN_GENES = 1000
+#: The reference's leading principal components the searches use from that panel size (SpaGE
+#: itself keeps 30 to 50 principal vectors; twice that here, since the neighbour average and
+#: the aligned estimate read no other dimension of the profiles).
+SEARCH_COMPONENTS = 100
+
+
+class Components:
+    """The leading principal components of reference profiles (rows): `project` maps rows of
+    the same genes onto them (centred on the profiles' mean), where Euclidean distances are
+    those of the profiles' main directions of variation, without the noise of the others."""
+
+    def __init__(self, profiles: np.ndarray, n: int) -> None:
+        x = np.asarray(profiles, np.float32)
+        self.mean = x.mean(axis=0, dtype=np.float64)
+        self.axes = leading_axes(x - self.mean.astype(np.float32), min(n, *x.shape))
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """(rows, components) coordinates of rows of the profiles' genes."""
+        return (np.asarray(x, np.float64) - self.mean) @ self.axes.T
+
+
+#: The last search made by `shared_search` for each kind of predictor: (weak references to the
+#: arrays it was made from, the device, what `make` returned). The stack prepares a copy of each
+#: predictor per view of the ST, all over the model's same arrays, and each copy's search held a
+#: float64 copy of the reference profiles (400 MB per view at 10^4 cells x 5,000 known genes).
+_SHARED_SEARCHES: dict[str, list] = {}
+
+
+def shared_search(kind: str, sources: tuple[np.ndarray, ...], device: torch.device,
+                  make: Callable[[], tuple]) -> tuple:
+    """`make()` (a tuple whose items may include a `ProfileIndex`), made once for the copies
+    of a predictor over the same arrays `sources` (the same objects) on the same device: the
+    last result per `kind` is kept while those arrays live (weak references: never a finished
+    model's). Each caller gets its own `ProfileIndex` objects over the shared tensors, so that
+    one caller's float32 switch (`search_in_float32`, set per `ColumnSource` by its ST's size)
+    never reaches another's search."""
+    last = _SHARED_SEARCHES.get(kind)
+    if not (last and last[1] == device and len(last[0]) == len(sources)
+            and all(ref() is array for ref, array in zip(last[0], sources, strict=True))):
+        last = [tuple(weakref.ref(array) for array in sources), device, make()]
+        _SHARED_SEARCHES[kind] = last
+    return tuple(item.own_switches() if isinstance(item, ProfileIndex) else item
+                 for item in last[2])
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero): Euclidean order = cosine order."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
@@ -280,21 +348,36 @@ class AlignedNeighbours(BasePredictor):
         search over the profiles, z-scored over themselves."""
         super().prepare(st_blocks, device=device)
         st_scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
+        sources = (self.atlas,) if self.mixtures is None else (self.atlas, self.mixtures)
+        self._search = (st_scaler, *shared_search("aligned", sources, self.device,
+                                                  self._profile_search))
+
+    def _profile_search(self) -> tuple:
+        """(components or None, the index, the target columns): what `prepare` makes of the
+        reference alone, the same for every view (`shared_search`)."""
         profiles = self.atlas if self.mixtures is None else np.concatenate([self.atlas,
                                                                             self.mixtures])
         known = profiles[:, :self.n_known]
-        index = ProfileIndex(unit_rows(Standardizer.fit(known).transform(known)), self.device)
+        known_z = Standardizer.fit(known).transform(known)
+        components = None
+        if self.n_known >= COMPONENT_SEARCH_MIN_GENES:  # in the leading components
+            components = Components(known_z, SEARCH_COMPONENTS)
+            known_z = components.project(known_z)
+        index = ProfileIndex(unit_rows(known_z), self.device)
         # the target columns alone (`knn_estimate` with no known columns): gathering whole
         # profiles for each neighbour and dropping their known genes moved 2.5x the memory
         targets = np.ascontiguousarray(profiles[:, self.n_known:])
-        self._search = (st_scaler, index, torch.as_tensor(targets, device=self.device))
+        return components, index, torch.as_tensor(targets, device=self.device)
 
     def predict(self, known: np.ndarray) -> np.ndarray:
         if self._search is None:
             raise RuntimeError("AlignedNeighbours.prepare must run before predict (it z-scores "
                                "the ST over itself)")
-        st_scaler, index, targets = self._search
-        return knn_estimate(index, st_scaler.transform(known), targets, 0, self.knn_neighbors)
+        st_scaler, components, index, targets = self._search
+        known_z = st_scaler.transform(known)
+        if components is not None:
+            known_z = components.project(known_z)
+        return knn_estimate(index, known_z, targets, 0, self.knn_neighbors)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"atlas": self.atlas, "n_known": np.asarray(self.n_known, dtype=np.int64)}
@@ -329,6 +412,9 @@ class ReferenceNeighbours(BasePredictor):
         #: targets of the reference cells of the atlas
         self.known_log, self.targets = known_log, targets
         self._index: ProfileIndex | None = None
+        #: The reference's leading components the search runs in, on large panels
+        #: (`COMPONENT_SEARCH_MIN_GENES`), else None.
+        self._components: Components | None = None
 
     def fit(self, reference: Reference, *, seed: int) -> None:
         atlas = reference.atlas_for("neighbour average", scalers=True)
@@ -337,15 +423,26 @@ class ReferenceNeighbours(BasePredictor):
         self.known_log = atlas[:, :n_known] * known_scaler.std + known_scaler.mean
         self.known_log = self.known_log.astype(np.float32)
         self.targets = atlas[:, n_known:].astype(np.float32)
-        self._index = None
+        self._index = self._components = None
 
     def prepare(self, st_blocks: Blocks, *, device: torch.device | str = "cpu") -> None:
         super().prepare(st_blocks, device=device)
-        self._index = ProfileIndex(self.known_log, self.device)
+        self._components, self._index = shared_search("knn", (self.known_log,), self.device,
+                                                      self._profile_search)
+
+    def _profile_search(self) -> tuple:
+        """(components or None, the index over the reference's profiles): the same for every
+        view (`shared_search`)."""
+        if self.known_log.shape[1] < COMPONENT_SEARCH_MIN_GENES:
+            return None, ProfileIndex(self.known_log, self.device)
+        components = Components(self.known_log, SEARCH_COMPONENTS)
+        return components, ProfileIndex(components.project(self.known_log), self.device)
 
     def predict(self, known: np.ndarray) -> np.ndarray:
         if self._index is None:
             self.prepare(lambda: iter(()), device=self.device)
+        if self._components is not None:
+            known = self._components.project(known)
         idx, _ = self._index.query(known, min(self.knn_neighbors, len(self.targets)))
         # numpy's mean of the gathered rows, without the (cells, k, targets) gather
         return neighbour_mean(self.targets, idx).astype(np.float32)

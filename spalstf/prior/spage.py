@@ -6,7 +6,11 @@ vectors between the two spans), keeps the reference's vectors whose cosine to th
 `MIN_COSINE`, and predicts a cell from the targets of its `Config.knn_neighbors` nearest
 reference cells in that shared space (cosine distance, SpaGE's weights). The ST's z-scores and
 components come from the whole ST data set (`prepare`, a block of cells at a time), so a cell's
-prediction does not depend on the other cells of its chunk.
+prediction does not depend on the other cells of its chunk. On large panels
+(`spalstf.prior.neighbours.COMPONENT_SEARCH_MIN_GENES` known genes and more) it keeps at most
+`SEARCH_COMPONENTS` principal vectors, as SpaGE keeps a few tens, from a randomised partial
+decomposition of the rows (`leading_axes`; the ST's of at most `AXES_CELLS` cells) instead
+of full eigen-decompositions of (genes x genes) covariances.
 """
 
 from __future__ import annotations
@@ -17,8 +21,19 @@ import numpy as np
 import torch
 
 from spalstf.preprocess import Standardizer
-from spalstf.prior.base import EXPRESSION, Blocks, ProfilePredictor, Reference
-from spalstf.prior.neighbours import ProfileIndex, unit_rows
+from spalstf.prior.base import EXPRESSION, Blocks, ProfilePredictor, Reference, landmarks
+from spalstf.prior.neighbours import (
+    COMPONENT_SEARCH_MIN_GENES,
+    SEARCH_COMPONENTS,
+    ProfileIndex,
+    leading_axes,
+    unit_rows,
+)
+
+#: ST cells (evenly spaced) whose rows give the ST's principal axes on large panels
+#: (`COMPONENT_SEARCH_MIN_GENES`): 100 axes of 5,000 genes are well resolved by 10^4 cells, and
+#: the cost of the axes no longer grows with the ST.
+AXES_CELLS = 10000
 
 #: Principal vectors whose cosine between the two data sets is at most this are dropped (the
 #: value SpaGE uses).
@@ -29,7 +44,11 @@ def principal_axes(covariance: np.ndarray, n: int) -> np.ndarray:
     """The first `n` principal axes (rows, unit length) of a covariance matrix, with a sign
     fixed by the largest coordinate (deterministic, unlike an SVD's)."""
     _, vectors = np.linalg.eigh(covariance)
-    axes = vectors[:, ::-1][:, :n].T
+    return signed(vectors[:, ::-1][:, :n].T)
+
+
+def signed(axes: np.ndarray) -> np.ndarray:
+    """Axes (rows) with the sign that makes each one's largest coordinate positive."""
     signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
     return axes * np.where(signs == 0, 1.0, signs)[:, None]
 
@@ -48,7 +67,10 @@ def reference_axes(profiles: np.ndarray, ref_z: np.ndarray, n: int) -> np.ndarra
     last = _LAST_REFERENCE_AXES
     if last and last[0]() is profiles and last[1] == (ref_z.shape, n):
         return last[2]
-    axes = principal_axes(ref_z.T @ ref_z / len(ref_z), n)
+    if ref_z.shape[1] >= COMPONENT_SEARCH_MIN_GENES:
+        axes = signed(leading_axes(ref_z, n))  # the same subspace, without the covariance
+    else:
+        axes = principal_axes(ref_z.T @ ref_z / len(ref_z), n)
     last[:] = [weakref.ref(profiles), (ref_z.shape, n), axes]
     return axes
 
@@ -93,16 +115,27 @@ class SpageProjection(ProfilePredictor):
         vectors shared with the reference, and the search in that space."""
         super().prepare(st_blocks, device=device)
         st_scaler = Standardizer.fit_blocks(lambda: ((None, b) for b in st_blocks()))
-        n_st, covariance = 0, np.zeros((self.n_known, self.n_known))
-        for block in st_blocks():
-            z = st_scaler.transform(block).astype(np.float64)
-            covariance += z.T @ z
-            n_st += len(z)
         known = self.profiles[:, :self.n_known].astype(np.float64)
         ref_z = Standardizer.fit(known).transform(known).astype(np.float64)
-        n = max(1, min(self.n_known // 2, len(ref_z), n_st))
-        source = reference_axes(self.profiles, ref_z, n)
-        target = principal_axes(covariance / max(n_st, 1), n)
+        rows = landmarks(st_blocks, AXES_CELLS) if self.n_known >= COMPONENT_SEARCH_MIN_GENES \
+            else None
+        if rows is not None and len(rows):
+            # SpaGE's own few principal vectors, from at most `AXES_CELLS` cells' rows: the
+            # (genes x genes) covariance of every cell grew with the cells times the genes
+            # squared (50,000 cells x 5,000 genes: minutes per view)
+            z = st_scaler.transform(rows)
+            n = max(1, min(self.n_known // 2, len(ref_z), len(z), SEARCH_COMPONENTS))
+            source = reference_axes(self.profiles, ref_z, n)
+            target = signed(leading_axes(z, n))
+        else:
+            n_st, covariance = 0, np.zeros((self.n_known, self.n_known))
+            for block in st_blocks():
+                z = st_scaler.transform(block).astype(np.float64)
+                covariance += z.T @ z
+                n_st += len(z)
+            n = max(1, min(self.n_known // 2, len(ref_z), n_st))
+            source = reference_axes(self.profiles, ref_z, n)
+            target = principal_axes(covariance / max(n_st, 1), n)
         u, _, vt = np.linalg.svd(source @ target.T)
         source_pv = (u.T @ source)[:n]
         target_pv = (vt @ target)[:n]
