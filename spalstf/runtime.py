@@ -98,16 +98,28 @@ def one_thread_per_op():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - scikit-learn brings it
-            limits = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=1, user_api="blas")
-        with limits:
+        controller = _blas_controller()
+        with (contextlib.nullcontext() if controller is None
+              else controller.limit(limits=1, user_api="blas")):
             yield
     finally:
         torch.set_num_threads(before)
+
+
+_CONTROLLER: list = []
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the loaded libraries, found once (3 ms a search; its
+    `limit` then takes 0.02 ms), or None without threadpoolctl."""
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings it
+            _CONTROLLER.append(None)
+        else:
+            _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def ordered_map(function: Callable, items: Iterable, *, workers: int,
