@@ -9,9 +9,13 @@ products; the neighbour search, the diffusion arithmetic and the optimiser stay 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -66,6 +70,125 @@ def use_all_cores() -> int:
         if torch.get_num_threads() < wanted:
             torch.set_num_threads(wanted)
     return torch.get_num_threads()
+
+
+def chunk_workers(device: torch.device | str) -> int:
+    """Worker threads that predict chunks of cells at once (`ordered_map`) on `device`.
+
+    On a CPU: torch's thread count, at most the cores this process may run on. `use_all_cores`
+    makes that every core unless the caller chose (OMP_NUM_THREADS, SPALSTF_NUM_THREADS, or
+    torch.set_num_threads before the call), so a choice of threads is a choice of workers, and
+    OMP_NUM_THREADS=1 keeps one chunk at a time. The cores go to whole chunks, each op inside
+    them on one thread (`one_thread_per_op`): threading each op did not pay on mid-sized ops
+    (two torch threads were measured slower than one, benchmarks/results/search_threads.md).
+    On a GPU: one (its kernels queue on one device).
+    """
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), available_cores()))
+
+
+@contextlib.contextmanager
+def one_thread_per_op():
+    """torch's intra-op threads, and numpy's BLAS's (through threadpoolctl), at one for the
+    block, restored after: for the per-cell loops, whose chunks the workers of `ordered_map`
+    run side by side. Also with one worker, so that a result never depends on the number of
+    workers: a BLAS product on one thread and on two can differ in the last bit (numpy's
+    OpenBLAS, measured), and 2 workers x 2 threads per op would oversubscribe 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        controller = _blas_controller()
+        with (contextlib.nullcontext() if controller is None
+              else controller.limit(limits=1, user_api="blas")):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_CONTROLLER: list = []
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the loaded libraries, found once (3 ms a search; its
+    `limit` then takes 0.02 ms), or None without threadpoolctl."""
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings it
+            _CONTROLLER.append(None)
+        else:
+            _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
+
+
+def ordered_map(function: Callable, items: Iterable, *, workers: int,
+                ahead: int = 2) -> Iterator:
+    """`function(item)` for each of `items`, yielded in the items' order.
+
+    With `workers` > 1, computed by that many threads (numpy and torch release the GIL in their
+    large kernels), at most `ahead` x `workers` results held or in flight, so memory stays that
+    of a few chunks; use it in a `contextlib.closing`, so that the threads stop when the caller
+    does. The function must be safe to run on several items at once (no shared scratch or cache
+    written unguarded); its ops run with the threads the caller set (`one_thread_per_op`: one
+    each, which the workers' threads are started with). An exception raised by it is raised
+    here, and the items not started are dropped. With one worker: a plain loop in this thread.
+    """
+    if workers <= 1:
+        for item in items:
+            yield function(item)
+        return
+    items = iter(items)
+    grad = torch.is_grad_enabled()  # thread-local in torch: the caller's, in every worker
+
+    def run(item):
+        with torch.set_grad_enabled(grad):
+            return function(item)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="spalstf",
+                            initializer=torch.set_num_threads,
+                            initargs=(torch.get_num_threads(),)) as pool:
+        pending = deque(pool.submit(run, item)
+                        for item in itertools.islice(items, ahead * workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(items, 1):  # the next, before this one is used
+                    pending.append(pool.submit(run, item))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class PerThread:
+    """A dict of which each thread sees its own (`threading.local`): scratch buffers reused
+    from call to call by one thread, never written by two threads at once (`ordered_map`'s
+    workers). A thread's entries go with it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _own(self) -> dict:
+        own = getattr(self._local, "values", None)
+        if own is None:
+            own = self._local.values = {}
+        return own
+
+    def get(self, key, default=None):
+        return self._own().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self._own()
+
+    def __getitem__(self, key):
+        return self._own()[key]
+
+    def __setitem__(self, key, value) -> None:
+        self._own()[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self._own()[key]
 
 
 def mixed_precision(device: torch.device) -> bool:

@@ -12,7 +12,9 @@ from one view. Readouts: the expression, and the value at the cell's depth (coun
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from spalstf.preprocess import Standardizer, expected_at_depth, log_normalize
 from spalstf.prior import neighbours as neighbours_module
 from spalstf.prior.base import EXPRESSION, MODEL, STAT_CELLS, BasePredictor, spaced_blocks
 from spalstf.prior.neighbours import FLOAT32_SEARCH_CELLS, search_in_float32
+from spalstf.runtime import chunk_workers, one_thread_per_op, ordered_map
 from spalstf.spatial import (
     coordinates,
     expression_graph,
@@ -62,12 +65,15 @@ LANDMARK_VIEW_BYTES = 256 * 2**20
 def remembering_last(read: Callable[[np.ndarray], np.ndarray]
                      ) -> Callable[[np.ndarray], np.ndarray]:
     """`read(rows)` that returns its last result again when asked for the same rows twice in a
-    row, instead of computing it anew. Callers must not modify what it returns."""
-    last: list = [None, None]
+    row, instead of computing it anew. Callers must not modify what it returns. Each thread
+    has its own last result: threads reading other chunks at once (`runtime.ordered_map`)
+    never see each other's."""
+    local = threading.local()
 
     def read_once(rows: np.ndarray) -> np.ndarray:
-        if last[0] is None or not np.array_equal(last[0], rows):
-            last[:] = [np.array(rows), read(rows)]
+        last = getattr(local, "last", None)
+        if last is None or not np.array_equal(last[0], rows):
+            last = local.last = (np.array(rows), read(rows))
         return last[1]
 
     return read_once
@@ -145,6 +151,13 @@ class ColumnSource:
         (the cells `prepare` reads, `spalstf.prior.base.STAT_CELLS`, and those predicted):
         the self-check predicts a few thousand cells, and computing the views of a larger ST
         for all of them was most of its cost. Values do not depend on it.
+
+    The views of every cell (where held) and the predictions of `predict` are computed a block
+    of cells at a time by `workers` threads at once (`spalstf.runtime.chunk_workers`), each op
+    on one thread on a CPU, with one worker too (`spalstf.runtime.one_thread_per_op`): a
+    cell's values are the same whatever the number of workers. Where a column is a network's
+    (whose sampling was not made safe for threads, and whose ops gain from threads), one
+    worker with the caller's threads.
     """
 
     def __init__(self, model: Any, expr: Expression, st_known: list[str], config: Config,
@@ -155,7 +168,13 @@ class ColumnSource:
         self.config, self.seed, self.device = config, seed, device
         self.log_normalized = log_normalized
         self.columns = list(columns)
+        #: Held while the ST is read (a backed .h5ad's reader is not known to be thread-safe).
+        self._reading = threading.Lock()
         parsed = [parse(c) for c in self.columns]
+        networks = any(name in (NETWORK, MASKED) for name, _, _ in parsed)
+        self.workers = 1 if networks else chunk_workers(device)
+        #: Whether the per-cell loops run each op on one thread (`mapped`).
+        self.one_thread_ops = not networks and torch.device(device).type == "cpu"
         needed_views = sorted({v for _, v, _ in parsed} | set(views), key=VIEWS.index)
         if any(r == "at_depth" for _, _, r in parsed) and log_normalized:
             raise ValueError("columns read out at the cell's depth need the ST's counts; "
@@ -180,18 +199,16 @@ class ColumnSource:
         values_bytes = expr.n_cells * len(st_known) * 4
         self._hold_spatial = hold or values_bytes * 2 <= HELD_VIEW_BYTES
         if self._hold_spatial or values_bytes <= HELD_VALUES_BYTES:
-            self._held = np.concatenate([
-                self._normalised(np.arange(s, min(s + BLOCK, expr.n_cells)))
-                for s in range(0, expr.n_cells, BLOCK)])
+            self._held = np.concatenate(self._by_blocks(self._normalised))
         self.readers = {v: self._view(v, xy) for v in needed_views}
         if hold:
             # a block of cells through every view in turn, so that the views smoothed over the
             # expression graph share each block's search (`_expression_graph`)
             parts: dict[str, list[np.ndarray]] = {view: [] for view in self.readers}
-            for s in range(0, expr.n_cells, BLOCK):
-                block = np.arange(s, min(s + BLOCK, expr.n_cells))
-                for view, reader in self.readers.items():
-                    parts[view].append(reader(block))
+            for values in self._by_blocks(lambda block: [
+                    reader(block) for reader in self.readers.values()]):
+                for view, part in zip(self.readers, values, strict=True):
+                    parts[view].append(part)
             for view, blocks in parts.items():
                 held = np.concatenate(blocks)
                 self.readers[view] = lambda cells, held=held: held[cells]
@@ -229,11 +246,28 @@ class ColumnSource:
                 search_in_float32(predictor)
             self.prepared[name, view] = predictor
 
+    @contextmanager
+    def mapped(self, function: Callable, items: Any):
+        """An iterator of `function(item)` for each of `items`, in order, computed by the
+        source's `workers` (`spalstf.runtime.ordered_map`), each op on one thread where
+        `one_thread_ops`, for the block."""
+        threads = one_thread_per_op() if self.one_thread_ops else nullcontext()
+        with threads, closing(ordered_map(function, items, workers=self.workers)) as results:
+            yield results
+
+    def _by_blocks(self, read: Callable[[np.ndarray], Any]) -> list:
+        """`read(block)` of every cell, `BLOCK` cells at a time in order (`mapped`)."""
+        n = self.expr.n_cells
+        with self.mapped(read, (np.arange(s, min(s + BLOCK, n))
+                                for s in range(0, n, BLOCK))) as results:
+            return list(results)
+
     def _normalised(self, rows: np.ndarray) -> np.ndarray:
         if getattr(self, "_held", None) is not None:
             return self._held[rows]
-        return log_normalize(self.expr.columns(self.st_known, contiguous(rows)),
-                             scale_factor=self.config.scale_factor,
+        with self._reading:
+            counts = self.expr.columns(self.st_known, contiguous(rows))
+        return log_normalize(counts, scale_factor=self.config.scale_factor,
                              log_normalized=self.log_normalized)[0]
 
     def _view(self, view: str, xy: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -244,8 +278,7 @@ class ColumnSource:
                                      cfg.spatial_weight)
             if self._held is not None and self._hold_spatial:
                 # every cell once, not once per block that reads it
-                spatial = np.concatenate([values(np.arange(s, min(s + BLOCK, n)))
-                                          for s in range(0, n, BLOCK)])
+                spatial = np.concatenate(self._by_blocks(values))
 
                 def values(rows: np.ndarray, spatial=spatial) -> np.ndarray:
                     return spatial[rows]
@@ -283,11 +316,16 @@ class ColumnSource:
 
     def depth(self, cells: np.ndarray) -> np.ndarray:
         """The cells' known-gene totals, in counts."""
-        return np.asarray(self.expr.columns(self.st_known, contiguous(cells)).sum(axis=1),
-                          dtype=np.float64).ravel()
+        with self._reading:
+            counts = self.expr.columns(self.st_known, contiguous(cells))
+        return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
 
-    def predict(self, cells: np.ndarray, *, progress: bool = False) -> dict[str, np.ndarray]:
-        """Column -> (len(cells), n_target) values on the output scale, for sorted `cells`."""
+    def predict(self, cells: np.ndarray, *, progress: bool = False,
+                workers: int | None = None) -> dict[str, np.ndarray]:
+        """Column -> (len(cells), n_target) values on the output scale, for sorted `cells`;
+        `workers`: threads predicting its chunks at once (None: the source's, as `mapped`
+        sets them; a number, where the caller set the threads: `predict_stack`'s workers pass
+        1)."""
         cells = np.asarray(cells)
         model, cfg = self.model, self.config
         out: dict[str, np.ndarray] = {}
@@ -299,13 +337,24 @@ class ColumnSource:
         step = max(1, cfg.batch_size)
         parts: dict[tuple[str, str], list[np.ndarray]] = {
             pair: [] for pair in pairs if pair[0] != NETWORK}
-        for s in range(0, len(cells), step):
+
+        def predict_chunk(start: int) -> list[np.ndarray]:
+            chunk = cells[start:start + step]
+            predicted = []
             for name, view in parts:
                 predictor = self.prepared[name, view]
                 # on the output scale at once (elementwise: as over all cells), so that the
                 # chunks held are those of the result, not a model-space copy besides
-                parts[name, view].append(model.target_scaler.inverse(predictor.predict(
-                    self.read(view, predictor.reads, cells[s:s + step]))).astype(np.float32))
+                predicted.append(model.target_scaler.inverse(predictor.predict(
+                    self.read(view, predictor.reads, chunk))).astype(np.float32))
+            return predicted
+
+        starts = range(0, len(cells), step) if parts else ()
+        with (self.mapped(predict_chunk, starts) if workers is None else
+              closing(ordered_map(predict_chunk, starts, workers=workers))) as chunks:
+            for values in chunks:
+                for pair, part in zip(parts, values, strict=True):
+                    parts[pair].append(part)
         for name, view in pairs:
             if name == NETWORK:
                 expression[name, view] = model.target_scaler.inverse(

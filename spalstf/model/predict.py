@@ -34,6 +34,8 @@ from spalstf.spatial import coordinates
 #: statistics, and the memory they may take (their predictions are held at once).
 STACK_LANDMARKS = 5000
 STACK_STAT_BYTES = 256 * 2**20
+#: Fewest cells per chunk of `predict_stack` (`Config.batch_size` where larger).
+STACK_CHUNK = 1024
 
 
 def st_known_genes(model: Any, expr: Expression) -> list[str]:
@@ -91,7 +93,12 @@ def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
     predicted on evenly spaced landmark cells of the whole ST for their statistics
     (`stack_landmarks`, or `landmarks` where the caller has them), then chunk by chunk (see
     `spalstf.combine.stack`). `depth`: the cells' known-gene totals (`known_depth`) where the
-    caller has them, else read here when the count model's interval needs them."""
+    caller has them, else read here when the count model's interval needs them.
+
+    The chunks are predicted by the column source's worker threads at once
+    (`ColumnSource.mapped`: as many as the threads torch may use, one on a GPU) and handed to
+    `sink` (or placed) in their order, a few in flight per worker; a cell's values do not
+    depend on its chunk, nor on the number of workers."""
     stack = model.stack
     first, last = (0, expr.n_cells) if rows is None else rows
     if landmarks is None:
@@ -110,12 +117,13 @@ def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
     if sink is None:
         values = np.empty((last - first, len(model.target_genes)), dtype=np.float32)
         extra = {name: np.empty_like(values) for name in layer_names(model, cfg, True)}
-    step = max(cfg.batch_size, 1024)
-    for start in tqdm(range(first, last, step), desc="spalstf impute", unit="chunk",
-                      disable=not progress, leave=False):
+    step = max(cfg.batch_size, STACK_CHUNK)
+
+    def predict_chunk(start: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        # in a worker thread: the source's own threads stay at one (no pool in a pool)
         cells = np.arange(start, min(start + step, last))
         preds = ({n: v[cells] for n, v in at_landmarks.items()} if everything
-                 else source.predict(cells))
+                 else source.predict(cells, workers=1))
         mean = stack.combine(preds, stats)
         layers = {}
         bounds = stack.interval(mean, stack.spread(preds),
@@ -124,13 +132,19 @@ def predict_stack(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
             # the interval may be asymmetric (the count model's): std is its half-width
             layers = {"std": ((bounds[1] - bounds[0]) / (2 * z)).astype(np.float32),
                       "lower": bounds[0], "upper": bounds[1]}
-        if sink is not None:
-            sink(slice(start - first, cells[-1] + 1 - first), mean, layers)
-            continue
-        part = slice(start - first, cells[-1] + 1 - first)
-        values[part] = mean
-        for name, layer in layers.items():
-            extra[name][part] = layer
+        return cells, mean, layers
+
+    starts = range(first, last, step)
+    with source.mapped(predict_chunk, starts) as chunks:
+        for cells, mean, layers in tqdm(chunks, total=len(starts), desc="spalstf impute",
+                                        unit="chunk", disable=not progress, leave=False):
+            part = slice(cells[0] - first, cells[-1] + 1 - first)
+            if sink is not None:
+                sink(part, mean, layers)
+                continue
+            values[part] = mean
+            for name, layer in layers.items():
+                extra[name][part] = layer
     return values, extra
 
 

@@ -9,9 +9,13 @@ Reference cells in training exclude themselves from their own neighbours.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import nn
+
+from spalstf.runtime import PerThread
 
 
 class ContextEncoder(nn.Module):
@@ -71,7 +75,10 @@ class NeighbourIndex:
         self.distance_scale = float(np.sqrt(max(self.atlas_known.shape[1], 1)))
         #: Query cells whose certificate failed at the first candidate pool (diagnostics).
         self.widened = 0
-        self._scratch: torch.Tensor | None = None
+        #: The (rows x atlas) scratch of `_buffer`, one per thread (`runtime.PerThread`): the
+        #: chunks of an imputation are searched by several threads at once.
+        self._scratch = PerThread()
+        self._counting = threading.Lock()
 
     def query(self, known: np.ndarray, k: int, self_index: np.ndarray | None = None):
         """Indices and scaled distances of the k nearest atlas cells, nearest first.
@@ -135,18 +142,21 @@ class NeighbourIndex:
             done = pending[certain]
             out_idx[done], out_dist[done] = idx[certain], dist[certain]
             if pool == k + self.margin:
-                self.widened += int((~certain).sum())
+                with self._counting:
+                    self.widened += int((~certain).sum())
             pending = pending[~certain]
             pool *= 8
         return out_idx, out_dist
 
     def _buffer(self, rows: int) -> torch.Tensor:
-        """A (rows x atlas) float32 scratch matrix, kept by the index and reused block to
-        block (it holds at most `max_elements` floats)."""
+        """A (rows x atlas) float32 scratch matrix, kept by the index (per thread) and reused
+        block to block (it holds at most `max_elements` floats)."""
         size = rows * self.atlas_known.shape[0]
-        if self._scratch is None or self._scratch.numel() < size:
-            self._scratch = torch.empty(size, dtype=torch.float32, device=self.device)
-        return self._scratch[:size].view(rows, self.atlas_known.shape[0])
+        scratch = self._scratch.get("distances")
+        if scratch is None or scratch.numel() < size:
+            scratch = self._scratch["distances"] = torch.empty(size, dtype=torch.float32,
+                                                               device=self.device)
+        return scratch[:size].view(rows, self.atlas_known.shape[0])
 
     def _exact(self, query: torch.Tensor, cand: torch.Tensor, own: torch.Tensor | None, k: int):
         """Pairwise (exact, order-free) distances to the candidates; the k nearest, ties by row."""

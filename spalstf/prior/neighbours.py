@@ -10,6 +10,7 @@ so the two are blended (`spalstf.combine.blend.Blend`, `Config.knn_weight`).
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from spalstf.network import NeighbourIndex
 from spalstf.preprocess import Standardizer, leading_axes
 from spalstf.prior.base import EXPRESSION, BasePredictor, Blocks, Reference
 from spalstf.prior.spots import ESTIMATE_MIXTURES_PER_SIZE, pseudo_spots
+from spalstf.runtime import PerThread
 from spalstf.spatial import neighbour_mean
 
 
@@ -37,11 +39,14 @@ class ProfileIndex:
 
     max_elements = 2**24
     #: Device -> one flat float64 buffer holding two (block x profiles) matrices, shared by
-    #: every index of the process (their queries run one at a time) and reused from block to
-    #: block and call to call: a fresh block of that size (over the allocator's mapping
-    #: threshold) is memory the system maps and zeroes anew each time, which took as long as
-    #: the matrix product itself (cProfile of the default command line at 10^4 cells).
-    _scratch: dict = {}
+    #: every index of the process and reused from block to block and call to call: a fresh
+    #: block of that size (over the allocator's mapping threshold) is memory the system maps
+    #: and zeroes anew each time, which took as long as the matrix product itself (cProfile of
+    #: the default command line at 10^4 cells). One per thread (`runtime.PerThread`): the
+    #: chunks of an imputation are searched by several threads at once (`runtime.ordered_map`).
+    _scratch = PerThread()
+    #: Held while the counters below are added to, or the float32 copy built, by a thread.
+    _lock = threading.Lock()
     #: Elements of each scratch matrix kept between queries (64 MiB: a chunk of 256 cells
     #: against 32,768 profiles); a larger scratch is released after its query.
     scratch_kept = 2**23
@@ -120,7 +125,9 @@ class ProfileIndex:
         certified one. Only queries without that gap take the float64 path
         (`full_searches`)."""
         if self._profiles32 is None:
-            self._profiles32 = (self.profiles.float(), self.squares.float())
+            with self._lock:  # once, whichever thread asks first
+                if self._profiles32 is None:
+                    self._profiles32 = (self.profiles.float(), self.squares.float())
         profiles32, squares32 = self._profiles32
         n_profiles, n_dims = self.profiles.shape
         largest_square = float(self.squares.max())
@@ -155,7 +162,8 @@ class ProfileIndex:
             out_idx[rows] = np.take_along_axis(idx, order, axis=1)
             out_dist[rows] = np.sqrt(np.clip(np.take_along_axis(top, order, axis=1)
                                              + q_sq.cpu().numpy()[:, None], 0, None))
-            self.uncertified += int((~certain).sum())
+            with self._lock:
+                self.uncertified += int((~certain).sum())
             if in_pool.any():
                 doubt = np.flatnonzero(in_pool)
                 chosen = self._settle_border(block[doubt], near[doubt], cand[doubt],
@@ -171,7 +179,8 @@ class ProfileIndex:
             rest = ~certain & ~in_pool
             if rest.any():
                 doubt = np.flatnonzero(rest)
-                self.full_searches += len(doubt)
+                with self._lock:
+                    self.full_searches += len(doubt)
                 i, d = self._query_float64(block[doubt], k)
                 out_idx[start + doubt], out_dist[start + doubt] = i, d
         flat = self._scratch.get((self.device, "float32"))
