@@ -289,8 +289,7 @@ def held_rows_reader(read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
             return held[at]
         out = np.empty((len(idx), held.shape[1]), dtype=held.dtype)
         out[kept] = held[at[kept]]
-        if not kept.all():
-            out[~kept] = read(idx[~kept])
+        out[~kept] = read(idx[~kept])
         return out
 
     return read_held
