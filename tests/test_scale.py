@@ -591,3 +591,26 @@ def test_chunked_spatial_views_hold_the_landmarks_values_with_the_same_result(ti
     without = np.bincount(np.concatenate(smoothed_rows), minlength=st.n_obs)[landmarks]
     assert with_cache.sum() < without.sum(), (with_cache.sum(), without.sum())
     assert not np.allclose(held_few.X, held.X)  # the landmarks changed the neighbours
+
+
+def test_every_cells_values_are_held_once_not_beside_a_list_of_their_blocks():
+    """The held normalised values (1.2 GB at 10^6 cells x 300 known genes) are filled a block at
+    a time: memory at most the values and the blocks in flight, not the values twice."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    source = object.__new__(columns_module.ColumnSource)
+    source.expr, source.st_known = SimpleNamespace(n_cells=80_000), [f"g{i}" for i in range(100)]
+    source.workers, source.one_thread_ops = 1, False
+
+    def read(rows):
+        return np.repeat(rows[:, None].astype(np.float32), 100, axis=1)
+
+    tracemalloc.start()
+    try:
+        held = source._every_cell(read)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(held, read(np.arange(80_000)))
+    assert peak < 1.5 * held.nbytes, (peak, held.nbytes)
