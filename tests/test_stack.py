@@ -48,6 +48,29 @@ def test_learn_weights_blends_two_columns_that_err_differently():
     assert np.median(metrics.pcc(truth, combined)) > np.median(metrics.pcc(truth, a)) + 0.05
 
 
+def test_learn_weights_leaves_out_light_columns_and_refits_the_rest(monkeypatch):
+    from spalstf.combine import stack as stack_module
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(600, 8)) + 10
+    columns = {f"p{i}|raw|expression": truth + rng.normal(scale=s, size=truth.shape)
+               for i, s in enumerate((0.6, 1.0, 1.6, 2.5))}
+    monkeypatch.setattr(stack_module, "MIN_WEIGHT", 0.0)
+    unpruned = learn_weights(columns, truth)
+    assert 0 < min(unpruned.values()) < 0.15  # the noisiest column earns a little weight
+    monkeypatch.setattr(stack_module, "MIN_WEIGHT", 0.15)
+    pruned = learn_weights(columns, truth)
+    assert all(w == 0 or w >= 0.15 for w in pruned.values())
+    assert sum(pruned.values()) == pytest.approx(1)
+    kept = [n for n, w in pruned.items() if w > 0]
+    assert 1 < len(kept) < len(columns)
+    # the weights kept are those learnt on the kept columns alone (refit, not rescaled)
+    monkeypatch.setattr(stack_module, "MIN_WEIGHT", 0.0)
+    alone = learn_weights({n: columns[n] for n in kept}, truth)
+    assert pruned == pytest.approx({**dict.fromkeys(columns, 0.0), **alone})
+    rescaled = {n: unpruned[n] / sum(unpruned[m] for m in kept) for n in kept}
+    assert alone != pytest.approx(rescaled)
+
+
 def test_a_stack_of_one_column_returns_it_and_values_are_never_negative():
     rng = np.random.default_rng(2)
     values = rng.gamma(2.0, size=(50, 4)).astype(np.float32)

@@ -76,6 +76,13 @@ def _zscore(values: np.ndarray) -> np.ndarray:
 
 #: Values (cells x genes x columns) `learn_weights` holds at once.
 BLOCK_ELEMENTS = 2**22
+#: Columns whose learnt share of the weight is below this are left out and the others refit
+#: without them. Each column is a whole base prediction of every cell (a search of the
+#: reference, a readout at the depth); one of weight 0.2% took 12% of the time of a 10^6-cell
+#: imputation (benchmarks/results/scale_default.md) for a change of its combined z-scores of
+#: the order of its weight. A cost rule, chosen before any accuracy was measured; the
+#: accuracy with it is in benchmarks/results/accuracy.md.
+MIN_WEIGHT = 0.01
 
 
 def learn_weights(predictions: Mapping[str, np.ndarray], truth: np.ndarray) -> dict[str, float]:
@@ -86,7 +93,9 @@ def learn_weights(predictions: Mapping[str, np.ndarray], truth: np.ndarray) -> d
 
     Solved on the normal equations (a columns x columns Gram matrix, accumulated over blocks of
     genes, so no whole cells x genes x columns array is held): with G = R'R (Cholesky), the
-    problem is min ||R w - R'^-1 A'b|| over w >= 0, a small `scipy.optimize.nnls`.
+    problem is min ||R w - R'^-1 A'b|| over w >= 0, a small `scipy.optimize.nnls`. Columns of
+    a share below `MIN_WEIGHT` are then left out one at a time, the lightest first, and the
+    rest refit, until every column kept has at least that share.
     """
     names = list(predictions)
     truth = np.asarray(truth, np.float64)
@@ -109,13 +118,33 @@ def learn_weights(predictions: Mapping[str, np.ndarray], truth: np.ndarray) -> d
         cross += design.T @ target
     # a ridge of 1e-9 of the trace keeps the factorisation defined for collinear columns
     # (identical predictions) without moving the solution measurably
-    jitter = 1e-9 * max(np.trace(gram), 1.0) * np.eye(len(names))
-    upper = np.linalg.cholesky(gram + jitter).T
-    weights, _ = nnls(upper, np.linalg.solve(upper.T, cross))
-    total = weights.sum()
-    if not total > 0:
+    jitter = 1e-9 * max(np.trace(gram), 1.0)
+    weights = _nnls_on_normal_equations(gram, cross, jitter)
+    if not weights.sum() > 0:
         return {n: 1.0 / len(names) for n in names}
-    return {n: float(w / total) for n, w in zip(names, weights, strict=True)}
+    kept, share = np.arange(len(names)), weights / weights.sum()
+    while True:
+        minor = np.flatnonzero((share > 0) & (share < MIN_WEIGHT))
+        if not len(minor):
+            break
+        # the lightest column out, the rest refit without it (its share may pass to others)
+        fewer = np.delete(kept, minor[np.argmin(share[minor])])
+        weights = _nnls_on_normal_equations(gram[np.ix_(fewer, fewer)], cross[fewer], jitter)
+        if not weights.sum() > 0:  # cannot happen while a heavier column is kept; be safe
+            break
+        kept, share = fewer, weights / weights.sum()
+    out = dict.fromkeys(names, 0.0)
+    out.update({names[i]: float(w) for i, w in zip(kept, share, strict=True)})
+    return out
+
+
+def _nnls_on_normal_equations(gram: np.ndarray, cross: np.ndarray, jitter: float
+                              ) -> np.ndarray:
+    """min ||A w - b|| over w >= 0 from G = A'A (+ jitter I) and A'b: with G = R'R, the
+    problem is min ||R w - R'^-1 A'b||."""
+    upper = np.linalg.cholesky(gram + jitter * np.eye(len(gram))).T
+    weights, _ = nnls(upper, np.linalg.solve(upper.T, cross))
+    return weights
 
 
 @dataclass
