@@ -591,3 +591,32 @@ def test_chunked_spatial_views_hold_the_landmarks_values_with_the_same_result(ti
     without = np.bincount(np.concatenate(smoothed_rows), minlength=st.n_obs)[landmarks]
     assert with_cache.sum() < without.sum(), (with_cache.sum(), without.sum())
     assert not np.allclose(held_few.X, held.X)  # the landmarks changed the neighbours
+
+
+def test_chunked_views_without_held_values_hold_the_landmarks_known_genes(tiny_pair,
+                                                                         monkeypatch):
+    """Where neither the views nor every cell's known genes are held (HELD_VALUES_BYTES: 10^5
+    cells x 5,000 genes), the landmarks' known genes are, for the expression view's smoothing
+    (every expression neighbour is a landmark): the result is that of held views, and fewer
+    rows are read and normalised from the input than when each chunk reads them again.
+    Without coordinates: the spatial view's own landmark values are another test's."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16, spatial=False)
+    monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)  # some cells only
+    held = spalstf.impute(st, sc, **opts)
+    normalised = []
+    plain = columns_module.log_normalize
+
+    def counting(known, *args, **kwargs):
+        normalised.append(len(known))
+        return plain(known, *args, **kwargs)
+
+    monkeypatch.setattr(columns_module, "log_normalize", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    with_cache = sum(normalised)
+    normalised.clear()
+    monkeypatch.setattr(columns_module, "LANDMARK_VIEW_BYTES", 0)  # read per chunk
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert with_cache < sum(normalised), (with_cache, sum(normalised))

@@ -58,8 +58,11 @@ HELD_VIEW_BYTES = 512 * 2**20
 HELD_VALUES_BYTES = 1536 * 2**20
 #: Where the spatial view is read a chunk at a time, the spatial values of the expression
 #: graph's landmarks (every cell's expression neighbours) are held when they take at most this
-#: many bytes (24 MB at 300 known genes).
-LANDMARK_VIEW_BYTES = 256 * 2**20
+#: many bytes (24 MB at 300 known genes, 400 MB at 5,000: at most `EXPRESSION_LANDMARKS` rows
+#: whatever the ST's size). Not held, each chunk of 1,024 cells smoothed its ~15,000 expression
+#: neighbours in space again (a gather of most of the ST): 43% of the CPU of the default
+#: command line at 2x10^4 cells x 5,000 known genes (py-spy), where 256 MiB left them out.
+LANDMARK_VIEW_BYTES = 512 * 2**20
 
 
 def remembering_last(read: Callable[[np.ndarray], np.ndarray]
@@ -288,6 +291,15 @@ class ColumnSource:
                 # the expression smoothing below reads the spatial values of expression
                 # neighbours, all landmarks: computed once, not once per chunk that reads them
                 values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
+        elif (view == "expression" and self._held is None
+              and self._expression_graph() is not None
+              and len(expression_landmarks(n)) * len(self.st_known) * 4
+              <= LANDMARK_VIEW_BYTES):
+            # where every cell's known genes are not held (HELD_VALUES_BYTES: 10^5 cells x
+            # 5,000 genes), the landmarks' are: the expression smoothing below reads those of
+            # each chunk's expression neighbours, ~15,000 landmarks scattered over the ST,
+            # which each chunk read (and normalised) from the input again
+            values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
             # cells, so a chunk or subsample reads what the whole run reads
