@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import FAST
+from conftest import FAST, as_counts
 
 import spalstf
 from spalstf import spatial as spatial_module
@@ -620,3 +620,30 @@ def test_chunked_views_without_held_values_hold_the_landmarks_known_genes(tiny_p
     monkeypatch.setattr(columns_module, "LANDMARK_VIEW_BYTES", 0)  # read per chunk
     _assert_same_result(spalstf.impute(st, sc, **opts), held)
     assert with_cache < sum(normalised), (with_cache, sum(normalised))
+
+
+def test_known_depth_reads_fewer_cells_at_a_time_on_large_panels(tiny_pair, tiny_model,
+                                                                  monkeypatch):
+    """`known_depth` reads at most DEPTH_VALUES values at a time (65,536 cells x 5,000 genes
+    was a 2.6 GB block), DEPTH_CHUNK cells on small panels, with the same totals."""
+    from spalstf.model import predict as predict_module
+
+    st, _ = tiny_pair
+    expr = as_expression(st)
+    whole = predict_module.known_depth(tiny_model, expr, 5, 60)
+    np.testing.assert_array_equal(whole, as_counts(st.X)[5:, :].sum(axis=1))
+    read = []
+    plain = expr.columns
+
+    def counting(genes, rows=None):
+        read.append(rows.stop - rows.start)
+        return plain(genes, rows)
+
+    monkeypatch.setattr(expr, "columns", counting)
+    monkeypatch.setattr(predict_module, "DEPTH_VALUES", 10 * len(tiny_model.known_genes))
+    np.testing.assert_array_equal(predict_module.known_depth(tiny_model, expr, 5, 60), whole)
+    assert read == [10] * 5 + [5]
+    read.clear()
+    monkeypatch.setattr(predict_module, "DEPTH_CHUNK", 7)  # the cap on small panels
+    predict_module.known_depth(tiny_model, expr, 5, 60)
+    assert max(read) == 7
