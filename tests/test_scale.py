@@ -647,3 +647,31 @@ def test_known_depth_reads_fewer_cells_at_a_time_on_large_panels(tiny_pair, tiny
     monkeypatch.setattr(predict_module, "DEPTH_CHUNK", 7)  # the cap on small panels
     predict_module.known_depth(tiny_model, expr, 5, 60)
     assert max(read) == 7
+
+
+def test_landmarks_spatial_values_read_from_the_input_in_blocks_bounded_by_the_panel(
+        tiny_pair, monkeypatch):
+    """Where the known genes are read from the input, the landmarks' spatial values are
+    computed LANDMARK_BLOCK_VALUES // known genes landmarks at a time (each block reads its
+    landmarks' spatial neighbours: at 5,000 genes, 8,192 landmarks read most of a 10^5-cell ST
+    at once), BLOCK where the known genes are held; the result is the same."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16)
+    monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)
+    held = spalstf.impute(st, sc, **opts)
+    blocks = []
+    plain = columns_module.held_rows_reader
+
+    def recording(read, rows, n_cells, block=8192):
+        blocks.append(block)
+        return plain(read, rows, n_cells, block)
+
+    monkeypatch.setattr(columns_module, "held_rows_reader", recording)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    monkeypatch.setattr(columns_module, "LANDMARK_BLOCK_VALUES", 7 * st.n_vars)
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert set(blocks) == {columns_module.BLOCK}, blocks  # the known genes held
+    blocks.clear()
+    monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert 7 in blocks, blocks

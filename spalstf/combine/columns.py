@@ -63,6 +63,11 @@ HELD_VALUES_BYTES = 1536 * 2**20
 #: neighbours in space again (a gather of most of the ST): 43% of the CPU of the default
 #: command line at 2x10^4 cells x 5,000 known genes (py-spy), where 256 MiB left them out.
 LANDMARK_VIEW_BYTES = 512 * 2**20
+#: Where the known genes are read from the input, the landmarks whose spatial values are
+#: computed at once are at most this many values' worth (8,192 landmarks at 300 genes, 491 at
+#: 5,000): each block reads its landmarks' spatial neighbours too, ~15 rows a landmark (8,192
+#: landmarks at 5,000 genes read most of a 10^5-cell ST at once, 3 GB in float64).
+LANDMARK_BLOCK_VALUES = BLOCK * 300
 
 
 def remembering_last(read: Callable[[np.ndarray], np.ndarray]
@@ -290,7 +295,9 @@ class ColumnSource:
                   <= LANDMARK_VIEW_BYTES):
                 # the expression smoothing below reads the spatial values of expression
                 # neighbours, all landmarks: computed once, not once per chunk that reads them
-                values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
+                block = BLOCK if self._held is not None else min(
+                    BLOCK, max(1, LANDMARK_BLOCK_VALUES // max(len(self.st_known), 1)))
+                values = held_rows_reader(values, expression_landmarks(n), n, block)
         elif (view == "expression" and self._held is None
               and self._expression_graph() is not None
               and len(expression_landmarks(n)) * len(self.st_known) * 4
