@@ -595,8 +595,8 @@ def test_chunked_spatial_views_hold_the_landmarks_values_with_the_same_result(ti
 
 def test_chunked_views_without_held_values_hold_the_landmarks_known_genes(tiny_pair,
                                                                          monkeypatch):
-    """Where neither the views nor every cell's known genes are held (HELD_VALUES_BYTES: 10^5
-    cells x 5,000 genes), the landmarks' known genes are, for the expression view's smoothing
+    """Where neither the views nor every cell's known genes are held (HELD_VALUES_BYTES: 10^6
+    cells x 600 genes), the landmarks' known genes are, for the expression view's smoothing
     (every expression neighbour is a landmark): the result is that of held views, and fewer
     rows are read and normalised from the input than when each chunk reads them again.
     Without coordinates: the spatial view's own landmark values are another test's."""
@@ -653,8 +653,8 @@ def test_landmarks_spatial_values_read_from_the_input_in_blocks_bounded_by_the_p
         tiny_pair, monkeypatch):
     """Where the known genes are read from the input, the landmarks' spatial values are
     computed LANDMARK_BLOCK_VALUES // known genes landmarks at a time (each block reads its
-    landmarks' spatial neighbours: at 5,000 genes, 8,192 landmarks read most of a 10^5-cell ST
-    at once), BLOCK where the known genes are held; the result is the same."""
+    landmarks' spatial neighbours: at 5,000 genes, 8,192 landmarks read most of a 2x10^5-cell
+    ST at once), BLOCK where the known genes are held; the result is the same."""
     st, sc = tiny_pair
     opts = dict(seed=0, progress=False, batch_size=16)
     monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)

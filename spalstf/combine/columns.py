@@ -54,8 +54,11 @@ HELD_VIEW_BYTES = 512 * 2**20
 #: (float32), views held or not: where views are read a chunk at a time, the smoothing of a
 #: chunk reads its expression neighbours' spatial neighbours, scattered over the ST, and reading
 #: those rows from the input (a backed .h5ad from the command line) a chunk at a time made the
-#: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes.
-HELD_VALUES_BYTES = 1536 * 2**20
+#: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes (held under 1.5 GiB
+#: too), 2.0 GB at 10^5 cells x 5,000: read from the input instead, the spatial view of a chunk
+#: of 256 cells reads its ~3,000 spatial neighbours' rows, scattered, 0.76 s of CPU a chunk
+#: (5,000 genes, backed .h5ad), about 300 s of CPU over 10^5 cells against 7 s to hold them.
+HELD_VALUES_BYTES = 2 * 2**30
 #: Where the spatial view is read a chunk at a time, the spatial values of the expression
 #: graph's landmarks (every cell's expression neighbours) are held when they take at most this
 #: many bytes (24 MB at 300 known genes, 400 MB at 5,000: at most `EXPRESSION_LANDMARKS` rows
@@ -66,7 +69,7 @@ LANDMARK_VIEW_BYTES = 512 * 2**20
 #: Where the known genes are read from the input, the landmarks whose spatial values are
 #: computed at once are at most this many values' worth (8,192 landmarks at 300 genes, 491 at
 #: 5,000): each block reads its landmarks' spatial neighbours too, ~15 rows a landmark (8,192
-#: landmarks at 5,000 genes read most of a 10^5-cell ST at once, 3 GB in float64).
+#: landmarks at 5,000 genes read most of a 2x10^5-cell ST at once, 5 GB in float64).
 LANDMARK_BLOCK_VALUES = BLOCK * 300
 
 
@@ -302,10 +305,10 @@ class ColumnSource:
               and self._expression_graph() is not None
               and len(expression_landmarks(n)) * len(self.st_known) * 4
               <= LANDMARK_VIEW_BYTES):
-            # where every cell's known genes are not held (HELD_VALUES_BYTES: 10^5 cells x
-            # 5,000 genes), the landmarks' are: the expression smoothing below reads those of
-            # each chunk's expression neighbours, ~15,000 landmarks scattered over the ST,
-            # which each chunk read (and normalised) from the input again
+            # where every cell's known genes are not held (HELD_VALUES_BYTES: 10^6 cells x
+            # 600 genes, 2x10^5 x 5,000), the landmarks' are: the expression smoothing below
+            # reads those of each chunk's expression neighbours, ~15,000 landmarks scattered
+            # over the ST, which each chunk read (and normalised) from the input again
             values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
