@@ -56,15 +56,16 @@ HELD_VIEW_BYTES = 512 * 2**20
 #: those rows from the input (a backed .h5ad from the command line) a chunk at a time made the
 #: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes (held under 1.5 GiB
 #: too), 2.0 GB at 10^5 cells x 5,000: read from the input instead, the spatial view of a chunk
-#: of 256 cells reads its ~3,000 spatial neighbours' rows, scattered, 0.76 s of CPU a chunk
-#: (5,000 genes, backed .h5ad), about 300 s of CPU over 10^5 cells against 7 s to hold them.
+#: of 256 cells reads its spatial neighbours' rows, scattered (3,000 of them: 0.76 s of CPU at
+#: 5,000 genes, backed .h5ad), about 300 s of CPU over 10^5 cells against 7 s to hold them.
 HELD_VALUES_BYTES = 2 * 2**30
 #: Where the spatial view is read a chunk at a time, the spatial values of the expression
 #: graph's landmarks (every cell's expression neighbours) are held when they take at most this
 #: many bytes (24 MB at 300 known genes, 400 MB at 5,000: at most `EXPRESSION_LANDMARKS` rows
-#: whatever the ST's size). Not held, each chunk of 1,024 cells smoothed its ~15,000 expression
-#: neighbours in space again (a gather of most of the ST): 43% of the CPU of the default
-#: command line at 2x10^4 cells x 5,000 known genes (py-spy), where 256 MiB left them out.
+#: whatever the ST's size). Not held, each chunk of 1,024 cells smoothed its (up to 15,360)
+#: expression neighbours in space again, a gather of most of the ST: at 2x10^4 cells x 5,000
+#: known genes, where 256 MiB left them out, the views' smoothing was 43% of the default
+#: command line's samples (py-spy); held, its CPU went from 599.5 to 432.3 s.
 LANDMARK_VIEW_BYTES = 512 * 2**20
 #: Where the known genes are read from the input, the landmarks whose spatial values are
 #: computed at once are at most this many values' worth (8,192 landmarks at 300 genes, 491 at
