@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import FAST
+from conftest import FAST, as_counts
 
 import spalstf
 from spalstf import spatial as spatial_module
@@ -614,3 +614,120 @@ def test_every_cells_values_are_held_once_not_beside_a_list_of_their_blocks():
         tracemalloc.stop()
     np.testing.assert_array_equal(held, read(np.arange(80_000)))
     assert peak < 1.5 * held.nbytes, (peak, held.nbytes)
+
+
+def test_chunked_views_without_held_values_hold_the_landmarks_known_genes(tiny_pair,
+                                                                         monkeypatch):
+    """Where neither the views nor every cell's known genes are held (HELD_VALUES_BYTES: 10^6
+    cells x 600 genes), the landmarks' known genes are, for the expression view's smoothing
+    (every expression neighbour is a landmark): the result is that of held views, and fewer
+    rows are read and normalised from the input than when each chunk reads them again.
+    Without coordinates: the spatial view's own landmark values are another test's."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16, spatial=False)
+    monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)  # some cells only
+    held = spalstf.impute(st, sc, **opts)
+    normalised = []
+    plain = columns_module.log_normalize
+
+    def counting(known, *args, **kwargs):
+        normalised.append(len(known))
+        return plain(known, *args, **kwargs)
+
+    monkeypatch.setattr(columns_module, "log_normalize", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    with_cache = sum(normalised)
+    normalised.clear()
+    monkeypatch.setattr(columns_module, "LANDMARK_VIEW_BYTES", 0)  # read per chunk
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert with_cache < sum(normalised), (with_cache, sum(normalised))
+
+
+def test_known_depth_reads_fewer_cells_at_a_time_on_large_panels(tiny_pair, tiny_model,
+                                                                  monkeypatch):
+    """`known_depth` reads at most DEPTH_VALUES values at a time (65,536 cells x 5,000 genes
+    was a 2.6 GB block), DEPTH_CHUNK cells on small panels, with the same totals."""
+    from spalstf.model import predict as predict_module
+
+    st, _ = tiny_pair
+    expr = as_expression(st)
+    whole = predict_module.known_depth(tiny_model, expr, 5, 60)
+    np.testing.assert_array_equal(whole, as_counts(st.X)[5:, :].sum(axis=1))
+    read = []
+    plain = expr.columns
+
+    def counting(genes, rows=None):
+        read.append(rows.stop - rows.start)
+        return plain(genes, rows)
+
+    monkeypatch.setattr(expr, "columns", counting)
+    monkeypatch.setattr(predict_module, "DEPTH_VALUES", 10 * len(tiny_model.known_genes))
+    np.testing.assert_array_equal(predict_module.known_depth(tiny_model, expr, 5, 60), whole)
+    assert read == [10] * 5 + [5]
+    read.clear()
+    monkeypatch.setattr(predict_module, "DEPTH_CHUNK", 7)  # the cap on small panels
+    predict_module.known_depth(tiny_model, expr, 5, 60)
+    assert max(read) == 7
+
+
+def test_landmarks_spatial_values_read_from_the_input_in_blocks_bounded_by_the_panel(
+        tiny_pair, monkeypatch):
+    """Where the known genes are read from the input, the landmarks' spatial values are
+    computed LANDMARK_BLOCK_VALUES // known genes landmarks at a time (each block reads its
+    landmarks' spatial neighbours: at 5,000 genes, 8,192 landmarks read most of a 2x10^5-cell
+    ST at once), BLOCK where the known genes are held; the result is the same."""
+    st, sc = tiny_pair
+    opts = dict(seed=0, progress=False, batch_size=16)
+    monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)
+    held = spalstf.impute(st, sc, **opts)
+    blocks = []
+    plain = columns_module.held_rows_reader
+
+    def recording(read, rows, n_cells, block=8192):
+        blocks.append(block)
+        return plain(read, rows, n_cells, block)
+
+    monkeypatch.setattr(columns_module, "held_rows_reader", recording)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    monkeypatch.setattr(columns_module, "LANDMARK_BLOCK_VALUES", 7 * st.n_vars)
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert set(blocks) == {columns_module.BLOCK}, blocks  # the known genes held
+    blocks.clear()
+    monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)
+    _assert_same_result(spalstf.impute(st, sc, **opts), held)
+    assert 7 in blocks, blocks
+
+
+def test_prepare_reads_the_raw_view_from_held_known_genes_not_a_copy(tiny_model, tiny_pair,
+                                                                     monkeypatch):
+    """Where views are read a chunk at a time but every cell's known genes are held, the cells
+    `prepare` reads are copied once per smoothed view for all predictors, not for the raw view
+    (a gather from the held values: 1 GB of copies at 50,000 cells x 5,000 genes): each
+    predictor of the raw view reads its blocks itself, with the values of held views."""
+    from spalstf.model.predict import st_known_genes
+    from spalstf.prior import base
+
+    st, _ = tiny_pair
+    cfg = tiny_model.config.replace(batch_size=16)
+    expr = as_expression(st)
+    columns = ["knn|raw|expression", "ridge|raw|expression", "knn|spatial|expression"]
+    opts = dict(log_normalized=False, spatial=None, seed=0, device=torch.device("cpu"))
+    known = st_known_genes(tiny_model, expr)
+    held = columns_module.ColumnSource(tiny_model, expr, known, cfg, columns, **opts)
+    calls = []
+
+    def counting(read, n, block, **kwargs):
+        calls.append(n)
+        return base.spaced_blocks(read, n, block, **kwargs)
+
+    monkeypatch.setattr(columns_module, "spaced_blocks", counting)
+    monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
+    chunked = columns_module.ColumnSource(tiny_model, expr, known, cfg, columns, **opts)
+    assert chunked._held is not None
+    assert len(calls) == 3  # the smoothed views' cells once, then each raw predictor's
+    cells = np.arange(st.n_obs)
+    got, want = chunked.predict(cells), held.predict(cells)
+    for name in columns:
+        np.testing.assert_array_equal(got[name], want[name])

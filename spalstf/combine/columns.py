@@ -54,12 +54,24 @@ HELD_VIEW_BYTES = 512 * 2**20
 #: (float32), views held or not: where views are read a chunk at a time, the smoothing of a
 #: chunk reads its expression neighbours' spatial neighbours, scattered over the ST, and reading
 #: those rows from the input (a backed .h5ad from the command line) a chunk at a time made the
-#: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes.
-HELD_VALUES_BYTES = 1536 * 2**20
+#: cost per cell grow with the ST. 1.2 GB at 10^6 cells x 300 known genes (held under 1.5 GiB
+#: too), 2.0 GB at 10^5 cells x 5,000: read from the input instead, the spatial view of a chunk
+#: of 256 cells reads its spatial neighbours' rows, scattered (3,000 of them: 0.76 s of CPU at
+#: 5,000 genes, backed .h5ad), about 300 s of CPU over 10^5 cells against 7 s to hold them.
+HELD_VALUES_BYTES = 2 * 2**30
 #: Where the spatial view is read a chunk at a time, the spatial values of the expression
 #: graph's landmarks (every cell's expression neighbours) are held when they take at most this
-#: many bytes (24 MB at 300 known genes).
-LANDMARK_VIEW_BYTES = 256 * 2**20
+#: many bytes (24 MB at 300 known genes, 400 MB at 5,000: at most `EXPRESSION_LANDMARKS` rows
+#: whatever the ST's size). Not held, each chunk of 1,024 cells smoothed its (up to 15,360)
+#: expression neighbours in space again, a gather of most of the ST: at 2x10^4 cells x 5,000
+#: known genes, where 256 MiB left them out, the views' smoothing was 43% of the default
+#: command line's samples (py-spy); held, its CPU went from 599.5 to 432.3 s.
+LANDMARK_VIEW_BYTES = 512 * 2**20
+#: Where the known genes are read from the input, the landmarks whose spatial values are
+#: computed at once are at most this many values' worth (8,192 landmarks at 300 genes, 491 at
+#: 5,000): each block reads its landmarks' spatial neighbours too, ~15 rows a landmark (8,192
+#: landmarks at 5,000 genes read most of a 2x10^5-cell ST at once, 5 GB in float64).
+LANDMARK_BLOCK_VALUES = BLOCK * 300
 
 
 def remembering_last(read: Callable[[np.ndarray], np.ndarray]
@@ -215,11 +227,14 @@ class ColumnSource:
             spaced = None
         else:
             # The cells every predictor's `prepare` reads, read (and smoothed) once per view
-            # for all of them, in the same blocks: each read them anew before.
-            spaced = {view: [] for view in self.readers}
+            # for all of them, in the same blocks: each read them anew before. Not the raw
+            # view of held known genes, read from them (a gather): its copies of 50,000 cells
+            # took 1 GB at 5,000 known genes, beside the smoothed views' 2 GB.
+            spaced = {view: [] for view in self.readers
+                      if view != "raw" or self._held is None}
             for cells in spaced_blocks(lambda cells: cells, expr.n_cells, config.batch_size)():
-                for view, reader in self.readers.items():
-                    spaced[view].append(reader(cells))
+                for view in spaced:
+                    spaced[view].append(self.readers[view](cells))
         scaler = model.known_scaler
         if config.align == "per_dataset":
             scaler = Standardizer.fit_blocks(lambda: (
@@ -233,7 +248,7 @@ class ColumnSource:
                 continue
             original = model.predictors[name]
             predictor = type(original).from_state(original.state(), config)
-            if spaced is None:
+            if spaced is None or view not in spaced:
                 blocks = spaced_blocks(
                     lambda cells, v=view, s=predictor.reads: self.read(v, s, cells),
                     expr.n_cells, config.batch_size)
@@ -301,7 +316,18 @@ class ColumnSource:
                   <= LANDMARK_VIEW_BYTES):
                 # the expression smoothing below reads the spatial values of expression
                 # neighbours, all landmarks: computed once, not once per chunk that reads them
-                values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
+                block = BLOCK if self._held is not None else min(
+                    BLOCK, max(1, LANDMARK_BLOCK_VALUES // max(len(self.st_known), 1)))
+                values = held_rows_reader(values, expression_landmarks(n), n, block)
+        elif (view == "expression" and self._held is None
+              and self._expression_graph() is not None
+              and len(expression_landmarks(n)) * len(self.st_known) * 4
+              <= LANDMARK_VIEW_BYTES):
+            # where every cell's known genes are not held (HELD_VALUES_BYTES: 10^6 cells x
+            # 600 genes, 2x10^5 x 5,000), the landmarks' are: the expression smoothing below
+            # reads those of each chunk's expression neighbours, ~15,000 landmarks scattered
+            # over the ST, which each chunk read (and normalised) from the input again
+            values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
             # cells, so a chunk or subsample reads what the whole run reads

@@ -212,8 +212,12 @@ def predict_blend(model: Any, expr: Expression, cfg: Config, *, log_normalized: 
     return mean, ({} if std is None else {"std": std})
 
 
-#: Cells whose known-gene totals `known_depth` reads at a time (a dense cells x known block).
+#: Cells whose known-gene totals `known_depth` reads at a time (a dense cells x known block),
+#: at most: fewer on panels of more than `DEPTH_VALUES // DEPTH_CHUNK` (300) known genes, so
+#: that a block holds at most `DEPTH_VALUES` values (157 MB in float64). 65,536 cells x 5,000
+#: genes was a block of 2.6 GB (with the input's float32 rows and columns read besides, 5 GB).
 DEPTH_CHUNK = 65_536
+DEPTH_VALUES = DEPTH_CHUNK * 300
 
 
 def known_depth(model: Any, expr: Expression, first: int, last: int) -> np.ndarray:
@@ -221,8 +225,9 @@ def known_depth(model: Any, expr: Expression, first: int, last: int) -> np.ndarr
     the log-normalised scale divides out (``log1p(count / depth x scale_factor)``)."""
     genes = st_known_genes(model, expr)
     out = np.empty(last - first, dtype=np.float64)
-    for start in range(first, last, DEPTH_CHUNK):
-        stop = min(start + DEPTH_CHUNK, last)
+    step = min(DEPTH_CHUNK, max(1, DEPTH_VALUES // max(len(genes), 1)))
+    for start in range(first, last, step):
+        stop = min(start + step, last)
         out[start - first:stop - first] = expr.columns(genes, slice(start, stop)).sum(axis=1)
     return out
 
