@@ -993,8 +993,9 @@ def network_section(table: pd.DataFrame, steps: int) -> str:
              if m in ratio.index]
     shown = [m for m in order if m in CANDIDATES]
     return (f"\n## The SpaLSTF network's samples (`--network`: the network added to the "
-            f"predictors, {NETWORK_OPTIONS['n_samples']} samples per cell, trained for {steps} "
-            "updates)\n\nThe same folds imputed with the network in the stack; every "
+            f"predictors, {NETWORK_OPTIONS['n_samples']} samples per cell, trained for at most "
+            f"{steps} updates: `max_steps`; the default `epochs` and early stopping may end "
+            "training sooner)\n\nThe same folds imputed with the network in the stack; every "
             "candidate learnt on that run's hidden known genes. Interval score / the gene's own "
             "5-95% range:\n\n"
             + markdown_table(ratio.loc[order].round(3), index_name="method")
@@ -1066,9 +1067,16 @@ def main(argv: list[str] | None = None) -> int:
         if tables:
             write(out, args.name, cmd.strip(), pd.concat(tables, ignore_index=True))
         if network_tables:
-            with (out / f"{args.name}.md").open("a") as f:
-                f.write(network_section(pd.concat(network_tables, ignore_index=True),
-                                        args.network_steps))
+            section = network_section(pd.concat(network_tables, ignore_index=True),
+                                      args.network_steps)
+            if tables:  # after the tables `write` has just written
+                with (out / f"{args.name}.md").open("a") as f:
+                    f.write(section)
+            else:  # network sets only: a file of their own (appending would add the
+                # section again for each set, after whatever the file held before)
+                with atomic_path(out / f"{args.name}.md") as tmp:
+                    tmp.write_text("# Interval candidates on held-out genes (issue 26)\n\n"
+                                   f"Command: `{cmd.strip()}`\n" + section)
     return 0
 
 
