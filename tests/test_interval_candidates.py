@@ -166,3 +166,14 @@ def test_network_only_run_writes_one_section_with_every_set_and_the_command(tmp_
     assert text.count("## The SpaLSTF network's samples") == 1
     assert "Command: `python benchmarks/intervals.py --datasets  --network set_a,set_b" in text
     assert "| method | set_a | set_b |" in text
+
+
+def test_network_records_without_the_held_out_genes_samples_are_made_again(tmp_path):
+    bench = load_benchmark()
+    path = tmp_path / "record.npz"
+    assert not bench.recorded(path)
+    np.savez(path, o_lik_w=np.zeros(1))
+    assert bench.recorded(path)  # the default run's record
+    assert not bench.recorded(path, network=300)  # the network dropped by the stack
+    np.savez(path, o_lik_w=np.zeros(1), o_net=np.zeros(1))
+    assert bench.recorded(path, network=300)
