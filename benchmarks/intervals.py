@@ -1065,7 +1065,11 @@ def main(argv: list[str] | None = None) -> int:
     runs += [(d, args.network_steps) for d in args.network.split(",") if d]
     for name, network in runs:
         if args.score_only:
-            paths = [p for p in cache_paths(name, network=network) if p.exists()]
+            # a network record without the held-out genes' samples would leave the network's
+            # candidates out of some folds' sums (scored on fewer values than the others)
+            paths = [p for p in cache_paths(name, network=network) if p.exists() and
+                     (network is None or recorded(p, network=network))]
+            print(f"{name}: scoring {len(paths)} of 5 folds' records", flush=True)
         else:
             try:
                 paths = record(name, network=network)

@@ -146,16 +146,19 @@ def test_mixture_quantiles_beyond_the_walk_by_bisection():
 def test_network_only_run_writes_one_section_with_every_set_and_the_command(tmp_path,
                                                                               monkeypatch):
     bench = load_benchmark()
-    record = tmp_path / "record.npz"
-    record.touch()
+    record, without_samples = tmp_path / "record.npz", tmp_path / "without_samples.npz"
+    np.savez(record, o_lik_w=np.zeros(1), o_net=np.zeros(1))
+    np.savez(without_samples, o_lik_w=np.zeros(1))
 
     def table(name, paths, tag, *, reuse):
+        assert paths == [record]  # the network's candidates scored on every fold scored
         return pd.DataFrame([{"dataset": name, "method": m, "coverage": c, "score": 1.0,
                               "ratio_range": r, "cost": 0.0}
                              for m, r, c in (("nb", 1.2, 0.9), ("network_raw", 1.7, 0.8),
                                              ("range", 1.0, np.nan))])
 
-    monkeypatch.setattr(bench, "cache_paths", lambda name, network=None: [record])
+    monkeypatch.setattr(bench, "cache_paths",
+                        lambda name, network=None: [record, without_samples])
     monkeypatch.setattr(bench, "scored", table)
     old = tmp_path / "net.md"
     old.write_text("an earlier run's file\n")
