@@ -51,7 +51,9 @@ quantiles of the count, exact for Poisson and NB components, then log1p(count / 
   value as an equally weighted NB mixture at the cell's depth (size chosen as above), tails
   calibrated; ``network_quantiles``, the samples' own 5-95% widened by the split-conformal
   margin of the hidden values; ``network_raw`` (a diagnostic, nothing calibrated): the
-  samples' own 5-95%.
+  samples' own 5-95%. The network's samples of the held-out genes are drawn even where the
+  self-check gives it no weight (the stack ignores the extra column: the combination and
+  the default interval are unchanged), so that they are scored on every fold.
 
 The self-check's inner fits record their own posteriors and samples (each fold's hidden genes
 from that fold's model), so these too are learnt on the hidden genes only.
@@ -160,6 +162,7 @@ def record_fold(st, sc, known: list[str], held: list[str], *, network: int | Non
     seen: dict = {"calls": [], "samples": []}
     learn, interval, spread = (selfcheck.learn, stack_module.Stack.interval,
                                stack_module.Stack.spread)
+    model_columns = spalstf.Model.columns
     predict, sample_chunk = columns_module.ColumnSource.predict, sample_module.sample_chunk
 
     def recording_sample_chunk(*args, **kwargs):
@@ -181,8 +184,17 @@ def record_fold(st, sc, known: list[str], held: list[str], *, network: int | Non
                               "samples": samples})
         return out
 
+    def sampling_columns(self, expr, cfg, columns, **kwargs):
+        # The imputation predicts only the stack's columns of positive weight: where the
+        # self-check gave the network none, its samples of the held-out genes are drawn all
+        # the same (the stack ignores the extra column: the combination is unchanged).
+        if "inner" in seen:
+            columns = [*columns, *[c for c in seen["network_columns"] if c not in columns]]
+        return model_columns(self, expr, cfg, columns, **kwargs)
+
     def recording_learn(inner, *, level):
         result = learn(inner, level=level)
+        seen["network_columns"] = [k for k in inner.columns if k.startswith("network|")]
         combined, spread_ = selfcheck.cross_fitted(inner.columns, inner.truth, inner.fold_of)
         seen["inner"] = {"own_truth": inner.own_truth, "counts": inner.counts,
                          "depth": inner.depth, "combined": combined, "spread": spread_,
@@ -209,6 +221,8 @@ def record_fold(st, sc, known: list[str], held: list[str], *, network: int | Non
     stack_module.Stack.spread, stack_module.Stack.interval = recording_spread, recording_interval
     columns_module.ColumnSource.predict = recording_predict
     sample_module.sample_chunk = recording_sample_chunk
+    if network is not None:
+        spalstf.Model.columns = sampling_columns
     try:
         start = time.perf_counter()
         result = spalstf.impute(st[:, known].copy(), sc, genes=list(held), seed=0,
@@ -221,6 +235,7 @@ def record_fold(st, sc, known: list[str], held: list[str], *, network: int | Non
         stack_module.Stack.spread, stack_module.Stack.interval = spread, interval
         columns_module.ColumnSource.predict = predict
         sample_module.sample_chunk = sample_chunk
+        spalstf.Model.columns = model_columns
     order = [list(result.var_names).index(g) for g in held]
     chunks, inner = seen["outer"], seen["inner"]
 
@@ -287,27 +302,28 @@ def cache_paths(name: str, *, network: int | None = None) -> list[Path]:
     return [CACHE / f"{name}{tag}_{fold}.npz" for fold in range(5)]
 
 
-def recorded(path: Path) -> bool:
+def recorded(path: Path, *, network: int | None = None) -> bool:
     """Whether a cached record holds what the candidates read (records made before the
-    count likelihood's posterior was recorded do not)."""
+    count likelihood's posterior was recorded do not, nor network records made before the
+    network's samples of the held-out genes were drawn where the stack dropped it)."""
     if not path.exists():
         return False
     with np.load(path) as r:
-        return "o_lik_w" in r.files
+        return "o_lik_w" in r.files and (network is None or "o_net" in r.files)
 
 
 def record(name: str, *, network: int | None = None) -> list[Path]:
     """Every fold's record of a data set (computed once, then read from the cache)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     paths = cache_paths(name, network=network)
-    if all(recorded(p) for p in paths):
+    if all(recorded(p, network=network) for p in paths):
         return paths
     st, sc = U.load(name)
     shared = [g for g in st.var_names if g in set(sc.var_names)]
     st = st[:, shared].copy()
     counts = U.dense(st.X)
     for fold, held in enumerate(gene_folds(shared, 5, 0)):
-        if recorded(paths[fold]):
+        if recorded(paths[fold], network=network):
             continue
         known = [g for g in shared if g not in set(held)]
         total = counts[:, [shared.index(g) for g in known]].sum(1)
@@ -993,8 +1009,9 @@ def network_section(table: pd.DataFrame, steps: int) -> str:
              if m in ratio.index]
     shown = [m for m in order if m in CANDIDATES]
     return (f"\n## The SpaLSTF network's samples (`--network`: the network added to the "
-            f"predictors, {NETWORK_OPTIONS['n_samples']} samples per cell, trained for {steps} "
-            "updates)\n\nThe same folds imputed with the network in the stack; every "
+            f"predictors, {NETWORK_OPTIONS['n_samples']} samples per cell, trained for at most "
+            f"{steps} updates: `max_steps`; the default `epochs` and early stopping may end "
+            "training sooner)\n\nThe same folds imputed with the network in the stack; every "
             "candidate learnt on that run's hidden known genes. Interval score / the gene's own "
             "5-95% range:\n\n"
             + markdown_table(ratio.loc[order].round(3), index_name="method")
@@ -1048,7 +1065,11 @@ def main(argv: list[str] | None = None) -> int:
     runs += [(d, args.network_steps) for d in args.network.split(",") if d]
     for name, network in runs:
         if args.score_only:
-            paths = [p for p in cache_paths(name, network=network) if p.exists()]
+            # a network record without the held-out genes' samples would leave the network's
+            # candidates out of some folds' sums (scored on fewer values than the others)
+            paths = [p for p in cache_paths(name, network=network) if p.exists() and
+                     (network is None or recorded(p, network=network))]
+            print(f"{name}: scoring {len(paths)} of 5 folds' records", flush=True)
         else:
             try:
                 paths = record(name, network=network)
@@ -1066,9 +1087,16 @@ def main(argv: list[str] | None = None) -> int:
         if tables:
             write(out, args.name, cmd.strip(), pd.concat(tables, ignore_index=True))
         if network_tables:
-            with (out / f"{args.name}.md").open("a") as f:
-                f.write(network_section(pd.concat(network_tables, ignore_index=True),
-                                        args.network_steps))
+            section = network_section(pd.concat(network_tables, ignore_index=True),
+                                      args.network_steps)
+            if tables:  # after the tables `write` has just written
+                with (out / f"{args.name}.md").open("a") as f:
+                    f.write(section)
+            else:  # network sets only: a file of their own (appending would add the
+                # section again for each set, after whatever the file held before)
+                with atomic_path(out / f"{args.name}.md") as tmp:
+                    tmp.write_text("# Interval candidates on held-out genes (issue 26)\n\n"
+                                   f"Command: `{cmd.strip()}`\n" + section)
     return 0
 
 

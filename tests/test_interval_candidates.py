@@ -141,3 +141,42 @@ def test_mixture_quantiles_beyond_the_walk_by_bisection():
                 below = bench.Mixture(w[i:i + 1], mu[i:i + 1], np.ones(1), size)
                 assert below.cdf(np.array([q]))[0] >= p - 1e-12
                 assert below.cdf(np.array([q - 1]))[0] < p
+
+
+def test_network_only_run_writes_one_section_with_every_set_and_the_command(tmp_path,
+                                                                              monkeypatch):
+    bench = load_benchmark()
+    record, without_samples = tmp_path / "record.npz", tmp_path / "without_samples.npz"
+    np.savez(record, o_lik_w=np.zeros(1), o_net=np.zeros(1))
+    np.savez(without_samples, o_lik_w=np.zeros(1))
+
+    def table(name, paths, tag, *, reuse):
+        assert paths == [record]  # the network's candidates scored on every fold scored
+        return pd.DataFrame([{"dataset": name, "method": m, "coverage": c, "score": 1.0,
+                              "ratio_range": r, "cost": 0.0}
+                             for m, r, c in (("nb", 1.2, 0.9), ("network_raw", 1.7, 0.8),
+                                             ("range", 1.0, np.nan))])
+
+    monkeypatch.setattr(bench, "cache_paths",
+                        lambda name, network=None: [record, without_samples])
+    monkeypatch.setattr(bench, "scored", table)
+    old = tmp_path / "net.md"
+    old.write_text("an earlier run's file\n")
+    bench.main(["--datasets", "", "--network", "set_a,set_b", "--score-only", "--out",
+                str(tmp_path), "--name", "net"])
+    text = old.read_text()
+    assert "an earlier run's file" not in text
+    assert text.count("## The SpaLSTF network's samples") == 1
+    assert "Command: `python benchmarks/intervals.py --datasets  --network set_a,set_b" in text
+    assert "| method | set_a | set_b |" in text
+
+
+def test_network_records_without_the_held_out_genes_samples_are_made_again(tmp_path):
+    bench = load_benchmark()
+    path = tmp_path / "record.npz"
+    assert not bench.recorded(path)
+    np.savez(path, o_lik_w=np.zeros(1))
+    assert bench.recorded(path)  # the default run's record
+    assert not bench.recorded(path, network=300)  # the network dropped by the stack
+    np.savez(path, o_lik_w=np.zeros(1), o_net=np.zeros(1))
+    assert bench.recorded(path, network=300)
