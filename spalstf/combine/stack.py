@@ -81,7 +81,7 @@ BLOCK_ELEMENTS = 2**22
 #: reference, a readout at the depth); one of weight 0.2% took 12% of the time of a 10^6-cell
 #: imputation (benchmarks/results/scale_default.md) for a change of its combined z-scores of
 #: the order of its weight. A cost rule, chosen before any accuracy was measured; the
-#: accuracy with it is in benchmarks/results/accuracy.md.
+#: accuracy with it is in benchmarks/results/accuracy_pruned.md (and _spots_pruned.md).
 MIN_WEIGHT = 0.01
 
 
