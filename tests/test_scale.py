@@ -508,6 +508,19 @@ def test_the_neighbour_mean_is_numpys_mean_of_the_gathered_rows(dtype):
         np.testing.assert_array_equal(got, values[nbrs].mean(axis=1))
 
 
+def _count_normalised_rows(monkeypatch) -> list[int]:
+    """The rows of every call of the sources' `log_normalize`, recorded from now on."""
+    normalised: list[int] = []
+    plain = columns_module.log_normalize
+
+    def counting(known, *args, **kwargs):
+        normalised.append(len(known))
+        return plain(known, *args, **kwargs)
+
+    monkeypatch.setattr(columns_module, "log_normalize", counting)
+    return normalised
+
+
 def test_views_read_a_chunk_at_a_time_normalise_each_cell_once_where_the_values_fit(
         tiny_pair, monkeypatch):
     """Above HELD_VIEW_BYTES but within HELD_VALUES_BYTES every cell's log-normalised known
@@ -517,14 +530,7 @@ def test_views_read_a_chunk_at_a_time_normalise_each_cell_once_where_the_values_
     st, sc = tiny_pair
     opts = dict(seed=0, progress=False, batch_size=16)
     held = spalstf.impute(st, sc, **opts)
-    normalised = []
-    plain = columns_module.log_normalize
-
-    def counting(known, *args, **kwargs):
-        normalised.append(len(known))
-        return plain(known, *args, **kwargs)
-
-    monkeypatch.setattr(columns_module, "log_normalize", counting)
+    normalised = _count_normalised_rows(monkeypatch)
     monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
     chunked = spalstf.impute(st, sc, **opts)
     _assert_same_result(chunked, held)
@@ -627,14 +633,7 @@ def test_chunked_views_without_held_values_hold_the_landmarks_known_genes(tiny_p
     opts = dict(seed=0, progress=False, batch_size=16, spatial=False)
     monkeypatch.setattr(spatial_module, "EXPRESSION_LANDMARKS", 40)  # some cells only
     held = spalstf.impute(st, sc, **opts)
-    normalised = []
-    plain = columns_module.log_normalize
-
-    def counting(known, *args, **kwargs):
-        normalised.append(len(known))
-        return plain(known, *args, **kwargs)
-
-    monkeypatch.setattr(columns_module, "log_normalize", counting)
+    normalised = _count_normalised_rows(monkeypatch)
     monkeypatch.setattr(columns_module, "HELD_VIEW_BYTES", 0)
     monkeypatch.setattr(columns_module, "HELD_VALUES_BYTES", 0)
     _assert_same_result(spalstf.impute(st, sc, **opts), held)
