@@ -278,7 +278,14 @@ def held_rows_reader(read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
     A row's values do not depend on the rows read with it (`smoothed_reader`), so the result
     is the same as `read`'s.
     """
-    held = np.concatenate([read(rows[s:s + block]) for s in range(0, len(rows), block)])
+    held = None
+    for start in range(0, len(rows), block):  # filled in place: no list of blocks beside it
+        part = read(rows[start:start + block])
+        if held is None:
+            held = np.empty((len(rows), *part.shape[1:]), part.dtype)
+        held[start:start + len(part)] = part
+    if held is None:
+        raise ValueError("held_rows_reader needs at least one row to hold; received none")
     position = np.full(n_cells, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
 

@@ -311,23 +311,16 @@ class ColumnSource:
 
                 def values(rows: np.ndarray, spatial=spatial) -> np.ndarray:
                     return spatial[rows]
-            elif (self._expression_graph() is not None
-                  and len(expression_landmarks(n)) * len(self.st_known) * 4
-                  <= LANDMARK_VIEW_BYTES):
+            else:
                 # the expression smoothing below reads the spatial values of expression
                 # neighbours, all landmarks: computed once, not once per chunk that reads them
-                block = BLOCK if self._held is not None else min(
-                    BLOCK, max(1, LANDMARK_BLOCK_VALUES // max(len(self.st_known), 1)))
-                values = held_rows_reader(values, expression_landmarks(n), n, block)
-        elif (view == "expression" and self._held is None
-              and self._expression_graph() is not None
-              and len(expression_landmarks(n)) * len(self.st_known) * 4
-              <= LANDMARK_VIEW_BYTES):
+                values = self._landmarks_held(values)
+        elif view == "expression" and self._held is None:
             # where every cell's known genes are not held (HELD_VALUES_BYTES: 10^6 cells x
             # 600 genes, 2x10^5 x 5,000), the landmarks' are: the expression smoothing below
             # reads those of each chunk's expression neighbours, ~15,000 landmarks scattered
             # over the ST, which each chunk read (and normalised) from the input again
-            values = held_rows_reader(values, expression_landmarks(n), n, BLOCK)
+            values = self._landmarks_held(values)
         if view in ("expression", "spatial"):
             # neighbours in known-gene space, found on the cells' own values, among all ST
             # cells, so a chunk or subsample reads what the whole run reads
@@ -336,6 +329,21 @@ class ColumnSource:
                                                 cfg.expression_weight, self.device,
                                                 graph=self._expression_graph())
         return remembering_last(values)
+
+    def _landmarks_held(self, values: Callable[[np.ndarray], np.ndarray]
+                        ) -> Callable[[np.ndarray], np.ndarray]:
+        """`values` with the expression graph's landmarks' rows computed once and held
+        (`spalstf.spatial.held_rows_reader`), where there is a graph and they fit in
+        `LANDMARK_VIEW_BYTES`; else `values` itself. Where the known genes are read from the
+        input, in blocks of at most `LANDMARK_BLOCK_VALUES` values."""
+        n = self.expr.n_cells
+        landmarks = expression_landmarks(n)
+        if (self._expression_graph() is None
+                or len(landmarks) * len(self.st_known) * 4 > LANDMARK_VIEW_BYTES):
+            return values
+        block = BLOCK if self._held is not None else min(
+            BLOCK, max(1, LANDMARK_BLOCK_VALUES // max(len(self.st_known), 1)))
+        return held_rows_reader(values, landmarks, n, block)
 
     def _expression_graph(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """The expression neighbours of any cells (`spalstf.spatial.expression_graph`), one
