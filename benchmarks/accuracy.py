@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                          "counts-scale predictions against raw counts); names the outputs")
     ap.add_argument("--jobs", type=int, default=1,
                     help="data sets run side by side, each in its own process (default 1)")
+    ap.add_argument("--checkpoint", default=None, metavar="DIR",
+                    help="save each method's fold predictions under DIR/PROTOCOL/DATASET as "
+                         "they are made, and load those already there: an interrupted run "
+                         "resumes (spalstf.cross_validate's checkpoint)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     methods = ",".join(BASELINES) if args.baselines else args.methods
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
               skipped, time.perf_counter() - start, jobs, protocol=args.protocol)
 
     task = partial(run_one, methods=methods, sp_opts=sp_opts, clustering=not args.no_clustering,
-                   protocol=args.protocol)
+                   protocol=args.protocol, checkpoint=args.checkpoint)
     if jobs == 1:
         for name in names:
             finished(name, task(name))
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
-            protocol: str = "project") -> dict | str:
+            protocol: str = "project", checkpoint: str | None = None) -> dict | str:
     """Cross-validate every method on one data set: its report section, printed table,
     summary and per-gene rows; or why it was skipped."""
     logging.basicConfig(level=logging.WARNING)  # in a worker process too
@@ -220,6 +224,7 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
         method_options={"spalstf": sp_opts} if sp_opts else None,
         clustering=clustering,
         protocol=protocol,
+        checkpoint=None if checkpoint is None else Path(checkpoint) / protocol / name,
     )
     n_shared = len(sum(res.folds, []))
     mode = ""
@@ -233,6 +238,12 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
         f"{sc.n_vars}, {n_shared} shared genes; run took {time.perf_counter() - t0:.0f} s."
         + mode
     )
+    if res.resumed:
+        made = len(res.folds) * len(res.predictions)
+        loaded = sum(len(f) for f in res.resumed.values())
+        head += (f" {loaded} of its {made} method folds were loaded from the checkpoint of an "
+                 "earlier, interrupted run (their times as measured when they were made), so "
+                 "this run took less than the methods' times.")
     tabs = []
     printed = ""
     label = "Truth: ST log1p(count / total over the shared genes * 1e4)"

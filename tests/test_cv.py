@@ -142,24 +142,27 @@ def test_benchmark_cli(pair: tuple[ad.AnnData, ad.AnnData], tmp_path) -> None:
     parser = argparse.ArgumentParser(prog="spalstf")
     _cli.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"
-    args = parser.parse_args(
-        [
-            "benchmark",
-            "--st",
-            str(tmp_path / "st.h5ad"),
-            "--sc",
-            str(tmp_path / "sc.h5ad"),
-            "--methods",
-            "knn,mean",
-            "--out",
-            str(out),
-            "--no-clustering",
-        ]
-    )
+    args_list = [
+        "benchmark",
+        "--st",
+        str(tmp_path / "st.h5ad"),
+        "--sc",
+        str(tmp_path / "sc.h5ad"),
+        "--methods",
+        "knn,mean",
+        "--out",
+        str(out),
+        "--no-clustering",
+    ]
+    args = parser.parse_args(args_list)
     assert args.func(args) == 0
     for f in ("per_gene.csv", "summary.csv", "summary.md", "per_gene.png"):
         assert (out / f).is_file(), f
     assert "| knn |" in (out / "summary.md").read_text()
+    # with --checkpoint, each method's folds are saved for a resumed run
+    args = parser.parse_args([*args_list, "--checkpoint", str(tmp_path / "saved")])
+    assert args.func(args) == 0
+    assert len(list((tmp_path / "saved" / "knn").glob("fold*.npz"))) == 5
     bad = parser.parse_args(
         [
             "benchmark",
@@ -262,3 +265,89 @@ def test_bad_protocol_is_refused(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
     st, sc = pair
     with pytest.raises(ValueError, match="`protocol`.*'li2022'.*'Li'"):
         cross_validate(st, sc, methods="mean", protocol="Li", clustering=False)
+
+
+def _interruptible_knn() -> tuple[dict, object]:
+    """The kNN baseline as a method that counts its folds and raises on the fold named by
+    ``state["stop_at"]`` (counted from 1), as an interrupted run would stop there."""
+    from spalstf.evaluate.baselines import knn
+
+    state: dict = {"calls": 0, "stop_at": None}
+
+    def interruptible(st_known, sc_, target_genes, *, seed, k=10):
+        state["calls"] += 1
+        if state["calls"] == state["stop_at"]:
+            raise RuntimeError("interrupted")
+        return knn(st_known, sc_, target_genes, seed=seed, k=k)
+
+    return state, interruptible
+
+
+def test_checkpoint_resumes_an_interrupted_run(
+    pair: tuple[ad.AnnData, ad.AnnData], tmp_path
+) -> None:
+    import pandas as pd
+
+    st, sc = pair
+    state, method = _interruptible_knn()
+    plain = cross_validate(st, sc, methods={"m": method}, clustering=False)
+    assert state["calls"] == 5 and plain.resumed == {}
+
+    state.update(calls=0, stop_at=4)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cross_validate(st, sc, methods={"m": method}, clustering=False, checkpoint=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "fold00.npz", "fold01.npz", "fold02.npz"
+    ]
+
+    state.update(calls=0, stop_at=None)
+    resumed = cross_validate(st, sc, methods={"m": method}, clustering=False,
+                             checkpoint=tmp_path)
+    assert state["calls"] == 2  # only the folds the interruption left unmade
+    assert resumed.resumed == {"m": [0, 1, 2]}
+    pd.testing.assert_frame_equal(resumed.per_gene, plain.per_gene)
+    pd.testing.assert_frame_equal(resumed.predictions["m"], plain.predictions["m"])
+
+    # all five saved now: a rerun makes none and reports the times recorded when they were made
+    state.update(calls=0)
+    again = cross_validate(st, sc, methods={"m": method}, clustering=False, checkpoint=tmp_path)
+    assert state["calls"] == 0 and again.resumed == {"m": [0, 1, 2, 3, 4]}
+    pd.testing.assert_frame_equal(again.summary, resumed.summary)
+
+
+def test_checkpoint_makes_again_what_was_saved_for_other_inputs(
+    pair: tuple[ad.AnnData, ad.AnnData], tmp_path, caplog
+) -> None:
+    st, sc = pair
+    state, method = _interruptible_knn()
+    first = cross_validate(st, sc, methods={"m": method}, clustering=False, checkpoint=tmp_path)
+    assert state["calls"] == 5
+
+    other_st = st.copy()
+    other_st.X[0, 0] += 1
+    changes = {
+        "data": dict(st=other_st),
+        "seed": dict(seed=1),
+        "options": dict(method_options={"m": {"k": 3}}),
+        "folds": dict(n_folds=4),
+    }
+    for what, change in changes.items():
+        state.update(calls=0)
+        args = {"st": st, "sc": sc, "methods": {"m": method}, "clustering": False,
+                "checkpoint": tmp_path, **change}
+        res = cross_validate(args.pop("st"), args.pop("sc"), **args)
+        assert res.resumed == {}, what
+        assert state["calls"] == len(res.folds), what
+    # every saved fold was overwritten by another input's: the original inputs make all again
+    state.update(calls=0)
+    back = cross_validate(st, sc, methods={"m": method}, clustering=False, checkpoint=tmp_path)
+    assert state["calls"] == 5 and back.resumed == {}
+    assert np.allclose(back.predictions["m"].to_numpy(), first.predictions["m"].to_numpy())
+
+    # a damaged file is made again, with a warning that names it
+    (tmp_path / "m" / "fold04.npz").write_bytes(b"not a zip file")
+    state.update(calls=0)
+    with caplog.at_level("WARNING", logger="spalstf.evaluate.cv"):
+        cross_validate(st, sc, methods={"m": method}, clustering=False, checkpoint=tmp_path)
+    assert state["calls"] == 1
+    assert "fold04.npz" in caplog.text

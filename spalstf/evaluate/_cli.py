@@ -166,6 +166,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--epochs", type=int, default=None, help="spalstf training epochs (only with predictors including network)")
     p.add_argument("--max-time", type=float, default=None, help="spalstf training seconds/fold")
     p.add_argument("--no-clustering", action="store_true", help="skip the Leiden comparison")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="DIR",
+        help="save each method's fold predictions in DIR as they are made and load those "
+        "already there, so that an interrupted run resumes where it stopped",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -194,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             sc_layer=args.sc_layer,
             method_options=opts,
             clustering=not args.no_clustering,
+            checkpoint=args.checkpoint,
         )
     except (ValueError, KeyError, ImportError) as err:
         print(f"spalstf benchmark: {err}")

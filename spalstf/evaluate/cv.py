@@ -9,11 +9,18 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
+import os
+import re
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -21,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spalstf._atomic import atomic_path
 from spalstf.data import as_expression, check_values
 from spalstf.evaluate import metrics as _m
 from spalstf.evaluate.baselines import BASELINES, SCALE, lognormalize
@@ -65,6 +73,10 @@ class CrossValidationResult:
     counts_predictions
         Under ``protocol="li2022"``, per method, the assembled counts-scale prediction that was
         scored against the raw counts (expected counts at each cell's depth); else empty.
+    resumed
+        Per method, the folds whose prediction was loaded from ``checkpoint`` instead of made
+        (their time in ``wall_time_s`` is the time recorded when they were made); empty
+        without a checkpoint.
     """
 
     per_gene: pd.DataFrame
@@ -73,6 +85,7 @@ class CrossValidationResult:
     folds: list[list[str]]
     protocol: str = "project"
     counts_predictions: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    resumed: dict[str, list[int]] = field(default_factory=dict)
 
     def table(self, truth: str = "lognorm", stat: str = "median") -> pd.DataFrame:
         """A compact methods x metrics table: ``stat`` (median or mean) of each metric, the
@@ -183,6 +196,87 @@ def _resolve_methods(
     return out
 
 
+def _data_fingerprint(counts: np.ndarray, st: ad.AnnData, shared: Sequence[str],
+                      sc: ad.AnnData) -> str:
+    """A digest of everything the methods see: the ST's counts over the shared genes, its cell
+    names, obs and coordinates, and the reference's values, genes and obs."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(counts))
+    for names in (st.obs_names, shared, sc.var_names, sc.obs_names):
+        h.update("\0".join(map(str, names)).encode() + b"\1")
+    for obs in (st.obs, sc.obs):
+        if obs.shape[1]:
+            try:
+                h.update(pd.util.hash_pandas_object(obs, index=False).to_numpy())
+            except TypeError:  # a column of unhashable values (lists, arrays)
+                h.update(obs.to_csv().encode())
+    if "spatial" in st.obsm:
+        h.update(np.ascontiguousarray(np.asarray(st.obsm["spatial"], dtype=np.float64)))
+    x = sc.X
+    if sp.issparse(x):
+        x = x.tocsr()
+        for part in (x.data, x.indices, x.indptr):
+            h.update(np.ascontiguousarray(part))
+    else:
+        h.update(np.ascontiguousarray(x))
+    h.update(str(x.shape).encode())
+    return h.hexdigest()
+
+
+def _method_identity(fn: Callable[..., np.ndarray]) -> str:
+    """The function a method name stands for and its options, as text."""
+    options: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        options = {**fn.keywords, **options}
+        fn = fn.func
+    return (f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+            f"{sorted(options.items())!r}")
+
+
+class _FoldCheckpoint:
+    """Each method's prediction of each fold, saved as it is made (one ``.npz`` per method and
+    fold, written atomically) and loaded back when a rerun asks for the same fold of the same
+    method on the same data, so that an interrupted cross-validation resumes where it stopped.
+    A saved fold made from other inputs (data, seed, held-out genes, method or its options) is
+    made again and overwritten."""
+
+    def __init__(self, folder: str | os.PathLike, data: str, seed: int) -> None:
+        self.folder = Path(folder)
+        self.data = data
+        self.seed = seed
+
+    def _path_key(self, name: str, fn: Callable, fold: int, held: Sequence[str]
+                  ) -> tuple[Path, str]:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        key = hashlib.blake2b(json.dumps(
+            [self.data, name, _method_identity(fn), self.seed, list(held)]
+        ).encode(), digest_size=16).hexdigest()
+        return self.folder / safe / f"fold{fold:02d}.npz", key
+
+    def load(self, name: str, fn: Callable, fold: int, held: Sequence[str],
+             shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
+        """The saved prediction and the seconds it took, or None (none saved, or another's)."""
+        path, key = self._path_key(name, fn, fold, held)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key or z["prediction"].shape != shape:
+                    logger.info("%s: saved for other inputs; made again", path)
+                    return None
+                return np.array(z["prediction"], dtype=np.float64), float(z["seconds"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            logger.warning("%s cannot be read (%s); the fold is made again", path, err)
+            return None
+
+    def save(self, name: str, fn: Callable, fold: int, held: Sequence[str],
+             prediction: np.ndarray, seconds: float) -> None:
+        path, key = self._path_key(name, fn, fold, held)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, key=np.array(key), prediction=prediction,
+                     seconds=np.array(seconds))
+
+
 def cross_validate(
     st: ad.AnnData,
     sc: ad.AnnData,
@@ -200,6 +294,7 @@ def cross_validate(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     clustering: bool = True,
     protocol: str = "project",
+    checkpoint: str | os.PathLike | None = None,
 ) -> CrossValidationResult:
     """Leave-genes-out cross-validation of imputation methods.
 
@@ -252,13 +347,22 @@ def cross_validate(
         ``"project"`` (the default: shuffled folds, predictions scored as returned) or
         ``"li2022"`` (Li et al. 2022's unshuffled folds, predictions scored against raw counts
         on the counts scale), described above.
+    checkpoint
+        A folder (created) where each method's prediction of each fold is saved as soon as it is
+        made; None (the default) saves nothing. Run again with the same folder, a
+        cross-validation that was interrupted (or extended by further methods) loads the folds
+        already made and makes only the others: for long runs, such as ``"tangram_cells"``'s
+        minutes per fold. A saved fold is used only for the same data, seed, held-out genes,
+        method name, function and options; otherwise it is made again and overwritten. The
+        methods' code is not part of that match: use a new folder after changing it.
 
     Returns
     -------
     CrossValidationResult
         ``per_gene`` (truth, method, fold, gene, metrics), ``summary`` (per truth and method:
         medians, means, NaN counts, AS, clustering, wall time), ``predictions``, ``folds``,
-        ``protocol`` and (under ``"li2022"``) ``counts_predictions``. Inputs are not modified.
+        ``protocol``, (under ``"li2022"``) ``counts_predictions`` and (with a ``checkpoint``)
+        ``resumed``. Inputs are not modified.
     """
     if not isinstance(st, ad.AnnData) or not isinstance(sc, ad.AnnData):
         raise TypeError(
@@ -307,32 +411,31 @@ def cross_validate(
     sc_x = _matrix(sc, sc_layer, "sc")
     sc_base = ad.AnnData(sc_x.copy() if sp.issparse(sc_x) else np.array(sc_x), obs=sc.obs.copy())
     sc_base.var_names = sc.var_names.copy()
+    saved = (None if checkpoint is None else
+             _FoldCheckpoint(checkpoint, _data_fingerprint(counts, st_cut, shared, sc_base), seed))
 
     rows: list[pd.DataFrame] = []
     preds: dict[str, pd.DataFrame] = {}
     times: dict[str, float] = {}
     li = protocol == "li2022"
     counts_preds: dict[str, pd.DataFrame] = {}
+    resumed: dict[str, list[int]] = {}
     for name, fn in fns.items():
         full = np.full(counts.shape, np.nan)
         full_counts = np.full(counts.shape, np.nan)
         elapsed = 0.0
         for f, held in enumerate(folds):
-            held_set = set(held)
-            known = [g for g in shared if g not in held_set]
-            st_known = st_cut[:, known].copy()
-            sc_in = sc_base.copy()
-            t0 = time.perf_counter()
-            p = fn(st_known, sc_in, list(held), seed=seed)
-            elapsed += time.perf_counter() - t0
-            p = p.toarray() if sp.issparse(p) else np.asarray(p, dtype=np.float64)
-            if p.shape != (st.n_obs, len(held)):
-                raise ValueError(
-                    f"Method {name!r} returned shape {p.shape} on fold {f}; expected "
-                    f"{(st.n_obs, len(held))} (ST cells x held-out genes)."
-                )
-            if not np.isfinite(p).all():
-                raise ValueError(f"Method {name!r} returned non-finite values on fold {f}.")
+            loaded = (None if saved is None
+                      else saved.load(name, fn, f, held, (st.n_obs, len(held))))
+            if loaded is not None:
+                p, seconds = loaded
+                resumed.setdefault(name, []).append(f)
+            else:
+                p, seconds = _predict_fold(name, fn, f, st_cut=st_cut, sc_base=sc_base,
+                                           shared=shared, held=held, seed=seed)
+                if saved is not None:
+                    saved.save(name, fn, f, held, p, seconds)
+            elapsed += seconds
             if (p < 0).any():
                 warnings.warn(
                     f"Method {name!r} returned negative values on fold {f}; JS is NaN for "
@@ -392,4 +495,28 @@ def cross_validate(
         folds=folds,
         protocol=protocol,
         counts_predictions=counts_preds,
+        resumed=resumed,
     )
+
+
+def _predict_fold(name: str, fn: Callable[..., np.ndarray], fold: int, *, st_cut: ad.AnnData,
+                  sc_base: ad.AnnData, shared: Sequence[str], held: Sequence[str], seed: int
+                  ) -> tuple[np.ndarray, float]:
+    """One method's prediction of one fold's held-out genes (checked) and the seconds it took;
+    the method gets copies, so that nothing it does to them reaches the next fold."""
+    held_set = set(held)
+    known = [g for g in shared if g not in held_set]
+    st_known = st_cut[:, known].copy()
+    sc_in = sc_base.copy()
+    t0 = time.perf_counter()
+    p = fn(st_known, sc_in, list(held), seed=seed)
+    seconds = time.perf_counter() - t0
+    p = p.toarray() if sp.issparse(p) else np.asarray(p, dtype=np.float64)
+    if p.shape != (st_cut.n_obs, len(held)):
+        raise ValueError(
+            f"Method {name!r} returned shape {p.shape} on fold {fold}; expected "
+            f"{(st_cut.n_obs, len(held))} (ST cells x held-out genes)."
+        )
+    if not np.isfinite(p).all():
+        raise ValueError(f"Method {name!r} returned non-finite values on fold {fold}.")
+    return p, seconds
