@@ -440,8 +440,9 @@ Impute.default <- function(object, reference, genes = NULL, ...) {
 # ----------------------------------------------------------------------------- methods
 #' @describeIn Impute For Seurat objects: adds the assay \code{new.assay.name} whose \code{data}
 #'   slot holds the imputations (its \code{counts} slot, with raw-counts input, the same
-#'   values as counts at each cell's depth: \code{expm1(data) * depth / 1e4}, the depth the
-#'   cell's total over the known genes; else empty), the assay
+#'   values as expected counts at each cell's depth, the cell's total over the known genes:
+#'   with the learnt combination the Poisson means whose expected measurement the values
+#'   are, above \code{expm1(data) * depth / 1e4} where counts are few; else empty), the assay
 #'   \code{paste0(new.assay.name, ".std")} whose \code{data} slot holds their uncertainty
 #'   (key \code{"spalstfstd_"} for \code{"SpaLSTF.std"}) and, with the stack, the assays
 #'   \code{paste0(new.assay.name, ".lower")} and \code{paste0(new.assay.name, ".upper")}

@@ -50,6 +50,7 @@ from spalstf.model.fitting import fit_parts
 from spalstf.model.predict import (
     add_confidence,
     add_proportions,
+    depth_share,
     known_depth,
     layer_names,
     pack,
@@ -59,7 +60,7 @@ from spalstf.model.predict import (
     stack_landmarks,
 )
 from spalstf.model.saved import plain
-from spalstf.preprocess import Standardizer, counts_at_depth
+from spalstf.preprocess import Standardizer, counts_at_depth, expected_count_at_depth
 from spalstf.prior import AlignedNeighbours, BasePredictor
 from spalstf.spatial import resolve
 
@@ -210,10 +211,12 @@ class Model:
         it (the fixed blend): no interval, and `layers["std"]` the standard deviation over the
         network's samples where there is a network (n_samples > 1). With raw-counts input,
         `obs["spalstf_depth"]` each cell's total over the known genes and `layers["counts"]`
-        the imputations put back on the ST's count scale at that depth, ``expm1(X) x depth /
-        scale_factor`` (the scale on which Li et al. 2022 score; X predicts the log-normalised
-        value the ST would measure, so this is that prediction in counts, not the mean of a
-        count distribution). With the "deconvolution" predictor:
+        the imputations as expected counts at that depth (the scale on which Li et al. 2022
+        score): with the learnt combination (or ``output="at_depth"``) X predicts the value the
+        ST measures, zeros included, so the count is the Poisson mean whose expected
+        measurement X is (`spalstf.preprocess.expected_count_at_depth`; above
+        ``expm1(X) x depth / scale_factor`` where the depth leaves few counts); with the fixed
+        blend of the expression, ``expm1(X) x depth / scale_factor``. With the "deconvolution" predictor:
         `obsm["spalstf_proportions"]`, cells x units (the reference's cell types, or
         clusters), each unit's share of the cell's known-gene counts (rows sum to 1; see
         `spalstf.prior.deconvolve`). For a DataFrame: a DataFrame; for a numpy or scipy matrix: a numpy array (cells x target genes). With
@@ -307,9 +310,14 @@ class Model:
         if depth is not None:
             layers = [*layers, "counts"]
 
+        # X is on the scale the ST measures (zeros included) where the learnt combination made
+        # it (it is fitted to the measured values) or the readout is "at_depth": its count is
+        # the Poisson mean whose expected measurement X is. The expression's is expm1(X) x depth.
+        to_counts = (expected_count_at_depth if stacked or depth_share(cfg) == 1
+                     else counts_at_depth)
+
         def counts_layer(values, cell_depth):
-            return counts_at_depth(values, cell_depth,
-                                   scale_factor=cfg.scale_factor).astype(np.float32)
+            return to_counts(values, cell_depth, scale_factor=cfg.scale_factor).astype(np.float32)
         writer = sink = None
         if out is not None:
             from spalstf.io import H5adWriter

@@ -71,3 +71,10 @@ delayedAssign("ALL_PREDICTORS", {
 })
 delayedAssign("FAST", list(epochs = 1L, n.steps = 2L, n.samples = 2L, verbose = FALSE,
                            predictors = ALL_PREDICTORS))
+
+# The counts slot the learnt combination's imputations `values` (genes x cells) get at each
+# cell's `depth`: Python's expected counts, the Poisson means whose expected measurement they are
+expected_counts <- function(values, depth) {
+  pre <- reticulate::import("spalstf.preprocess")
+  t(pre$expected_count_at_depth(t(as.matrix(values)), as.numeric(depth)))
+}
