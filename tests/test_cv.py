@@ -351,3 +351,47 @@ def test_checkpoint_makes_again_what_was_saved_for_other_inputs(
         cross_validate(st, sc, methods={"m": method}, clustering=False, checkpoint=tmp_path)
     assert state["calls"] == 1
     assert "fold04.npz" in caplog.text
+
+
+def test_li2022_scores_a_methods_own_counts(pair: tuple[ad.AnnData, ad.AnnData],
+                                            tmp_path) -> None:
+    """A method may return its own counts-scale prediction beside the log-normalised one: Li
+    et al.'s protocol scores those counts (spalstf's `layers["counts"]`), saved and loaded by
+    the checkpoint with it."""
+    st, sc = pair
+    counts = np.asarray(st.X, dtype=np.float64)
+    genes = list(st.var_names)
+
+    def counts_oracle(st_known, sc_, target_genes, *, seed):
+        idx = [genes.index(g) for g in target_genes]
+        return np.zeros((st_known.n_obs, len(idx))), counts[:, idx]
+
+    for _ in range(2):  # made, then loaded from the checkpoint
+        res = cross_validate(st, sc, methods={"own": counts_oracle}, protocol="li2022",
+                             n_folds=5, clustering=False, checkpoint=tmp_path)
+        scores = res.per_gene.set_index(["truth", "method"]).sort_index()
+        own = scores.loc[("counts", "own"), "pcc"].dropna()
+        assert len(own) and np.allclose(own, 1.0)  # its counts, not expm1(0) x depth
+        assert scores.loc[("lognorm", "own"), "pcc"].isna().all()  # its constant prediction
+        np.testing.assert_allclose(res.counts_predictions["own"].to_numpy(), counts, rtol=1e-6)
+    assert res.resumed == {"own": list(range(5)), "libsize": list(range(5))}
+
+    def bad(st_known, sc_, target_genes, *, seed):
+        return np.zeros((st_known.n_obs, len(target_genes))), np.zeros((2, 2))
+
+    with pytest.raises(ValueError, match="returned counts of shape"):
+        cross_validate(st, sc, methods={"bad": bad}, clustering=False)
+
+
+def test_li2022_scores_spalstf_counts_layer(pair: tuple[ad.AnnData, ad.AnnData]) -> None:
+    import spalstf
+
+    st, sc = pair
+    fast = {"predictors": ["knn", "ridge"], "self_check_folds": 2}
+    res = cross_validate(st, sc, methods={"spalstf": "spalstf"}, protocol="li2022", n_folds=2,
+                         method_options={"spalstf": fast}, clustering=False)
+    held = res.folds[0]
+    known = [g for g in st.var_names if g not in set(held)]
+    out = spalstf.impute(st[:, known].copy(), sc, held, seed=0, progress=False, **fast)
+    np.testing.assert_allclose(res.counts_predictions["spalstf"][held].to_numpy(),
+                               out.layers["counts"], rtol=1e-5)

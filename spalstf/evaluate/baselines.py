@@ -456,9 +456,11 @@ def spalstf_method(
     *,
     seed: int = 0,
     **options: Any,
-) -> np.ndarray:
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """spalstf itself, as a user calls it: ``spalstf.impute(st_known, sc, targets, seed=seed,
-    **options)`` (the self-check and its selection included: they read only ``st_known``).
+    **options)`` (the self-check and its selection included: they read only ``st_known``):
+    its ``X`` and, with raw-counts input, its ``layers["counts"]`` (a pair, see
+    :func:`spalstf.cross_validate`).
     ``options`` are those of :func:`spalstf.impute` (``epochs``, ``max_time``, ``n_steps``,
     ``n_samples``, ``self_check``, ``device``, ...)."""
     # from the module that defines it, not the package: `spalstf` would name the whole public
@@ -470,7 +472,9 @@ def spalstf_method(
     out = impute(st_known, sc, targets, seed=seed, **options)
     x = out[:, targets].X
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    return x.astype(np.float64)
+    if "counts" not in out.layers:
+        return x.astype(np.float64)
+    return x.astype(np.float64), np.asarray(out[:, targets].layers["counts"], np.float64)
 
 
 #: Methods callable by name in :func:`spalstf.cross_validate`.

@@ -254,8 +254,9 @@ class _FoldCheckpoint:
         return self.folder / safe / f"fold{fold:02d}.npz", key
 
     def load(self, name: str, fn: Callable, fold: int, held: Sequence[str],
-             shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
-        """The saved prediction and the seconds it took, or None (none saved, or another's)."""
+             shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None, float] | None:
+        """The saved prediction, its own counts (None where the method gave none) and the
+        seconds it took; or None (none saved, or another's)."""
         path, key = self._path_key(name, fn, fold, held)
         if not path.is_file():
             return None
@@ -264,17 +265,21 @@ class _FoldCheckpoint:
                 if str(z["key"]) != key or z["prediction"].shape != shape:
                     logger.info("%s: saved for other inputs; made again", path)
                     return None
-                return np.array(z["prediction"], dtype=np.float64), float(z["seconds"])
+                own = np.array(z["counts"], dtype=np.float64) if "counts" in z else None
+                return (np.array(z["prediction"], dtype=np.float64), own,
+                        float(z["seconds"]))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             logger.warning("%s cannot be read (%s); the fold is made again", path, err)
             return None
 
     def save(self, name: str, fn: Callable, fold: int, held: Sequence[str],
-             prediction: np.ndarray, seconds: float) -> None:
+             prediction: tuple[np.ndarray, np.ndarray | None], seconds: float) -> None:
         path, key = self._path_key(name, fn, fold, held)
+        values, own = prediction
+        extra = {} if own is None else {"counts": own}
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, key=np.array(key), prediction=prediction,
-                     seconds=np.array(seconds))
+            np.savez(handle, key=np.array(key), prediction=values, seconds=np.array(seconds),
+                     **extra)
 
 
 def cross_validate(
@@ -309,10 +314,12 @@ def cross_validate(
     ``KFold(n_splits=k)`` over the gene list, unshuffled; ``Benchmarking/GenesMetrics.py``,
     ``count.pearsonr``: per-gene ``scipy.stats.pearsonr`` of the imputed values against the
     ST's raw count file): 10 folds of contiguous genes in ``st``'s order (``seed`` then only
-    seeds the methods), and the ``"counts"`` truth compared with each method's prediction
-    turned into counts, :func:`expected_counts`: ``expm1(prediction) * L / 1e4`` with ``L`` the
-    cell's total over that fold's known genes, the expected count at the cell's own depth (every
-    method here predicts on the log-normalised scale of ``spalstf.preprocess``). Raw counts
+    seeds the methods), and the ``"counts"`` truth compared with each method's prediction on
+    the counts scale: its own where it returns one (spalstf: its ``layers["counts"]``), else
+    its log-normalised prediction turned into counts, :func:`expected_counts`:
+    ``expm1(prediction) * L / 1e4`` with ``L`` the cell's total over that fold's known genes,
+    the count at the cell's own depth (every method here predicts on the log-normalised scale
+    of ``spalstf.preprocess``). Raw counts
     carry each cell's depth, so much of a score on them is depth alone: the ``"libsize"``
     baseline, added to ``methods`` under this protocol when absent (the reference ``"mean"``
     scores the same there: a constant per gene times the depth). The ``"lognorm"`` truth is
@@ -333,7 +340,9 @@ def cross_validate(
         ``"knn"``, ``"spage"``, ``"ridge"``, ``"tangram"``, ``"tangram_cells"``, ``"gimvi"``,
         ``"spalstf"``), a comma-separated string of them, callables, or a mapping ``{name: name or callable}``. A callable has
         the signature ``method(st_known, sc, target_genes, *, seed) -> ndarray`` of
-        :mod:`spalstf.evaluate.baselines`: ST cells x targets, log-normalised, non-negative.
+        :mod:`spalstf.evaluate.baselines`: ST cells x targets, log-normalised, non-negative;
+        or a pair ``(prediction, counts)`` with its own counts-scale prediction (same shape),
+        which ``"li2022"`` scores against the raw counts instead of :func:`expected_counts`.
     st_layer, sc_layer
         Layers holding the counts; None for ``X``.
     genes
@@ -428,13 +437,14 @@ def cross_validate(
             loaded = (None if saved is None
                       else saved.load(name, fn, f, held, (st.n_obs, len(held))))
             if loaded is not None:
-                p, seconds = loaded
+                p, own_counts, seconds = loaded
                 resumed.setdefault(name, []).append(f)
             else:
-                p, seconds = _predict_fold(name, fn, f, st_cut=st_cut, sc_base=sc_base,
-                                           shared=shared, held=held, seed=seed)
+                p, own_counts, seconds = _predict_fold(
+                    name, fn, f, st_cut=st_cut, sc_base=sc_base, shared=shared, held=held,
+                    seed=seed)
                 if saved is not None:
-                    saved.save(name, fn, f, held, p, seconds)
+                    saved.save(name, fn, f, held, (p, own_counts), seconds)
             elapsed += seconds
             if (p < 0).any():
                 warnings.warn(
@@ -449,7 +459,8 @@ def cross_validate(
             if li:
                 # the depth the methods' normalisation took out: the fold's known-gene total
                 depth = np.delete(counts, idx, axis=1).sum(axis=1)
-                scored["counts"] = expected_counts(p, depth)
+                scored["counts"] = (expected_counts(p, depth) if own_counts is None
+                                    else own_counts)
                 full_counts[:, idx] = scored["counts"]
             for tname, t in truths.items():
                 with warnings.catch_warnings():
@@ -501,22 +512,30 @@ def cross_validate(
 
 def _predict_fold(name: str, fn: Callable[..., np.ndarray], fold: int, *, st_cut: ad.AnnData,
                   sc_base: ad.AnnData, shared: Sequence[str], held: Sequence[str], seed: int
-                  ) -> tuple[np.ndarray, float]:
-    """One method's prediction of one fold's held-out genes (checked) and the seconds it took;
-    the method gets copies, so that nothing it does to them reaches the next fold."""
+                  ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """One method's prediction of one fold's held-out genes, its own counts-scale prediction
+    (None where it gives none), both checked, and the seconds it took; the method gets copies,
+    so that nothing it does to them reaches the next fold."""
     held_set = set(held)
     known = [g for g in shared if g not in held_set]
     st_known = st_cut[:, known].copy()
     sc_in = sc_base.copy()
     t0 = time.perf_counter()
-    p = fn(st_known, sc_in, list(held), seed=seed)
+    out = fn(st_known, sc_in, list(held), seed=seed)
     seconds = time.perf_counter() - t0
-    p = p.toarray() if sp.issparse(p) else np.asarray(p, dtype=np.float64)
-    if p.shape != (st_cut.n_obs, len(held)):
-        raise ValueError(
-            f"Method {name!r} returned shape {p.shape} on fold {fold}; expected "
-            f"{(st_cut.n_obs, len(held))} (ST cells x held-out genes)."
-        )
-    if not np.isfinite(p).all():
-        raise ValueError(f"Method {name!r} returned non-finite values on fold {fold}.")
-    return p, seconds
+    p, own_counts = out if isinstance(out, tuple) else (out, None)
+    checked = []
+    for what, x in (("", p), (" counts", own_counts)):
+        if x is None:
+            checked.append(None)
+            continue
+        x = x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64)
+        if x.shape != (st_cut.n_obs, len(held)):
+            raise ValueError(
+                f"Method {name!r} returned{what} of shape {x.shape} on fold {fold}; expected "
+                f"{(st_cut.n_obs, len(held))} (ST cells x held-out genes)."
+            )
+        if not np.isfinite(x).all():
+            raise ValueError(f"Method {name!r} returned non-finite{what} values on fold {fold}.")
+        checked.append(x.astype(np.float64, copy=False))
+    return checked[0], checked[1], seconds
