@@ -650,7 +650,7 @@ Impute.Seurat <- function(object, reference, genes = NULL, assay = NULL, referen
 
 #' @describeIn Impute For SingleCellExperiment objects: adds the alternative experiment
 #'   \code{new.assay.name} with assays \code{logcounts} (the imputations), \code{counts}
-#'   (with raw-counts input: the same values as counts at each cell's depth), \code{std} and,
+#'   (with raw-counts input: the same values as expected counts at each cell's depth), \code{std} and,
 #'   with the stack, \code{lower} and \code{upper} (the interval), with the
 #'   \code{"deconvolution"} predictor the alternative experiment
 #'   \code{paste0(new.assay.name, ".proportions")} (assay \code{proportions}: units x cells),
@@ -705,7 +705,7 @@ Impute.SingleCellExperiment <- function(object, reference, genes = NULL, assay =
 #'   \code{dgCMatrix}, with gene names as row names): returns a genes x cells matrix of
 #'   imputations with \code{attr(, "std")} the uncertainty, \code{attr(, "lower")} and
 #'   \code{attr(, "upper")} the interval (with the stack), \code{attr(, "counts")} the
-#'   values as counts at each cell's depth (raw-counts input), \code{attr(, "proportions")}
+#'   values as expected counts at each cell's depth (raw-counts input), \code{attr(, "proportions")}
 #'   the spot deconvolution's proportions (units x cells; with the \code{"deconvolution"}
 #'   predictor), \code{attr(, "spalstf")} the
 #'   provenance, \code{attr(, "self_check")} the self-check summary and, with it,

@@ -108,7 +108,7 @@ print.SpaLSTFModel <- function(x, ...) {
 #'   with \code{attr(, "std")} their uncertainty and, when the model holds a learnt stack
 #'   (see \code{\link{Impute}}), \code{attr(, "lower")} and \code{attr(, "upper")} the
 #'   interval; with raw counts (\code{slot = "counts"}), \code{attr(, "counts")} the values
-#'   as counts at each cell's depth; with the \code{"deconvolution"} predictor,
+#'   as expected counts at each cell's depth; with the \code{"deconvolution"} predictor,
 #'   \code{attr(, "proportions")} the spots' proportions of reference units. To add the assays of the values and of their uncertainty to a Seurat object
 #'   instead, call \code{\link{Impute}(object, model)}.
 #' @importFrom stats predict
