@@ -249,8 +249,9 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
     label = "Truth: ST log1p(count / total over the shared genes * 1e4)"
     truths = (("lognorm", label), ("counts", "Truth: ST raw counts (as Li et al. 2022 score)"))
     if protocol == "li2022":
-        label = ("Truth: ST raw counts; predictions as expected counts at each cell's known-gene "
-                 "depth, expm1(prediction) * depth / 1e4 (Li et al. 2022's protocol)")
+        label = ("Truth: ST raw counts; predictions as counts at each cell's known-gene depth, "
+                 "expm1(prediction) * depth / 1e4, spalstf's as its layers[\"counts\"] (Li et "
+                 "al. 2022's protocol)")
         truths = (("counts", label), ("lognorm", "Truth: ST log1p(count / total over the shared "
                                       "genes * 1e4), same folds"))
     for truth, lab in truths:
@@ -292,10 +293,12 @@ def write(out: Path, name: str, cmd: str, sections: list[str], per_gene: list[pd
            "**Li et al. 2022's protocol** (`--protocol li2022`, their code's `kfold` and "
            "per-gene Pearson against raw counts): instead of the above, KFold(10) without "
            "shuffling (contiguous genes in the ST's order, ten folds' time), and each method's "
-           "log-normalised prediction turned into expected counts at each cell's own depth "
-           "(expm1(prediction) x the cell's total over the fold's known genes / 1e4) and scored "
-           "against the ST's raw counts. `libsize` predicts every gene by that depth alone: the "
-           "part of each score that is depth."] if li else []),
+           "log-normalised prediction turned into counts at each cell's own depth "
+           "(expm1(prediction) x the cell's total over the fold's known genes / 1e4; spalstf's "
+           "own counts output instead, its `layers[\"counts\"]`: the expected counts, Poisson "
+           "means whose expected measurement its values are) and scored against the ST's raw "
+           "counts. `libsize` predicts every gene by that depth alone: the part of each score "
+           "that is depth."] if li else []),
         "",
         "## Overview",
         "",
