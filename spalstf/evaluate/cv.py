@@ -524,18 +524,16 @@ def _predict_fold(name: str, fn: Callable[..., np.ndarray], fold: int, *, st_cut
     out = fn(st_known, sc_in, list(held), seed=seed)
     seconds = time.perf_counter() - t0
     p, own_counts = out if isinstance(out, tuple) else (out, None)
-    checked = []
-    for what, x in (("", p), ("counts ", own_counts)):
-        if x is None:
-            checked.append(None)
-            continue
+    shape = (st_cut.n_obs, len(held))
+
+    def checked(x: Any, what: str) -> np.ndarray:  # what: "" (the prediction) or "counts "
         x = x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64)
-        if x.shape != (st_cut.n_obs, len(held)):
-            raise ValueError(
-                f"Method {name!r} returned {what + 'of ' if what else ''}shape {x.shape} on "
-                f"fold {fold}; expected {(st_cut.n_obs, len(held))} (ST cells x held-out genes)."
-            )
+        if x.shape != shape:
+            raise ValueError(f"Method {name!r} returned {what and what + 'of '}shape {x.shape} "
+                             f"on fold {fold}; expected {shape} (ST cells x held-out genes).")
         if not np.isfinite(x).all():
             raise ValueError(f"Method {name!r} returned non-finite {what}values on fold {fold}.")
-        checked.append(x.astype(np.float64, copy=False))
-    return checked[0], checked[1], seconds
+        return x.astype(np.float64, copy=False)
+
+    return (checked(p, ""), None if own_counts is None else checked(own_counts, "counts "),
+            seconds)
