@@ -1,8 +1,9 @@
 """The cost of `layers["counts"]`'s expected counts at scale.
 
 The learnt combination's `layers["counts"]` inverts `expected_at_depth`
-(`spalstf.preprocess.expected_count_at_depth`). This times it, one thread, in the 4,096-cell
-chunks of an imputation, on the known-gene depths of a simulated ST and 200 target values per
+(`spalstf.preprocess.expected_count_at_depth`). This times it, one thread, in the chunks of an
+imputation (`spalstf.model.predict.STACK_CHUNK` cells; the table per distinct depth is made per
+chunk), on the known-gene depths of a simulated ST and 200 target values per
 cell, beside `expected_at_depth` (the stack's "at_depth" readout, which a default run computes
 too) and the plain `counts_at_depth` (expm1(X) x depth / 1e4) on the same values; prints a table
 and writes `benchmarks/results/counts_cost.{md,png}`.
@@ -26,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spalstf._atomic import atomic_path  # noqa: E402
+from spalstf.model.predict import STACK_CHUNK  # noqa: E402
 from spalstf.preprocess import (  # noqa: E402
     counts_at_depth,
     expected_at_depth,
     expected_count_at_depth,
 )
 
-CHUNK = 4096
+CHUNK = STACK_CHUNK  # the sink of an imputation converts one chunk at a time
 TARGETS = 200
 
 
