@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import spalstf  # noqa: E402
+from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.cli.commands import format_weights  # noqa: E402
 from spalstf.config import DEFAULT_PREDICTORS  # noqa: E402
 from spalstf.evaluate import metrics  # noqa: E402
@@ -130,7 +131,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"{name}: fold 1, median PCC")
         ax.set_xlabel("median per-gene PCC")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {r.configuration} | {r.pcc:.3f} | {r.spcc:.3f} | {r.weights} | "
                   f"{r.seconds:.0f} |" for r in part.itertuples()]
         lines.append("")
-    (out / f"{args.name}.md").write_text("\n".join(lines))
+    with atomic_path(out / f"{args.name}.md") as tmp:
+        tmp.write_text("\n".join(lines))
     plot(table, out / f"{args.name}.png")
     print("\n".join(lines))
     return 0

@@ -128,10 +128,13 @@ def report(rows: list[dict], args) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from spalstf._atomic import atomic_path
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out.with_suffix(".csv"), index=False)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
     best = table.groupby(["views", "setting"], sort=False).agg(
         wall=("wall_s_per_1000", "min"), cpu=("cpu_s_per_1000", "min"),
         loads=("load", lambda v: ", ".join(f"{x:.1f}" for x in v)),
@@ -149,7 +152,8 @@ def report(rows: list[dict], args) -> None:
         lines.append(f"| {views} | {name} | {r['wall']:.3f} | {r['cpu']:.3f} | "
                      f"{base / r['wall']:.2f}x | {r['loads']} | "
                      f"{'yes' if r['same'] else 'NO'} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{views}: {name}" for views, name in best.index]
@@ -158,7 +162,8 @@ def report(rows: list[dict], args) -> None:
     ax.set_xlabel("seconds per 1,000 cells")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.preprocess import Standardizer  # noqa: E402
 from spalstf.prior import Reference, SpotDeconvolution  # noqa: E402
 
@@ -61,7 +62,9 @@ def main() -> None:
                      f"{(done - prepared) / n * 1e4:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    (Path(__file__).resolve().parent / "results" / "deconvolution_time.md").write_text(text)
+    with atomic_path(Path(__file__).resolve().parent / "results"
+                     / "deconvolution_time.md") as tmp:
+        tmp.write_text(text)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ import torch  # noqa: E402
 
 import spalstf  # noqa: E402
 from spalstf import metrics  # noqa: E402
+from spalstf._atomic import atomic_path  # noqa: E402
 
 #: The sizes of the full check (GPU part about a minute on one H100) and of --quick.
 FULL = {
@@ -274,11 +275,13 @@ class Report:
     def write(self) -> None:
         """Written after every section, so a run cut short still leaves what it measured."""
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu_check.md").write_text(self.markdown())
+        with atomic_path(self.out / "gpu_check.md") as tmp:
+            tmp.write_text(self.markdown())
         doc = {**self.meta, "seconds": time.perf_counter() - _T0, "tolerances": TOL,
                "rows": self.rows, "timings": self.timings, "failures": self.failures,
                "passed": not self.failures}
-        (self.out / "gpu_check.json").write_text(json.dumps(_finite(doc), indent=1))
+        with atomic_path(self.out / "gpu_check.json") as tmp:
+            tmp.write_text(json.dumps(_finite(doc), indent=1))
 
 
 def _finite(value):

@@ -328,8 +328,10 @@ def record(name: str, *, network: int | None = None) -> list[Path]:
         known = [g for g in shared if g not in set(held)]
         total = counts[:, [shared.index(g) for g in known]].sum(1)
         values = record_fold(st, sc, known, list(held), network=network)
-        np.savez_compressed(paths[fold], o_counts=counts[:, [shared.index(g) for g in held]],
-                            o_depth=total, **values)
+        # a file handle: given a path not ending in .npz (the temporary's), numpy appends it
+        with atomic_path(paths[fold]) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, o_counts=counts[:, [shared.index(g) for g in held]],
+                                o_depth=total, **values)
         print(f"{name} fold {fold}: recorded ({float(values['seconds']):.0f} s)", flush=True)
     return paths
 
@@ -1030,7 +1032,8 @@ def scored(name: str, paths: list[Path], tag: str, *, reuse: bool) -> pd.DataFra
     if reuse and path.exists():
         return pd.read_csv(path)
     table = score_set(name, paths)
-    table.to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 

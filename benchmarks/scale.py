@@ -174,13 +174,16 @@ def main(argv=None) -> int:
 def report(rows: list[dict], args) -> None:
     import pandas as pd
 
+    from spalstf._atomic import atomic_path
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     if args.append and out.with_suffix(".csv").exists():
         table = pd.concat([pd.read_csv(out.with_suffix(".csv"), keep_default_na=False),
                            table], ignore_index=True)
-    table.to_csv(out.with_suffix(".csv"), index=False)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
     lines = ["# spalstf scale: the default command line", "",
              "`spalstf impute --st ST.h5ad --sc SC.h5ad --out OUT.h5ad` with its defaults "
              "(self-check, learnt combination, every default predictor) on simulated data "
@@ -195,7 +198,8 @@ def report(rows: list[dict], args) -> None:
                      f"| {r['targets']} | {r['threads']} | {r['wall_s']:.1f} | "
                      f"{r['cpu_s']:.1f} | {1e3 * r['cpu_s'] / r['st_cells']:.2f} | "
                      f"{r['peak_gib']:.2f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(table, out.with_suffix(".png"))
 
@@ -222,7 +226,10 @@ def plot(table, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("spalstf impute (default command line)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from spalstf._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 

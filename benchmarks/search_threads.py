@@ -98,10 +98,13 @@ def main(argv=None) -> int:
 def report(rows: list[dict], args) -> None:
     import pandas as pd
 
+    from spalstf._atomic import atomic_path
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out.with_suffix(".csv"), index=False)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
     wide = table.pivot(index="part", columns="threads", values="wall_ms_per_1000")
     wide = wide.loc[list(dict.fromkeys(table["part"]))]
     lines = ["# Per-cell parts of a large imputation at 1 and 2 threads", "",
@@ -119,7 +122,8 @@ def report(rows: list[dict], args) -> None:
     total = wide.sum()
     lines.append("| all parts | " + " | ".join(f"{v:.1f}" for v in total)
                  + (f" | {total.iloc[0] / total.iloc[-1]:.2f}x |" if len(total) > 1 else " |"))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 
@@ -131,7 +135,8 @@ def report(rows: list[dict], args) -> None:
     ax.set_xlabel("wall ms per 1,000 cells")
     ax.legend(title="threads")
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 

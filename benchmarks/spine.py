@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import spalstf  # noqa: E402
+from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.preprocess import log_normalize  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
@@ -105,9 +106,10 @@ def main() -> int:
     print(text)
     print(osm_line)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "spine.md").write_text(
-        "# Spine benchmark\n\n`.venv/bin/python benchmarks/spine.py` on 2 CPU cores.\n\n"
-        + text + "\n\n" + osm_line + "\n")
+    with atomic_path(OUT / "spine.md") as tmp:
+        tmp.write_text(
+            "# Spine benchmark\n\n`.venv/bin/python benchmarks/spine.py` on 2 CPU cores.\n\n"
+            + text + "\n\n" + osm_line + "\n")
 
     import matplotlib
 
@@ -121,7 +123,8 @@ def main() -> int:
     ax.set_ylabel("per-gene Pearson r (simulated truth)")
     ax.set_title("simulated data, 50 unmeasured genes")
     fig.tight_layout()
-    fig.savefig(OUT / "spine.png", dpi=100)
+    with atomic_path(OUT / "spine.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return 0
 
 
