@@ -178,15 +178,27 @@ def test_tangram_contract_and_mode(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tg, "map_cells_to_space", spy)
-    out = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200)
+    out, counts = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200)
     # clusters mode maps the reference's cell types; without them, its Leiden clusters
     assert modes == [("clusters", "cell_type" if with_types else "leiden")]
-    assert out.shape == (st_known.n_obs, len(TARGETS))
+    assert out.shape == counts.shape == (st_known.n_obs, len(TARGETS))
     assert np.isfinite(out).all() and (out >= 0).all()
+    assert np.isfinite(counts).all() and (counts >= 0).all()
+    # the counts are those of the mapped cells' mean profile at each cell's known-gene depth:
+    # back on the log-normalised scale, within the range of the reference's per-cell values of
+    # each gene (the projection, a sum over the mapped cells, is not: several cells a spot)
+    depth = np.asarray(st_known.X).sum(axis=1, keepdims=True)
+    mean_profile = np.log1p(counts / depth * B.SCALE)
+    _, _, sc_y, _ = B._prepare(st_known, sc, TARGETS)
+    assert (mean_profile <= sc_y.max(axis=0) + 1e-6).all()
+    assert (mean_profile >= sc_y.min(axis=0) - 1e-6).all()
+    assert (out > sc_y.max(axis=0)).any()
     np.testing.assert_array_equal(st_known.X, st0.X)
     np.testing.assert_array_equal(sc.X, sc0.X)
     assert list(sc.var_names) == list(sc0.var_names) and list(sc.obs) == list(sc0.obs)
-    np.testing.assert_array_equal(out, B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200))
+    again = B.tangram(st_known, sc, TARGETS, seed=0, num_epochs=200)
+    np.testing.assert_array_equal(out, again[0])
+    np.testing.assert_array_equal(counts, again[1])
     # the mapping carries the cell-type structure of the hidden genes
     st_full, _ = tiny_pair()
     x = st_full[:, TARGETS].X

@@ -315,7 +315,8 @@ def cross_validate(
     ``count.pearsonr``: per-gene ``scipy.stats.pearsonr`` of the imputed values against the
     ST's raw count file): 10 folds of contiguous genes in ``st``'s order (``seed`` then only
     seeds the methods), and the ``"counts"`` truth compared with each method's prediction on
-    the counts scale: its own where it returns one (spalstf: its ``layers["counts"]``), else
+    the counts scale: its own where it returns one (spalstf: its ``layers["counts"]``;
+    ``"tangram"``: the mean profile of the reference cells it maps to the cell, at its depth), else
     its log-normalised prediction turned into counts, :func:`expected_counts`:
     ``expm1(prediction) * L / 1e4`` with ``L`` the cell's total over that fold's known genes,
     the count at the cell's own depth (every method here predicts on the log-normalised scale
