@@ -262,6 +262,28 @@ def test_leiden_clusters_are_scanpys() -> None:
     assert not np.array_equal(a, b)
 
 
+def test_leiden_clusters_leave_torch_threads_alone() -> None:
+    # numba's threading layer, started by a process's first neighbour graph, set OpenMP's
+    # (and so torch's) thread count to every core over OMP_NUM_THREADS=1; run in a fresh
+    # process, where that first graph is leiden_clusters'
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from spalstf.evaluate.metrics import leiden_clusters\n"
+        "leiden_clusters(np.random.default_rng(0).normal(size=(120, 6)), n_neighbors=10)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    env.pop("SPALSTF_NUM_THREADS", None)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "1"
+
+
 def test_leiden_clusters_degenerate_inputs() -> None:
     rng = np.random.default_rng(0)
     assert (M.leiden_clusters(np.ones((50, 4))) == 0).all()  # constant prediction: one cluster

@@ -58,13 +58,23 @@ def leiden_clusters(
         rep = "X_pca"
     else:
         rep = "X"  # one gene: nothing to reduce
-    sc.pp.neighbors(
-        adata,
-        n_neighbors=min(n_neighbors, n_cells),
-        use_rep=rep,
-        transformer="sklearn",
-        random_state=seed,
-    )
+    import torch
+
+    # The first neighbour graph of a process starts numba's OpenMP threading layer, which sets
+    # OpenMP's thread count, torch's with it, to every core whatever OMP_NUM_THREADS says: the
+    # torch work after it ran on two threads beside another job on 2 cores, and small ops
+    # (Tangram's clusters mode) 20x slower. The caller's count is put back.
+    threads = torch.get_num_threads()
+    try:
+        sc.pp.neighbors(
+            adata,
+            n_neighbors=min(n_neighbors, n_cells),
+            use_rep=rep,
+            transformer="sklearn",
+            random_state=seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
     sc.tl.leiden(
         adata,
         resolution=resolution,
