@@ -62,7 +62,8 @@ def score_set(name: str, checkpoint: str | None) -> pd.DataFrame:
     mean against the log-normalised truth."""
     st, sc = load_set(name)
     cv = cross_validate(st, sc, methods=["tangram"], protocol="li2022", clustering=False,
-                        checkpoint=checkpoint)
+                        checkpoint=None if checkpoint is None
+                        else Path(checkpoint) / "li2022" / name)  # accuracy.py's layout
     shared = list(cv.predictions["tangram"].columns)
     x = st[:, shared].X
     counts = (x.toarray() if hasattr(x, "toarray") else np.asarray(x)).astype(np.float64)
