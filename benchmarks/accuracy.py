@@ -250,8 +250,9 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
     truths = (("lognorm", label), ("counts", "Truth: ST raw counts (as Li et al. 2022 score)"))
     if protocol == "li2022":
         label = ("Truth: ST raw counts; predictions as counts at each cell's known-gene depth, "
-                 "expm1(prediction) * depth / 1e4, spalstf's as its layers[\"counts\"] (Li et "
-                 "al. 2022's protocol)")
+                 "expm1(prediction) * depth / 1e4, spalstf's as its layers[\"counts\"], "
+                 "Tangram's as its mapped cells' mean profile at that depth (Li et al. 2022's "
+                 "protocol)")
         truths = (("counts", label), ("lognorm", "Truth: ST log1p(count / total over the shared "
                                       "genes * 1e4), same folds"))
     for truth, lab in truths:
@@ -296,7 +297,9 @@ def write(out: Path, name: str, cmd: str, sections: list[str], per_gene: list[pd
            "log-normalised prediction turned into counts at each cell's own depth "
            "(expm1(prediction) x the cell's total over the fold's known genes / 1e4; spalstf's "
            "own counts output instead, its `layers[\"counts\"]`: the expected counts, Poisson "
-           "means whose expected measurement its values are) and scored against the ST's raw "
+           "means whose expected measurement its values are; Tangram's, whose projection "
+           "sums the profiles of the reference cells it maps to a cell, the mean of those "
+           "profiles at that depth) and scored against the ST's raw "
            "counts. `libsize` predicts every gene by that depth alone: the part of each score "
            "that is depth."] if li else []),
         "",
