@@ -288,8 +288,8 @@ def tangram(
     grows with how many cells Tangram put there (5 to 19 per ExSeq cell) and is not itself a
     log-normalised value: the counts are :func:`spalstf.evaluate.cv.expected_counts` of the
     projection divided by that number (the mapped cells' mean profile) at the cell's known-gene
-    depth. Turning the sum itself into counts (exponentials of values up to 84) scored 0.084
-    on ExSeq under that protocol, the mean 0.501.
+    depth. Turning the sum itself into counts (exponentials of values up to 84) scored 0.080
+    on ExSeq under that protocol, the mean 0.501 (``benchmarks/results/tangram_counts.md``).
     """
     tg = _import_tangram("tangram")
     st_x, sc_x, sc_y, known = _prepare(st_known, sc, target_genes)
