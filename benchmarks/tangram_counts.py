@@ -45,16 +45,11 @@ from accuracy import load_set  # noqa: E402
 from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import cross_validate, expected_counts  # noqa: E402
+from spalstf.evaluate.metrics import pcc  # noqa: E402
 
 #: The sets of ../shared/data that are in Li et al.'s benchmark.
 SETS = ("osmfish", "exseq_cortex", "starmap_cortex")
 FORMS = ("expm1 of the sum", "mean at depth", "the sum as is")
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0 or not np.isfinite(b).all():
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def score_set(name: str, checkpoint: str | None) -> pd.DataFrame:
@@ -70,22 +65,20 @@ def score_set(name: str, checkpoint: str | None) -> pd.DataFrame:
     truth_ln = lognormalize(counts, counts.sum(axis=1))
     projection = cv.predictions["tangram"].to_numpy(np.float64)
     own = cv.counts_predictions["tangram"].to_numpy(np.float64)
-    rows = []
+    parts = []
     for fold, held in enumerate(cv.folds):
         idx = [shared.index(g) for g in held]
         depth = np.delete(counts, idx, axis=1).sum(axis=1)
-        as_log = expected_counts(projection[:, idx], depth)
-        for j, (g, i) in enumerate(zip(held, idx, strict=True)):
-            truth = counts[:, i]
-            forms = (as_log[:, j], own[:, i], projection[:, i])
-            row = {"dataset": name, "fold": fold, "gene": g}
-            row.update({f: pearson(truth, v) for f, v in zip(FORMS, forms, strict=True)})
-            # the mean's log-normalised value, recovered from its counts
-            mean = np.log1p(own[:, i] / np.where(depth > 0, depth, 1.0) * 1e4)
-            row["sum, log-normalised truth"] = pearson(truth_ln[:, i], projection[:, i])
-            row["mean, log-normalised truth"] = pearson(truth_ln[:, i], mean)
-            rows.append(row)
-    return pd.DataFrame(rows)
+        forms = (expected_counts(projection[:, idx], depth), own[:, idx], projection[:, idx])
+        part = pd.DataFrame({"dataset": name, "fold": fold, "gene": held})
+        for form, values in zip(FORMS, forms, strict=True):
+            part[form] = pcc(counts[:, idx], values)
+        part["sum, log-normalised truth"] = pcc(truth_ln[:, idx], projection[:, idx])
+        # the mean's log-normalised value, recovered from its counts
+        part["mean, log-normalised truth"] = pcc(truth_ln[:, idx],
+                                                 lognormalize(own[:, idx], depth))
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:

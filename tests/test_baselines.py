@@ -187,8 +187,7 @@ def test_tangram_contract_and_mode(
     # the counts are those of the mapped cells' mean profile at each cell's known-gene depth:
     # back on the log-normalised scale, within the range of the reference's per-cell values of
     # each gene (the projection, a sum over the mapped cells, is not: several cells a spot)
-    depth = np.asarray(st_known.X).sum(axis=1, keepdims=True)
-    mean_profile = np.log1p(counts / depth * B.SCALE)
+    mean_profile = B.lognormalize(counts, np.asarray(st_known.X).sum(axis=1))
     _, _, sc_y, _ = B._prepare(st_known, sc, TARGETS)
     assert (mean_profile <= sc_y.max(axis=0) + 1e-6).all()
     assert (mean_profile >= sc_y.min(axis=0) - 1e-6).all()
