@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from accuracy import load_set  # noqa: E402
 
 from spalstf._atomic import atomic_path  # noqa: E402
+from spalstf.evaluate._cli import markdown_table  # noqa: E402
 from spalstf.evaluate.baselines import lognormalize  # noqa: E402
 from spalstf.evaluate.cv import cross_validate, expected_counts  # noqa: E402
 from spalstf.evaluate.metrics import pcc  # noqa: E402
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
              "Median over genes of the per-gene Pearson, ten unshuffled gene folds; the first "
              "three against the raw counts, the last two against the log-normalised truth. "
              "`mean at depth` is what `protocol=\"li2022\"` scores.", "",
-             "| data set | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in r) + " |"
-              for name, r in table.iterrows()]
+             markdown_table(table, index_name="data set")]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)
