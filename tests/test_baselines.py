@@ -286,3 +286,37 @@ def test_tangram_cells_maps_cells_with_the_count_prior(
     np.testing.assert_allclose(np.expm1(out) * depth / 1e4, projections[0], rtol=1e-5, atol=1e-9)
     again = B.get_method("tangram_cells")(st_known, sc, TARGETS, seed=0, num_epochs=30)
     np.testing.assert_array_equal(out, again)
+
+
+@needs_tangram
+@pytest.mark.parametrize("mode", ["cells", "clusters"])
+def test_tangram_map_is_tangrams_own_to_the_bit(
+    mode: str, pair: tuple[ad.AnnData, ad.AnnData]
+) -> None:
+    # _seeded_map leaves out Tangram's entropy term at its default weight 0 (a third of an
+    # epoch's time): the map must be the one Tangram's own loss gives, and Tangram's class is
+    # left as it was
+    import tangram as tg
+
+    st_known, sc = pair
+    _, _, _, known = B._prepare(st_known, sc, TARGETS)
+    ad_sp = ad.AnnData(np.asarray(st_known[:, known].X, dtype=np.float32))
+    ad_sp.var_names = known
+    ad_sc = ad.AnnData(B.lognormalize(np.asarray(sc.X, dtype=float), sc.X.sum(axis=1))
+                       .astype(np.float32), obs=sc.obs.copy())
+    ad_sc.var_names = list(sc.var_names)
+    tg.pp_adatas(ad_sc, ad_sp, genes=known)
+    options = {"mode": mode, "num_epochs": 40, "density_prior": "rna_count_based"}
+    if mode == "clusters":
+        options["cluster_label"] = "cell_type"
+    own_loss = tg.mapping_optimizer.Mapper._loss_fn
+    ours = B._seeded_map(tg, ad_sc.copy(), ad_sp.copy(), seed=3, device="cpu", **options)
+    assert tg.mapping_optimizer.Mapper._loss_fn is own_loss
+    np.random.seed(3)
+    theirs = tg.map_cells_to_space(ad_sc.copy(), ad_sp.copy(), device="cpu", random_state=3,
+                                   verbose=False, **options)
+    np.testing.assert_array_equal(ours.X, theirs.X)
+    assert np.isfinite(ours.X).all()
+    # what the unweighted terms read in the history is unchanged too (0/0: NaN)
+    for key in ("total_loss", "main_loss", "kl_reg", "entropy_reg"):
+        assert ours.uns["training_history"][key] == theirs.uns["training_history"][key], key

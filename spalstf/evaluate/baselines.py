@@ -369,15 +369,60 @@ def _seeded_map(tg: Any, ad_sc: ad.AnnData, ad_sp: ad.AnnData, *, seed: int, dev
     # both here, inside saved states, so that the caller's generators are left as they were.
     np_state = np.random.get_state()
     cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    mapper = tg.mapping_optimizer.Mapper
+    own_loss = mapper._loss_fn
     try:
         with torch.random.fork_rng(devices=cuda):
             np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
+            mapper._loss_fn = _loss_without_unweighted_entropy(own_loss)
             return tg.map_cells_to_space(
                 ad_sc, ad_sp, device=device, random_state=seed, verbose=False, **options
             )
     finally:
+        mapper._loss_fn = own_loss
         np.random.set_state(np_state)
+
+
+def _loss_without_unweighted_entropy(own_loss: Callable) -> Callable:
+    """Tangram's ``Mapper._loss_fn``, the same map in a third less time.
+
+    Its entropy regulariser, ``lambda_r * (log(P) * P).sum()`` over the cells x spots matrix
+    ``P``, is computed and differentiated on every epoch even at ``lambda_r = 0``, the default
+    that ``map_cells_to_space`` uses: a third of an epoch's time on a CPU (0.58 s against 0.39 s
+    at osmFISH's 5,613 x 3,405). Its gradient is then exactly zero, so leaving the term out
+    gives the same map, to the bit (tested against Tangram's own loss), unless a probability
+    underflows to 0, where Tangram's term would turn the whole map into NaN (0 x log 0). Any
+    other case, printing included, runs Tangram's own loss.
+    """
+    import torch
+    from torch.nn.functional import cosine_similarity, softmax
+
+    def loss(self: Any, verbose: bool = True) -> tuple:
+        if verbose or self.lambda_r != 0:
+            return own_loss(self, verbose=verbose)
+        # Tangram's _loss_fn (tangram-sc 1.0), line by line, without the entropy term
+        m_probs = softmax(self.M, dim=1)
+        density_term = None
+        if self.target_density_enabled and self.source_density_enabled:
+            d_pred = torch.log(self.d_source @ m_probs)
+            density_term = self.lambda_d * self._density_criterion(d_pred, self.d)
+        elif self.target_density_enabled:
+            d_pred = torch.log(m_probs.sum(axis=0) / self.M.shape[0])
+            density_term = self.lambda_d * self._density_criterion(d_pred, self.d)
+        g_pred = torch.matmul(m_probs.t(), self.S)
+        gv_term = self.lambda_g1 * cosine_similarity(g_pred, self.G, dim=0).mean()
+        vg_term = self.lambda_g2 * cosine_similarity(g_pred, self.G, dim=1).mean()
+        total_loss = -(gv_term + vg_term)
+        kl_reg = np.nan
+        if density_term is not None:
+            total_loss = total_loss + density_term
+            kl_reg = (density_term / self.lambda_d).tolist()
+        # the history's entries as Tangram's loss gives them (0/0 for the unweighted terms)
+        return (total_loss, (gv_term / self.lambda_g1).tolist(),
+                (vg_term / self.lambda_g2).tolist(), kl_reg, np.nan)
+
+    return loss
 
 
 def _projected(ad_ge: ad.AnnData, targets: Sequence[str]) -> np.ndarray:
