@@ -464,7 +464,23 @@ def tangram_cells(
     """
     tg = _import_tangram("tangram_cells")
     targets = list(target_genes)
-    _, _, _, known = _prepare(st_known, sc, targets)
+    ad_sc, ad_sp, depth = tangram_cells_inputs(tg, st_known, sc, targets)
+    ad_map = _seeded_map(
+        tg, ad_sc, ad_sp, seed=seed, device=device, mode="cells", num_epochs=num_epochs,
+        density_prior="rna_count_based",
+    )
+    proj = np.clip(_projected(tg.project_genes(adata_map=ad_map, adata_sc=ad_sc), targets), 0,
+                   None)
+    return lognormalize(proj, depth)
+
+
+def tangram_cells_inputs(tg: Any, st_known: ad.AnnData, sc: ad.AnnData,
+                         target_genes: Sequence[str]
+                         ) -> tuple[ad.AnnData, ad.AnnData, np.ndarray]:
+    """(reference, ST, the ST cells' known-gene totals): the first two as :func:`tangram_cells`
+    hands them to ``map_cells_to_space``, after Tangram's ``pp_adatas`` on the known genes: the
+    reference log-normalised to its median total, the ST as raw counts of the known genes."""
+    _, _, _, known = _prepare(st_known, sc, list(target_genes))
     st_c = _counts(st_known, known)
     ad_sp = ad.AnnData(st_c.astype(np.float32))
     ad_sp.var_names = known
@@ -476,13 +492,7 @@ def tangram_cells(
     ad_sc = ad.AnnData(np.log1p(x / total[keep, None] * np.median(total[keep])).astype(np.float32))
     ad_sc.var_names = list(sc.var_names)
     tg.pp_adatas(ad_sc, ad_sp, genes=known)
-    ad_map = _seeded_map(
-        tg, ad_sc, ad_sp, seed=seed, device=device, mode="cells", num_epochs=num_epochs,
-        density_prior="rna_count_based",
-    )
-    proj = np.clip(_projected(tg.project_genes(adata_map=ad_map, adata_sc=ad_sc), targets), 0,
-                   None)
-    return lognormalize(proj, st_c.sum(axis=1))
+    return ad_sc, ad_sp, st_c.sum(axis=1)
 
 
 def gimvi(
