@@ -25,6 +25,7 @@ scored fairly against a truth normalised over all measured genes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -370,18 +371,25 @@ def _seeded_map(tg: Any, ad_sc: ad.AnnData, ad_sp: ad.AnnData, *, seed: int, dev
     np_state = np.random.get_state()
     cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     mapper = tg.mapping_optimizer.Mapper
-    own_loss = mapper._loss_fn
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
-            mapper._loss_fn = _loss_without_unweighted_entropy(own_loss)
-            return tg.map_cells_to_space(
-                ad_sc, ad_sp, device=device, random_state=seed, verbose=False, **options
-            )
-    finally:
-        mapper._loss_fn = own_loss
-        np.random.set_state(np_state)
+    # the loss is swapped on Tangram's class, for every caller in the process: one map at a
+    # time, so that a thread never restores another's swap as Tangram's own
+    with _TANGRAM_LOSS_SWAP:
+        own_loss = mapper._loss_fn
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                np.random.seed(seed % 2**32)
+                torch.manual_seed(seed)
+                mapper._loss_fn = _loss_without_unweighted_entropy(own_loss)
+                return tg.map_cells_to_space(
+                    ad_sc, ad_sp, device=device, random_state=seed, verbose=False, **options
+                )
+        finally:
+            mapper._loss_fn = own_loss
+            np.random.set_state(np_state)
+
+
+#: Held while `_seeded_map` runs Tangram with its loss swapped.
+_TANGRAM_LOSS_SWAP = threading.Lock()
 
 
 def _loss_without_unweighted_entropy(own_loss: Callable) -> Callable:
