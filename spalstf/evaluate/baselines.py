@@ -397,11 +397,12 @@ def _loss_without_unweighted_entropy(own_loss: Callable) -> Callable:
 
     Its entropy regulariser, ``lambda_r * (log(P) * P).sum()`` over the cells x spots matrix
     ``P``, is computed and differentiated on every epoch even at ``lambda_r = 0``, the default
-    that ``map_cells_to_space`` uses: a third of an epoch's time on a CPU (0.58 s against 0.39 s
-    at osmFISH's 5,613 x 3,405). Its gradient is then exactly zero, so leaving the term out
-    gives the same map, to the bit (tested against Tangram's own loss), unless a probability
-    underflows to 0, where Tangram's term would turn the whole map into NaN (0 x log 0). Any
-    other case, printing included, runs Tangram's own loss.
+    that ``map_cells_to_space`` uses: a third of an epoch's time on a CPU (0.57 s against 0.38 s
+    at osmFISH's 5,613 x 3,405, one thread; ``benchmarks/tangram_speed.py``,
+    ``benchmarks/results/tangram_speed.md``). Its gradient is then exactly zero, so leaving the
+    term out gives the same map, to the bit (tested against Tangram's own loss), unless a
+    probability underflows to 0, where Tangram's term would turn the whole map into NaN
+    (0 x log 0). Any other case, printing included, runs Tangram's own loss.
     """
     import torch
     from torch.nn.functional import cosine_similarity, softmax
