@@ -7,8 +7,10 @@ data, with every method in one run: the reference mean, kNN, SpaGE-style, ridge,
 ``benchmark`` extra) and spalstf. Prints a table per data set as it finishes (median and mean
 over genes of PCC, SPCC, SSIM, RMSE, JS; NaN count; AS; ARI; wall time of the five folds) and
 writes ``benchmarks/results/<name>.md`` (an overview of all sets first: median PCC / SPCC and
-time per method, the best baseline per set), ``<name>_per_gene.csv`` and
-``<name>_per_gene.png``, rewritten after each data set so a long run leaves its finished sets.
+time per method, the best baseline per set and, under the project's protocol, the anchor:
+the median PCC of a ridge trained on the ST's own cells, `spalstf.evaluate.cv.st_trained_ridge`),
+``<name>_per_gene.csv`` and ``<name>_per_gene.png``, rewritten after each data set so a long
+run leaves its finished sets.
 
     .venv/bin/python benchmarks/accuracy.py                       # everything
     .venv/bin/python benchmarks/accuracy.py --baselines --name baselines_all   # no spalstf
@@ -52,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.datasets import _loaders as L  # noqa: E402
 from spalstf.evaluate._cli import markdown_table, plot_per_gene, report_table  # noqa: E402
-from spalstf.evaluate.cv import cross_validate  # noqa: E402
+from spalstf.evaluate.cv import cross_validate, st_trained_ridge  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
 REAL = ("osmfish", "visium_brain", "visium_lymph", "exseq_cortex", "starmap_cortex")
@@ -94,11 +96,12 @@ def tangram_mode(sc) -> str:
     return "clusters" if "cell_type" in sc.obs else "Leiden clusters"
 
 
-def overview(summaries: dict[str, pd.DataFrame],
-             truth: str = "lognorm") -> tuple[str, pd.DataFrame]:
+def overview(summaries: dict[str, pd.DataFrame], truth: str = "lognorm",
+             anchors: dict[str, float] | None = None) -> tuple[str, pd.DataFrame]:
     """One row per data set and method (``truth``, log-normalised by default): median PCC,
-    SPCC and wall time; and the best baseline per set (highest median PCC, spalstf, the
-    constant mean and the library size aside)."""
+    SPCC and wall time; the best baseline per set (highest median PCC, spalstf, the
+    constant mean and the library size aside); and, given ``anchors``, each set's median PCC
+    of the ST-trained ridge (`spalstf.evaluate.cv.st_trained_ridge`)."""
     rows = []
     for name, s in summaries.items():
         t = s.xs(truth)
@@ -107,8 +110,9 @@ def overview(summaries: dict[str, pd.DataFrame],
                          "spcc": r["spcc_median"], "time_s": r["wall_time_s"]})
     tab = pd.DataFrame(rows)
     methods = list(dict.fromkeys(tab["method"]))
-    lines = ["| data set | " + " | ".join(methods) + " | best baseline |",
-             "|---|" + "---|" * (len(methods) + 1)]
+    anchor = " | anchor (ST-trained ridge)" if anchors else ""
+    lines = ["| data set | " + " | ".join(methods) + " | best baseline" + anchor + " |",
+             "|---|" + "---|" * (len(methods) + 1 + bool(anchors))]
     for name, part in tab.groupby("dataset", sort=False):
         by = part.set_index("method")
         cells = []
@@ -124,6 +128,8 @@ def overview(summaries: dict[str, pd.DataFrame],
         base = by.drop(index=[m for m in ("mean", "libsize", "spalstf")
                               if m in by.index])["pcc"].dropna()
         best = f"{base.idxmax()} ({base.max():.3f})" if len(base) else "n/a"
+        if anchors:
+            best += f" | {anchors[name]:.3f}" if name in anchors else " | n/a"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} |")
     return "\n".join(lines), tab
 
@@ -182,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         ready = [n for n in names if n in done]  # the report keeps the order of --datasets
         write(out, args.name, cmd, [done[n]["section"] for n in ready],
               [done[n]["per_gene"] for n in ready], {n: done[n]["summary"] for n in ready},
-              skipped, time.perf_counter() - start, jobs, protocol=args.protocol)
+              skipped, time.perf_counter() - start, jobs, protocol=args.protocol,
+              anchors={n: done[n]["anchor"] for n in ready if done[n]["anchor"] is not None})
 
     task = partial(run_one, methods=methods, sp_opts=sp_opts, clustering=not args.no_clustering,
                    protocol=args.protocol, checkpoint=args.checkpoint)
@@ -244,6 +251,12 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
         head += (f" {loaded} of its {made} method folds were loaded from the checkpoint of an "
                  "earlier, interrupted run (their times as measured when they were made), so "
                  "this run took less than the methods' times.")
+    anchor = None
+    if protocol == "project":
+        anchor = float(np.nanmedian(st_trained_ridge(st, res.folds)["pcc"]))
+        head += (f" Anchor: a ridge from the known genes to the held-out genes trained on the "
+                 f"ST's own cells, scored on cells it did not see (what a perfect reference of "
+                 f"the same platform could teach), median PCC {anchor:.3f}.")
     tabs = []
     printed = ""
     label = "Truth: ST log1p(count / total over the shared genes * 1e4)"
@@ -261,19 +274,21 @@ def run_one(name: str, *, methods: str, sp_opts: dict, clustering: bool,
         if not printed:
             printed = tab
     return {"section": head + "\n\n" + "\n\n".join(tabs), "printed": printed, "label": label,
-            "per_gene": res.per_gene.assign(dataset=name), "summary": res.summary}
+            "per_gene": res.per_gene.assign(dataset=name), "summary": res.summary,
+            "anchor": anchor}
 
 
 def write(out: Path, name: str, cmd: str, sections: list[str], per_gene: list[pd.DataFrame],
           summaries: dict[str, pd.DataFrame], skipped: list[str], seconds: float,
-          jobs: int = 1, *, protocol: str = "project") -> None:
+          jobs: int = 1, *, protocol: str = "project",
+          anchors: dict[str, float] | None = None) -> None:
     """The Markdown page, the per-gene CSV and the box plots of the sets finished so far."""
     allg = pd.concat(per_gene, ignore_index=True)
     with atomic_path(out / f"{name}_per_gene.csv") as tmp:
         allg.to_csv(tmp, index=False, float_format="%.4f")
     li = protocol == "li2022"
     plot_per_gene(allg, out / f"{name}_per_gene.png", truth="counts" if li else "lognorm")
-    table, _ = overview(summaries, "counts" if li else "lognorm")
+    table, _ = overview(summaries, "counts" if li else "lognorm", anchors)
     md = [
         "# Accuracy benchmark (leave-genes-out cross-validation)",
         "",

@@ -9,7 +9,7 @@ from sklearn.model_selection import KFold
 from test_baselines import tiny_pair
 
 from spalstf.evaluate.baselines import lognormalize
-from spalstf.evaluate.cv import cross_validate, gene_folds
+from spalstf.evaluate.cv import cross_validate, gene_folds, st_trained_ridge
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +395,25 @@ def test_li2022_scores_spalstf_counts_layer(pair: tuple[ad.AnnData, ad.AnnData])
     out = spalstf.impute(st[:, known].copy(), sc, held, seed=0, progress=False, **fast)
     np.testing.assert_allclose(res.counts_predictions["spalstf"][held].to_numpy(),
                                out.layers["counts"], rtol=1e-5)
+
+
+def test_st_trained_ridge_scores_only_cells_it_did_not_see() -> None:
+    # the anchor learns a held-out gene that follows the known genes, and does not score an
+    # unpredictable one above chance: each cell is predicted by a ridge fitted without it
+    rng = np.random.default_rng(0)
+    n, known = 400, 20
+    base = rng.gamma(2.0, 2.0, size=(n, known))
+    counts = rng.poisson(base * 5).astype(float)
+    following = rng.poisson(base[:, :3].sum(axis=1) * 5)  # follows three known genes
+    noise = rng.poisson(20.0, size=n)  # independent of everything
+    x = np.column_stack([counts, following, noise])
+    st = ad.AnnData(x)
+    st.var_names = [f"g{i}" for i in range(known)] + ["following", "noise"]
+    st0 = st.copy()
+    folds = [["following", "noise"], [f"g{i}" for i in range(known)]]
+    scores = st_trained_ridge(st, folds).set_index("gene")["pcc"]
+    assert list(scores.index) == ["following", "noise", *[f"g{i}" for i in range(known)]]
+    assert scores["following"] > 0.6
+    # in sample, 20 inputs on 400 cells would correlate about sqrt(20 / 400) ~ 0.2 by chance
+    assert abs(scores["noise"]) < 0.12
+    np.testing.assert_array_equal(st.X, st0.X)

@@ -146,6 +146,59 @@ def expected_counts(prediction: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return counts_at_depth(prediction, depth, scale_factor=SCALE)
 
 
+def st_trained_ridge(st: ad.AnnData, folds: Sequence[Sequence[str]], *, cell_folds: int = 5,
+                     seed: int = 0) -> pd.DataFrame:
+    """What the ST's own known genes can tell of its held-out genes: an anchor for the
+    leave-genes-out scores (issue 27), not a method (it is trained on the genes it predicts).
+
+    For each gene fold, a ridge from the fold's known genes to its held-out genes, trained on
+    the ST's own cells and scored on cells it did not see: the cells split by
+    ``KFold(cell_folds, shuffle=True, random_state=seed)``, each part predicted by the ridge
+    fitted on the others, as a perfect reference of the same platform could teach. The inputs
+    are what the methods see (the known genes log-normalised by their own total, standardised
+    on the training cells), the truth is :func:`cross_validate`'s log-normalised one (over
+    every gene of ``folds``); the penalty per held-out gene by efficient leave-one-out
+    (scikit-learn ``RidgeCV``) on the training cells.
+
+    Parameters
+    ----------
+    st
+        The ST, raw counts in ``X``, holding every gene of ``folds``.
+    folds
+        The held-out genes of each fold (``CrossValidationResult.folds``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (fold, gene): ``pcc`` of the out-of-sample predictions against the truth.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.preprocessing import StandardScaler
+
+    shared = [g for fold in folds for g in fold]
+    x = _matrix(st, None, "st")[:, st.var_names.get_indexer(shared)]
+    counts = (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
+    truth = lognormalize(counts, counts.sum(axis=1))
+    splits = list(KFold(cell_folds, shuffle=True, random_state=seed).split(counts))
+    rows = []
+    for f, held in enumerate(folds):
+        idx = [shared.index(g) for g in held]
+        known = np.delete(counts, idx, axis=1)
+        inputs = lognormalize(known, known.sum(axis=1))
+        pred = np.empty((counts.shape[0], len(idx)))
+        for train, test in splits:
+            scale = StandardScaler().fit(inputs[train])
+            model = RidgeCV(alphas=np.logspace(-2, 5, 15), alpha_per_target=True)
+            model.fit(scale.transform(inputs[train]), truth[np.ix_(train, idx)])
+            pred[test] = model.predict(scale.transform(inputs[test]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rows.append(pd.DataFrame({"fold": f, "gene": list(held),
+                                      "pcc": _m.pcc(truth[:, idx], pred)}))
+    return pd.concat(rows, ignore_index=True)
+
+
 def _matrix(adata: ad.AnnData, layer: str | None, name: str) -> Any:
     if layer is None:
         return adata.X
