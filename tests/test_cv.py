@@ -417,3 +417,7 @@ def test_st_trained_ridge_scores_only_cells_it_did_not_see() -> None:
     # in sample, 20 inputs on 400 cells would correlate about sqrt(20 / 400) ~ 0.2 by chance
     assert abs(scores["noise"]) < 0.12
     np.testing.assert_array_equal(st.X, st0.X)
+    with pytest.raises(ValueError, match="`folds`.*absent"):
+        st_trained_ridge(st, [["following", "absent"], ["noise"]])
+    with pytest.raises(ValueError, match="`cell_folds`"):
+        st_trained_ridge(st, folds, cell_folds=1)

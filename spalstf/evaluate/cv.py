@@ -177,7 +177,15 @@ def st_trained_ridge(st: ad.AnnData, folds: Sequence[Sequence[str]], *, cell_fol
     from sklearn.preprocessing import StandardScaler
 
     shared = [g for fold in folds for g in fold]
-    x = _matrix(st, None, "st")[:, st.var_names.get_indexer(shared)]
+    where = st.var_names.get_indexer(shared)
+    if (where < 0).any() or len(set(shared)) != len(shared):
+        absent = [g for g, i in zip(shared, where, strict=True) if i < 0]
+        raise ValueError(f"`folds` must hold distinct genes of `st`; received {len(absent)} "
+                         f"absent (e.g. {absent[:5]}) among {len(shared)}.")
+    if not 2 <= cell_folds <= st.n_obs:
+        raise ValueError(f"`cell_folds` must be between 2 and the number of cells "
+                         f"({st.n_obs}); received {cell_folds}.")
+    x = _matrix(st, None, "st")[:, where]
     counts = (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
     truth = lognormalize(counts, counts.sum(axis=1))
     splits = list(KFold(cell_folds, shuffle=True, random_state=seed).split(counts))
