@@ -25,8 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from spalstf._atomic import atomic_path  # noqa: E402
+from _report import write_report  # noqa: E402
+
 from spalstf.model.predict import STACK_CHUNK  # noqa: E402
 from spalstf.preprocess import (  # noqa: E402
     counts_at_depth,
@@ -78,23 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| `{name}` | {s:.2f} | {per:.1f} |" for name, s, per in rows]
     lines += ["", f"Inversion error, |mean recovered - mean| / mean: median {np.median(rel):.1e}, "
               f"99th percentile {np.quantile(rel, 0.99):.1e}, largest {rel.max():.1e}."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(text)
-    import matplotlib
+    def draw(ax) -> None:
+        ax.barh([r[0] for r in rows], [r[2] for r in rows])
+        ax.set_xlabel("CPU seconds per 10^6 cells x 200 values")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 2.5))
-    ax.barh([r[0] for r in rows], [r[2] for r in rows])
-    ax.set_xlabel("CPU seconds per 10^6 cells x 200 values")
-    fig.tight_layout()
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    write_report(args.out, "\n".join(lines) + "\n", draw, figsize=(6, 2.5))
     return 0
 
 

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _report import write_report  # noqa: E402
 from accuracy import load_set  # noqa: E402
 
 from spalstf._atomic import atomic_path  # noqa: E402
@@ -100,26 +101,16 @@ def main(argv: list[str] | None = None) -> int:
              "three against the raw counts, the last two against the log-normalised truth. "
              "`mean at depth` is what `protocol=\"li2022\"` scores.", "",
              markdown_table(table, index_name="data set")]
-    text = "\n".join(lines) + "\n"
-    print(text)
     out = Path(args.out)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(text)
     with atomic_path(out.parent / (out.name + "_per_gene.csv")) as tmp:
         per_gene.to_csv(tmp, index=False)
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax) -> None:
+        table[list(FORMS)].plot.bar(ax=ax, rot=0)
+        ax.set_ylabel("median PCC against raw counts")
+        ax.legend(fontsize=8)
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    table[list(FORMS)].plot.bar(ax=ax, rot=0)
-    ax.set_ylabel("median PCC against raw counts")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    write_report(out, "\n".join(lines) + "\n", draw, figsize=(7, 3))
     return 0
 
 

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _report import write_report  # noqa: E402
 from accuracy import load_set  # noqa: E402
 
-from spalstf._atomic import atomic_path  # noqa: E402
 from spalstf.evaluate import baselines as B  # noqa: E402
 from spalstf.evaluate._cli import markdown_table  # noqa: E402
 from spalstf.evaluate.cv import gene_folds  # noqa: E402
@@ -89,25 +89,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.repeats}, alternating; wall time, so other jobs on the machine inflate "
              "both forms alike).", "",
              markdown_table(table.round(3), index_name="data set")]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(text)
-    import matplotlib
+    def draw(ax) -> None:
+        table[["Tangram's loss, s per epoch", "without the unweighted entropy, s per epoch"]] \
+            .plot.bar(ax=ax, rot=0)
+        ax.set_ylabel("seconds per epoch")
+        ax.legend(fontsize=8)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    table[["Tangram's loss, s per epoch", "without the unweighted entropy, s per epoch"]] \
-        .plot.bar(ax=ax, rot=0)
-    ax.set_ylabel("seconds per epoch")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    write_report(args.out, "\n".join(lines) + "\n", draw)
     return 0
 
 
