@@ -299,13 +299,7 @@ def test_tangram_map_is_tangrams_own_to_the_bit(
     import tangram as tg
 
     st_known, sc = pair
-    _, _, _, known = B._prepare(st_known, sc, TARGETS)
-    ad_sp = ad.AnnData(np.asarray(st_known[:, known].X, dtype=np.float32))
-    ad_sp.var_names = known
-    ad_sc = ad.AnnData(B.lognormalize(np.asarray(sc.X, dtype=float), sc.X.sum(axis=1))
-                       .astype(np.float32), obs=sc.obs.copy())
-    ad_sc.var_names = list(sc.var_names)
-    tg.pp_adatas(ad_sc, ad_sp, genes=known)
+    ad_sc, ad_sp, _ = B.tangram_cells_inputs(tg, st_known, sc, TARGETS)
     options = {"mode": mode, "num_epochs": 40, "density_prior": "rna_count_based"}
     if mode == "clusters":
         options["cluster_label"] = "cell_type"

@@ -488,7 +488,8 @@ def tangram_cells_inputs(tg: Any, st_known: ad.AnnData, sc: ad.AnnData,
                          ) -> tuple[ad.AnnData, ad.AnnData, np.ndarray]:
     """(reference, ST, the ST cells' known-gene totals): the first two as :func:`tangram_cells`
     hands them to ``map_cells_to_space``, after Tangram's ``pp_adatas`` on the known genes: the
-    reference log-normalised to its median total, the ST as raw counts of the known genes."""
+    reference log-normalised to its median total (its cells with counts, their ``obs`` kept), the
+    ST as raw counts of the known genes."""
     _, _, _, known = _prepare(st_known, sc, list(target_genes))
     st_c = _counts(st_known, known)
     ad_sp = ad.AnnData(st_c.astype(np.float32))
@@ -498,7 +499,8 @@ def tangram_cells_inputs(tg: Any, st_known: ad.AnnData, sc: ad.AnnData,
     keep = total > 0
     x = x[keep].astype(np.float64)
     # scanpy's normalize_total default: every cell to the median total of the cells
-    ad_sc = ad.AnnData(np.log1p(x / total[keep, None] * np.median(total[keep])).astype(np.float32))
+    ad_sc = ad.AnnData(np.log1p(x / total[keep, None] * np.median(total[keep])).astype(np.float32),
+                       obs=sc.obs[keep].copy())
     ad_sc.var_names = list(sc.var_names)
     tg.pp_adatas(ad_sc, ad_sp, genes=known)
     return ad_sc, ad_sp, st_c.sum(axis=1)
