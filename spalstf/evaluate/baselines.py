@@ -289,8 +289,8 @@ def tangram(
     grows with how many cells Tangram put there (5 to 19 per ExSeq cell) and is not itself a
     log-normalised value: the counts are :func:`spalstf.evaluate.cv.expected_counts` of the
     projection divided by that number (the mapped cells' mean profile) at the cell's known-gene
-    depth. Turning the sum itself into counts (exponentials of values up to 84) scored 0.080
-    on ExSeq under that protocol, the mean 0.501 (``benchmarks/results/tangram_counts.md``).
+    depth. Turning the sum itself into counts (exponentials of values up to 84) scored 0.070
+    on ExSeq under that protocol, the mean 0.517 (``benchmarks/results/tangram_counts.md``).
     """
     tg = _import_tangram("tangram")
     st_x, sc_x, sc_y, known = _prepare(st_known, sc, target_genes)
@@ -331,7 +331,7 @@ def tangram(
     # log-normalised value: divided by that number of cells it is the mixture's mean
     # log-normalised profile, which turns into counts at the cell's depth as every method's
     # prediction does. The projection itself stays the prediction: on the log-normalised truth
-    # it scores better than the mean (0.335 against 0.305 on ExSeq).
+    # it scores better than the mean (0.338 against 0.313 on ExSeq, tangram_counts.md).
     if mode == "clusters":
         sizes = ad_sc.obs[key].value_counts()
         cells = sizes.reindex(ad_map.obs[key].to_numpy()).to_numpy(np.float64)
